@@ -1,0 +1,31 @@
+/**
+ * CA errors with stable codes. The gRPC layer maps each code to a status (mirroring Istio's caerror types):
+ * CSR_ERROR and TTL_ERROR -> INVALID_ARGUMENT, CA_NOT_READY and CERT_GEN_ERROR -> INTERNAL,
+ * UPSTREAM_UNAVAILABLE -> UNAVAILABLE, UPSTREAM_DENIED -> PERMISSION_DENIED.
+ */
+export type CaErrorCode =
+  | 'CSR_ERROR'
+  | 'TTL_ERROR'
+  | 'CA_NOT_READY'
+  | 'CERT_GEN_ERROR'
+  | 'UPSTREAM_UNAVAILABLE'
+  | 'UPSTREAM_DENIED'
+  | 'UPSTREAM_REJECTED';
+
+export class CaError extends Error {
+  readonly code: CaErrorCode;
+
+  constructor(code: CaErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'CaError';
+    this.code = code;
+  }
+}
+
+/** Start-up / load problems of a key source: one line that names the file and the fix. */
+export class CaConfigError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'CaConfigError';
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Signs workloads in-process with the current CA material. Material is swapped by replacing one reference,
+ * so every request sees either the old or the new set, never a mix.
+ */
+import { certificateToPem } from '../pki/index.js';
+import { fingerprint, type CaMaterial } from './material.js';
+import type { SignedChain, SignerStatus, WorkloadSignRequest, WorkloadSigner } from './signer.js';
+
+export class LocalSigner implements WorkloadSigner {
+  private material: CaMaterial;
+  private readonly listeners = new Set<() => void>();
+
+  constructor(
+    readonly source: SignerStatus['source'],
+    material: CaMaterial,
+    private readonly mode?: string,
+  ) {
+    this.material = material;
+  }
+
+  current(): CaMaterial {
+    return this.material;
+  }
+
+  /** Atomically switches to new material and tells listeners. */
+  replace(material: CaMaterial): void {
+    this.material = material;
+    for (const listener of this.listeners) listener();
+  }
+
+  sign(request: WorkloadSignRequest): SignedChain {
+    const material = this.material;
+    const leaf = material.issuer.issue({ spkiDer: request.spkiDer, uris: request.uris, ttlSeconds: request.ttlSeconds });
+    return {
+      chain: [certificateToPem(leaf.der), ...material.chainPems, material.rootsPem],
+      leafDer: leaf.der,
+      serialHex: leaf.serialHex,
+      notAfter: leaf.notAfter,
+    };
+  }
+
+  trustBundlePem(): string {
+    return this.material.rootsPem;
+  }
+
+  maxNotAfter(): Date {
+    return this.material.signingCert.notAfter;
+  }
+
+  status(): SignerStatus {
+    const m = this.material;
+    return {
+      source: this.source,
+      ...(this.mode ? { mode: this.mode } : {}),
+      signingCertSerial: m.signingCert.serialHex,
+      signingCertSubject: m.signingCert.subject,
+      signingCertNotAfter: m.signingCert.notAfter,
+      roots: m.roots.map((r) => ({ subject: r.subject, fingerprintSha256: fingerprint(r), notAfter: r.notAfter })),
+    };
+  }
+
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    this.listeners.clear();
+  }
+}

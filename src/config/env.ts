@@ -1,0 +1,160 @@
+/**
+ * Reading configuration from flags and Istio-named environment variables. A flag given on the command line wins
+ * over the environment, which wins over the default. Every bad value is a ConfigError that names the variable
+ * (or flag) and the value, so start-up fails with one line a human can act on.
+ */
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** Where a value came from, for error messages: `--flag`, or `ENV_NAME`. */
+export interface Source {
+  flag?: string;
+  env?: string;
+}
+
+function describe(source: Source): string {
+  if (source.flag && source.env) return `${source.flag} (env ${source.env})`;
+  return source.flag ?? source.env ?? 'value';
+}
+
+export function bad(source: Source, value: string, expected: string): ConfigError {
+  return new ConfigError(`invalid ${describe(source)}="${value}": expected ${expected}`);
+}
+
+/** Raw value: the flag's if set, else the env var's if set and non-empty, else undefined. */
+export function raw(flagValue: string | undefined, env: Env, source: Source): string | undefined {
+  if (flagValue !== undefined) return flagValue;
+  if (source.env) {
+    const fromEnv = env[source.env];
+    if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  }
+  return undefined;
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
+
+/**
+ * Parses Go-style durations ("90s", "1h30m", "24h", "2160h") plus "d" for days, or a bare number of seconds.
+ * Returns seconds (may be fractional for ms).
+ */
+export function parseDurationSeconds(text: string): number | null {
+  const trimmed = text.trim();
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Number(trimmed);
+  const pattern = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
+  let total = 0;
+  let consumed = 0;
+  let match: RegExpExecArray | null;
+  while ((match = pattern.exec(trimmed)) !== null) {
+    total += Number(match[1]) * DURATION_UNITS[match[2]!]!;
+    consumed = pattern.lastIndex;
+  }
+  if (consumed === 0 || consumed !== trimmed.length) return null;
+  return total;
+}
+
+export function readString(flagValue: string | undefined, env: Env, source: Source, fallback: string): string {
+  return raw(flagValue, env, source) ?? fallback;
+}
+
+export function readOptionalString(flagValue: string | undefined, env: Env, source: Source): string | undefined {
+  return raw(flagValue, env, source);
+}
+
+export function readDuration(
+  flagValue: string | undefined,
+  env: Env,
+  source: Source,
+  fallbackSeconds: number,
+  limits: { min?: number; max?: number } = {},
+): number {
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return fallbackSeconds;
+  const seconds = parseDurationSeconds(value);
+  if (seconds === null) throw bad(source, value, 'a duration such as 30s, 15m, 24h or 90d');
+  if (limits.min !== undefined && seconds < limits.min) throw bad(source, value, `a duration of at least ${limits.min}s`);
+  if (limits.max !== undefined && seconds > limits.max) throw bad(source, value, `a duration of at most ${limits.max}s`);
+  return seconds;
+}
+
+export function readInteger(
+  flagValue: string | undefined,
+  env: Env,
+  source: Source,
+  fallback: number,
+  limits: { min?: number; max?: number } = {},
+): number {
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return fallback;
+  if (!/^-?\d+$/.test(value.trim())) throw bad(source, value, 'a whole number');
+  const number = Number(value);
+  if (limits.min !== undefined && number < limits.min) throw bad(source, value, `a whole number >= ${limits.min}`);
+  if (limits.max !== undefined && number > limits.max) throw bad(source, value, `a whole number <= ${limits.max}`);
+  return number;
+}
+
+export function readNumber(
+  flagValue: string | undefined,
+  env: Env,
+  source: Source,
+  fallback: number,
+  limits: { min?: number; max?: number } = {},
+): number {
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return fallback;
+  const number = Number(value);
+  if (value.trim() === '' || !Number.isFinite(number)) throw bad(source, value, 'a number');
+  if (limits.min !== undefined && number < limits.min) throw bad(source, value, `a number >= ${limits.min}`);
+  if (limits.max !== undefined && number > limits.max) throw bad(source, value, `a number <= ${limits.max}`);
+  return number;
+}
+
+export function readBoolean(flagValue: string | boolean | undefined, env: Env, source: Source, fallback: boolean): boolean {
+  if (typeof flagValue === 'boolean') return flagValue;
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return fallback;
+  const normalized = value.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(normalized)) return true;
+  if (['0', 'false', 'no', 'off'].includes(normalized)) return false;
+  throw bad(source, value, 'true or false');
+}
+
+export function readEnum<T extends string>(
+  flagValue: string | undefined,
+  env: Env,
+  source: Source,
+  allowed: readonly T[],
+  fallback: T,
+): T {
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return fallback;
+  const match = allowed.find((a) => a.toLowerCase() === value.trim().toLowerCase());
+  if (!match) throw bad(source, value, `one of ${allowed.join(', ')}`);
+  return match;
+}
+
+/** Comma-separated list; empty entries dropped. */
+export function readList(flagValue: string | undefined, env: Env, source: Source, fallback: readonly string[]): string[] {
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return [...fallback];
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+}
+
+/** host:port with a port in range; accepts [::1]:port and :port (all interfaces). */
+export function readAddress(flagValue: string | undefined, env: Env, source: Source, fallback: string): { host: string; port: number; text: string } {
+  const value = raw(flagValue, env, source) ?? fallback;
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value.trim());
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw bad(source, value, 'host:port, e.g. 0.0.0.0:15012');
+  const host = match[1] ?? (match[2] === '' ? '0.0.0.0' : match[2]!);
+  return { host, port, text: value.trim() };
+}

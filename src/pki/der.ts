@@ -1,0 +1,193 @@
+/**
+ * Minimal DER encoding and reading: just what certificates and CSRs need.
+ * Encoders return Buffers so that callers can precompute constant parts once
+ * and concatenate them on the hot path.
+ */
+import { PkiError } from './errors.js';
+
+export const Tag = {
+  BOOLEAN: 0x01,
+  INTEGER: 0x02,
+  BIT_STRING: 0x03,
+  OCTET_STRING: 0x04,
+  NULL: 0x05,
+  OID: 0x06,
+  UTF8_STRING: 0x0c,
+  PRINTABLE_STRING: 0x13,
+  IA5_STRING: 0x16,
+  UTC_TIME: 0x17,
+  GENERALIZED_TIME: 0x18,
+  SEQUENCE: 0x30,
+  SET: 0x31,
+} as const;
+
+export function encodeLength(length: number): Buffer {
+  if (length < 0x80) return Buffer.from([length]);
+  if (length < 0x100) return Buffer.from([0x81, length]);
+  if (length < 0x10000) return Buffer.from([0x82, length >> 8, length & 0xff]);
+  if (length < 0x1000000) return Buffer.from([0x83, length >> 16, (length >> 8) & 0xff, length & 0xff]);
+  throw new PkiError('ERR_DER_ENCODE', `DER value too long (${length} bytes)`);
+}
+
+/** Tag-length-value with the given contents concatenated. */
+export function tlv(tag: number, ...contents: Buffer[]): Buffer {
+  const body = contents.length === 1 ? contents[0]! : Buffer.concat(contents);
+  return Buffer.concat([Buffer.from([tag]), encodeLength(body.length), body]);
+}
+
+export const sequence = (...items: Buffer[]): Buffer => tlv(Tag.SEQUENCE, ...items);
+export const set = (...items: Buffer[]): Buffer => tlv(Tag.SET, ...items);
+export const octetString = (value: Buffer): Buffer => tlv(Tag.OCTET_STRING, value);
+export const bitString = (value: Buffer): Buffer => tlv(Tag.BIT_STRING, Buffer.from([0]), value);
+export const utf8String = (value: string): Buffer => tlv(Tag.UTF8_STRING, Buffer.from(value, 'utf8'));
+export const printableString = (value: string): Buffer => tlv(Tag.PRINTABLE_STRING, Buffer.from(value, 'ascii'));
+export const boolean = (value: boolean): Buffer => Buffer.from([Tag.BOOLEAN, 1, value ? 0xff : 0]);
+export const nullValue = (): Buffer => Buffer.from([Tag.NULL, 0]);
+/** Context-specific constructed tag [n] EXPLICIT. */
+export const explicit = (n: number, ...contents: Buffer[]): Buffer => tlv(0xa0 | n, ...contents);
+/** Context-specific primitive tag [n] IMPLICIT (e.g. GeneralName choices). */
+export const implicitPrimitive = (n: number, value: Buffer): Buffer => tlv(0x80 | n, value);
+
+/** INTEGER from unsigned big-endian bytes (adds a leading zero when the top bit is set). */
+export function unsignedInteger(bytes: Buffer): Buffer {
+  let start = 0;
+  while (start < bytes.length - 1 && bytes[start] === 0 && (bytes[start + 1]! & 0x80) === 0) start++;
+  const trimmed = bytes.subarray(start);
+  return (trimmed[0]! & 0x80) !== 0 ? tlv(Tag.INTEGER, Buffer.from([0]), trimmed) : tlv(Tag.INTEGER, trimmed);
+}
+
+export function smallInteger(value: number): Buffer {
+  if (!Number.isInteger(value) || value < 0 || value > 0x7fffffff) {
+    throw new PkiError('ERR_DER_ENCODE', `integer out of range: ${value}`);
+  }
+  const bytes: number[] = [];
+  let rest = value;
+  do {
+    bytes.unshift(rest & 0xff);
+    rest = Math.floor(rest / 256);
+  } while (rest > 0);
+  if (bytes[0]! & 0x80) bytes.unshift(0);
+  return tlv(Tag.INTEGER, Buffer.from(bytes));
+}
+
+export function oid(dotted: string): Buffer {
+  const parts = dotted.split('.').map((p) => Number(p));
+  if (parts.length < 2 || parts.some((p) => !Number.isInteger(p) || p < 0)) {
+    throw new PkiError('ERR_DER_ENCODE', `bad OID ${dotted}`);
+  }
+  const out: number[] = [parts[0]! * 40 + parts[1]!];
+  for (const part of parts.slice(2)) {
+    const chunk: number[] = [part & 0x7f];
+    let rest = Math.floor(part / 128);
+    while (rest > 0) {
+      chunk.unshift((rest & 0x7f) | 0x80);
+      rest = Math.floor(rest / 128);
+    }
+    out.push(...chunk);
+  }
+  return tlv(Tag.OID, Buffer.from(out));
+}
+
+export function decodeOid(contents: Buffer): string {
+  if (contents.length === 0) throw new PkiError('ERR_DER_PARSE', 'empty OID');
+  const first = contents[0]!;
+  const parts: number[] = first < 80 ? [Math.floor(first / 40), first % 40] : [2, first - 80];
+  let value = 0;
+  for (let i = 1; i < contents.length; i++) {
+    const byte = contents[i]!;
+    value = value * 128 + (byte & 0x7f);
+    if ((byte & 0x80) === 0) {
+      parts.push(value);
+      value = 0;
+    }
+  }
+  return parts.join('.');
+}
+
+const pad2 = (n: number): string => (n < 10 ? `0${n}` : String(n));
+
+/** RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; whole seconds, Zulu. */
+export function time(date: Date): Buffer {
+  const year = date.getUTCFullYear();
+  const rest =
+    pad2(date.getUTCMonth() + 1) +
+    pad2(date.getUTCDate()) +
+    pad2(date.getUTCHours()) +
+    pad2(date.getUTCMinutes()) +
+    pad2(date.getUTCSeconds()) +
+    'Z';
+  if (year >= 1950 && year < 2050) return tlv(Tag.UTC_TIME, Buffer.from(pad2(year % 100) + rest, 'ascii'));
+  return tlv(Tag.GENERALIZED_TIME, Buffer.from(String(year).padStart(4, '0') + rest, 'ascii'));
+}
+
+export function decodeTime(tag: number, contents: Buffer): Date {
+  const text = contents.toString('ascii');
+  const match =
+    tag === Tag.UTC_TIME
+      ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text)
+      : /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text);
+  if (!match) throw new PkiError('ERR_DER_PARSE', `unsupported time encoding "${text}"`);
+  let year = Number(match[1]);
+  if (tag === Tag.UTC_TIME) year += year < 50 ? 2000 : 1900;
+  return new Date(
+    Date.UTC(year, Number(match[2]) - 1, Number(match[3]), Number(match[4]), Number(match[5]), Number(match[6])),
+  );
+}
+
+/** One decoded element: `raw` is the whole TLV, `contents` its value. Both are views on the input. */
+export interface DerElement {
+  tag: number;
+  raw: Buffer;
+  contents: Buffer;
+}
+
+/** Reads the element at `offset`; throws PkiError on truncation or non-minimal forms we cannot handle. */
+export function readElement(input: Buffer, offset = 0): DerElement {
+  if (offset + 2 > input.length) throw new PkiError('ERR_DER_PARSE', 'truncated DER');
+  const tag = input[offset]!;
+  if ((tag & 0x1f) === 0x1f) throw new PkiError('ERR_DER_PARSE', 'multi-byte tags are not supported');
+  let lengthByte = input[offset + 1]!;
+  let headerLength = 2;
+  let length: number;
+  if (lengthByte < 0x80) {
+    length = lengthByte;
+  } else {
+    lengthByte &= 0x7f;
+    if (lengthByte === 0) throw new PkiError('ERR_DER_PARSE', 'indefinite length is not DER');
+    if (lengthByte > 4) throw new PkiError('ERR_DER_PARSE', 'DER length too large');
+    if (offset + 2 + lengthByte > input.length) throw new PkiError('ERR_DER_PARSE', 'truncated DER length');
+    length = 0;
+    for (let i = 0; i < lengthByte; i++) length = length * 256 + input[offset + 2 + i]!;
+    headerLength += lengthByte;
+  }
+  const end = offset + headerLength + length;
+  if (end > input.length) throw new PkiError('ERR_DER_PARSE', 'truncated DER');
+  return { tag, raw: input.subarray(offset, end), contents: input.subarray(offset + headerLength, end) };
+}
+
+/** The children of a constructed element, in order. */
+export function children(element: DerElement | Buffer): DerElement[] {
+  const contents = Buffer.isBuffer(element) ? element : element.contents;
+  const out: DerElement[] = [];
+  let offset = 0;
+  while (offset < contents.length) {
+    const child = readElement(contents, offset);
+    out.push(child);
+    offset += child.raw.length;
+  }
+  return out;
+}
+
+/** Reads exactly one element spanning the whole input (rejects trailing bytes). */
+export function readSingle(input: Buffer, what: string): DerElement {
+  const element = readElement(input, 0);
+  if (element.raw.length !== input.length) throw new PkiError('ERR_DER_PARSE', `trailing bytes after ${what}`);
+  return element;
+}
+
+export function expectTag(element: DerElement | undefined, tag: number, what: string): DerElement {
+  if (!element || element.tag !== tag) {
+    throw new PkiError('ERR_DER_PARSE', `malformed ${what}`);
+  }
+  return element;
+}

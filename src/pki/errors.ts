@@ -1,0 +1,28 @@
+/** Typed errors with stable codes (in the manner of panva/jose): callers branch on `code`, humans read `message`. */
+export type PkiErrorCode =
+  | 'ERR_DER_ENCODE'
+  | 'ERR_DER_PARSE'
+  | 'ERR_PEM'
+  | 'ERR_CSR_MALFORMED'
+  | 'ERR_CSR_SIGNATURE'
+  | 'ERR_KEY_UNSUPPORTED'
+  | 'ERR_KEY_WEAK'
+  | 'ERR_CSR_CA_REQUESTED'
+  | 'ERR_SPIFFE_ID'
+  | 'ERR_CERT_MALFORMED'
+  | 'ERR_KEY_MISMATCH'
+  | 'ERR_CHAIN';
+
+export class PkiError extends Error {
+  readonly code: PkiErrorCode;
+
+  constructor(code: PkiErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PkiError';
+    this.code = code;
+  }
+}
+
+export function isPkiError(error: unknown, code?: PkiErrorCode): error is PkiError {
+  return error instanceof PkiError && (code === undefined || error.code === code);
+}

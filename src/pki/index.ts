@@ -1,0 +1,53 @@
+/** Public surface of the PKI core. Nothing here knows about gRPC, HTTP or Kubernetes. */
+export { PkiError, isPkiError, type PkiErrorCode } from './errors.js';
+export { decodePem, decodeSinglePem, encodePem, certificateToPem, certificatesFromPem, type PemBlock } from './pem.js';
+export {
+  KEY_SPECS,
+  parseKeySpec,
+  generateKeyPairFor,
+  generateKeyPairForAsync,
+  describeKey,
+  keyLabel,
+  exportPrivateKeyPem,
+  loadPrivateKey,
+  keysMatch,
+  spkiDer,
+  type KeySpec,
+  type KeyPair,
+  type KeyDescription,
+} from './keys.js';
+export { describeSpki, assertKeyStrength, signingProfileFor } from './algorithms.js';
+export { createCsr, parseCsr, verifyCsr, CSR_PEM_LABELS, type ParsedCsr, type CreateCsrOptions } from './csr.js';
+export {
+  parseSpiffeId,
+  isSpiffeId,
+  formatWorkloadId,
+  parseWorkloadId,
+  validateTrustDomain,
+  type SpiffeId,
+  type WorkloadIdentity,
+} from './spiffe.js';
+export {
+  parseCertificate,
+  certificatePublicKey,
+  isCaCertificate,
+  formatName,
+  type ParsedCertificate,
+  type Extension,
+  type SubjectAltNames,
+} from './x509.js';
+export {
+  LeafIssuer,
+  createCaCertificate,
+  assertSigningMaterial,
+  encodeName,
+  randomSerial,
+  subjectKeyIdFromSpki,
+  CLOCK_SKEW_GRACE_MS,
+  type SigningMaterial,
+  type LeafRequest,
+  type IssuedLeaf,
+  type CaCertificateOptions,
+  type NameAttributes,
+} from './issue.js';
+export { verifyChain, verifyPemChain, describeCertificate, signatureVerifies, type VerifyChainOptions } from './chain.js';
