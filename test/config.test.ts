@@ -1,0 +1,42 @@
+/** Flag/env parsing: Istio-named variables, precedence, and errors that name the variable and the bad value. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConfigError, parseDurationSeconds, readAddress, readBoolean, readDuration, readEnum, readInteger, readList } from '../src/config/env.js';
+
+describe('config readers', () => {
+  it('parses Go-style durations, days and bare seconds', () => {
+    assert.equal(parseDurationSeconds('24h'), 86400);
+    assert.equal(parseDurationSeconds('1h30m'), 5400);
+    assert.equal(parseDurationSeconds('90d'), 90 * 86400);
+    assert.equal(parseDurationSeconds('2160h'), 90 * 86400);
+    assert.equal(parseDurationSeconds('500ms'), 0.5);
+    assert.equal(parseDurationSeconds('3600'), 3600);
+    assert.equal(parseDurationSeconds('1x'), null);
+    assert.equal(parseDurationSeconds('h'), null);
+  });
+
+  it('prefers the flag over the environment over the default', () => {
+    const source = { flag: '--ttl', env: 'SECRET_TTL' };
+    assert.equal(readDuration('1h', { SECRET_TTL: '2h' }, source, 86400), 3600);
+    assert.equal(readDuration(undefined, { SECRET_TTL: '2h' }, source, 86400), 7200);
+    assert.equal(readDuration(undefined, { SECRET_TTL: '' }, source, 86400), 86400);
+  });
+
+  it('names the variable and the bad value', () => {
+    assert.throws(() => readDuration(undefined, { SECRET_TTL: 'soon' }, { env: 'SECRET_TTL' }, 1), (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.equal(e.message, 'invalid SECRET_TTL="soon": expected a duration such as 30s, 15m, 24h or 90d');
+      return true;
+    });
+    assert.throws(() => readInteger(undefined, { WORKLOAD_RSA_KEY_SIZE: '1024' }, { env: 'WORKLOAD_RSA_KEY_SIZE' }, 2048, { min: 2048 }), /invalid WORKLOAD_RSA_KEY_SIZE="1024": expected a whole number >= 2048/);
+    assert.throws(() => readBoolean(undefined, { PKCS8_KEY: 'maybe' }, { env: 'PKCS8_KEY' }, false), /invalid PKCS8_KEY="maybe": expected true or false/);
+    assert.throws(() => readEnum('x', {}, { flag: '--ca-source', env: 'MESHCA_CA_SOURCE' }, ['self-signed', 'cacerts'] as const, 'self-signed'), /invalid --ca-source \(env MESHCA_CA_SOURCE\)="x": expected one of self-signed, cacerts/);
+    assert.throws(() => readAddress('localhost', {}, { flag: '--grpc-addr' }, '0.0.0.0:15012'), /invalid --grpc-addr="localhost": expected host:port/);
+  });
+
+  it('reads lists and addresses', () => {
+    assert.deepEqual(readList(undefined, { TOKEN_AUDIENCES: 'istio-ca, other,' }, { env: 'TOKEN_AUDIENCES' }, ['x']), ['istio-ca', 'other']);
+    assert.deepEqual(readAddress(undefined, {}, { flag: '--grpc-addr' }, '0.0.0.0:15012'), { host: '0.0.0.0', port: 15012, text: '0.0.0.0:15012' });
+    assert.deepEqual(readAddress('[::1]:80', {}, { flag: '--a' }, ''), { host: '::1', port: 80, text: '[::1]:80' });
+  });
+});
