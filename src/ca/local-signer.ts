@@ -30,7 +30,12 @@ export class LocalSigner implements WorkloadSigner {
 
   sign(request: WorkloadSignRequest): SignedChain {
     const material = this.material;
-    const leaf = material.issuer.issue({ spkiDer: request.spkiDer, uris: request.uris, ttlSeconds: request.ttlSeconds });
+    const leaf = material.issuer.issue({
+      spkiDer: request.spkiDer,
+      uris: request.uris,
+      ...(request.dnsNames ? { dnsNames: request.dnsNames } : {}),
+      ttlSeconds: request.ttlSeconds,
+    });
     return {
       chain: [certificateToPem(leaf.der), ...material.chainPems, material.rootsPem],
       leafDer: leaf.der,

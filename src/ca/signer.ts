@@ -8,6 +8,8 @@ export interface WorkloadSignRequest {
   spkiDer: Buffer;
   /** SANs to write: the caller's proven identities. */
   uris: readonly string[];
+  /** DNS SANs, for the CA's own serving certificate (workload certificates carry none). */
+  dnsNames?: readonly string[];
   ttlSeconds: number;
 }
 

@@ -1,0 +1,264 @@
+/**
+ * JWT / OIDC authentication (JWT_RULE): tokens from a trusted issuer are verified locally with `jose` against the
+ * issuer's JWKS, from a URL (cached, refetched on an unknown `kid`) or a file (re-read when it changes).
+ * The identity comes from `sub` = system:serviceaccount:<ns>:<sa>, or from the Kubernetes `kubernetes.io` claims.
+ */
+import { promises as fs } from 'node:fs';
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  decodeJwt,
+  errors as joseErrors,
+  jwtVerify,
+  type JSONWebKeySet,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
+import { ConfigError } from '../config/env.js';
+import { formatWorkloadId } from '../pki/index.js';
+import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
+
+export interface JwtRule {
+  issuer: string;
+  /** Exactly one of jwksUri / jwksFile. */
+  jwksUri?: string;
+  jwksFile?: string;
+  /** Accepted `aud` values; empty means the CA's TOKEN_AUDIENCES. */
+  audiences: string[];
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Parses JWT_RULE: one JSON object or a list of them, each
+ * `{"issuer": "...", "jwks_uri": "https://..." | "jwks_file": "/path", "audiences": ["..."]}`.
+ */
+export function parseJwtRules(text: string, sourceName = 'JWT_RULE'): JwtRule[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`invalid ${sourceName}: not JSON (${(error as Error).message})`);
+  }
+  const items = Array.isArray(parsed) ? parsed : [parsed];
+  return items.map((item, index) => {
+    const where = items.length > 1 ? `${sourceName}[${index}]` : sourceName;
+    if (!isRecord(item)) throw new ConfigError(`invalid ${where}: expected a JSON object with issuer, jwks_uri or jwks_file, audiences`);
+    const issuer = item.issuer;
+    if (typeof issuer !== 'string' || issuer === '') throw new ConfigError(`invalid ${where}: "issuer" must be a non-empty string`);
+    const jwksUri = item.jwks_uri ?? item.jwksUri;
+    const jwksFile = item.jwks_file ?? item.jwksFile;
+    if (jwksUri !== undefined && typeof jwksUri !== 'string') throw new ConfigError(`invalid ${where}: "jwks_uri" must be a string`);
+    if (jwksFile !== undefined && typeof jwksFile !== 'string') throw new ConfigError(`invalid ${where}: "jwks_file" must be a string`);
+    if ((jwksUri === undefined) === (jwksFile === undefined)) {
+      throw new ConfigError(`invalid ${where}: give exactly one of "jwks_uri" or "jwks_file" for issuer ${issuer}`);
+    }
+    if (jwksUri !== undefined) {
+      let url: URL;
+      try {
+        url = new URL(jwksUri);
+      } catch {
+        throw new ConfigError(`invalid ${where}: "jwks_uri" ${jwksUri} is not a URL`);
+      }
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ConfigError(`invalid ${where}: "jwks_uri" must be http(s)`);
+    }
+    const audiences = item.audiences ?? [];
+    if (!Array.isArray(audiences) || !audiences.every((a): a is string => typeof a === 'string')) {
+      throw new ConfigError(`invalid ${where}: "audiences" must be a list of strings`);
+    }
+    return { issuer, ...(jwksUri !== undefined ? { jwksUri } : {}), ...(jwksFile !== undefined ? { jwksFile } : {}), audiences };
+  });
+}
+
+/** A JWKS file, re-read when its modification time changes so a rotated key is picked up without a restart. */
+class FileKeySet {
+  private keySet: JWTVerifyGetKey;
+  private mtimeMs: number;
+
+  private constructor(
+    private readonly file: string,
+    keySet: JWTVerifyGetKey,
+    mtimeMs: number,
+  ) {
+    this.keySet = keySet;
+    this.mtimeMs = mtimeMs;
+  }
+
+  static async open(file: string): Promise<FileKeySet> {
+    const { keySet, mtimeMs } = await FileKeySet.read(file);
+    return new FileKeySet(file, keySet, mtimeMs);
+  }
+
+  private static async read(file: string): Promise<{ keySet: JWTVerifyGetKey; mtimeMs: number }> {
+    let text: string;
+    let mtimeMs: number;
+    try {
+      mtimeMs = (await fs.stat(file)).mtimeMs;
+      text = await fs.readFile(file, 'utf8');
+    } catch (error) {
+      throw new ConfigError(`cannot read the JWKS file ${file}: ${(error as Error).message}`);
+    }
+    let jwks: unknown;
+    try {
+      jwks = JSON.parse(text);
+    } catch {
+      throw new ConfigError(`the JWKS file ${file} is not JSON`);
+    }
+    if (!isRecord(jwks) || !Array.isArray(jwks.keys)) throw new ConfigError(`the JWKS file ${file} has no "keys" list`);
+    return { keySet: createLocalJWKSet(jwks as unknown as JSONWebKeySet), mtimeMs };
+  }
+
+  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+    try {
+      const { mtimeMs } = await fs.stat(this.file);
+      if (mtimeMs !== this.mtimeMs) ({ keySet: this.keySet, mtimeMs: this.mtimeMs } = await FileKeySet.read(this.file));
+    } catch {
+      // Keep verifying with the last good key set while the file is being replaced or is broken.
+    }
+    return this.keySet(header, token);
+  };
+}
+
+interface PreparedRule {
+  rule: JwtRule;
+  getKey: JWTVerifyGetKey;
+  audiences: string[];
+}
+
+export interface JwtAuthenticatorOptions {
+  rules: readonly JwtRule[];
+  /** TOKEN_AUDIENCES, used for rules without their own audiences. */
+  defaultAudiences: readonly string[];
+  trustDomain: string;
+  /** The cluster a JWT caller's pod is looked up in (for node impersonation). */
+  localClusterId: string;
+}
+
+/** Whether a jose failure is the token's fault (denied) rather than the key source's (unavailable). */
+function isTokenFault(error: unknown): boolean {
+  return (
+    error instanceof joseErrors.JWTExpired ||
+    error instanceof joseErrors.JWTClaimValidationFailed ||
+    error instanceof joseErrors.JWSSignatureVerificationFailed ||
+    error instanceof joseErrors.JWSInvalid ||
+    error instanceof joseErrors.JWTInvalid ||
+    error instanceof joseErrors.JWKSNoMatchingKey ||
+    error instanceof joseErrors.JWKSMultipleMatchingKeys ||
+    error instanceof joseErrors.JOSEAlgNotAllowed ||
+    error instanceof joseErrors.JOSENotSupported
+  );
+}
+
+function describeJoseError(error: unknown): string {
+  if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
+  if (error instanceof joseErrors.JWTClaimValidationFailed) return `claim "${error.claim}" is not acceptable: ${error.message}`;
+  if (error instanceof joseErrors.JWKSNoMatchingKey) return "no key of the issuer's JWKS matches the token";
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token signature does not verify';
+  return (error as Error).message;
+}
+
+function kubernetesClaims(payload: JWTPayload): { namespace?: string; serviceAccount?: string; podName?: string; podUid?: string } {
+  const claims = payload['kubernetes.io'];
+  if (!isRecord(claims)) return {};
+  const out: { namespace?: string; serviceAccount?: string; podName?: string; podUid?: string } = {};
+  if (typeof claims.namespace === 'string') out.namespace = claims.namespace;
+  if (isRecord(claims.serviceaccount) && typeof claims.serviceaccount.name === 'string') out.serviceAccount = claims.serviceaccount.name;
+  if (isRecord(claims.pod)) {
+    if (typeof claims.pod.name === 'string') out.podName = claims.pod.name;
+    if (typeof claims.pod.uid === 'string') out.podUid = claims.pod.uid;
+  }
+  return out;
+}
+
+export class JwtAuthenticator implements Authenticator {
+  readonly name = 'jwt' as const;
+
+  private constructor(
+    private readonly rules: PreparedRule[],
+    private readonly options: JwtAuthenticatorOptions,
+  ) {}
+
+  /** Opens every rule's key source; a missing or broken JWKS file is a ConfigError at start-up. */
+  static async create(options: JwtAuthenticatorOptions): Promise<JwtAuthenticator> {
+    const prepared: PreparedRule[] = [];
+    for (const rule of options.rules) {
+      const getKey = rule.jwksFile
+        ? (await FileKeySet.open(rule.jwksFile)).getKey
+        : createRemoteJWKSet(new URL(rule.jwksUri!), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+      prepared.push({ rule, getKey, audiences: rule.audiences.length > 0 ? rule.audiences : [...options.defaultAudiences] });
+    }
+    return new JwtAuthenticator(prepared, options);
+  }
+
+  get issuers(): string[] {
+    return this.rules.map((r) => r.rule.issuer);
+  }
+
+  async authenticate(request: AuthRequest): Promise<AuthOutcome> {
+    const token = extractBearerToken(request.header('authorization'));
+    if (!token) return { kind: 'skip', reason: 'no "authorization: Bearer <token>" header' };
+    let unverified: JWTPayload;
+    try {
+      unverified = decodeJwt(token);
+    } catch {
+      return { kind: 'denied', reason: 'the bearer token is not a JWT' };
+    }
+    const candidates = this.rules.filter((r) => r.rule.issuer === unverified.iss);
+    if (candidates.length === 0) {
+      const issuer = typeof unverified.iss === 'string' ? unverified.iss.slice(0, 200) : '(none)';
+      return { kind: 'denied', reason: `issuer ${issuer} is not trusted (JWT_RULE trusts ${this.issuers.join(', ')})` };
+    }
+    let lastFailure: AuthOutcome = { kind: 'denied', reason: 'no rule accepted the token' };
+    for (const candidate of candidates) {
+      let payload: JWTPayload;
+      try {
+        ({ payload } = await jwtVerify(token, candidate.getKey, {
+          issuer: candidate.rule.issuer,
+          audience: candidate.audiences,
+          clockTolerance: 5,
+        }));
+      } catch (error) {
+        const reason = describeJoseError(error);
+        lastFailure = isTokenFault(error)
+          ? { kind: 'denied', reason }
+          : { kind: 'unavailable', reason: `could not get the signing keys of issuer ${candidate.rule.issuer}: ${reason}` };
+        continue;
+      }
+      return this.callerFrom(payload);
+    }
+    return lastFailure;
+  }
+
+  private callerFrom(payload: JWTPayload): AuthOutcome {
+    const fromSubject = typeof payload.sub === 'string' ? parseServiceAccountUsername(payload.sub) : null;
+    const claims = kubernetesClaims(payload);
+    const namespace = fromSubject?.namespace ?? claims.namespace;
+    const serviceAccount = fromSubject?.serviceAccount ?? claims.serviceAccount;
+    if (!namespace || !serviceAccount) {
+      return { kind: 'denied', reason: 'the token names no service account (sub is not system:serviceaccount:<ns>:<sa> and there are no kubernetes.io claims)' };
+    }
+    let identity: string;
+    try {
+      identity = formatWorkloadId({ trustDomain: this.options.trustDomain, namespace, serviceAccount });
+    } catch (error) {
+      return { kind: 'denied', reason: `the service account cannot be expressed as a SPIFFE ID: ${(error as Error).message}` };
+    }
+    return {
+      kind: 'ok',
+      caller: {
+        authenticator: this.name,
+        identities: [identity],
+        subject: typeof payload.sub === 'string' ? payload.sub : `system:serviceaccount:${namespace}:${serviceAccount}`,
+        kubernetes: {
+          clusterId: this.options.localClusterId,
+          namespace,
+          serviceAccount,
+          ...(claims.podName ? { podName: claims.podName } : {}),
+          ...(claims.podUid ? { podUid: claims.podUid } : {}),
+        },
+      },
+    };
+  }
+}

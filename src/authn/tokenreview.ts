@@ -1,0 +1,208 @@
+/**
+ * Kubernetes TokenReview authentication (Istio's KubeJWTAuthenticator): the bearer token is sent to the API
+ * server of the cluster named by the `clusterid` header, with `spec.audiences` = TOKEN_AUDIENCES.
+ *
+ * Successful reviews are cached by the token's SHA-256 (never the token itself) for min(token exp, cache TTL), so
+ * a fleet of agents renewing with the same token costs one API call; failures are never cached so a fixed RBAC or
+ * a recreated pod takes effect at once. Concurrent reviews of the same token share one API call.
+ * An API server that cannot be asked fails closed as `unavailable`, never as a verdict about the caller.
+ */
+import { createHash } from 'node:crypto';
+import type { V1TokenReview } from '@kubernetes/client-node';
+import { formatWorkloadId } from '../pki/index.js';
+import { describeKubeError, withTimeout, type KubeCluster, type KubeClusters } from './kube-clusters.js';
+import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
+
+export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
+export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
+const SERVICE_ACCOUNTS_GROUP = 'system:serviceaccounts';
+const MAX_CACHE_ENTRIES = 10_000;
+
+/** How one TokenReview API call ended, for `meshca_tokenreview_requests_total{result}`. */
+export type TokenReviewResult = 'authenticated' | 'rejected' | 'error';
+
+export interface TokenReviewObserver {
+  onReview?(result: TokenReviewResult): void;
+  onCacheHit?(): void;
+}
+
+export interface TokenReviewOptions {
+  clusters: KubeClusters;
+  /** TOKEN_AUDIENCES. */
+  audiences: readonly string[];
+  trustDomain: string;
+  cacheTtlSeconds: number;
+  timeoutSeconds: number;
+  observer?: TokenReviewObserver;
+  now?: () => number;
+}
+
+interface CacheEntry {
+  outcome: Extract<AuthOutcome, { kind: 'ok' }>;
+  expiresAt: number;
+}
+
+/** The token's `exp` in ms, read without verification: only ever used to shorten how long a verdict is cached. */
+export function unverifiedExpiryMs(token: string): number | undefined {
+  const payload = token.split('.')[1];
+  if (!payload) return undefined;
+  try {
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as unknown;
+    if (claims && typeof claims === 'object' && 'exp' in claims && typeof claims.exp === 'number') return claims.exp * 1000;
+  } catch {
+    return undefined;
+  }
+  return undefined;
+}
+
+function firstExtra(extra: Record<string, string[]> | undefined, key: string): string | undefined {
+  const values = extra?.[key];
+  return Array.isArray(values) && typeof values[0] === 'string' && values[0] !== '' ? values[0] : undefined;
+}
+
+function limit(text: string, max = 300): string {
+  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+}
+
+export class TokenReviewAuthenticator implements Authenticator {
+  readonly name = 'tokenreview' as const;
+  private readonly cache = new Map<string, CacheEntry>();
+  private readonly inFlight = new Map<string, Promise<AuthOutcome>>();
+  private readonly now: () => number;
+
+  constructor(private readonly options: TokenReviewOptions) {
+    this.now = options.now ?? Date.now;
+  }
+
+  async authenticate(request: AuthRequest): Promise<AuthOutcome> {
+    const token = extractBearerToken(request.header('authorization'));
+    if (!token) return { kind: 'skip', reason: 'no "authorization: Bearer <token>" header' };
+    const resolved = this.options.clusters.resolve(request.header('clusterid'));
+    if ('error' in resolved) return { kind: 'denied', reason: resolved.error };
+    const cluster = resolved.cluster;
+    const key = `${cluster.id}\u0000${createHash('sha256').update(token).digest('hex')}`;
+
+    const cached = this.cache.get(key);
+    if (cached) {
+      if (cached.expiresAt > this.now()) {
+        this.options.observer?.onCacheHit?.();
+        return cached.outcome;
+      }
+      this.cache.delete(key);
+    }
+    const pending = this.inFlight.get(key);
+    if (pending) {
+      // Joining a review already in flight also saves an API call.
+      const outcome = await pending;
+      if (outcome.kind === 'ok') this.options.observer?.onCacheHit?.();
+      return outcome;
+    }
+
+    const review = this.review(cluster, token).then((outcome) => {
+      if (outcome.kind === 'ok') this.remember(key, token, outcome);
+      return outcome;
+    });
+    this.inFlight.set(key, review);
+    try {
+      return await review;
+    } finally {
+      this.inFlight.delete(key);
+    }
+  }
+
+  /** Number of cached verdicts (for /debug). */
+  get cacheSize(): number {
+    return this.cache.size;
+  }
+
+  private remember(key: string, token: string, outcome: Extract<AuthOutcome, { kind: 'ok' }>): void {
+    const now = this.now();
+    let expiresAt = now + this.options.cacheTtlSeconds * 1000;
+    const tokenExpiry = unverifiedExpiryMs(token);
+    if (tokenExpiry !== undefined) expiresAt = Math.min(expiresAt, tokenExpiry);
+    if (expiresAt <= now) return;
+    if (this.cache.size >= MAX_CACHE_ENTRIES) {
+      for (const [k, entry] of this.cache) if (entry.expiresAt <= now) this.cache.delete(k);
+      // Still full: drop the oldest insertions (Map iterates in insertion order).
+      for (const k of this.cache.keys()) {
+        if (this.cache.size < MAX_CACHE_ENTRIES) break;
+        this.cache.delete(k);
+      }
+    }
+    this.cache.set(key, { outcome, expiresAt });
+  }
+
+  private async review(cluster: KubeCluster, token: string): Promise<AuthOutcome> {
+    const body: V1TokenReview = {
+      apiVersion: 'authentication.k8s.io/v1',
+      kind: 'TokenReview',
+      spec: { token, audiences: [...this.options.audiences] },
+    };
+    let response: V1TokenReview;
+    try {
+      response = await withTimeout(cluster.authentication.createTokenReview({ body }), this.options.timeoutSeconds * 1000);
+    } catch (error) {
+      this.options.observer?.onReview?.('error');
+      return { kind: 'unavailable', reason: this.describeFailure(cluster, error) };
+    }
+    const outcome = this.judge(cluster, response);
+    this.options.observer?.onReview?.(outcome.kind === 'ok' ? 'authenticated' : 'rejected');
+    return outcome;
+  }
+
+  private describeFailure(cluster: KubeCluster, error: unknown): string {
+    const { status, detail } = describeKubeError(error);
+    const where = `the Kubernetes API server of cluster "${cluster.id}" (${cluster.server})`;
+    if (status === 403) {
+      return `${where} refused the CA's TokenReview (${limit(detail)}): the CA's service account lacks RBAC permission to create tokenreviews.authentication.k8s.io; bind it to the ClusterRole system:auth-delegator`;
+    }
+    if (status === 401) {
+      return `${where} did not accept the CA's own credentials (HTTP 401): check the CA's kubeconfig or service-account token`;
+    }
+    return `could not reach ${where} to review the token: ${limit(detail)}`;
+  }
+
+  private judge(cluster: KubeCluster, response: V1TokenReview): AuthOutcome {
+    const status = response.status;
+    if (!status?.authenticated) {
+      return { kind: 'denied', reason: `the token was not authenticated by cluster "${cluster.id}": ${limit(status?.error || 'no reason given')}` };
+    }
+    const username = status.user?.username ?? '';
+    const account = parseServiceAccountUsername(username);
+    if (!account) return { kind: 'denied', reason: `the token does not belong to a service account (user "${limit(username, 100)}")` };
+    const groups = status.user?.groups ?? [];
+    if (!groups.includes(SERVICE_ACCOUNTS_GROUP)) {
+      return { kind: 'denied', reason: `the token's user is not in the group ${SERVICE_ACCOUNTS_GROUP}` };
+    }
+    const granted = status.audiences ?? [];
+    if (!granted.some((audience) => this.options.audiences.includes(audience))) {
+      return {
+        kind: 'denied',
+        reason: `token audiences ${JSON.stringify(granted)} do not include any of the CA's audiences ${JSON.stringify(this.options.audiences)}`,
+      };
+    }
+    let identity: string;
+    try {
+      identity = formatWorkloadId({ trustDomain: this.options.trustDomain, namespace: account.namespace, serviceAccount: account.serviceAccount });
+    } catch (error) {
+      return { kind: 'denied', reason: `the service account cannot be expressed as a SPIFFE ID: ${(error as Error).message}` };
+    }
+    const podName = firstExtra(status.user?.extra, POD_NAME_EXTRA);
+    const podUid = firstExtra(status.user?.extra, POD_UID_EXTRA);
+    return {
+      kind: 'ok',
+      caller: {
+        authenticator: this.name,
+        identities: [identity],
+        subject: username,
+        kubernetes: {
+          clusterId: cluster.id,
+          namespace: account.namespace,
+          serviceAccount: account.serviceAccount,
+          ...(podName ? { podName } : {}),
+          ...(podUid ? { podUid } : {}),
+        },
+      },
+    };
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * What every authenticator sees and returns. Transport details (gRPC metadata, TLS sockets) are reduced to a
+ * small request view so the authenticators can be tested and reused without a server.
+ */
+
+export type AuthenticatorName = 'client-cert' | 'tokenreview' | 'jwt';
+
+/** The Kubernetes facts about a caller, when an authenticator learned them. */
+export interface KubernetesCaller {
+  clusterId: string;
+  namespace: string;
+  serviceAccount: string;
+  /** From TokenReview `extra` (or the token's `kubernetes.io.pod` claim): the caller's own pod. */
+  podName?: string;
+  podUid?: string;
+}
+
+/** An authenticated caller. */
+export interface Caller {
+  authenticator: AuthenticatorName;
+  /** SPIFFE IDs the caller proved; the issued certificate carries these. */
+  identities: string[];
+  /** Who the caller is, for the audit log: a Kubernetes username, a JWT subject, or the client cert's URI SAN. */
+  subject: string;
+  kubernetes?: KubernetesCaller;
+}
+
+/** The parts of a request authenticators look at. */
+export interface AuthRequest {
+  /** A request header (gRPC metadata key, lower-case); the first value when repeated. */
+  header(name: string): string | undefined;
+  /** DER of the client certificate, present only when the TLS layer verified it against our roots. */
+  peerCertificateDer?: Buffer;
+}
+
+/**
+ * The outcome of one authenticator:
+ * - `ok`: the caller is authenticated;
+ * - `skip`: the request carries nothing this authenticator understands (e.g. no client certificate);
+ * - `denied`: the credential is wrong (the caller's fault; reason is shown to the caller);
+ * - `unavailable`: the credential could not be checked (our fault or a dependency's; fail closed, retryable).
+ */
+export type AuthOutcome =
+  | { kind: 'ok'; caller: Caller }
+  | { kind: 'skip'; reason: string }
+  | { kind: 'denied'; reason: string }
+  | { kind: 'unavailable'; reason: string };
+
+export interface Authenticator {
+  readonly name: AuthenticatorName;
+  authenticate(request: AuthRequest): Promise<AuthOutcome>;
+}
+
+/** Why authentication as a whole failed: the gRPC layer maps `unavailable` to UNAVAILABLE, `denied` to UNAUTHENTICATED. */
+export class AuthenticationError extends Error {
+  constructor(
+    readonly kind: 'denied' | 'unavailable',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'AuthenticationError';
+  }
+}
+
+const SERVICE_ACCOUNT_PREFIX = 'system:serviceaccount:';
+
+/** Splits `system:serviceaccount:<ns>:<sa>`; null for anything else (users, nodes, malformed names). */
+export function parseServiceAccountUsername(username: string): { namespace: string; serviceAccount: string } | null {
+  if (!username.startsWith(SERVICE_ACCOUNT_PREFIX)) return null;
+  const parts = username.split(':');
+  if (parts.length !== 4 || !parts[2] || !parts[3]) return null;
+  return { namespace: parts[2], serviceAccount: parts[3] };
+}
+
+/** Istio's ExtractBearerToken: the value must start with exactly "Bearer " (capital B, one space). */
+export function extractBearerToken(authorization: string | undefined): string | undefined {
+  if (authorization === undefined || !authorization.startsWith('Bearer ')) return undefined;
+  const token = authorization.slice('Bearer '.length).trim();
+  return token.length > 0 ? token : undefined;
+}

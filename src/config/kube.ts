@@ -1,0 +1,82 @@
+/**
+ * Where the Kubernetes API client gets its configuration: an explicit kubeconfig path, else KUBECONFIG, else the
+ * in-cluster service-account credentials. Shared by every component that talks to an API server (TokenReview,
+ * pods, Secrets, ConfigMaps), so it knows nothing about what the client is used for.
+ */
+import { existsSync } from 'node:fs';
+import { KubeConfig } from '@kubernetes/client-node';
+import { ConfigError, type Env } from './env.js';
+
+/** Where the configuration came from, for log lines and error messages. */
+export type KubeConfigOrigin = { kind: 'file'; path: string } | { kind: 'env'; path: string } | { kind: 'in-cluster' };
+
+export interface LoadedKubeConfig {
+  kubeConfig: KubeConfig;
+  origin: KubeConfigOrigin;
+  /** The API server URL of the current context. */
+  server: string;
+}
+
+const IN_CLUSTER_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+
+/** True when running in a pod that has the API server's address and a service-account token mounted. */
+export function inCluster(env: Env = process.env): boolean {
+  return Boolean(env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT && existsSync(IN_CLUSTER_TOKEN));
+}
+
+/** True when `loadKubeConfig(path, env)` has something to load (it may still fail on a bad file). */
+export function kubeConfigAvailable(path: string | undefined, env: Env = process.env): boolean {
+  return Boolean(path) || Boolean(env.KUBECONFIG) || inCluster(env);
+}
+
+function fromFile(path: string, what: string): KubeConfig {
+  if (!existsSync(path)) throw new ConfigError(`${what} ${path} does not exist`);
+  const kubeConfig = new KubeConfig();
+  try {
+    kubeConfig.loadFromFile(path);
+  } catch (error) {
+    throw new ConfigError(`${what} ${path} cannot be read: ${(error as Error).message}`);
+  }
+  return kubeConfig;
+}
+
+/**
+ * Loads a kubeconfig with its origin and the current cluster's server URL.
+ * Throws ConfigError naming the file (or KUBECONFIG) and what is wrong.
+ */
+export function loadKubeConfigWithOrigin(path: string | undefined, env: Env = process.env): LoadedKubeConfig {
+  let kubeConfig: KubeConfig;
+  let origin: KubeConfigOrigin;
+  if (path) {
+    kubeConfig = fromFile(path, 'kubeconfig');
+    origin = { kind: 'file', path };
+  } else if (env.KUBECONFIG) {
+    // KUBECONFIG may list several files like kubectl accepts; the first existing one is used.
+    const candidates = env.KUBECONFIG.split(process.platform === 'win32' ? ';' : ':').filter((p) => p.length > 0);
+    const first = candidates.find((p) => existsSync(p));
+    if (!first) throw new ConfigError(`KUBECONFIG=${env.KUBECONFIG} names no existing file`);
+    kubeConfig = fromFile(first, 'kubeconfig (from KUBECONFIG)');
+    origin = { kind: 'env', path: first };
+  } else if (inCluster(env)) {
+    kubeConfig = new KubeConfig();
+    try {
+      kubeConfig.loadFromCluster();
+    } catch (error) {
+      throw new ConfigError(`cannot load the in-cluster Kubernetes configuration: ${(error as Error).message}`);
+    }
+    origin = { kind: 'in-cluster' };
+  } else {
+    throw new ConfigError('no Kubernetes configuration: pass --kubeconfig FILE, set KUBECONFIG, or run inside a cluster');
+  }
+  const cluster = kubeConfig.getCurrentCluster();
+  if (!cluster) {
+    const where = origin.kind === 'in-cluster' ? 'the in-cluster configuration' : origin.path;
+    throw new ConfigError(`${where} has no current context with a cluster (set current-context)`);
+  }
+  return { kubeConfig, origin, server: cluster.server };
+}
+
+/** Loads a KubeConfig from `path`, else KUBECONFIG, else in-cluster. Throws ConfigError with one actionable line. */
+export function loadKubeConfig(path: string | undefined, env: Env = process.env): KubeConfig {
+  return loadKubeConfigWithOrigin(path, env).kubeConfig;
+}

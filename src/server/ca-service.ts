@@ -1,0 +1,202 @@
+/**
+ * `istio.v1.auth.IstioCertificateService/CreateCertificate`: limits, authentication, optional node impersonation,
+ * signing policy, metrics and the audit line. Every failure is a gRPC status with a message a user can act on;
+ * the process never dies on a bad request.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { AuthenticationError, type AuthRequest, type AuthenticatorChain, type Caller, type NodeImpersonation } from '../authn/index.js';
+import { CaError, type CaErrorCode, type CertificateAuthority } from '../ca/index.js';
+import type { Logger } from '../log.js';
+import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
+import type { CaMetrics } from './metrics.js';
+
+export const MAX_CSR_BYTES = 64 * 1024;
+export const MAX_METADATA_KEYS = 64;
+export const MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
+/** Istio's message when an ImpersonatedIdentity request is refused. */
+export const IMPERSONATION_FAILURE = 'request impersonation authentication failure';
+
+const STATUS_FOR_CODE: Record<CaErrorCode, grpc.status> = {
+  CSR_ERROR: grpc.status.INVALID_ARGUMENT,
+  TTL_ERROR: grpc.status.INVALID_ARGUMENT,
+  UPSTREAM_REJECTED: grpc.status.INVALID_ARGUMENT,
+  CA_NOT_READY: grpc.status.INTERNAL,
+  CERT_GEN_ERROR: grpc.status.INTERNAL,
+  UPSTREAM_UNAVAILABLE: grpc.status.UNAVAILABLE,
+  UPSTREAM_DENIED: grpc.status.PERMISSION_DENIED,
+};
+
+export function grpcStatusForCaError(code: CaErrorCode): grpc.status {
+  return STATUS_FOR_CODE[code];
+}
+
+export interface CaServiceDeps {
+  authority: CertificateAuthority;
+  authenticators: AuthenticatorChain;
+  impersonation: NodeImpersonation;
+  metrics: CaMetrics;
+  logger: Logger;
+}
+
+/** Tracks calls being handled, so shutdown can wait for them. */
+export class InFlightCalls {
+  private count = 0;
+  private waiters: (() => void)[] = [];
+
+  get size(): number {
+    return this.count;
+  }
+
+  enter(): () => void {
+    this.count++;
+    let left = false;
+    return () => {
+      if (left) return;
+      left = true;
+      this.count--;
+      if (this.count === 0) for (const resolve of this.waiters.splice(0)) resolve();
+    };
+  }
+
+  idle(): Promise<void> {
+    return this.count === 0 ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
+  }
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function serviceError(code: grpc.status, details: string): Partial<grpc.StatusObject> {
+  return { code, details, metadata: new grpc.Metadata() };
+}
+
+function authRequestFrom(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): AuthRequest {
+  const metadata = call.metadata;
+  let peerCertificateDer: Buffer | undefined;
+  try {
+    const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+    if (raw && raw.length > 0) peerCertificateDer = raw;
+  } catch {
+    peerCertificateDer = undefined;
+  }
+  return {
+    header(name: string): string | undefined {
+      const value = metadata.get(name)[0];
+      return typeof value === 'string' ? value : undefined;
+    },
+    ...(peerCertificateDer ? { peerCertificateDer } : {}),
+  };
+}
+
+function checkLimits(request: IstioCertificateRequest): void {
+  if (Buffer.byteLength(request.csr) > MAX_CSR_BYTES) {
+    throw new RequestError(grpc.status.INVALID_ARGUMENT, `CSR is larger than the ${MAX_CSR_BYTES / 1024} KiB limit`);
+  }
+  if (request.csr.trim() === '') throw new RequestError(grpc.status.INVALID_ARGUMENT, 'CSR error: the request has no CSR');
+  const keys = Object.keys(request.metadata?.fields ?? {}).length;
+  if (keys > MAX_METADATA_KEYS) {
+    throw new RequestError(grpc.status.INVALID_ARGUMENT, `metadata has ${keys} keys; at most ${MAX_METADATA_KEYS} are allowed`);
+  }
+}
+
+export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): IstioCaHandlers {
+  const { authority, authenticators, impersonation, metrics, logger } = deps;
+
+  async function authorizeIdentities(caller: Caller, metadata: Record<string, unknown>): Promise<{ identities: string[]; impersonated: boolean }> {
+    const requested = metadata.ImpersonatedIdentity;
+    if (requested === undefined || requested === null || requested === '') return { identities: caller.identities, impersonated: false };
+    if (typeof requested !== 'string') {
+      throw new RequestError(grpc.status.UNAUTHENTICATED, `${IMPERSONATION_FAILURE}: ImpersonatedIdentity must be a string`);
+    }
+    const verdict = await impersonation.authorize(caller, requested);
+    if (verdict.kind === 'ok') return { identities: [verdict.identity], impersonated: true };
+    const code = verdict.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED;
+    throw new RequestError(code, `${IMPERSONATION_FAILURE}: ${verdict.reason}`);
+  }
+
+  async function handle(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): Promise<string[]> {
+    const request = call.request;
+    const clientAddress = call.getPeer();
+    checkLimits(request);
+    let caller: Caller;
+    try {
+      caller = await authenticators.authenticate(authRequestFrom(call));
+    } catch (error) {
+      if (error instanceof AuthenticationError) {
+        metrics.authenticationFailures.inc();
+        logger.info({ clientAddress, reason: error.message }, 'CSR request refused: authentication failed');
+        throw new RequestError(error.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED, error.message);
+      }
+      throw error;
+    }
+    const metadata = structToObject(request.metadata);
+    // CertSigner (sent by every istio-agent, usually empty) names an external signer in istiod; like istiod's own
+    // CA, this CA signs every request itself, so the value is only logged.
+    if (typeof metadata.CertSigner === 'string' && metadata.CertSigner !== '') {
+      logger.debug({ clientAddress, certSigner: metadata.CertSigner }, 'CertSigner metadata ignored: this CA signs itself');
+    }
+    let identities: string[];
+    let impersonated: boolean;
+    try {
+      ({ identities, impersonated } = await authorizeIdentities(caller, metadata));
+    } catch (error) {
+      metrics.authenticationFailures.inc();
+      logger.info({ clientAddress, caller: caller.subject, reason: (error as Error).message }, 'CSR request refused: impersonation not allowed');
+      throw error;
+    }
+    const started = process.hrtime.bigint();
+    try {
+      const issued = await authority.issue({ csrPem: request.csr, identities, requestedTtlSeconds: Number(request.validity_duration) });
+      metrics.signDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+      metrics.successfulIssuance.inc();
+      logger.info(
+        {
+          audit: true,
+          caller: caller.subject,
+          callerIdentities: caller.identities,
+          authenticator: caller.authenticator,
+          ...(caller.kubernetes ? { cluster: caller.kubernetes.clusterId } : {}),
+          spiffeId: identities.join(','),
+          impersonated,
+          serial: issued.serialHex,
+          notAfter: issued.notAfter.toISOString(),
+          ttlSeconds: issued.ttlSeconds,
+          clientAddress,
+        },
+        'certificate issued',
+      );
+      return issued.chain;
+    } catch (error) {
+      if (error instanceof CaError) {
+        metrics.signErrors.inc({ error: error.code });
+        logger.info({ clientAddress, caller: caller.subject, code: error.code, reason: error.message }, 'CSR request refused: signing failed');
+        throw new RequestError(grpcStatusForCaError(error.code), error.message);
+      }
+      throw error;
+    }
+  }
+
+  return {
+    CreateCertificate(call, callback) {
+      metrics.csrCount.inc();
+      const leave = inFlight.enter();
+      handle(call)
+        .then((chain) => callback(null, { cert_chain: chain }))
+        .catch((error: unknown) => {
+          if (error instanceof RequestError) {
+            callback(serviceError(error.code, error.message));
+            return;
+          }
+          logger.error({ err: (error as Error)?.stack ?? String(error) }, 'unexpected error while handling CreateCertificate');
+          callback(serviceError(grpc.status.INTERNAL, 'internal error in the CA; see its logs'));
+        })
+        .finally(leave);
+    },
+  };
+}

@@ -1,0 +1,261 @@
+/**
+ * The CA server: the Istio CA gRPC API on --grpc-addr (TLS with a certificate from this CA, or plaintext for
+ * debugging) plus the monitoring HTTP server on --monitoring-addr. `startCaServer` returns once both listen;
+ * `close` stops accepting, lets in-flight calls finish (up to the grace period) and releases everything.
+ */
+import type { AddressInfo } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import {
+  AuthenticatorChain,
+  ClientCertAuthenticator,
+  JwtAuthenticator,
+  KubeClusters,
+  NodeImpersonation,
+  TokenReviewAuthenticator,
+  type Authenticator,
+} from '../authn/index.js';
+import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/index.js';
+import type { CaServerConfig } from '../config/ca.js';
+import type { Env } from '../config/env.js';
+import { loadKubeConfigWithOrigin } from '../config/kube.js';
+import type { Logger } from '../log.js';
+import { istioCaService } from '../wire/protos.js';
+import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca-service.js';
+import { formatHostPort, listenError } from './listen.js';
+import { CaMetrics } from './metrics.js';
+import { createMonitoringServer } from './monitoring.js';
+import { ReadinessProbe } from './readiness.js';
+import { ServingCertificate } from './serving-cert.js';
+
+export { CaMetrics } from './metrics.js';
+export { ListenError, formatHostPort } from './listen.js';
+export { grpcStatusForCaError, MAX_CSR_BYTES, MAX_METADATA_KEYS, IMPERSONATION_FAILURE } from './ca-service.js';
+export { RotatingServerCredentials, ServingCertificate } from './serving-cert.js';
+
+export interface CaServerOptions {
+  config: CaServerConfig;
+  signer: WorkloadSigner;
+  logger: Logger;
+  /** Metrics go here; a fresh Registry when omitted. */
+  registry?: Registry;
+  env?: Env;
+}
+
+export interface CaServer {
+  /** host:port actually bound (the real port when 0 was asked for). */
+  grpcAddress: string;
+  monitoringAddress: string;
+  grpcPort: number;
+  monitoringPort: number;
+  authority: CertificateAuthority;
+  metrics: CaMetrics;
+  /** The TLS serving certificate manager; undefined with --plaintext. */
+  servingCertificate(): ServingCertificate | undefined;
+  /** Graceful stop: refuse new calls, wait for in-flight ones up to the grace period, then close. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** grpc-js logs to stderr by default; send its messages to our logger instead (bind failures we report ourselves). */
+function routeGrpcLogs(logger: Logger): void {
+  const write = (level: 'warn' | 'info' | 'debug') => (...args: unknown[]): void => {
+    const message = args.map(String).join(' ');
+    logger[/No address added out of total/.test(message) ? 'debug' : level]({ component: 'grpc' }, message);
+  };
+  grpc.setLogger({ error: write('warn'), info: write('info'), debug: write('debug') });
+}
+
+function bindGrpc(server: grpc.Server, address: string, credentials: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port))));
+}
+
+function buildKubeClusters(config: CaServerConfig, env: Env, logger: Logger): KubeClusters {
+  const loaded = config.kubeconfigs.map((entry) => {
+    const { kubeConfig, origin, server } = loadKubeConfigWithOrigin(entry.path, env);
+    logger.info({ clusterId: entry.clusterId, server, origin: origin.kind === 'in-cluster' ? 'in-cluster' : origin.path }, 'Kubernetes cluster configured');
+    return { clusterId: entry.clusterId, kubeConfig };
+  });
+  return KubeClusters.fromKubeConfigs(config.clusterId, loaded);
+}
+
+export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
+  const { config, signer, logger } = options;
+  routeGrpcLogs(logger);
+  const env = options.env ?? process.env;
+  const registry = options.registry ?? new Registry();
+  // The process metrics may already be there when the registry is shared with the key source.
+  if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
+  const metrics = new CaMetrics(registry);
+  const authority = new CertificateAuthority({
+    signer,
+    defaultTtlSeconds: config.defaultWorkloadCertTtlSeconds,
+    maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
+  });
+
+  const clusters = buildKubeClusters(config, env, logger);
+  const authenticators: Authenticator[] = [];
+  if (!config.plaintext) authenticators.push(new ClientCertAuthenticator());
+  if (clusters.size > 0) {
+    authenticators.push(
+      new TokenReviewAuthenticator({
+        clusters,
+        audiences: config.tokenAudiences,
+        trustDomain: config.trustDomain,
+        cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
+        timeoutSeconds: config.tokenReviewTimeoutSeconds,
+        observer: metrics,
+      }),
+    );
+  }
+  if (config.jwtRules.length > 0) {
+    authenticators.push(
+      await JwtAuthenticator.create({
+        rules: config.jwtRules,
+        defaultAudiences: config.tokenAudiences,
+        trustDomain: config.trustDomain,
+        localClusterId: config.clusterId,
+      }),
+    );
+  }
+  const chain = new AuthenticatorChain(authenticators);
+  const impersonation = new NodeImpersonation({
+    clusters,
+    trustedNodeAccounts: config.trustedNodeAccounts,
+    trustDomain: config.trustDomain,
+    timeoutSeconds: config.tokenReviewTimeoutSeconds,
+  });
+
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const runCleanups = async (): Promise<void> => {
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        logger.warn({ err: (error as Error).message }, 'error while stopping the CA server');
+      }
+    }
+  };
+
+  try {
+    const publishExpiries = (): void => {
+      const status = signer.status();
+      metrics.setExpiries(
+        status.roots.map((r) => r.notAfter),
+        status.signingCertNotAfter,
+      );
+    };
+    publishExpiries();
+
+    let serving: ServingCertificate | undefined;
+    let credentials: grpc.ServerCredentials;
+    if (config.plaintext) {
+      logger.warn({ grpcAddress: config.grpcAddress.text }, 'serving the CA API WITHOUT TLS (--plaintext): for local debugging only; tokens travel in the clear');
+      credentials = grpc.ServerCredentials.createInsecure();
+    } else {
+      serving = new ServingCertificate({ signer, dnsNames: config.serverDnsNames, ttlSeconds: config.serverCertTtlSeconds, logger });
+      await serving.start();
+      cleanups.push(() => serving?.close());
+      credentials = serving.credentials;
+    }
+
+    const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger });
+    await readiness.start();
+    cleanups.push(() => readiness.stop());
+    const unsubscribe = signer.onChange(() => {
+      publishExpiries();
+      void readiness.probe();
+    });
+    cleanups.push(unsubscribe);
+
+    const inFlight = new InFlightCalls();
+    const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
+    grpcServer.addService(istioCaService, createCaHandlers({ authority, authenticators: chain, impersonation, metrics, logger }, inFlight));
+    let grpcPort: number;
+    try {
+      grpcPort = await bindGrpc(grpcServer, formatHostPort(config.grpcAddress.host, config.grpcAddress.port), credentials);
+    } catch (error) {
+      grpcServer.forceShutdown();
+      throw listenError(config.grpcAddress, 'the CA gRPC API', '--grpc-addr', error);
+    }
+    const graceMs = config.shutdownGraceSeconds * 1000;
+    cleanups.push(async () => {
+      const finished = new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+      const waited = await Promise.race([
+        Promise.all([finished, inFlight.idle()]).then(() => true),
+        new Promise<false>((resolve) => setTimeout(() => resolve(false), graceMs).unref()),
+      ]);
+      if (!waited) logger.warn({ inFlight: inFlight.size, graceSeconds: config.shutdownGraceSeconds }, 'in-flight calls did not finish in time; closing them');
+      grpcServer.forceShutdown();
+    });
+
+    const monitoring = createMonitoringServer({
+      registry,
+      ready: () => readiness.check(),
+      debugInfo: () => {
+        const status = signer.status();
+        const servingState = serving?.current();
+        return {
+          trustDomain: config.trustDomain,
+          keySource: status.source,
+          ...(status.mode ? { mode: status.mode } : {}),
+          signingCertificate: {
+            serial: status.signingCertSerial ?? null,
+            subject: status.signingCertSubject ?? null,
+            notAfter: status.signingCertNotAfter?.toISOString() ?? null,
+          },
+          roots: status.roots.map((r) => ({ subject: r.subject, fingerprintSha256: r.fingerprintSha256, notAfter: r.notAfter.toISOString() })),
+          servingCertificate: servingState
+            ? { serial: servingState.serialHex, notAfter: servingState.notAfter.toISOString(), dnsNames: servingState.dnsNames }
+            : null,
+          tls: !config.plaintext,
+          authenticators: chain.names,
+          tokenAudiences: config.tokenAudiences,
+          clusters: clusters.ids(),
+          localClusterId: config.clusterId,
+          jwtIssuers: config.jwtRules.map((r) => r.issuer),
+          trustedNodeAccounts: config.trustedNodeAccounts.map((a) => `${a.namespace}/${a.serviceAccount}`),
+          defaultWorkloadCertTtl: formatSeconds(config.defaultWorkloadCertTtlSeconds),
+          maxWorkloadCertTtl: formatSeconds(config.maxWorkloadCertTtlSeconds),
+        };
+      },
+    });
+    try {
+      await monitoring.listen({ host: config.monitoringAddress.host, port: config.monitoringAddress.port });
+    } catch (error) {
+      await monitoring.close().catch(() => undefined);
+      throw listenError(config.monitoringAddress, 'the monitoring HTTP server', '--monitoring-addr', error);
+    }
+    cleanups.push(() => monitoring.close());
+    const monitoringPort = (monitoring.server.address() as AddressInfo).port;
+
+    const grpcAddress = formatHostPort(config.grpcAddress.host, grpcPort);
+    const monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
+    logger.info(
+      {
+        grpcAddress,
+        monitoringAddress,
+        tls: !config.plaintext,
+        trustDomain: config.trustDomain,
+        keySource: signer.source,
+        authenticators: chain.names,
+        serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
+      },
+      'CA server ready',
+    );
+
+    let closing: Promise<void> | undefined;
+    return {
+      grpcAddress,
+      monitoringAddress,
+      grpcPort,
+      monitoringPort,
+      authority,
+      metrics,
+      servingCertificate: () => serving,
+      close: () => (closing ??= runCleanups()),
+    };
+  } catch (error) {
+    await runCleanups();
+    throw error;
+  }
+}

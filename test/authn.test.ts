@@ -1,0 +1,352 @@
+/**
+ * The authenticators on their own, against the Kubernetes API stand-in over real HTTPS (through
+ * @kubernetes/client-node) and real JWKS files/URLs: caching and coalescing of TokenReviews, failure kinds,
+ * JWT rules, node impersonation, the dev issuer, and the `ca` configuration readers.
+ */
+import assert from 'node:assert/strict';
+import { statSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { Command } from 'commander';
+import * as jose from 'jose';
+import {
+  AuthenticatorChain,
+  JwtAuthenticator,
+  KubeClusters,
+  NodeImpersonation,
+  parseJwtRules,
+  TokenReviewAuthenticator,
+  type AuthOutcome,
+  type AuthRequest,
+  type Authenticator,
+  type Caller,
+} from '../src/authn/index.js';
+import { DEV_ISSUER, DevIssuerError, DevTokenIssuer } from '../src/authn/dev-issuer.js';
+import { addCaServerOptions, readCaServerConfig, type CaServerFlags } from '../src/config/ca.js';
+import { ConfigError } from '../src/config/env.js';
+import { loadKubeConfig } from '../src/config/kube.js';
+import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { makeTempDir } from './support/process.js';
+
+const temp = makeTempDir('meshca-authn-');
+after(() => temp.cleanup());
+
+function bearer(token: string | undefined, headers: Record<string, string> = {}): AuthRequest {
+  const all: Record<string, string> = { ...headers, ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}) };
+  return { header: (name) => all[name] };
+}
+
+function okCaller(outcome: AuthOutcome): Caller {
+  if (outcome.kind !== 'ok') assert.fail(`expected ok, got ${outcome.kind}: ${outcome.reason}`);
+  return outcome.caller;
+}
+
+describe('TokenReview authenticator', () => {
+  let kube: KubeStandin;
+  let clusters: KubeClusters;
+  before(async () => {
+    kube = await startKubeStandin();
+    clusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(kube.kubeconfigPath, {}) }]);
+  });
+  after(() => kube.close());
+
+  function authenticator(options: { cacheTtlSeconds?: number; timeoutSeconds?: number; now?: () => number; hits?: { count: number } } = {}): TokenReviewAuthenticator {
+    return new TokenReviewAuthenticator({
+      clusters,
+      audiences: ['istio-ca'],
+      trustDomain: 'cluster.local',
+      cacheTtlSeconds: options.cacheTtlSeconds ?? 60,
+      timeoutSeconds: options.timeoutSeconds ?? 5,
+      ...(options.now ? { now: options.now } : {}),
+      observer: { onCacheHit: () => options.hits && options.hits.count++ },
+    });
+  }
+
+  test('identity, pod facts from `extra`, and concurrent identical reviews coalesced into one API call', async () => {
+    kube.state.addPod({ namespace: 'default', name: 'web-1', serviceAccount: 'web', nodeName: 'node-a' });
+    const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'web', podName: 'web-1' });
+    const hits = { count: 0 };
+    const auth = authenticator({ hits });
+    const before = kube.state.tokenReviewCount;
+    const outcomes = await Promise.all(Array.from({ length: 20 }, () => auth.authenticate(bearer(token))));
+    assert.equal(kube.state.tokenReviewCount - before, 1);
+    assert.equal(hits.count, 19);
+    const caller = okCaller(outcomes[0]!);
+    assert.deepEqual(caller.identities, ['spiffe://cluster.local/ns/default/sa/web']);
+    assert.equal(caller.subject, 'system:serviceaccount:default:web');
+    assert.equal(caller.kubernetes?.podName, 'web-1');
+    assert.equal(caller.kubernetes?.podUid, kube.state.get('pods', 'default', 'web-1')!.metadata.uid);
+  });
+
+  test('a cached review lasts until the earlier of the cache TTL and the token expiry', async () => {
+    let now = Date.now();
+    const auth = authenticator({ cacheTtlSeconds: 600, now: () => now });
+    const shortLived = await kube.mintToken({ namespace: 'default', serviceAccount: 'short', ttlSeconds: 120 });
+    const count = (): number => kube.state.tokenReviewCount;
+    const start = count();
+    okCaller(await auth.authenticate(bearer(shortLived)));
+    now += 100_000;
+    okCaller(await auth.authenticate(bearer(shortLived)));
+    assert.equal(count() - start, 1, 'still cached before the token expires');
+    now += 30_000;
+    // Past the token's exp the cache must not answer (the stand-in's 60 s leeway still accepts it).
+    okCaller(await auth.authenticate(bearer(shortLived)));
+    assert.equal(count() - start, 2);
+
+    const shortCache = authenticator({ cacheTtlSeconds: 10, now: () => now });
+    const longLived = await kube.mintToken({ namespace: 'default', serviceAccount: 'long', ttlSeconds: 3600 });
+    const start2 = count();
+    okCaller(await shortCache.authenticate(bearer(longLived)));
+    now += 9_000;
+    okCaller(await shortCache.authenticate(bearer(longLived)));
+    now += 2_000;
+    okCaller(await shortCache.authenticate(bearer(longLived)));
+    assert.equal(count() - start2, 2);
+  });
+
+  test('failures are never cached', async () => {
+    const auth = authenticator();
+    const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'web', audiences: ['other'] });
+    const start = kube.state.tokenReviewCount;
+    for (let i = 0; i < 2; i++) {
+      const outcome = await auth.authenticate(bearer(token));
+      assert.equal(outcome.kind, 'denied');
+      if (outcome.kind === 'denied') assert.match(outcome.reason, /token audiences \["other"\] is invalid/);
+    }
+    assert.equal(kube.state.tokenReviewCount - start, 2);
+  });
+
+  test('requests without a usable bearer token are skipped; unknown clusters are denied', async () => {
+    const auth = authenticator();
+    assert.equal((await auth.authenticate({ header: () => undefined })).kind, 'skip');
+    assert.equal((await auth.authenticate({ header: (n) => (n === 'authorization' ? 'bearer abc' : undefined) })).kind, 'skip');
+    assert.equal((await auth.authenticate({ header: (n) => (n === 'authorization' ? 'Bearer ' : undefined) })).kind, 'skip');
+    const outcome = await auth.authenticate(bearer('x.y.z', { clusterid: 'mars' }));
+    assert.deepEqual(outcome, { kind: 'denied', reason: 'unknown cluster ID "mars" in the clusterid header (this CA trusts "Kubernetes")' });
+  });
+
+  test('a reviewer whose own credentials are refused, and a slow API server, are unavailable (not denied)', async () => {
+    const badConfig = path.join(temp.dir, 'bad-reviewer.yaml');
+    writeFileSync(badConfig, kube.kubeconfigYaml.replace(kube.reviewerToken, 'not-the-reviewer-token'));
+    const badClusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(badConfig, {}) }]);
+    const auth = new TokenReviewAuthenticator({ clusters: badClusters, audiences: ['istio-ca'], trustDomain: 'cluster.local', cacheTtlSeconds: 60, timeoutSeconds: 5 });
+    const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'web' });
+    const outcome = await auth.authenticate(bearer(token));
+    assert.equal(outcome.kind, 'unavailable');
+    if (outcome.kind === 'unavailable') assert.match(outcome.reason, /did not accept the CA's own credentials \(HTTP 401\)/);
+
+    kube.state.delayMs = 1000;
+    try {
+      const slow = await authenticator({ timeoutSeconds: 0.2 }).authenticate(bearer(token));
+      assert.equal(slow.kind, 'unavailable');
+      if (slow.kind === 'unavailable') assert.match(slow.reason, /could not reach the Kubernetes API server .* no answer within 0\.2s/);
+    } finally {
+      kube.state.delayMs = 0;
+    }
+  });
+
+  test('node impersonation checks the caller pod and the target pod on the same node', async () => {
+    kube.state.addPod({ namespace: 'kube-system', name: 'agent-a', serviceAccount: 'agent', nodeName: 'node-a' });
+    kube.state.addPod({ namespace: 'shop', name: 'cart-1', serviceAccount: 'cart', nodeName: 'node-a' });
+    kube.state.addPod({ namespace: 'shop', name: 'pay-1', serviceAccount: 'pay', nodeName: 'node-b' });
+    const impersonation = new NodeImpersonation({
+      clusters,
+      trustedNodeAccounts: [{ namespace: 'kube-system', serviceAccount: 'agent' }],
+      trustDomain: 'cluster.local',
+      timeoutSeconds: 5,
+    });
+    const agentUid = kube.state.get('pods', 'kube-system', 'agent-a')!.metadata.uid!;
+    const caller = (podUid: string | undefined): Caller => ({
+      authenticator: 'tokenreview',
+      identities: ['spiffe://cluster.local/ns/kube-system/sa/agent'],
+      subject: 'system:serviceaccount:kube-system:agent',
+      kubernetes: { clusterId: 'Kubernetes', namespace: 'kube-system', serviceAccount: 'agent', podName: 'agent-a', ...(podUid ? { podUid } : {}) },
+    });
+    assert.deepEqual(await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart'), {
+      kind: 'ok',
+      identity: 'spiffe://cluster.local/ns/shop/sa/cart',
+      node: 'node-a',
+    });
+    const elsewhere = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/pay');
+    assert.equal(elsewhere.kind, 'denied');
+    const staleUid = await impersonation.authorize(caller('00000000-0000-0000-0000-000000000000'), 'spiffe://cluster.local/ns/shop/sa/cart');
+    assert.equal(staleUid.kind, 'denied');
+    if (staleUid.kind === 'denied') assert.match(staleUid.reason, /does not match its token/);
+    const unbound = await impersonation.authorize(caller(undefined), 'spiffe://cluster.local/ns/shop/sa/cart');
+    assert.equal(unbound.kind, 'denied');
+    const otherDomain = await impersonation.authorize(caller(agentUid), 'spiffe://evil.example/ns/shop/sa/cart');
+    assert.equal(otherDomain.kind, 'denied');
+    kube.state.down = true;
+    try {
+      const down = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
+      assert.equal(down.kind, 'unavailable');
+    } finally {
+      kube.state.down = false;
+    }
+  });
+});
+
+describe('JWT authenticator', () => {
+  test('verifies against a JWKS file and picks up a new key when the file changes', async () => {
+    const dir = path.join(temp.dir, 'jwks-rotation');
+    const first = await DevTokenIssuer.loadOrCreate(dir);
+    const auth = await JwtAuthenticator.create({ rules: [first.jwtRule(['istio-ca'])], defaultAudiences: ['istio-ca'], trustDomain: 'cluster.local', localClusterId: 'Kubernetes' });
+    const oldToken = await first.mint({ namespace: 'a', serviceAccount: 'b', audiences: ['istio-ca'], ttlSeconds: 60 });
+    assert.deepEqual(okCaller(await auth.authenticate(bearer(oldToken))).identities, ['spiffe://cluster.local/ns/a/sa/b']);
+
+    await rm(first.keyPath);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const second = await DevTokenIssuer.loadOrCreate(dir);
+    assert.notEqual(second.kid, first.kid);
+    const newToken = await second.mint({ namespace: 'a', serviceAccount: 'c', audiences: ['istio-ca'], ttlSeconds: 60 });
+    assert.deepEqual(okCaller(await auth.authenticate(bearer(newToken))).identities, ['spiffe://cluster.local/ns/a/sa/c']);
+    const old = await auth.authenticate(bearer(oldToken));
+    assert.equal(old.kind, 'denied');
+  });
+
+  test('identity from kubernetes.io claims; refusals say why; an unreachable JWKS URL is unavailable', async () => {
+    const { privateKey, publicKey } = await jose.generateKeyPair('ES256');
+    const jwksFile = path.join(temp.dir, 'claims-jwks.json');
+    writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await jose.exportJWK(publicKey)), kid: 'k1', alg: 'ES256' }] }));
+    const auth = await JwtAuthenticator.create({
+      rules: [
+        { issuer: 'https://issuer.test', jwksFile, audiences: ['mesh'] },
+        { issuer: 'https://offline.test', jwksUri: 'http://127.0.0.1:1/jwks', audiences: [] },
+      ],
+      defaultAudiences: ['istio-ca'],
+      trustDomain: 'example.org',
+      localClusterId: 'Kubernetes',
+    });
+    const sign = (claims: jose.JWTPayload, issuer = 'https://issuer.test', audience = 'mesh'): Promise<string> =>
+      new jose.SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(issuer).setAudience(audience).setIssuedAt().setExpirationTime('5m').sign(privateKey);
+
+    const caller = okCaller(await auth.authenticate(bearer(await sign({ 'kubernetes.io': { namespace: 'ns1', serviceaccount: { name: 'sa1' }, pod: { name: 'p', uid: 'u' } } }))));
+    assert.deepEqual(caller.identities, ['spiffe://example.org/ns/ns1/sa/sa1']);
+    assert.equal(caller.kubernetes?.podName, 'p');
+
+    const noAccount = await auth.authenticate(bearer(await sign({ sub: 'alice' })));
+    assert.equal(noAccount.kind, 'denied');
+    const wrongIssuer = await auth.authenticate(bearer(await sign({ sub: 'system:serviceaccount:a:b' }, 'https://other.test')));
+    assert.deepEqual(wrongIssuer, { kind: 'denied', reason: 'issuer https://other.test is not trusted (JWT_RULE trusts https://issuer.test, https://offline.test)' });
+    const notJwt = await auth.authenticate(bearer('opaque-token'));
+    assert.deepEqual(notJwt, { kind: 'denied', reason: 'the bearer token is not a JWT' });
+    // Rules without audiences use TOKEN_AUDIENCES; the key source being down is not the caller's fault.
+    const offline = await auth.authenticate(bearer(await sign({ sub: 'system:serviceaccount:a:b' }, 'https://offline.test', 'istio-ca')));
+    assert.equal(offline.kind, 'unavailable');
+  });
+
+  test('JWT_RULE parsing accepts an object or a list and names what is wrong', () => {
+    assert.deepEqual(parseJwtRules('{"issuer":"https://a","jwks_uri":"https://a/jwks","audiences":["x"]}'), [{ issuer: 'https://a', jwksUri: 'https://a/jwks', audiences: ['x'] }]);
+    assert.equal(parseJwtRules('[{"issuer":"https://a","jwks_file":"/f"},{"issuer":"https://b","jwks_file":"/g"}]').length, 2);
+    assert.throws(() => parseJwtRules('nope'), /invalid JWT_RULE: not JSON/);
+    assert.throws(() => parseJwtRules('{"issuer":"https://a"}'), /give exactly one of "jwks_uri" or "jwks_file"/);
+    assert.throws(() => parseJwtRules('{"issuer":"https://a","jwks_uri":"ftp://x"}'), /must be http\(s\)/);
+    assert.throws(() => parseJwtRules('[{"issuer":"https://a","jwks_file":"/f","audiences":"x"}]', '--jwt-rule'), /invalid --jwt-rule: "audiences" must be a list/);
+  });
+});
+
+describe('authenticator chain', () => {
+  const fixed = (name: Authenticator['name'], outcome: AuthOutcome, calls: string[]): Authenticator => ({
+    name,
+    authenticate: async () => {
+      calls.push(name);
+      return outcome;
+    },
+  });
+  const caller: Caller = { authenticator: 'jwt', identities: ['spiffe://td/ns/a/sa/b'], subject: 's' };
+
+  test('first success wins, in order', async () => {
+    const calls: string[] = [];
+    const chain = new AuthenticatorChain([fixed('client-cert', { kind: 'skip', reason: 'none' }, calls), fixed('jwt', { kind: 'ok', caller }, calls), fixed('tokenreview', { kind: 'ok', caller }, calls)]);
+    assert.equal(await chain.authenticate({ header: () => undefined }), caller);
+    assert.deepEqual(calls, ['client-cert', 'jwt']);
+  });
+
+  test('denials are listed; an unavailable dependency makes the whole failure unavailable', async () => {
+    const calls: string[] = [];
+    const denied = new AuthenticatorChain([fixed('client-cert', { kind: 'skip', reason: 'none' }, calls), fixed('tokenreview', { kind: 'denied', reason: 'bad audience' }, calls), fixed('jwt', { kind: 'denied', reason: 'unknown issuer' }, calls)]);
+    await assert.rejects(denied.authenticate({ header: () => undefined }), { kind: 'denied', message: 'request authenticate failure: tokenreview: bad audience; jwt: unknown issuer' });
+    const unavailable = new AuthenticatorChain([fixed('tokenreview', { kind: 'unavailable', reason: 'could not reach the Kubernetes API server' }, calls), fixed('jwt', { kind: 'denied', reason: 'unknown issuer' }, calls)]);
+    await assert.rejects(unavailable.authenticate({ header: () => undefined }), { kind: 'unavailable', message: /^authentication could not be completed: tokenreview: could not reach the Kubernetes API server; jwt: unknown issuer$/ });
+  });
+});
+
+describe('dev token issuer', () => {
+  test('keeps one ES256 key (0600) and its JWKS in the state directory', async () => {
+    const dir = path.join(temp.dir, 'dev-issuer');
+    const issuer = await DevTokenIssuer.loadOrCreate(dir);
+    assert.equal(statSync(issuer.keyPath).mode & 0o777, 0o600);
+    const again = await DevTokenIssuer.loadOrCreate(dir);
+    assert.equal(again.kid, issuer.kid);
+    const token = await again.mint({ namespace: 'default', serviceAccount: 'demo', audiences: ['istio-ca'], ttlSeconds: 60, pod: { name: 'demo-1', uid: 'uid-1' } });
+    const claims = jose.decodeJwt(token);
+    assert.equal(claims.iss, DEV_ISSUER);
+    assert.deepEqual((claims['kubernetes.io'] as { pod: unknown }).pod, { name: 'demo-1', uid: 'uid-1' });
+    await assert.rejects(again.mint({ namespace: 'default', serviceAccount: 'Demo!', audiences: ['x'], ttlSeconds: 60 }), DevIssuerError);
+
+    writeFileSync(issuer.keyPath, 'garbage');
+    await assert.rejects(DevTokenIssuer.loadOrCreate(dir), /dev-jwt-key\.pem is not a readable PEM private key; delete it/);
+  });
+});
+
+describe('ca configuration', () => {
+  function parse(argv: string[], env: Record<string, string> = {}): ReturnType<typeof readCaServerConfig> {
+    const command = addCaServerOptions(new Command('ca').exitOverride());
+    command.parse(argv, { from: 'user' });
+    return readCaServerConfig(command.opts<CaServerFlags>(), env);
+  }
+
+  test('defaults follow Istio', () => {
+    const config = parse([]);
+    assert.equal(config.grpcAddress.text, '0.0.0.0:15012');
+    assert.equal(config.monitoringAddress.text, '0.0.0.0:15014');
+    assert.equal(config.plaintext, false);
+    assert.deepEqual(config.tokenAudiences, ['istio-ca']);
+    assert.equal(config.trustDomain, 'cluster.local');
+    assert.equal(config.clusterId, 'Kubernetes');
+    assert.equal(config.defaultWorkloadCertTtlSeconds, 86400);
+    assert.equal(config.maxWorkloadCertTtlSeconds, 90 * 86400);
+    assert.equal(config.tokenReviewCacheTtlSeconds, 60);
+    assert.equal(config.tokenReviewTimeoutSeconds, 5);
+    assert.deepEqual(config.serverDnsNames, ['meshca.istio-system.svc']);
+    assert.deepEqual(config.kubeconfigs, []);
+  });
+
+  test('flags and Istio env vars', () => {
+    const config = parse(
+      ['--kubeconfig', '/k/local.yaml', '--kubeconfig', 'west=/k/west.yaml', '--server-dns', 'a.example,b.example', '--trusted-node-accounts', 'kube-system/ztunnel'],
+      { TOKEN_AUDIENCES: 'istio-ca,mesh', CLUSTER_ID: 'east', ISTIOD_CUSTOM_HOST: 'c.example', MAX_WORKLOAD_CERT_TTL: '48h', DEFAULT_WORKLOAD_CERT_TTL: '12h', TRUST_DOMAIN: 'corp.example' },
+    );
+    assert.deepEqual(config.kubeconfigs, [
+      { clusterId: 'east', path: '/k/local.yaml' },
+      { clusterId: 'west', path: '/k/west.yaml' },
+    ]);
+    assert.deepEqual(config.tokenAudiences, ['istio-ca', 'mesh']);
+    assert.deepEqual(config.serverDnsNames, ['a.example', 'b.example', 'c.example']);
+    assert.deepEqual(config.trustedNodeAccounts, [{ namespace: 'kube-system', serviceAccount: 'ztunnel' }]);
+    assert.equal(config.maxWorkloadCertTtlSeconds, 48 * 3600);
+    assert.equal(config.defaultWorkloadCertTtlSeconds, 12 * 3600);
+    assert.equal(config.trustDomain, 'corp.example');
+  });
+
+  test('bad values are ConfigErrors naming the flag or variable', () => {
+    assert.throws(() => parse(['--kubeconfig', '/a', '--kubeconfig', '/b']), /--kubeconfig names cluster "Kubernetes" twice/);
+    assert.throws(() => parse([], { DEFAULT_WORKLOAD_CERT_TTL: '100d' }), /DEFAULT_WORKLOAD_CERT_TTL .* is longer than MAX_WORKLOAD_CERT_TTL/);
+    assert.throws(() => parse(['--tokenreview-timeout', 'soon']), /invalid --tokenreview-timeout="soon"/);
+    assert.throws(() => parse(['--server-dns', 'bad name']), /invalid --server-dns \(env ISTIOD_CUSTOM_HOST\)="bad name"/);
+    assert.throws(() => parse(['--grpc-addr', 'nowhere']), ConfigError);
+  });
+
+  test('kubeconfig: explicit path, then KUBECONFIG, else a clear error', () => {
+    assert.throws(() => loadKubeConfig(path.join(temp.dir, 'nope.yaml'), {}), /kubeconfig .*nope\.yaml does not exist/);
+    assert.throws(() => loadKubeConfig(undefined, {}), /no Kubernetes configuration: pass --kubeconfig FILE, set KUBECONFIG, or run inside a cluster/);
+    const file = path.join(temp.dir, 'kubeconfig.yaml');
+    writeFileSync(
+      file,
+      ['apiVersion: v1', 'kind: Config', 'clusters:', '- name: c', '  cluster:', '    server: https://10.0.0.1:6443', 'users:', '- name: u', '  user:', '    token: t', 'contexts:', '- name: x', '  context:', '    cluster: c', '    user: u', 'current-context: x', ''].join('\n'),
+    );
+    assert.equal(loadKubeConfig(undefined, { KUBECONFIG: file }).getCurrentCluster()?.server, 'https://10.0.0.1:6443');
+    assert.equal(loadKubeConfig(file, { KUBECONFIG: '/does/not/matter' }).getCurrentCluster()?.server, 'https://10.0.0.1:6443');
+  });
+});

@@ -1,0 +1,163 @@
+/**
+ * Operating `meshca ca`: start-up failures end in one line naming what to fix, --plaintext warns, the serving
+ * certificate renews without a restart, and an expired signing certificate turns requests into INTERNAL and
+ * readiness false.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import * as path from 'node:path';
+import { connect } from 'node:tls';
+import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { DEV_ISSUER, DevTokenIssuer } from '../src/authn/dev-issuer.js';
+import { certificateToPem, createCaCertificate, exportPrivateKeyPem, generateKeyPairFor } from '../src/pki/index.js';
+import { IstioCaClient } from '../src/wire/protos.js';
+import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, SERVER_NAME, startCa, waitForRecord } from './ca-helpers.js';
+import { makeTempDir, runMeshca } from './support/process.js';
+import { opensslVerifyResponseChain } from './support/openssl.js';
+
+const temp = makeTempDir('meshca-ca-ops-');
+let issuer: DevTokenIssuer;
+let jwtRule: string;
+
+before(async () => {
+  issuer = await DevTokenIssuer.loadOrCreate(path.join(temp.dir, 'issuer'));
+  jwtRule = JSON.stringify({ issuer: DEV_ISSUER, jwks_file: issuer.jwksPath, audiences: ['istio-ca'] });
+});
+after(() => temp.cleanup());
+
+async function occupiedPort(): Promise<{ server: Server; port: number }> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+describe('start-up failures are one clear line and a non-zero exit', () => {
+  test('gRPC port in use names the address and --grpc-addr', async () => {
+    const { server, port } = await occupiedPort();
+    try {
+      const result = await runMeshca(
+        ['ca', '--grpc-addr', `127.0.0.1:${port}`, '--monitoring-addr', '127.0.0.1:0', '--state-dir', path.join(temp.dir, 'busy-grpc'), '--ca-key-type', 'ec-p256'],
+        { env: cleanEnv({ JWT_RULE: jwtRule }) },
+      );
+      assert.notEqual(result.code, 0);
+      const errorLines = result.stderr.trim().split('\n');
+      assert.equal(errorLines.length, 1, result.stderr);
+      assert.equal(errorLines[0], `meshca: cannot listen on 127.0.0.1:${port} for the CA gRPC API: the address is already in use; stop the other process or choose another address with --grpc-addr`);
+    } finally {
+      server.close();
+    }
+  });
+
+  test('monitoring port in use names --monitoring-addr', async () => {
+    const { server, port } = await occupiedPort();
+    try {
+      const result = await runMeshca(
+        ['ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', `127.0.0.1:${port}`, '--state-dir', path.join(temp.dir, 'busy-http'), '--ca-key-type', 'ec-p256'],
+        { env: cleanEnv({ JWT_RULE: jwtRule }) },
+      );
+      assert.notEqual(result.code, 0);
+      assert.match(result.stderr, new RegExp(`^meshca: cannot listen on 127\\.0\\.0\\.1:${port} for the monitoring HTTP server: the address is already in use; .*--monitoring-addr\\n$`));
+    } finally {
+      server.close();
+    }
+  });
+
+  test('configuration errors name the variable or flag', async () => {
+    const state = ['--state-dir', path.join(temp.dir, 'config-errors'), '--ca-key-type', 'ec-p256'];
+    const cases: { args: string[]; env: NodeJS.ProcessEnv; message: RegExp }[] = [
+      { args: [], env: {}, message: /^meshca: no way to authenticate workloads: give --kubeconfig FILE/ },
+      { args: [], env: { JWT_RULE: '{"issuer": 1}' }, message: /^meshca: invalid JWT_RULE: "issuer" must be a non-empty string/ },
+      { args: [], env: { JWT_RULE: jwtRule, MAX_WORKLOAD_CERT_TTL: 'forever' }, message: /^meshca: invalid --max-workload-cert-ttl \(env MAX_WORKLOAD_CERT_TTL\)="forever"/ },
+      { args: ['--kubeconfig', path.join(temp.dir, 'missing.yaml')], env: {}, message: /^meshca: kubeconfig .*missing\.yaml does not exist/ },
+      { args: ['--trusted-node-accounts', 'ztunnel'], env: { JWT_RULE: jwtRule }, message: /CA_TRUSTED_NODE_ACCOUNTS\)="ztunnel": expected namespace\/serviceaccount/ },
+    ];
+    for (const c of cases) {
+      const result = await runMeshca(['ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...state, ...c.args], { env: cleanEnv(c.env) });
+      assert.equal(result.code, 1, result.stderr);
+      assert.match(result.stderr, c.message);
+      assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+    }
+  });
+});
+
+describe('--plaintext and an expiring signing certificate', () => {
+  test('plaintext warns; an expired CA certificate gives INTERNAL and readiness false', async () => {
+    // A root that expires a few seconds from now.
+    const stateDir = path.join(temp.dir, 'expiring');
+    const key = generateKeyPairFor('ec-p256').privateKey;
+    const expiresAt = Date.now() + 5000;
+    const rootPem = certificateToPem(createCaCertificate({ subject: { organization: 'cluster.local' }, subjectKey: key, notAfter: new Date(expiresAt) }));
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(path.join(stateDir, 'ca-key.pem'), exportPrivateKeyPem(key), { mode: 0o600 });
+    writeFileSync(path.join(stateDir, 'ca-cert.pem'), rootPem);
+    writeFileSync(path.join(stateDir, 'root-cert.pem'), rootPem);
+    const ca = await startCa(stateDir, ['--plaintext'], { JWT_RULE: jwtRule });
+    const client = new IstioCaClient(ca.grpcAddress, grpc.credentials.createInsecure());
+    try {
+      const warning = await waitForRecord(ca.proc, (r) => typeof r.msg === 'string' && r.msg.includes('WITHOUT TLS'));
+      assert.equal(warning.level, 40);
+      assert.equal(ca.ready.tls, false);
+      const csr = opensslKeyAndCsr(temp.dir, 'plain').csrPem;
+      const token = await issuer.mint({ namespace: 'default', serviceAccount: 'plain', audiences: ['istio-ca'], ttlSeconds: 600 });
+      const first = await createCertificate(client, { csr, token });
+      assert.ok(first.ok, JSON.stringify(first));
+      if (first.ok) assert.ok(opensslVerifyResponseChain(first.chain).ok);
+      assert.equal((await getText(`${ca.monitoringUrl}/ready`)).status, 200);
+
+      // Wait until the signing certificate has expired.
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, expiresAt + 1000 - Date.now())));
+      const late = await createCertificate(client, { csr, token });
+      assert.equal(late.ok, false);
+      if (!late.ok) {
+        assert.equal(grpc.status[late.code], 'INTERNAL');
+        assert.equal(late.details, 'CA certificate has expired');
+      }
+      // The self-probe notices within its interval.
+      let ready = await getText(`${ca.monitoringUrl}/ready`);
+      for (let i = 0; i < 50 && ready.status === 200; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        ready = await getText(`${ca.monitoringUrl}/ready`);
+      }
+      assert.equal(ready.status, 503);
+      assert.match(ready.body, /CA certificate has expired/);
+    } finally {
+      client.close();
+      await ca.proc.stop();
+    }
+  });
+});
+
+describe('serving certificate renewal', () => {
+  test('a new serving certificate is used for new connections without a restart', async () => {
+    const ca = await startCa(path.join(temp.dir, 'renewal'), ['--server-cert-ttl', '3s'], { JWT_RULE: jwtRule });
+    try {
+      const first = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued');
+      const second = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && r.serial !== first.serial, 10_000);
+      const port = Number(ca.grpcAddress.split(':').pop());
+      const serial = await new Promise<string>((resolve, reject) => {
+        const socket = connect({ host: '127.0.0.1', port, servername: SERVER_NAME, ca: ca.rootPem, ALPNProtocols: ['h2'] }, () => {
+          resolve(socket.getPeerCertificate().serialNumber);
+          socket.end();
+        });
+        socket.on('error', reject);
+      });
+      const served = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && String(r.serial).toUpperCase() === serial.toUpperCase());
+      assert.notEqual(served.serial, first.serial);
+      assert.ok(second.serial);
+      // The CA keeps serving with the renewed certificate.
+      const client = caClient(ca.grpcAddress, ca.rootPem);
+      try {
+        const token = await issuer.mint({ namespace: 'default', serviceAccount: 'renewal', audiences: ['istio-ca'], ttlSeconds: 600 });
+        const result = await createCertificate(client, { csr: opensslKeyAndCsr(temp.dir, 'renewal').csrPem, token });
+        assert.ok(result.ok, JSON.stringify(result));
+      } finally {
+        client.close();
+      }
+    } finally {
+      await ca.proc.stop();
+    }
+  });
+});
