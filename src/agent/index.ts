@@ -1,0 +1,253 @@
+/**
+ * `meshca agent`: one process per node (or per pod in sidecar mode) that every local Envoy reaches over a Unix
+ * socket. It makes each workload's key locally, gets the certificate from the CA with the workload's own token,
+ * serves both over SDS and renews them before they expire.
+ */
+import { promises as fs } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import type { AgentConfig } from '../config/agent.js';
+import { ConfigError } from '../config/env.js';
+import type { Logger } from '../log.js';
+import { certificatesFromPem } from '../pki/index.js';
+import { backoffDelayMs, sleep } from './backoff.js';
+import { GrpcCaClient, type CaClient } from './ca-client.js';
+import { tokenFileCredential } from './credentials.js';
+import { FileWatcher } from './files.js';
+import { describeKeyConfig, KeyPool } from './keys.js';
+import { AgentMetrics } from './metrics.js';
+import { OutputCertsWriter } from './output-certs.js';
+import { ResourceProvider } from './resources.js';
+import { SdsServer } from './sds-server.js';
+import { prepareSocketPath } from './socket.js';
+import { startStatusServer, type StatusServer } from './status-server.js';
+import { WorkloadSecrets, type IdentityLease } from './workload-secrets.js';
+
+export { readAgentConfig, type AgentConfig, type AgentFlags } from '../config/agent.js';
+export type { CaClient, CertificateRequest } from './ca-client.js';
+export { CaCallError, SdsError } from './errors.js';
+export { AgentMetrics } from './metrics.js';
+export type { IdentitySecret, TrustBundle } from './workload-secrets.js';
+
+export interface AgentDependencies {
+  /** Replaces the gRPC CA client (tests use an in-process signer). */
+  caClient?: CaClient;
+  metrics?: AgentMetrics;
+}
+
+export interface RunningAgent {
+  socketPath: string;
+  /** Base URL of the status server. */
+  statusUrl: string;
+  metrics: AgentMetrics;
+  secrets: WorkloadSecrets;
+  sds: SdsServer;
+  close(): Promise<void>;
+}
+
+async function readCaRoot(file: string): Promise<Buffer> {
+  let pem: Buffer;
+  try {
+    pem = await fs.readFile(file);
+  } catch (error) {
+    throw new ConfigError(
+      `cannot read the CA root certificate ${file} (--ca-root-cert): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; ` +
+        'point it at the mesh root (ConfigMap istio-ca-root-cert, key root-cert.pem)',
+    );
+  }
+  if (certificatesFromPem(pem.toString('utf8')).length === 0) {
+    throw new ConfigError(`the CA root certificate file ${file} (--ca-root-cert) holds no PEM certificate`);
+  }
+  return pem;
+}
+
+function bindUnix(server: grpc.Server, socketPath: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
+      if (error) reject(new Error(`cannot listen on the SDS socket ${socketPath}: ${error.message}`));
+      else resolve();
+    });
+  });
+}
+
+export async function startAgent(config: AgentConfig, log: Logger, deps: AgentDependencies = {}): Promise<RunningAgent> {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const closeAll = async (): Promise<void> => {
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        log.warn({ err: (error as Error).message }, 'error while shutting down');
+      }
+    }
+  };
+  try {
+    return await start(config, log, deps, cleanups, closeAll);
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+}
+
+async function start(
+  config: AgentConfig,
+  log: Logger,
+  deps: AgentDependencies,
+  cleanups: (() => Promise<void> | void)[],
+  closeAll: () => Promise<void>,
+): Promise<RunningAgent> {
+  const metrics = deps.metrics ?? new AgentMetrics();
+  let ca: CaClient;
+  let rootWatch: { close(): void } | null = null;
+  if (deps.caClient) {
+    ca = deps.caClient;
+  } else {
+    const grpcCa = new GrpcCaClient(config.ca, await readCaRoot(config.ca.rootCertPath), log);
+    ca = grpcCa;
+    rootWatch = watchCaRoot(config.ca.rootCertPath, grpcCa, log);
+  }
+  cleanups.push(() => ca.close());
+  if (rootWatch) cleanups.push(() => rootWatch.close());
+
+  const keys = new KeyPool(config.key, config.keyPoolSize, (error) => log.error({ err: (error as Error).message }, 'key generation failed'));
+  cleanups.push(() => keys.close());
+  const secrets = new WorkloadSecrets({
+    ca,
+    keys,
+    key: config.key,
+    ttlSeconds: config.secretTtlSeconds,
+    grace: { ratio: config.graceRatio, jitter: config.graceRatioJitter },
+    idleTtlMs: config.idleSecretTtlSeconds * 1000,
+    trustDomain: config.trustDomain,
+    log,
+    metrics,
+  });
+  cleanups.push(() => secrets.close());
+  const files = new FileWatcher(log);
+  cleanups.push(() => files.close());
+  const sidecarCredential = config.mode === 'sidecar' ? tokenFileCredential(config.tokenFile) : null;
+  const provider = new ResourceProvider({
+    secrets,
+    files,
+    mode: config.mode,
+    sidecarCredential,
+    fileResourceDirs: config.fileResourceDirs,
+    log,
+  });
+  metrics.setExpirySource(() => secrets.expiryReadings());
+
+  let socketListening = false;
+  let caReached = false;
+  const status: StatusServer = await startStatusServer({
+    host: config.statusAddress.host,
+    port: config.statusAddress.port,
+    metrics,
+    readiness: () => {
+      const waitingFor = [...(socketListening ? [] : ['the SDS socket']), ...(caReached ? [] : [`the CA at ${ca.address}`])];
+      return { ready: waitingFor.length === 0, waitingFor };
+    },
+  });
+  cleanups.push(() => status.close());
+  log.info({ url: status.url }, 'status server listening');
+
+  const socketPath = await prepareSocketPath(config.sdsSocket);
+  const sds = new SdsServer(provider, metrics, log);
+  const server = new grpc.Server();
+  sds.register(server);
+  await bindUnix(server, socketPath);
+  cleanups.push(async () => {
+    sds.closeStreams('the agent is shutting down');
+    server.forceShutdown();
+    await fs.rm(socketPath, { force: true });
+  });
+  try {
+    await fs.chmod(socketPath, config.sdsSocketMode);
+  } catch (error) {
+    throw new Error(`cannot set mode ${config.sdsSocketMode.toString(8)} on the SDS socket ${socketPath}: ${(error as Error).message}`);
+  }
+  socketListening = true;
+  log.info(
+    {
+      socket: socketPath,
+      mode: config.mode,
+      caAddress: ca.address,
+      keyType: describeKeyConfig(config.key),
+      secretTtlSeconds: config.secretTtlSeconds,
+      graceRatio: config.graceRatio,
+    },
+    'SDS agent ready',
+  );
+
+  const background = new AbortController();
+  cleanups.push(() => background.abort(new Error('agent shutting down')));
+  void ca.waitUntilReachable(background.signal).then(
+    () => {
+      if (!caReached) log.info({ caAddress: ca.address }, 'CA reachable');
+      caReached = true;
+    },
+    () => undefined,
+  );
+
+  if (sidecarCredential) {
+    // Sidecar mode has one identity: fetch it up front so OUTPUT_CERTS and the first Envoy request need no wait.
+    const writer = config.outputCertsDir ? new OutputCertsWriter(config.outputCertsDir, log) : null;
+    void (async () => {
+      for (let attempt = 0; !background.signal.aborted; attempt++) {
+        let lease: IdentityLease;
+        try {
+          lease = await secrets.acquire(sidecarCredential);
+        } catch (error) {
+          if (background.signal.aborted) return;
+          const delay = backoffDelayMs(attempt);
+          log.warn({ err: (error as Error).message, retryInMs: delay }, 'could not get the workload certificate yet; retrying');
+          await sleep(delay, background.signal).catch(() => undefined);
+          continue;
+        }
+        caReached = true;
+        cleanups.push(() => lease.release());
+        if (writer) {
+          await writer.write(lease.current());
+          lease.onChange((secret) => void writer.write(secret));
+        }
+        return;
+      }
+    })();
+  }
+
+  return {
+    socketPath,
+    statusUrl: status.url,
+    metrics,
+    secrets,
+    sds,
+    close: closeAll,
+  };
+}
+
+/** The mesh root file is a mounted ConfigMap: when it changes (root rotation) the CA channel trusts the new one. */
+function watchCaRoot(file: string, client: GrpcCaClient, log: Logger): { close(): void } {
+  const files = new FileWatcher(log);
+  let closed = false;
+  void files.open(file).then(
+    (watch) => {
+      if (closed) {
+        watch.close();
+        return;
+      }
+      watch.onChange((content) => {
+        if (certificatesFromPem(content.data.toString('utf8')).length === 0) {
+          log.warn({ file }, 'CA root certificate file changed but holds no certificate; keeping the previous one');
+          return;
+        }
+        log.info({ file }, 'CA root certificate changed; reconnecting to the CA with it');
+        client.updateRootCertificate(content.data);
+      });
+    },
+    () => undefined,
+  );
+  return {
+    close: () => {
+      closed = true;
+      files.close();
+    },
+  };
+}

@@ -1,0 +1,120 @@
+/**
+ * The agent's Prometheus metrics. Names Istio's agent uses are kept (cert_expiry_seconds, num_outgoing_requests,
+ * num_failed_outgoing_requests, num_outgoing_retries, outgoing_latency); meshca's own are prefixed meshca_.
+ * Each agent owns its registry, so several agents can run in one process (tests).
+ */
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+
+export interface ExpiryReading {
+  resourceName: string;
+  /** SPIFFE ID for workload certificates, '' for trust bundles and files. */
+  identity: string;
+  notAfter: Date;
+}
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly outgoingRequests: Counter<'request_type'>;
+  readonly failedOutgoingRequests: Counter<'request_type' | 'error_code'>;
+  readonly outgoingRetries: Counter<'request_type'>;
+  readonly outgoingLatency: Counter<'request_type'>;
+  readonly connectedStreams: Gauge<'api'>;
+  readonly pushes: Counter<'api' | 'resource_type'>;
+  readonly nacks: Counter<'api' | 'resource_type'>;
+  readonly secretsCached: Gauge;
+  readonly rotations: Counter<'result'>;
+  private expirySource: () => ExpiryReading[] = () => [];
+
+  constructor(options: { defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    this.outgoingRequests = new Counter({
+      name: 'num_outgoing_requests',
+      help: 'Number of requests sent to the CA',
+      labelNames: ['request_type'],
+      registers,
+    });
+    this.failedOutgoingRequests = new Counter({
+      name: 'num_failed_outgoing_requests',
+      help: 'Number of requests to the CA that failed',
+      labelNames: ['request_type', 'error_code'],
+      registers,
+    });
+    this.outgoingRetries = new Counter({
+      name: 'num_outgoing_retries',
+      help: 'Number of retried requests to the CA',
+      labelNames: ['request_type'],
+      registers,
+    });
+    this.outgoingLatency = new Counter({
+      name: 'outgoing_latency',
+      help: 'Total time spent in requests to the CA, in milliseconds',
+      labelNames: ['request_type'],
+      registers,
+    });
+    const source = (): ExpiryReading[] => this.expirySource();
+    new Gauge({
+      name: 'cert_expiry_seconds',
+      help: 'Seconds until the certificate served as this resource expires (negative once expired)',
+      labelNames: ['resource_name', 'identity'],
+      registers,
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const reading of source()) {
+          this.set({ resource_name: reading.resourceName, identity: reading.identity }, Math.round((reading.notAfter.getTime() - now) / 1000));
+        }
+      },
+    });
+    new Gauge({
+      name: 'meshca_agent_expired_certificates',
+      help: 'Cached workload certificates past their NotAfter (the CA could not renew them in time)',
+      registers,
+      collect() {
+        const now = Date.now();
+        this.set(source().filter((r) => r.identity !== '' && r.notAfter.getTime() <= now).length);
+      },
+    });
+    this.connectedStreams = new Gauge({
+      name: 'meshca_sds_connected_streams',
+      help: 'Open SDS streams',
+      labelNames: ['api'],
+      registers,
+    });
+    this.pushes = new Counter({
+      name: 'meshca_sds_pushes_total',
+      help: 'SDS responses sent, per resource type (default, ROOTCA, file-cert, file-root)',
+      labelNames: ['api', 'resource_type'],
+      registers,
+    });
+    this.nacks = new Counter({
+      name: 'meshca_sds_nacks_total',
+      help: 'SDS responses the client rejected (NACK)',
+      labelNames: ['api', 'resource_type'],
+      registers,
+    });
+    this.secretsCached = new Gauge({
+      name: 'meshca_agent_secrets_cached',
+      help: 'Workload identities with a cached key and certificate',
+      registers,
+    });
+    this.rotations = new Counter({
+      name: 'meshca_agent_rotations_total',
+      help: 'Certificate renewals, by result',
+      labelNames: ['result'],
+      registers,
+    });
+  }
+
+  setExpirySource(source: () => ExpiryReading[]): void {
+    this.expirySource = source;
+  }
+}
+
+/** The resource type label of an SDS resource name. */
+export function resourceType(name: string): string {
+  if (name === 'default' || name === 'ROOTCA') return name;
+  if (name.startsWith('file-cert:')) return 'file-cert';
+  if (name.startsWith('file-root:')) return 'file-root';
+  return 'unknown';
+}

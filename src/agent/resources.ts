@@ -1,0 +1,343 @@
+/**
+ * SDS resource names and what they serve:
+ *   default                     -> tls_certificate: the workload's key and certificate chain
+ *   ROOTCA                      -> validation_context.trusted_ca: the trust bundle (all roots)
+ *   file-cert:<cert>~<key>      -> tls_certificate read from two files
+ *   file-root:<path>            -> validation_context.trusted_ca read from a file
+ * Every stream first proves a workload identity with its token (node mode) or the pod's token file (sidecar
+ * mode), whatever it asks for: nothing is served to a stream that proved nothing.
+ */
+import { realpathSync } from 'node:fs';
+import * as path from 'node:path';
+import { status as GrpcStatus, type Metadata } from '@grpc/grpc-js';
+import type { AgentMode } from '../config/agent.js';
+import type { Logger } from '../log.js';
+import { certificatesFromPem, keysMatch, loadPrivateKey, parseCertificate, certificatePublicKey } from '../pki/index.js';
+import { encodeSecretAny, type Init, type SecretMessage } from '../wire/protos.js';
+import { SDS_TOKEN_HEADER, tokenCredential, tokenFromMetadata, type WorkloadCredential } from './credentials.js';
+import { SdsError } from './errors.js';
+import type { FileContent, FileWatch, FileWatcher } from './files.js';
+import type { IdentityLease, IdentitySecret, TrustBundle, WorkloadSecrets } from './workload-secrets.js';
+
+export interface ResourceSnapshot {
+  name: string;
+  /** Content version: equal versions are the same bytes. */
+  version: string;
+  /** The Secret as a google.protobuf.Any, encoded once and shared by every stream. */
+  any: { type_url: string; value: Buffer };
+  /** For logs and metrics: the certificate expiry of what is served, when known. */
+  notAfter?: Date;
+}
+
+export interface ResourceWatch {
+  current(): ResourceSnapshot;
+  onChange(listener: (snapshot: ResourceSnapshot) => void): void;
+  close(): void;
+}
+
+export type ParsedResourceName =
+  | { kind: 'default' }
+  | { kind: 'ROOTCA' }
+  | { kind: 'file-cert'; certPath: string; keyPath: string }
+  | { kind: 'file-root'; path: string };
+
+export const RESOURCE_NAMES_HELP = 'default, ROOTCA, file-cert:<cert-path>~<key-path> or file-root:<path>';
+
+export function parseResourceName(name: string): ParsedResourceName | null {
+  if (name === 'default') return { kind: 'default' };
+  if (name === 'ROOTCA') return { kind: 'ROOTCA' };
+  if (name.startsWith('file-cert:')) {
+    const rest = name.slice('file-cert:'.length);
+    const separator = rest.indexOf('~');
+    if (separator <= 0 || separator === rest.length - 1) return null;
+    return { kind: 'file-cert', certPath: rest.slice(0, separator), keyPath: rest.slice(separator + 1) };
+  }
+  if (name.startsWith('file-root:') && name.length > 'file-root:'.length) return { kind: 'file-root', path: name.slice('file-root:'.length) };
+  return null;
+}
+
+function snapshotOf(name: string, version: string, secret: Init<SecretMessage>, notAfter?: Date): ResourceSnapshot {
+  return { name, version, any: encodeSecretAny(secret), ...(notAfter ? { notAfter } : {}) };
+}
+
+/** Encodes each secret/bundle once; 500 streams watching one identity share the bytes. */
+const defaultSnapshots = new WeakMap<IdentitySecret, ResourceSnapshot>();
+const rootSnapshots = new WeakMap<TrustBundle, ResourceSnapshot>();
+
+function defaultSnapshot(secret: IdentitySecret): ResourceSnapshot {
+  let snapshot = defaultSnapshots.get(secret);
+  if (!snapshot) {
+    snapshot = snapshotOf(
+      'default',
+      secret.version,
+      {
+        name: 'default',
+        tls_certificate: {
+          certificate_chain: { inline_bytes: Buffer.from(secret.chainPem) },
+          private_key: { inline_bytes: Buffer.from(secret.keyPem) },
+        },
+      },
+      secret.leaf.notAfter,
+    );
+    defaultSnapshots.set(secret, snapshot);
+  }
+  return snapshot;
+}
+
+function rootSnapshot(bundle: TrustBundle): ResourceSnapshot {
+  let snapshot = rootSnapshots.get(bundle);
+  if (!snapshot) {
+    snapshot = snapshotOf('ROOTCA', bundle.version, {
+      name: 'ROOTCA',
+      validation_context: { trusted_ca: { inline_bytes: Buffer.from(bundle.pem) } },
+    });
+    rootSnapshots.set(bundle, snapshot);
+  }
+  return snapshot;
+}
+
+/** Fail closed on file content: a chain must parse and match its key, a root file must hold certificates. */
+function fileCertSnapshot(name: string, cert: FileContent, key: FileContent): ResourceSnapshot {
+  const certs = certificatesFromPem(cert.data.toString('utf8'));
+  if (certs.length === 0) throw new SdsError(GrpcStatus.FAILED_PRECONDITION, `${cert.path} holds no PEM certificate`);
+  const leaf = parseCertificate(certs[0]!);
+  let privateKey;
+  try {
+    privateKey = loadPrivateKey(key.data, key.path);
+  } catch (error) {
+    throw new SdsError(GrpcStatus.FAILED_PRECONDITION, (error as Error).message);
+  }
+  if (!keysMatch(privateKey, certificatePublicKey(leaf))) {
+    throw new SdsError(GrpcStatus.FAILED_PRECONDITION, `the key in ${key.path} does not belong to the certificate in ${cert.path}`);
+  }
+  return snapshotOf(
+    name,
+    `${cert.version}.${key.version}`,
+    { name, tls_certificate: { certificate_chain: { inline_bytes: cert.data }, private_key: { inline_bytes: key.data } } },
+    leaf.notAfter,
+  );
+}
+
+function fileRootSnapshot(name: string, root: FileContent): ResourceSnapshot {
+  const certs = certificatesFromPem(root.data.toString('utf8'));
+  if (certs.length === 0) throw new SdsError(GrpcStatus.FAILED_PRECONDITION, `${root.path} holds no PEM certificate`);
+  const earliest = certs.map(parseCertificate).reduce((a, b) => (a.notAfter <= b.notAfter ? a : b));
+  return snapshotOf(name, root.version, { name, validation_context: { trusted_ca: { inline_bytes: root.data } } }, earliest.notAfter);
+}
+
+/** Per-stream state shared by all the resources the stream watches: its credential and, once proven, its lease. */
+export class StreamSession {
+  private leasePromise: Promise<IdentityLease> | null = null;
+  private lease: IdentityLease | null = null;
+  private readonly revokeListeners = new Set<(error: SdsError) => void>();
+  private closed = false;
+
+  constructor(
+    private readonly secrets: WorkloadSecrets,
+    private readonly credential: WorkloadCredential | SdsError,
+  ) {}
+
+  /** The identity this stream proved, once it has. */
+  get identity(): string | null {
+    return this.lease?.identity ?? null;
+  }
+
+  proveIdentity(): Promise<IdentityLease> {
+    if (this.credential instanceof SdsError) return Promise.reject(this.credential);
+    const credential = this.credential;
+    this.leasePromise ??= this.secrets.acquire(credential).then((lease) => {
+      if (this.closed) {
+        lease.release();
+        throw new SdsError(GrpcStatus.CANCELLED, 'the stream ended');
+      }
+      this.lease = lease;
+      lease.onRevoked((error) => {
+        for (const listener of [...this.revokeListeners]) listener(error);
+      });
+      return lease;
+    });
+    return this.leasePromise;
+  }
+
+  onRevoked(listener: (error: SdsError) => void): void {
+    this.revokeListeners.add(listener);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.revokeListeners.clear();
+    this.lease?.release();
+    this.lease = null;
+  }
+}
+
+export interface ResourceProviderOptions {
+  secrets: WorkloadSecrets;
+  files: FileWatcher;
+  mode: AgentMode;
+  /** Sidecar mode: the pod's token file, used when a stream carries no token. */
+  sidecarCredential: WorkloadCredential | null;
+  /** null: anywhere; []: file resources disabled. */
+  fileResourceDirs: string[] | null;
+  log: Logger;
+}
+
+export class ResourceProvider {
+  private readonly allowedDirs: string[] | null;
+
+  constructor(private readonly options: ResourceProviderOptions) {
+    this.allowedDirs = options.fileResourceDirs === null ? null : options.fileResourceDirs.map((dir) => resolveReal(dir));
+  }
+
+  /** The session for a new stream, from its gRPC metadata. */
+  session(metadata: Metadata): StreamSession {
+    return new StreamSession(this.options.secrets, this.credentialFor(metadata));
+  }
+
+  private credentialFor(metadata: Metadata): WorkloadCredential | SdsError {
+    const found = tokenFromMetadata(metadata);
+    if (found !== null && 'problem' in found) return new SdsError(GrpcStatus.UNAUTHENTICATED, `bad workload token: ${found.problem}`);
+    if (found !== null) return tokenCredential(found.token);
+    if (this.options.sidecarCredential) return this.options.sidecarCredential;
+    return new SdsError(
+      GrpcStatus.UNAUTHENTICATED,
+      `no workload token on this SDS stream: send the workload's service-account JWT in gRPC metadata ${SDS_TOKEN_HEADER} ` +
+        "(Envoy's file_based_metadata call credential) or as authorization: Bearer <token>",
+    );
+  }
+
+  /**
+   * Starts serving `name` on a stream. Resolves with the first snapshot available; rejects with an SdsError
+   * (NOT_FOUND for unknown names and missing files, UNAUTHENTICATED for missing or refused tokens, ...).
+   */
+  async open(session: StreamSession, name: string): Promise<ResourceWatch> {
+    const parsed = parseResourceName(name);
+    if (!parsed) throw new SdsError(GrpcStatus.NOT_FOUND, `unknown SDS resource "${name}": this agent serves ${RESOURCE_NAMES_HELP}`);
+    const lease = await session.proveIdentity();
+    switch (parsed.kind) {
+      case 'default':
+        return this.openDefault(lease);
+      case 'ROOTCA':
+        return this.openRoots();
+      case 'file-cert':
+        return this.openFileCert(name, parsed.certPath, parsed.keyPath);
+      case 'file-root':
+        return this.openFileRoot(name, parsed.path);
+    }
+  }
+
+  private openDefault(lease: IdentityLease): ResourceWatch {
+    let unsubscribe: (() => void) | null = null;
+    return {
+      current: () => defaultSnapshot(lease.current()),
+      onChange: (listener) => {
+        unsubscribe = lease.onChange((secret) => listener(defaultSnapshot(secret)));
+      },
+      close: () => unsubscribe?.(),
+    };
+  }
+
+  private openRoots(): ResourceWatch {
+    const secrets = this.options.secrets;
+    const bundle = secrets.trustBundle();
+    // A proven identity implies a CA answer, which carried the bundle.
+    if (!bundle) throw new SdsError(GrpcStatus.UNAVAILABLE, 'no trust bundle yet: the CA has not answered');
+    let unsubscribe: (() => void) | null = null;
+    return {
+      current: () => rootSnapshot(secrets.trustBundle() ?? bundle),
+      onChange: (listener) => {
+        unsubscribe = secrets.onTrustBundle((next) => listener(rootSnapshot(next)));
+      },
+      close: () => unsubscribe?.(),
+    };
+  }
+
+  /**
+   * Throws unless `file` (after following symlinks) lies in an allowed directory. Returns the absolute path, not
+   * the resolved one: Kubernetes swaps mounted files by re-pointing a symlink, and the watch must follow it. The
+   * check is repeated on every reload for the same reason.
+   */
+  private checkAllowed(file: string): string {
+    const absolute = path.resolve(file);
+    if (this.allowedDirs === null) return absolute;
+    if (this.allowedDirs.length === 0) {
+      throw new SdsError(
+        GrpcStatus.PERMISSION_DENIED,
+        'file resources are disabled in node mode (any workload could read any file the agent can); allow directories with --file-resource-dirs',
+      );
+    }
+    const real = resolveReal(absolute);
+    if (!this.allowedDirs.some((dir) => real === dir || real.startsWith(dir.endsWith(path.sep) ? dir : dir + path.sep))) {
+      throw new SdsError(GrpcStatus.PERMISSION_DENIED, `${file} is outside the directories allowed by --file-resource-dirs`);
+    }
+    return absolute;
+  }
+
+  private async openFileCert(name: string, certPath: string, keyPath: string): Promise<ResourceWatch> {
+    const files = this.options.files;
+    const certFile = this.checkAllowed(certPath);
+    const keyFile = this.checkAllowed(keyPath);
+    const cert = await files.open(certFile);
+    let key: FileWatch;
+    try {
+      key = await files.open(keyFile);
+    } catch (error) {
+      cert.close();
+      throw error;
+    }
+    return this.combine(name, [cert, key], ([c, k]) => {
+      this.checkAllowed(certFile);
+      this.checkAllowed(keyFile);
+      return fileCertSnapshot(name, c!, k!);
+    });
+  }
+
+  private async openFileRoot(name: string, rootPath: string): Promise<ResourceWatch> {
+    const rootFile = this.checkAllowed(rootPath);
+    const root = await this.options.files.open(rootFile);
+    return this.combine(name, [root], ([r]) => {
+      this.checkAllowed(rootFile);
+      return fileRootSnapshot(name, r!);
+    });
+  }
+
+  /** A watch over files: rebuilt on any change; a change that does not validate is logged and not pushed. */
+  private combine(name: string, watches: FileWatch[], build: (contents: FileContent[]) => ResourceSnapshot): ResourceWatch {
+    const closeAll = (): void => watches.forEach((w) => w.close());
+    let current: ResourceSnapshot;
+    try {
+      current = build(watches.map((w) => w.current()));
+    } catch (error) {
+      closeAll();
+      throw error;
+    }
+    return {
+      current: () => current,
+      onChange: (listener) => {
+        for (const watch of watches) {
+          watch.onChange(() => {
+            try {
+              const next = build(watches.map((w) => w.current()));
+              if (next.version === current.version) return;
+              current = next;
+              listener(next);
+            } catch (error) {
+              this.options.log.warn({ resource: name, err: (error as Error).message }, 'changed files do not form a valid secret; keeping the last good one');
+            }
+          });
+        }
+      },
+      close: closeAll,
+    };
+  }
+}
+
+function resolveReal(file: string): string {
+  const absolute = path.resolve(file);
+  try {
+    return realpathSync(absolute);
+  } catch {
+    return absolute;
+  }
+}
+

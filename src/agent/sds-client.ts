@@ -1,0 +1,188 @@
+/**
+ * An SDS client that behaves like Envoy: one StreamSecrets stream per secret name, the node on the first
+ * request, an ACK (version + nonce) after every response it applies, a NACK (error_detail, last good version)
+ * after one it cannot use, responses of other types ignored, and reconnects with backoff when the stream fails.
+ * Used by `meshca fetch` and by the tests.
+ */
+import { createHash } from 'node:crypto';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import {
+  certificatesFromPem,
+  certificatePublicKey,
+  keysMatch,
+  loadPrivateKey,
+  parseCertificate,
+} from '../pki/index.js';
+import {
+  SdsClient,
+  SECRET_TYPE_URL,
+  decodeSecretAny,
+  type DataSource,
+  type DiscoveryRequest,
+  type DiscoveryResponse,
+  type Init,
+  type SecretMessage,
+} from '../wire/protos.js';
+import { backoffDelayMs } from './backoff.js';
+import { SDS_TOKEN_HEADER } from './credentials.js';
+
+/** Envoy reports every rejected update with code INTERNAL. */
+const NACK_CODE = grpc.status.INTERNAL;
+
+export function connectSds(socketPath: string): SdsClient {
+  return new SdsClient(`unix:${path.resolve(socketPath)}`, grpc.credentials.createInsecure());
+}
+
+/** The metadata Envoy's file_based_metadata credential sends: the token as binary header. */
+export function workloadTokenMetadata(token: string | undefined): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  if (token !== undefined) metadata.set(SDS_TOKEN_HEADER, Buffer.from(token));
+  return metadata;
+}
+
+export interface SecretUpdate {
+  name: string;
+  versionInfo: string;
+  nonce: string;
+  secret: SecretMessage;
+  /** PEM texts, when the secret carries them. */
+  certificateChain?: string;
+  privateKey?: string;
+  trustedCa?: string;
+}
+
+export interface SecretWatchOptions {
+  name: string;
+  /** Built for each (re)connection, so a token file can be re-read. */
+  metadata: () => grpc.Metadata;
+  nodeId?: string;
+  /** Reconnect after a stream error, as Envoy does (default true). */
+  reconnect?: boolean;
+  /** Extra validation: return a message to NACK the update with it. */
+  validate?: (update: SecretUpdate) => string | null;
+}
+
+export interface SecretWatchHandlers {
+  onUpdate(update: SecretUpdate): void;
+  onNack?(message: string): void;
+  /** The stream ended with an error status; with reconnect, a new stream follows after `retryInMs`. */
+  onStreamError?(error: grpc.ServiceError, retryInMs: number | null): void;
+}
+
+function dataSourceText(source: DataSource | null, what: string): string {
+  if (!source || source.specifier === undefined) throw new Error(`${what} is empty`);
+  if (source.specifier === 'inline_bytes') return source.inline_bytes.toString('utf8');
+  if (source.specifier === 'inline_string') return source.inline_string;
+  throw new Error(`${what} uses a ${source.specifier} data source, which this client does not read`);
+}
+
+/** Envoy's checks on a secret before applying it (E7): chain and key parse and belong together, roots parse. */
+function readSecret(secret: SecretMessage): Pick<SecretUpdate, 'certificateChain' | 'privateKey' | 'trustedCa'> {
+  if (secret.type === 'tls_certificate') {
+    const chain = dataSourceText(secret.tls_certificate.certificate_chain, 'certificate_chain');
+    const key = dataSourceText(secret.tls_certificate.private_key, 'private_key');
+    const certs = certificatesFromPem(chain);
+    if (certs.length === 0) throw new Error('Failed to load certificate chain: no certificate');
+    if (!keysMatch(loadPrivateKey(key), certificatePublicKey(parseCertificate(certs[0]!)))) {
+      throw new Error('Failed to load private key: it does not match the certificate');
+    }
+    return { certificateChain: chain, privateKey: key };
+  }
+  if (secret.type === 'validation_context') {
+    const roots = dataSourceText(secret.validation_context.trusted_ca, 'trusted_ca');
+    if (certificatesFromPem(roots).length === 0) throw new Error('Failed to load trusted CA certificates');
+    return { trustedCa: roots };
+  }
+  throw new Error(`secret ${secret.name} has no tls_certificate or validation_context`);
+}
+
+export class SecretWatch {
+  private stream: grpc.ClientDuplexStream<Init<DiscoveryRequest>, DiscoveryResponse> | null = null;
+  private acceptedVersion = '';
+  private appliedHash = '';
+  private attempt = 0;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly client: SdsClient,
+    private readonly options: SecretWatchOptions,
+    private readonly handlers: SecretWatchHandlers,
+  ) {
+    this.open();
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.stream?.cancel();
+    this.stream = null;
+  }
+
+  private open(): void {
+    const stream = this.client.StreamSecrets(this.options.metadata());
+    this.stream = stream;
+    stream.on('data', (response: DiscoveryResponse) => this.onResponse(stream, response));
+    stream.on('error', (error: grpc.ServiceError) => {
+      if (this.closed || this.stream !== stream || error.code === grpc.status.CANCELLED) return;
+      const retry = this.options.reconnect === false ? null : backoffDelayMs(this.attempt++ + 2);
+      this.handlers.onStreamError?.(error, retry);
+      if (retry !== null) this.retryTimer = setTimeout(() => !this.closed && this.open(), retry);
+    });
+    stream.on('end', () => undefined);
+    // Reconnects start over: empty nonce, the last version this client accepted.
+    stream.write({
+      version_info: this.acceptedVersion,
+      node: { id: this.options.nodeId ?? 'sidecar~127.0.0.1~meshca-fetch.default~default.svc.cluster.local', user_agent_name: 'meshca-fetch' },
+      resource_names: [this.options.name],
+      type_url: SECRET_TYPE_URL,
+      response_nonce: '',
+    });
+  }
+
+  private onResponse(stream: grpc.ClientDuplexStream<Init<DiscoveryRequest>, DiscoveryResponse>, response: DiscoveryResponse): void {
+    if (response.type_url !== SECRET_TYPE_URL) return; // E4: not ours, no ACK or NACK.
+    this.attempt = 0;
+    const ack = (): void =>
+      void stream.write({ version_info: response.version_info, resource_names: [this.options.name], type_url: SECRET_TYPE_URL, response_nonce: response.nonce });
+    const nack = (message: string): void => {
+      this.handlers.onNack?.(message);
+      stream.write({
+        version_info: this.acceptedVersion,
+        resource_names: [this.options.name],
+        type_url: SECRET_TYPE_URL,
+        response_nonce: response.nonce,
+        error_detail: { code: NACK_CODE, message },
+      });
+    };
+    let update: SecretUpdate | null = null;
+    try {
+      const secrets: SecretMessage[] = [];
+      for (const any of response.resources) {
+        if (any.type_url !== response.type_url) throw new Error(`resource type ${any.type_url} does not match the message-wide type URL ${response.type_url}`);
+        const secret = decodeSecretAny(any);
+        if (secret.name === this.options.name) secrets.push(secret);
+      }
+      if (secrets.length > 1) throw new Error(`Unexpected SDS secrets length: ${secrets.length}`);
+      if (secrets.length === 1) {
+        const secret = secrets[0]!;
+        update = { name: secret.name, versionInfo: response.version_info, nonce: response.nonce, secret, ...readSecret(secret) };
+        const problem = this.options.validate?.(update);
+        if (problem) throw new Error(problem);
+      }
+    } catch (error) {
+      nack((error as Error).message);
+      return;
+    }
+    this.acceptedVersion = response.version_info;
+    ack();
+    if (!update) return; // E6: nothing for our name; ACKed without applying.
+    const hash = createHash('sha256')
+      .update(`${update.certificateChain ?? ''}\0${update.privateKey ?? ''}\0${update.trustedCa ?? ''}`)
+      .digest('hex');
+    if (hash === this.appliedHash) return; // E7: identical content is a no-op.
+    this.appliedHash = hash;
+    this.handlers.onUpdate(update);
+  }
+}

@@ -1,0 +1,497 @@
+/**
+ * The agent's secret cache: one key + certificate per workload identity, renewed at the grace-period ratio.
+ *
+ * Identity safety: the cache is keyed by the identity the CA wrote into the leaf's SAN, and a stream reaches an
+ * entry only through a credential (token) that the CA accepted for exactly that identity. Streams that proved the
+ * same identity share one entry, so a renewal costs one CSR however many Envoys watch it.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import { status as GrpcStatus } from '@grpc/grpc-js';
+import type { WorkloadKeyConfig } from '../config/agent.js';
+import type { Logger } from '../log.js';
+import {
+  certificatePublicKey,
+  certificatesFromPem,
+  certificateToPem,
+  createCsr,
+  formatWorkloadId,
+  keysMatch,
+  parseCertificate,
+  parseSpiffeId,
+  verifyChain,
+  type ParsedCertificate,
+} from '../pki/index.js';
+import { backoffDelayMs, sleep } from './backoff.js';
+import type { CaClient } from './ca-client.js';
+import type { WorkloadCredential } from './credentials.js';
+import { CaCallError, isRetryableCaError, SdsError } from './errors.js';
+import { encodeWorkloadKey, type KeySource } from './keys.js';
+import type { AgentMetrics, ExpiryReading } from './metrics.js';
+import { drawGraceRatio, renewalTime, timerAt, type GracePeriod } from './rotation.js';
+
+export interface IdentitySecret {
+  /** The SPIFFE ID(s) in the leaf's SAN, comma-joined when there are several. */
+  identity: string;
+  keyPem: string;
+  /** Leaf, intermediates and the root bundle, concatenated like istio-agent does for Envoy. */
+  chainPem: string;
+  /** The trust bundle from the CA's response (its last element). */
+  rootsPem: string;
+  leaf: ParsedCertificate;
+  receivedAt: number;
+  renewAt: number;
+  /** Content version (hash of the chain): equal versions are the same secret. */
+  version: string;
+}
+
+export interface TrustBundle {
+  pem: string;
+  version: string;
+  roots: ParsedCertificate[];
+}
+
+/** A stream's hold on one identity's secret. Released when the stream ends. */
+export interface IdentityLease {
+  readonly identity: string;
+  current(): IdentitySecret;
+  onChange(listener: (secret: IdentitySecret) => void): () => void;
+  /** The CA no longer accepts the token this lease was proven with: the stream must end so the client reconnects. */
+  onRevoked(listener: (error: SdsError) => void): () => void;
+  release(): void;
+}
+
+export interface WorkloadSecretsOptions {
+  ca: CaClient;
+  keys: KeySource;
+  key: WorkloadKeyConfig;
+  ttlSeconds: number;
+  grace: GracePeriod;
+  idleTtlMs: number;
+  trustDomain: string;
+  log: Logger;
+  metrics: AgentMetrics;
+  /** How long a first issuance keeps retrying an unreachable CA before the stream gets UNAVAILABLE. */
+  initialIssueTimeoutMs?: number;
+  random?: () => number;
+}
+
+interface CredentialUse {
+  credential: WorkloadCredential;
+  lastUsed: number;
+}
+
+interface LeaseRecord {
+  credentialKey: string;
+  changeListeners: Set<(secret: IdentitySecret) => void>;
+  revokeListeners: Set<(error: SdsError) => void>;
+}
+
+interface IdentityEntry {
+  identity: string;
+  secret: IdentitySecret;
+  credentials: Map<string, CredentialUse>;
+  leases: Set<LeaseRecord>;
+  cancelRenewal?: () => void;
+  cancelIdle?: () => void;
+  renewing: boolean;
+  renewAttempt: number;
+  /** Key kept across failed renewal attempts so an RSA key is not thrown away per retry. */
+  pendingKey?: KeyObject;
+  dropped: boolean;
+}
+
+const DEFAULT_INITIAL_ISSUE_TIMEOUT_MS = 60_000;
+
+function hashVersion(text: string): string {
+  return createHash('sha256').update(text).digest('hex').slice(0, 16);
+}
+
+function withNewline(pem: string): string {
+  return pem.endsWith('\n') ? pem : `${pem}\n`;
+}
+
+export class WorkloadSecrets {
+  private readonly entries = new Map<string, IdentityEntry>();
+  private readonly credentialIdentity = new Map<string, string>();
+  private readonly proving = new Map<string, Promise<string>>();
+  private bundle: TrustBundle | null = null;
+  private readonly bundleListeners = new Set<(bundle: TrustBundle) => void>();
+  private readonly closing = new AbortController();
+  private readonly random: () => number;
+  private readonly log: Logger;
+
+  constructor(private readonly options: WorkloadSecretsOptions) {
+    this.random = options.random ?? Math.random;
+    this.log = options.log;
+  }
+
+  /**
+   * Proves `credential` (a CSR to the CA on first sight) and returns a lease on the identity the CA granted.
+   * Rejects with an SdsError naming the cause: no/refused token, CA unreachable, unusable CA answer.
+   */
+  async acquire(credential: WorkloadCredential): Promise<IdentityLease> {
+    for (;;) {
+      if (this.closing.signal.aborted) throw new SdsError(GrpcStatus.UNAVAILABLE, 'the agent is shutting down');
+      if (credential.expiresAt !== null && credential.expiresAt <= Date.now()) {
+        throw new SdsError(
+          GrpcStatus.UNAUTHENTICATED,
+          `the workload token (${credential.label}) expired at ${new Date(credential.expiresAt).toISOString()}; send a fresh token`,
+        );
+      }
+      const known = this.credentialIdentity.get(credential.key);
+      const entry = known === undefined ? undefined : this.entries.get(known);
+      if (entry) {
+        const use = entry.credentials.get(credential.key);
+        if (use) use.lastUsed = Date.now();
+        return this.lease(entry, credential.key);
+      }
+      let proof = this.proving.get(credential.key);
+      if (!proof) {
+        proof = this.prove(credential);
+        this.proving.set(credential.key, proof);
+        const clear = (): void => void this.proving.delete(credential.key);
+        proof.then(clear, clear);
+      }
+      const identity = await proof;
+      const proven = this.entries.get(identity);
+      // The entry can only be gone if it was dropped between proof and now; prove again.
+      if (proven && this.credentialIdentity.get(credential.key) === identity) return this.lease(proven, credential.key);
+    }
+  }
+
+  trustBundle(): TrustBundle | null {
+    return this.bundle;
+  }
+
+  onTrustBundle(listener: (bundle: TrustBundle) => void): () => void {
+    this.bundleListeners.add(listener);
+    return () => this.bundleListeners.delete(listener);
+  }
+
+  /** Identities currently cached (for metrics and logs). */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  expiryReadings(): ExpiryReading[] {
+    const readings: ExpiryReading[] = [];
+    for (const entry of this.entries.values()) {
+      readings.push({ resourceName: 'default', identity: entry.identity, notAfter: entry.secret.leaf.notAfter });
+    }
+    if (this.bundle && this.bundle.roots.length > 0) {
+      const earliest = this.bundle.roots.reduce((a, b) => (a.notAfter <= b.notAfter ? a : b));
+      readings.push({ resourceName: 'ROOTCA', identity: '', notAfter: earliest.notAfter });
+    }
+    return readings;
+  }
+
+  close(): void {
+    this.closing.abort(new SdsError(GrpcStatus.UNAVAILABLE, 'the agent is shutting down'));
+    for (const entry of [...this.entries.values()]) this.drop(entry, 'agent shutting down');
+    this.bundleListeners.clear();
+  }
+
+  // --- proof and issuance --------------------------------------------------------------------------------------
+
+  private async prove(credential: WorkloadCredential): Promise<string> {
+    const deadline = Date.now() + (this.options.initialIssueTimeoutMs ?? DEFAULT_INITIAL_ISSUE_TIMEOUT_MS);
+    const key = await this.options.keys.take();
+    let lastError: unknown;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const secret = await this.requestSecret(credential, key);
+        return this.adopt(secret, credential);
+      } catch (error) {
+        lastError = error;
+        if (!isRetryableCaError(error) || this.closing.signal.aborted) throw this.streamError(error, credential);
+      }
+      const delay = backoffDelayMs(attempt, this.random);
+      if (Date.now() + delay > deadline) break;
+      this.options.metrics.outgoingRetries.inc({ request_type: 'csr' });
+      this.log.warn({ caAddress: this.options.ca.address, err: (lastError as Error).message, retryInMs: delay }, 'CA request failed; retrying');
+      await sleep(delay, this.closing.signal).catch(() => undefined);
+    }
+    throw new SdsError(
+      GrpcStatus.UNAVAILABLE,
+      `the CA at ${this.options.ca.address} could not issue a certificate: ${(lastError as Error).message} (gave up after retrying)`,
+    );
+  }
+
+  private streamError(error: unknown, credential: WorkloadCredential): SdsError {
+    if (error instanceof SdsError) return error;
+    if (error instanceof CaCallError) {
+      if (error.code === GrpcStatus.UNAUTHENTICATED || error.code === GrpcStatus.PERMISSION_DENIED) {
+        return new SdsError(error.code, `the CA refused the workload token (${credential.label}): ${error.details}`);
+      }
+      if (isRetryableCaError(error)) {
+        return new SdsError(GrpcStatus.UNAVAILABLE, `the CA at ${this.options.ca.address} is unavailable: ${error.details}`);
+      }
+      return new SdsError(GrpcStatus.INTERNAL, `the CA rejected the certificate request: ${error.message}`);
+    }
+    return new SdsError(GrpcStatus.INTERNAL, `could not get a certificate: ${(error as Error).message}`);
+  }
+
+  /** One CSR to the CA with `key`, counted in the metrics; the answer is checked before anything uses it. */
+  private async requestSecret(credential: WorkloadCredential, key: KeyObject): Promise<IdentitySecret> {
+    const token = await credential.read();
+    const claimed = credential.claimedAccount;
+    let uris: string[] = [];
+    if (claimed) {
+      try {
+        uris = [formatWorkloadId({ trustDomain: this.options.trustDomain, ...claimed })];
+      } catch {
+        uris = []; // Only a hint for the CA; it writes the identity it verified.
+      }
+    }
+    const csrPem = createCsr({ privateKey: key, uris });
+    const metrics = this.options.metrics;
+    metrics.outgoingRequests.inc({ request_type: 'csr' });
+    const started = performance.now();
+    let chain: string[];
+    try {
+      chain = await this.options.ca.createCertificate({ csrPem, token, ttlSeconds: this.options.ttlSeconds }, this.closing.signal);
+    } catch (error) {
+      const code = error instanceof CaCallError ? (GrpcStatus[error.code] ?? String(error.code)) : 'UNKNOWN';
+      metrics.failedOutgoingRequests.inc({ request_type: 'csr', error_code: code });
+      throw error;
+    } finally {
+      metrics.outgoingLatency.inc({ request_type: 'csr' }, performance.now() - started);
+    }
+    return this.checkChain(chain, key);
+  }
+
+  /** Fail closed: the leaf must be for our key, name a SPIFFE identity and chain to the bundle in the answer. */
+  private checkChain(chain: string[], key: KeyObject): IdentitySecret {
+    const unusable = (why: string): SdsError => new SdsError(GrpcStatus.INTERNAL, `the CA returned an unusable certificate chain: ${why}`);
+    if (chain.length < 2) throw unusable(`${chain.length} element(s), expected at least the leaf and the root`);
+    const leafDers = certificatesFromPem(chain[0]!);
+    if (leafDers.length !== 1) throw unusable(`the first element holds ${leafDers.length} certificates, expected the leaf alone`);
+    const leaf = parseCertificate(leafDers[0]!);
+    if (!keysMatch(key, certificatePublicKey(leaf))) throw unusable("the leaf certificate is not for the key in the agent's CSR");
+    const ids = leaf.sans.uris.filter((uri) => uri.startsWith('spiffe://'));
+    if (ids.length === 0) throw unusable('the leaf certificate names no spiffe:// identity');
+    for (const id of ids) parseSpiffeId(id);
+    const rootDers = certificatesFromPem(chain[chain.length - 1]!);
+    if (rootDers.length === 0) throw unusable('the last element holds no root certificate');
+    const roots = rootDers.map(parseCertificate);
+    const intermediates = chain.slice(1, -1).flatMap((pem) => certificatesFromPem(pem)).map(parseCertificate);
+    try {
+      verifyChain(leaf, { intermediates, roots });
+    } catch (error) {
+      throw unusable((error as Error).message);
+    }
+    const receivedAt = Date.now();
+    const chainPem = chain.map(withNewline).join('');
+    const graceRatio = drawGraceRatio(this.options.grace, this.random);
+    return {
+      identity: [...ids].sort().join(','),
+      keyPem: encodeWorkloadKey(key, this.options.key),
+      chainPem,
+      rootsPem: roots.map((r) => certificateToPem(r.der)).join(''),
+      leaf,
+      receivedAt,
+      renewAt: renewalTime(leaf.notAfter.getTime(), receivedAt, graceRatio),
+      version: hashVersion(chainPem),
+    };
+  }
+
+  /** Stores a freshly proven secret under the identity the CA granted, and maps the credential to it. */
+  private adopt(secret: IdentitySecret, credential: WorkloadCredential): string {
+    const now = Date.now();
+    let entry = this.entries.get(secret.identity);
+    if (entry) {
+      // Another workload of the same identity is already served; keep its secret unless it is due for renewal.
+      if (now >= entry.secret.renewAt) this.replaceSecret(entry, secret, 'renewed by a new workload');
+    } else {
+      entry = {
+        identity: secret.identity,
+        secret,
+        credentials: new Map(),
+        leases: new Set(),
+        renewing: false,
+        renewAttempt: 0,
+        dropped: false,
+      };
+      this.entries.set(secret.identity, entry);
+      this.options.metrics.secretsCached.set(this.entries.size);
+      this.logIssued(entry, 'issued certificate');
+      this.scheduleRenewal(entry);
+      this.startIdleTimer(entry);
+    }
+    entry.credentials.set(credential.key, { credential, lastUsed: now });
+    this.credentialIdentity.set(credential.key, secret.identity);
+    this.observeTrustBundle(secret);
+    return secret.identity;
+  }
+
+  private logIssued(entry: IdentityEntry, message: string): void {
+    const s = entry.secret;
+    this.log.info(
+      {
+        identity: entry.identity,
+        serial: s.leaf.serialHex,
+        notAfter: s.leaf.notAfter.toISOString(),
+        renewAt: new Date(s.renewAt).toISOString(),
+      },
+      message,
+    );
+  }
+
+  private replaceSecret(entry: IdentityEntry, secret: IdentitySecret, message: string): void {
+    entry.secret = secret;
+    entry.renewAttempt = 0;
+    this.logIssued(entry, message);
+    this.scheduleRenewal(entry);
+    for (const lease of entry.leases) for (const listener of lease.changeListeners) listener(secret);
+  }
+
+  private observeTrustBundle(secret: IdentitySecret): void {
+    if (this.bundle?.pem === secret.rootsPem) return;
+    const previous = this.bundle;
+    this.bundle = {
+      pem: secret.rootsPem,
+      version: hashVersion(secret.rootsPem),
+      roots: certificatesFromPem(secret.rootsPem).map(parseCertificate),
+    };
+    if (previous) this.log.info({ roots: this.bundle.roots.map((r) => r.subject) }, 'trust bundle changed; re-issuing workload certificates');
+    for (const listener of this.bundleListeners) listener(this.bundle);
+    if (!previous) return;
+    // Certificates from the old chain are replaced so that every workload moves to the new signing chain.
+    for (const entry of this.entries.values()) {
+      if (entry.secret.rootsPem !== secret.rootsPem) void this.renew(entry, 'trust bundle changed');
+    }
+  }
+
+  // --- renewal -----------------------------------------------------------------------------------------------
+
+  private scheduleRenewal(entry: IdentityEntry, at = entry.secret.renewAt): void {
+    entry.cancelRenewal?.();
+    entry.cancelRenewal = timerAt(at, () => void this.renew(entry, 'scheduled'));
+  }
+
+  private async renew(entry: IdentityEntry, reason: string): Promise<void> {
+    if (entry.renewing || entry.dropped) return;
+    entry.renewing = true;
+    try {
+      const now = Date.now();
+      const usable: CredentialUse[] = [];
+      for (const use of entry.credentials.values()) {
+        if (use.credential.revocable && use.credential.expiresAt !== null && use.credential.expiresAt <= now) {
+          this.revoke(entry, use.credential, `the workload token (${use.credential.label}) expired; reconnect with a fresh token`);
+        } else {
+          usable.push(use);
+        }
+      }
+      usable.sort((a, b) => b.lastUsed - a.lastUsed);
+      let lastError: unknown = null;
+      for (const use of usable) {
+        if (entry.dropped) return;
+        entry.pendingKey ??= await this.options.keys.take();
+        try {
+          const secret = await this.requestSecret(use.credential, entry.pendingKey);
+          if (secret.identity !== entry.identity) {
+            // Never let a token's answer land in another identity's entry.
+            this.revoke(entry, use.credential, `the CA now grants this token ${secret.identity}, not ${entry.identity}; reconnect`);
+            continue;
+          }
+          entry.pendingKey = undefined;
+          if (entry.dropped) return;
+          this.options.metrics.rotations.inc({ result: 'success' });
+          this.replaceSecret(entry, secret, reason === 'scheduled' ? 'renewed certificate' : `renewed certificate (${reason})`);
+          this.observeTrustBundle(secret);
+          return;
+        } catch (error) {
+          lastError = error;
+          const refused = error instanceof CaCallError && (error.code === GrpcStatus.UNAUTHENTICATED || error.code === GrpcStatus.PERMISSION_DENIED);
+          if (refused && use.credential.revocable) {
+            this.revoke(entry, use.credential, `the CA no longer accepts the workload token (${use.credential.label}): ${error.details}; reconnect with a fresh token`);
+          }
+        }
+      }
+      if (entry.dropped) return;
+      this.options.metrics.rotations.inc({ result: 'failure' });
+      if (entry.credentials.size === 0) {
+        this.log.warn({ identity: entry.identity }, 'no valid workload token left to renew this certificate; waiting for a workload to reconnect');
+        return;
+      }
+      const delay = backoffDelayMs(entry.renewAttempt++, this.random);
+      this.options.metrics.outgoingRetries.inc({ request_type: 'csr' });
+      const expired = Date.now() >= entry.secret.leaf.notAfter.getTime();
+      const details = {
+        identity: entry.identity,
+        caAddress: this.options.ca.address,
+        err: lastError instanceof Error ? lastError.message : String(lastError),
+        notAfter: entry.secret.leaf.notAfter.toISOString(),
+        retryInMs: delay,
+      };
+      if (expired) this.log.error(details, 'certificate expired and the CA could not renew it; still serving it and retrying');
+      else this.log.warn(details, 'certificate renewal failed; serving the current certificate and retrying');
+      this.scheduleRenewal(entry, Date.now() + delay);
+    } finally {
+      entry.renewing = false;
+    }
+  }
+
+  /** Forgets a credential and ends the streams that relied on it (clients reconnect with a fresh token). */
+  private revoke(entry: IdentityEntry, credential: WorkloadCredential, message: string): void {
+    entry.credentials.delete(credential.key);
+    if (this.credentialIdentity.get(credential.key) === entry.identity) this.credentialIdentity.delete(credential.key);
+    const error = new SdsError(GrpcStatus.UNAUTHENTICATED, message);
+    let streams = 0;
+    for (const lease of [...entry.leases]) {
+      if (lease.credentialKey !== credential.key) continue;
+      streams++;
+      for (const listener of lease.revokeListeners) listener(error);
+    }
+    this.log.warn({ identity: entry.identity, credential: credential.label, streams }, 'workload token no longer valid; ending its streams');
+  }
+
+  // --- leases and idle expiry ------------------------------------------------------------------------------
+
+  private lease(entry: IdentityEntry, credentialKey: string): IdentityLease {
+    const record: LeaseRecord = { credentialKey, changeListeners: new Set(), revokeListeners: new Set() };
+    entry.leases.add(record);
+    entry.cancelIdle?.();
+    entry.cancelIdle = undefined;
+    let released = false;
+    return {
+      identity: entry.identity,
+      current: () => entry.secret,
+      onChange: (listener) => {
+        record.changeListeners.add(listener);
+        return () => record.changeListeners.delete(listener);
+      },
+      onRevoked: (listener) => {
+        record.revokeListeners.add(listener);
+        return () => record.revokeListeners.delete(listener);
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        entry.leases.delete(record);
+        if (entry.leases.size === 0 && !entry.dropped) this.startIdleTimer(entry);
+      },
+    };
+  }
+
+  private startIdleTimer(entry: IdentityEntry): void {
+    entry.cancelIdle?.();
+    entry.cancelIdle = timerAt(Date.now() + this.options.idleTtlMs, () => {
+      if (entry.leases.size === 0) this.drop(entry, 'no stream watches it any more');
+    });
+  }
+
+  private drop(entry: IdentityEntry, why: string): void {
+    if (entry.dropped) return;
+    entry.dropped = true;
+    entry.cancelRenewal?.();
+    entry.cancelIdle?.();
+    for (const key of entry.credentials.keys()) {
+      if (this.credentialIdentity.get(key) === entry.identity) this.credentialIdentity.delete(key);
+    }
+    entry.credentials.clear();
+    this.entries.delete(entry.identity);
+    this.options.metrics.secretsCached.set(this.entries.size);
+    this.log.info({ identity: entry.identity, reason: why }, 'dropped cached secret');
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * Configuration of `meshca agent`, the per-node SDS agent. Istio's environment variable names are kept
+ * (CA_ADDR, SECRET_TTL, WORKLOAD_RSA_KEY_SIZE, ...) so an istio-agent's settings carry over unchanged.
+ */
+import {
+  bad,
+  ConfigError,
+  raw,
+  readAddress,
+  readBoolean,
+  readDuration,
+  readEnum,
+  readInteger,
+  readList,
+  readNumber,
+  readOptionalString,
+  readString,
+  type Env,
+} from './env.js';
+
+export const AGENT_MODES = ['node', 'sidecar'] as const;
+export type AgentMode = (typeof AGENT_MODES)[number];
+
+export const DEFAULT_SDS_SOCKET = './var/run/secrets/workload-spiffe-uds/socket';
+export const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
+export const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
+export const DEFAULT_CA_ADDR = 'localhost:15012';
+export const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
+
+export interface WorkloadKeyConfig {
+  algorithm: 'RSA' | 'ECDSA';
+  rsaBits: number;
+  curve: 'P256' | 'P384';
+  /** PKCS#8 ("PRIVATE KEY") instead of PKCS#1/SEC1. */
+  pkcs8: boolean;
+}
+
+export interface AgentCaConfig {
+  /** host:port of the Istio-compatible CA (gRPC over TLS). */
+  address: string;
+  rootCertPath: string;
+  /** TLS server name to verify instead of the host of `address` (ISTIOD_SAN). */
+  serverName?: string;
+  /** Struct metadata `CertSigner` (ISTIO_META_CERT_SIGNER); Istio always sends it, often empty. */
+  certSigner: string;
+  /** gRPC header `clusterid` (ISTIO_META_CLUSTER_ID); omitted when unset. */
+  clusterId?: string;
+  /** One header per CA_HEADER_<NAME>=<value>. */
+  extraHeaders: Record<string, string>;
+}
+
+export interface AgentConfig {
+  mode: AgentMode;
+  sdsSocket: string;
+  sdsSocketMode: number;
+  /** Sidecar mode: the workload's service-account token, re-read on every CSR. */
+  tokenFile: string;
+  idleSecretTtlSeconds: number;
+  key: WorkloadKeyConfig;
+  keyPoolSize: number;
+  ca: AgentCaConfig;
+  secretTtlSeconds: number;
+  graceRatio: number;
+  graceRatioJitter: number;
+  /** Sidecar mode: write key.pem, cert-chain.pem, root-cert.pem here on every change. */
+  outputCertsDir?: string;
+  statusAddress: { host: string; port: number; text: string };
+  /**
+   * Directories whose files may be served as file-cert:/file-root: resources. `null` means anywhere (sidecar
+   * mode default: the files are the pod's own); an empty list disables them (node mode default), because on a
+   * shared node any workload could otherwise read any file the agent can.
+   */
+  fileResourceDirs: string[] | null;
+  /** Only used to put the expected SPIFFE ID into CSRs; the CA decides the identity. */
+  trustDomain: string;
+}
+
+/** Flags of `meshca agent` as commander hands them over (all strings). */
+export interface AgentFlags {
+  mode?: string;
+  sdsSocket?: string;
+  sdsSocketMode?: string;
+  tokenFile?: string;
+  idleSecretTtl?: string;
+  keyPoolSize?: string;
+  caAddr?: string;
+  caRootCert?: string;
+  secretTtl?: string;
+  outputCerts?: string;
+  statusAddr?: string;
+  fileResourceDirs?: string;
+  trustDomain?: string;
+}
+
+function readSocketMode(flagValue: string | undefined, env: Env): number {
+  const source = { flag: '--sds-socket-mode', env: 'MESHCA_SDS_SOCKET_MODE' };
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return 0o666;
+  if (!/^0?[0-7]{3}$/.test(value.trim())) throw bad(source, value, 'an octal file mode such as 0666 or 0660');
+  return parseInt(value.trim(), 8);
+}
+
+function caHeaders(env: Env): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith('CA_HEADER_') || value === undefined) continue;
+    const header = name.slice('CA_HEADER_'.length).toLowerCase();
+    if (!/^[a-z0-9_.-]+$/.test(header) || header.endsWith('-bin')) {
+      throw new ConfigError(`invalid ${name}: "${header}" is not usable as a gRPC header name`);
+    }
+    headers[header] = value;
+  }
+  return headers;
+}
+
+export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
+  const mode = readEnum(flags.mode, env, { flag: '--mode', env: 'MESHCA_AGENT_MODE' }, AGENT_MODES, 'node');
+  const tokenFileGiven = raw(flags.tokenFile, env, { flag: '--token-file' }) !== undefined;
+  const outputCertsDir = readOptionalString(flags.outputCerts, env, { flag: '--output-certs', env: 'OUTPUT_CERTS' });
+  if (mode === 'node' && tokenFileGiven) {
+    throw new ConfigError('--token-file is only used with --mode sidecar; in node mode each workload sends its own token on the SDS stream');
+  }
+  if (mode === 'node' && outputCertsDir !== undefined) {
+    throw new ConfigError('OUTPUT_CERTS (--output-certs) needs --mode sidecar: a node agent serves many identities and has no single one to write');
+  }
+  const algorithm = readEnum(undefined, env, { env: 'ECC_SIGNATURE_ALGORITHM' }, ['RSA', 'ECDSA'] as const, 'RSA');
+  const graceRatio = readNumber(undefined, env, { env: 'SECRET_GRACE_PERIOD_RATIO' }, 0.5, { min: 0, max: 1 });
+  const graceRatioJitter = readNumber(undefined, env, { env: 'SECRET_GRACE_PERIOD_RATIO_JITTER' }, 0.01, { min: 0, max: 1 });
+  const fileDirsSource = { flag: '--file-resource-dirs', env: 'MESHCA_FILE_RESOURCE_DIRS' };
+  const fileDirsGiven = raw(flags.fileResourceDirs, env, fileDirsSource) !== undefined;
+  const serverName = readOptionalString(undefined, env, { env: 'ISTIOD_SAN' });
+  const clusterId = readOptionalString(undefined, env, { env: 'ISTIO_META_CLUSTER_ID' });
+  return {
+    mode,
+    sdsSocket: readString(flags.sdsSocket, env, { flag: '--sds-socket' }, DEFAULT_SDS_SOCKET),
+    sdsSocketMode: readSocketMode(flags.sdsSocketMode, env),
+    tokenFile: readString(flags.tokenFile, env, { flag: '--token-file' }, DEFAULT_TOKEN_FILE),
+    idleSecretTtlSeconds: readDuration(flags.idleSecretTtl, env, { flag: '--idle-secret-ttl' }, 300, { min: 0 }),
+    key: {
+      algorithm,
+      rsaBits: readInteger(undefined, env, { env: 'WORKLOAD_RSA_KEY_SIZE' }, 2048, { min: 2048, max: 8192 }),
+      curve: readEnum(undefined, env, { env: 'ECC_CURVE' }, ['P256', 'P384'] as const, 'P256'),
+      pkcs8: readBoolean(undefined, env, { env: 'PKCS8_KEY' }, false),
+    },
+    keyPoolSize: readInteger(flags.keyPoolSize, env, { flag: '--key-pool-size' }, 2, { min: 0, max: 64 }),
+    ca: {
+      address: readCaAddress(flags.caAddr, env),
+      rootCertPath: readString(flags.caRootCert, env, { flag: '--ca-root-cert' }, DEFAULT_CA_ROOT_CERT),
+      ...(serverName !== undefined ? { serverName } : {}),
+      certSigner: readString(undefined, env, { env: 'ISTIO_META_CERT_SIGNER' }, ''),
+      ...(clusterId !== undefined ? { clusterId } : {}),
+      extraHeaders: caHeaders(env),
+    },
+    secretTtlSeconds: readDuration(flags.secretTtl, env, { flag: '--secret-ttl', env: 'SECRET_TTL' }, 86400, { min: 1 }),
+    graceRatio,
+    graceRatioJitter,
+    ...(outputCertsDir !== undefined ? { outputCertsDir } : {}),
+    statusAddress: readAddress(flags.statusAddr, env, { flag: '--status-addr' }, DEFAULT_STATUS_ADDR),
+    fileResourceDirs: fileDirsGiven ? readList(flags.fileResourceDirs, env, fileDirsSource, []) : mode === 'sidecar' ? null : [],
+    trustDomain: readString(flags.trustDomain, env, { flag: '--trust-domain', env: 'TRUST_DOMAIN' }, 'cluster.local'),
+  };
+}
+
+function readCaAddress(flagValue: string | undefined, env: Env): string {
+  const source = { flag: '--ca-addr', env: 'CA_ADDR' };
+  const value = readString(flagValue, env, source, DEFAULT_CA_ADDR);
+  // A full URL or a bare host is a common slip; say what shape is wanted.
+  if (!/^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$/.test(value.trim())) throw bad(source, value, 'host:port, e.g. istiod.istio-system.svc:15012');
+  return value.trim();
+}

@@ -1,0 +1,213 @@
+/**
+ * The real `meshca ca` (TokenReview against the Kubernetes stand-in) and the real `meshca agent`, talked to over
+ * the agent's Unix socket with grpc-js like Envoy, and with `meshca fetch`.
+ */
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
+import { startCa, type RunningCa } from './ca-helpers.js';
+import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { opensslVerify } from './support/openssl.js';
+import { runMeshca, startMeshca } from './support/process.js';
+import {
+  decodeSecret,
+  defineSotwRuleTests,
+  eventually,
+  metricValue,
+  namesIn,
+  RawSotwStream,
+  startAgentProcess,
+  tempDir,
+  type AgentProcess,
+} from './agent-helpers.js';
+
+const firstLeaf = (chainPem: string): string => chainPem.split(/(?<=-----END CERTIFICATE-----\n)/)[0]!;
+
+async function secretFor(agent: AgentProcess, token: string | undefined, name = 'default'): Promise<ReturnType<typeof decodeSecret>> {
+  const stream = new RawSotwStream(agent.client, token);
+  stream.subscribe([name]);
+  try {
+    return decodeSecret((await stream.next(20_000)).resources[0]!);
+  } finally {
+    stream.close();
+  }
+}
+
+describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
+  let kube: KubeStandin;
+  let ca: RunningCa;
+  let agent: AgentProcess;
+  const dirs: (() => void)[] = [];
+  let filesDir: string;
+
+  before(async () => {
+    kube = await startKubeStandin();
+    const caState = tempDir('meshca-ca-e2e-');
+    dirs.push(caState.cleanup);
+    ca = await startCa(caState.dir, ['--kubeconfig', kube.kubeconfigPath]);
+    const files = tempDir('meshca-files-');
+    dirs.push(files.cleanup);
+    filesDir = files.dir;
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    writeFileSync(
+      path.join(filesDir, 'extra-root.pem'),
+      certificateToPem(createCaCertificate({ subject: { commonName: 'extra' }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) })),
+    );
+    agent = await startAgentProcess({ caAddress: ca.grpcAddress, caRootPem: ca.rootPem, args: ['--file-resource-dirs', filesDir] });
+  });
+
+  after(async () => {
+    await agent?.stop();
+    await ca?.proc.stop();
+    await kube?.close();
+    for (const cleanup of dirs) cleanup();
+  });
+
+  it('gives two workloads with different tokens on one socket different SPIFFE IDs, verifiable with openssl', async () => {
+    const frontend = await kube.mintToken({ namespace: 'shop', serviceAccount: 'frontend' });
+    const backend = await kube.mintToken({ namespace: 'shop', serviceAccount: 'backend' });
+    const [a, b] = await Promise.all([secretFor(agent, frontend), secretFor(agent, backend)]);
+    assert.equal(a.spiffeId, 'spiffe://cluster.local/ns/shop/sa/frontend');
+    assert.equal(b.spiffeId, 'spiffe://cluster.local/ns/shop/sa/backend');
+    assert.notEqual(a.keyPem, b.keyPem);
+    for (const secret of [a, b]) {
+      const result = opensslVerify(firstLeaf(secret.chainPem!), '', ca.rootPem);
+      assert.ok(result.ok, result.output);
+    }
+    const roots = await secretFor(agent, frontend, 'ROOTCA');
+    assert.equal(roots.rootsPem!.trim(), ca.rootPem.trim());
+  });
+
+  it('ends a stream without a token, or with a foreign or expired token, with UNAUTHENTICATED naming the cause', async () => {
+    const cases: [string | undefined, RegExp][] = [
+      [undefined, /no workload token on this SDS stream.*istio_sds_credentials_header-bin/],
+      [await kube.mintForeignToken({ namespace: 'shop', serviceAccount: 'frontend' }), /the CA refused the workload token/],
+      [await kube.mintToken({ namespace: 'shop', serviceAccount: 'frontend', expired: true }), /the workload token .* expired at/],
+      [await kube.mintToken({ namespace: 'shop', serviceAccount: 'frontend', audiences: ['not-istio-ca'] }), /the CA refused the workload token/],
+    ];
+    for (const [token, message] of cases) {
+      const stream = new RawSotwStream(agent.client, token);
+      stream.subscribe(['default']);
+      const error = await stream.ended();
+      assert.equal(error?.code, grpc.status.UNAUTHENTICATED, `token ${token?.slice(0, 12)}: ${error?.details}`);
+      assert.match(error!.details, message);
+    }
+    // Nothing was cached for the refused streams: only the two identities proven above are.
+    assert.equal(metricValue(await agent.metrics(), 'meshca_agent_secrets_cached'), 2);
+  });
+
+  describe('state-of-the-world rules on the real agent', () => {
+    let token: string;
+    before(async () => {
+      token = await kube.mintToken({ namespace: 'shop', serviceAccount: 'rules' });
+    });
+    defineSotwRuleTests(() => ({
+      client: agent.client,
+      token,
+      spiffeId: 'spiffe://cluster.local/ns/shop/sa/rules',
+      extraName: `file-root:${path.join(filesDir, 'extra-root.pem')}`,
+      nacks: async () => metricValue(await agent.metrics(), 'meshca_sds_nacks_total', { api: 'sotw' }),
+      records: () => agent.proc.records,
+    }));
+  });
+
+  it('meshca fetch prints the PEMs, writes them with --out, and fails with one line without a token', async () => {
+    const { dir, cleanup } = tempDir('meshca-fetch-');
+    try {
+      const tokenFile = path.join(dir, 'token');
+      writeFileSync(tokenFile, await kube.mintToken({ namespace: 'shop', serviceAccount: 'fetcher' }));
+      const printed = await runMeshca(['fetch', '--sds-socket', agent.socket, '--token-file', tokenFile, '--resource', 'default', '--resource', 'ROOTCA']);
+      assert.equal(printed.code, 0, printed.stderr);
+      assert.match(printed.stdout, /^# default: spiffe:\/\/cluster\.local\/ns\/shop\/sa\/fetcher serial [0-9a-f]+ expires /m);
+      assert.match(printed.stdout, /^# ROOTCA: 1 trusted root\(s\)/m);
+      assert.match(printed.stdout, /BEGIN EC PRIVATE KEY/);
+
+      const out = path.join(dir, 'out');
+      const written = await runMeshca(['fetch', '--sds-socket', agent.socket, '--token-file', tokenFile, '--resource', 'default', '--resource', 'ROOTCA', '--out', out]);
+      assert.equal(written.code, 0, written.stderr);
+      assert.equal(statSync(path.join(out, 'key.pem')).mode & 0o777, 0o600);
+      const chain = readFileSync(path.join(out, 'cert-chain.pem'), 'utf8');
+      const result = opensslVerify(firstLeaf(chain), '', readFileSync(path.join(out, 'root-cert.pem'), 'utf8'));
+      assert.ok(result.ok, result.output);
+
+      const refused = await runMeshca(['fetch', '--sds-socket', agent.socket, '--timeout', '10s']);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /^meshca: SDS stream for default failed: UNAUTHENTICATED: no workload token/);
+      assert.equal(refused.stderr.trim().split('\n').length, 1);
+    } finally {
+      cleanup();
+    }
+  });
+
+  it('meshca fetch --watch follows pushes', async () => {
+    const { dir, cleanup } = tempDir('meshca-watch-');
+    const roots = path.join(filesDir, 'watched-root.pem');
+    const makeRoot = (name: string): string => {
+      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      return certificateToPem(createCaCertificate({ subject: { commonName: name }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) }));
+    };
+    writeFileSync(roots, makeRoot('watched-one'));
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, await kube.mintToken({ namespace: 'shop', serviceAccount: 'watcher' }));
+    const watcher = startMeshca(['fetch', '--sds-socket', agent.socket, '--token-file', tokenFile, '--resource', `file-root:${roots}`, '--watch']);
+    try {
+      const printed = (subject: string): boolean => watcher.lines.some((line) => line.startsWith('# file-root:') && line.includes(subject));
+      await eventually(() => printed('CN=watched-one'), 'the first secret to be printed', 20_000);
+      writeFileSync(roots, makeRoot('watched-two'));
+      await eventually(() => printed('CN=watched-two'), 'the pushed secret to be printed', 20_000);
+    } finally {
+      await watcher.stop();
+      cleanup();
+    }
+  });
+});
+
+describe('CA stopped mid-run', () => {
+  it('streams keep the old secret while the CA is down and get a new one when it returns, without help', async () => {
+    const kube = await startKubeStandin();
+    const caState = tempDir('meshca-ca-outage-');
+    let ca: RunningCa | null = await startCa(caState.dir, ['--kubeconfig', kube.kubeconfigPath]);
+    const address = ca.grpcAddress;
+    const agent = await startAgentProcess({ caAddress: address, caRootPem: ca.rootPem, env: { SECRET_TTL: '8s' } });
+    try {
+      const token = await kube.mintToken({ namespace: 'shop', serviceAccount: 'outage' });
+      const stream = new RawSotwStream(agent.client, token);
+      stream.subscribe(['default']);
+      const first = await stream.next(20_000);
+      stream.ack(first, ['default']);
+      const served = decodeSecret(first.resources[0]!);
+      await ca.proc.stop();
+      ca = null;
+      // The renewal (at about half of the 8 s) fails and is retried; the stream hears nothing meanwhile.
+      await eventually(
+        async () => metricValue(await agent.metrics(), 'num_failed_outgoing_requests', { request_type: 'csr' }) >= 2,
+        'renewal attempts against the stopped CA',
+        20_000,
+      );
+      assert.equal(stream.inbox.pending, 0);
+      assert.ok(agent.proc.records.some((r) => r.msg === 'certificate renewal failed; serving the current certificate and retrying'));
+      // A workload that reconnects meanwhile still gets the current secret.
+      const again = new RawSotwStream(agent.client, token);
+      again.subscribe(['default']);
+      assert.equal(decodeSecret((await again.next()).resources[0]!).leaf!.serialHex, served.leaf!.serialHex);
+      again.close();
+
+      ca = await startCa(caState.dir, ['--kubeconfig', kube.kubeconfigPath, '--grpc-addr', address]);
+      const renewed = decodeSecret((await stream.next(45_000)).resources[0]!);
+      assert.notEqual(renewed.leaf!.serialHex, served.leaf!.serialHex);
+      assert.equal(renewed.spiffeId, 'spiffe://cluster.local/ns/shop/sa/outage');
+      assert.ok(opensslVerify(firstLeaf(renewed.chainPem!), '', ca.rootPem).ok);
+      assert.deepEqual(namesIn(first), ['default']);
+      stream.close();
+    } finally {
+      await agent.stop();
+      await ca?.proc.stop();
+      await kube.close();
+      caState.cleanup();
+    }
+  });
+});
