@@ -42,13 +42,13 @@ test('meshca token prints a service-account-shaped JWT that verifies with the de
 test('meshca dev prints where everything is and an example that gets a demo certificate', async () => {
   const workdir = path.join(temp.dir, 'dev-cwd');
   execFileSync('mkdir', ['-p', workdir]);
-  const dev = startMeshca(['dev', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', '--ca-key-type', 'ec-p256'], {
+  const dev = startMeshca(['dev', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', '--status-addr', '127.0.0.1:0', '--ca-key-type', 'ec-p256'], {
     cwd: workdir,
     env: cleanEnv(),
   });
   try {
     const ready = await dev.waitForLog(/^meshca dev ready$/, 30_000);
-    assert.ok(Array.isArray(ready.components) && ready.components.includes('ca'), JSON.stringify(ready));
+    assert.ok(Array.isArray(ready.components) && ready.components.includes('ca') && ready.components.includes('agent'), JSON.stringify(ready));
     const output = dev.lines.join('\n');
     assert.match(output, /CA gRPC API \(TLS\)\s+localhost:\d+/);
     assert.match(output, /monitoring HTTP\s+http:\/\/127\.0\.0\.1:\d+/);
@@ -69,6 +69,15 @@ test('meshca dev prints where everything is and an example that gets a demo cert
     assert.ok(verified.ok, verified.output);
     assert.match(opensslFacts(chainPem).text, /URI:spiffe:\/\/cluster\.local\/ns\/default\/sa\/demo/);
     assert.equal(statSync(path.join(certDir, 'key.pem')).mode & 0o777, 0o600);
+
+    // The SDS example: the node agent serves the same identity (key, chain, trust bundle) as Envoy would get it.
+    assert.match(output, /SDS socket \(agent\)\s+\.meshca\/sds\.sock/);
+    const fetchLine = dev.lines.filter((line) => /^ {2}node .* fetch /.test(line)).map((line) => line.trim());
+    assert.equal(fetchLine.length, 1, output);
+    const fetched = execFileSync('bash', ['-c', fetchLine[0]!], { cwd: workdir, encoding: 'utf8', env: cleanEnv() });
+    assert.match(fetched, /# default: spiffe:\/\/cluster\.local\/ns\/default\/sa\/demo serial [0-9a-f]+/);
+    assert.match(fetched, /# ROOTCA/);
+    assert.match(fetched, /-----BEGIN (EC |RSA )?PRIVATE KEY-----/);
 
     assert.equal(await dev.stop('SIGTERM', 15_000), 0);
     await dev.waitForLog(/^meshca dev stopped$/, 1000);

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
+import { readAgentConfig, startAgent } from '../agent/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
 import { addLogLevelOption, readCaServerConfig, readLogLevel, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
 import type { Env } from '../config/env.js';
@@ -48,6 +49,8 @@ export interface DevComponent {
 
 export interface DevFlags extends CaServerFlags {
   stateDir: string;
+  sdsSocket?: string;
+  statusAddr?: string;
 }
 
 const DEV_SERVER_NAME = 'localhost';
@@ -110,8 +113,37 @@ export const devCaComponent: DevComponent = {
   },
 };
 
+/** The node agent, serving SDS on a socket in the state directory and getting certificates from the dev CA. */
+export const devAgentComponent: DevComponent = {
+  name: 'agent',
+  async start(context) {
+    const ca = context.ca!;
+    const socket = context.flags.sdsSocket ?? path.join(context.stateDir, 'sds.sock');
+    // Node mode: each workload proves itself with its own token on the SDS stream, as with a DaemonSet.
+    const config = readAgentConfig(
+      {
+        mode: 'node',
+        sdsSocket: socket,
+        caAddr: ca.dialAddress,
+        caRootCert: ca.rootCertPath,
+        statusAddr: context.flags.statusAddr ?? '127.0.0.1:15020',
+        trustDomain: ca.trustDomain,
+      },
+      { ...context.env, ISTIOD_SAN: ca.serverName, OUTPUT_CERTS: undefined },
+    );
+    const agent = await startAgent(config, context.logger.child({ component: 'agent' }));
+    return {
+      summary: [
+        ['SDS socket (agent)', socket],
+        ['agent status HTTP', `${agent.statusUrl}  (/healthz/ready /metrics)`],
+      ],
+      close: () => agent.close(),
+    };
+  },
+};
+
 /** Components in start order. */
-export const DEV_COMPONENTS: DevComponent[] = [devCaComponent];
+export const DEV_COMPONENTS: DevComponent[] = [devCaComponent, devAgentComponent];
 
 function shellQuote(text: string): string {
   return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
@@ -133,16 +165,25 @@ export function exampleCommands(context: DevContext, cli: string): string[] {
   ];
 }
 
+/** The same identity through the node agent, as an Envoy would get it over SDS. */
+export function sdsExampleCommands(context: DevContext, cli: string): string[] {
+  const socket = context.flags.sdsSocket ?? path.join(context.stateDir, 'sds.sock');
+  const q = shellQuote;
+  return [`${cli} fetch --sds-socket ${q(socket)} --token-file ${q(path.join(context.stateDir, 'demo.jwt'))} --resource default --resource ROOTCA`];
+}
+
 export function registerDevCommand(program: Command): void {
   const command = program
     .command('dev')
-    .description('run the whole system locally without Kubernetes: the CA with a self-signed root and a dev JWT issuer it trusts');
+    .description('run the whole system locally without Kubernetes: the CA with a self-signed root, a dev JWT issuer it trusts, and a node agent serving SDS');
   addKeySourceOptions(command);
   if (!command.options.some((o) => o.long === '--trust-domain')) command.option('--trust-domain <domain>', 'SPIFFE trust domain (env TRUST_DOMAIN)');
   addLogLevelOption(command);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')
     .option('--monitoring-addr <host:port>', 'monitoring HTTP listen address', '127.0.0.1:15014')
+    .option('--sds-socket <path>', 'SDS socket of the node agent (default <state-dir>/sds.sock)')
+    .option('--status-addr <host:port>', 'status HTTP address of the node agent', '127.0.0.1:15020')
     .option('--server-dns <names>', 'extra DNS names for the CA serving certificate (localhost is always included)', (v: string, p: string[] | undefined) => [...(p ?? []), v])
     .action(async (flags: DevFlags) => {
       const stateDir = flags.stateDir ?? './.meshca';
@@ -178,6 +219,10 @@ export function registerDevCommand(program: Command): void {
         `Get a certificate for spiffe://${context.ca!.trustDomain}/ns/default/sa/demo:`,
         '',
         ...exampleCommands(context, cli).map((line) => `  ${line}`),
+        '',
+        'The same identity over SDS from the node agent, as Envoy gets it (key, chain and trust bundle):',
+        '',
+        ...sdsExampleCommands(context, cli).map((line) => `  ${line}`),
         '',
       ];
       process.stdout.write(lines.join('\n') + '\n');
