@@ -1,0 +1,118 @@
+/**
+ * `meshca cacerts root|intermediate`: an offline root and per-cluster intermediates in Istio's cacerts layout,
+ * with key files 0600, checked with openssl, and loaded by the real `meshca ca --ca-source cacerts`, which issues
+ * chains openssl verifies. Misuse (overwriting, the root key in the Secret directory, bad flags) ends in one line.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { caClient, createCertificate, opensslKeyAndCsr } from './ca-helpers.js';
+import { startCaProcess } from './keysource-helpers.js';
+import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { opensslText, opensslVerify, opensslVerifyResponseChain } from './support/openssl.js';
+import { makeTempDir, runMeshca } from './support/process.js';
+
+const mode = (file: string): number => statSync(file).mode & 0o777;
+const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g) ?? [];
+
+describe('meshca cacerts', () => {
+  const temp = makeTempDir('meshca-cacerts-cli-');
+  const rootDir = path.join(temp.dir, 'root');
+  let kube: KubeStandin;
+
+  before(async () => {
+    kube = await startKubeStandin();
+  });
+
+  after(async () => {
+    await kube?.close();
+    temp.cleanup();
+  });
+
+  test('root: RSA-4096 by default, 10 years, root-key.pem 0600', async () => {
+    const result = await runMeshca(['cacerts', 'root', '--out', rootDir, '--org', 'Example Mesh']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /wrote .*root-cert\.pem and .*root-key\.pem \(0600\)/);
+    assert.deepEqual(readdirSync(rootDir).sort(), ['root-cert.pem', 'root-key.pem']);
+    assert.equal(mode(path.join(rootDir, 'root-key.pem')), 0o600);
+    const text = opensslText(readFileSync(path.join(rootDir, 'root-cert.pem'), 'utf8'));
+    assert.match(text, /Public-Key: \(4096 bit\)/);
+    assert.match(text, /Subject: O ?= ?Example Mesh, CN ?= ?Root CA/);
+    assert.match(text, /CA:TRUE/);
+    assert.match(text, /Certificate Sign, CRL Sign/);
+    const enddate = execFileSync('openssl', ['x509', '-noout', '-enddate'], { input: readFileSync(path.join(rootDir, 'root-cert.pem')), encoding: 'utf8' });
+    const years = (Date.parse(enddate.replace('notAfter=', '').trim()) - Date.now()) / (365.25 * 86400_000);
+    assert.ok(years > 9.9 && years < 10.1, `root lifetime ${years} years`);
+  });
+
+  test('intermediate: Istio cacerts layout per cluster that openssl and the real CA accept', async () => {
+    const cluster1 = path.join(temp.dir, 'cluster1');
+    const cluster2 = path.join(temp.dir, 'cluster2');
+    const one = await runMeshca(['cacerts', 'intermediate', '--root', rootDir, '--out', cluster1, '--cluster', 'cluster1', '--key', 'ec-p256']);
+    assert.equal(one.code, 0, one.stderr);
+    assert.match(one.stdout, /kubectl create secret generic cacerts -n istio-system --from-file=/);
+    const two = await runMeshca(['cacerts', 'intermediate', '--root', rootDir, '--out', cluster2, '--cluster', 'cluster2', '--key', 'rsa-2048', '--ttl', '30d']);
+    assert.equal(two.code, 0, two.stderr);
+
+    assert.deepEqual(readdirSync(cluster1).sort(), ['ca-cert.pem', 'ca-key.pem', 'cert-chain.pem', 'root-cert.pem']);
+    assert.equal(mode(path.join(cluster1, 'ca-key.pem')), 0o600);
+    const rootPem = readFileSync(path.join(rootDir, 'root-cert.pem'), 'utf8');
+    const caCert = readFileSync(path.join(cluster1, 'ca-cert.pem'), 'utf8');
+    assert.equal(readFileSync(path.join(cluster1, 'root-cert.pem'), 'utf8'), rootPem);
+    assert.deepEqual(blocks(readFileSync(path.join(cluster1, 'cert-chain.pem'), 'utf8')), [...blocks(caCert), ...blocks(rootPem)]);
+    const verified = opensslVerify(caCert, '', rootPem);
+    assert.ok(verified.ok, verified.output);
+    const text = opensslText(caCert);
+    assert.match(text, /CA:TRUE, pathlen:0/);
+    assert.match(text, /CN ?= ?Intermediate CA cluster1/);
+    assert.match(opensslText(readFileSync(path.join(cluster2, 'ca-cert.pem'), 'utf8')), /Public-Key: \(2048 bit\)/);
+
+    // The directory is a working cacerts: the real CA loads it and issues chains openssl verifies.
+    const ca = await startCaProcess(['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--state-dir', path.join(temp.dir, 'ca-state')], { ROOT_CA_DIR: cluster1 });
+    const client = caClient(ca.grpcAddress, rootPem);
+    try {
+      const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'httpbin' });
+      const { csrPem } = opensslKeyAndCsr(temp.dir, 'workload', { spiffeId: 'spiffe://cluster.local/ns/default/sa/httpbin' });
+      const result = await createCertificate(client, { csr: csrPem, token, validitySeconds: 3600 });
+      if (!result.ok) assert.fail(`${grpc.status[result.code]}: ${result.details}`);
+      const check = opensslVerifyResponseChain(result.chain);
+      assert.ok(check.ok, check.output);
+      // Cluster 2 trusts cluster 1's workloads: same root.
+      const crossCheck = opensslVerify(result.chain[0]!, result.chain[1]!, readFileSync(path.join(cluster2, 'root-cert.pem'), 'utf8'));
+      assert.ok(crossCheck.ok, crossCheck.output);
+    } finally {
+      client.close();
+      await ca.proc.stop();
+    }
+  });
+
+  test('misuse ends in one line and exit 1, and nothing is overwritten', async () => {
+    const cluster1 = path.join(temp.dir, 'cluster1');
+    const keyBefore = readFileSync(path.join(cluster1, 'ca-key.pem'), 'utf8');
+    const cases: { args: string[]; message: RegExp }[] = [
+      { args: ['intermediate', '--root', rootDir, '--out', cluster1, '--cluster', 'cluster1', '--key', 'ec-p256'], message: /cluster1\/ca-cert\.pem already exists; choose another --out, or pass --force/ },
+      { args: ['root', '--out', rootDir, '--key', 'ec-p256'], message: /root\/root-cert\.pem already exists/ },
+      { args: ['intermediate', '--root', rootDir, '--out', rootDir, '--cluster', 'c'], message: /--out must not be the --root directory/ },
+      { args: ['intermediate', '--root', path.join(temp.dir, 'nowhere'), '--out', path.join(temp.dir, 'x'), '--cluster', 'c'], message: /cannot read the root in .*nowhere: .*ENOENT.*\(make one with: meshca cacerts root --out/ },
+      { args: ['root', '--out', path.join(temp.dir, 'y'), '--key', 'dsa-1024'], message: /invalid --key "dsa-1024": unknown key type/ },
+      { args: ['root', '--out', path.join(temp.dir, 'z'), '--ttl', 'forever'], message: /invalid --ttl "forever"/ },
+      { args: ['intermediate', '--root', rootDir, '--out', path.join(temp.dir, 'w'), '--cluster', 'bad name'], message: /invalid --cluster "bad name"/ },
+    ];
+    const results = await Promise.all(cases.map((c) => runMeshca(['cacerts', ...c.args])));
+    results.forEach((result, index) => {
+      assert.equal(result.code, 1, result.stderr);
+      const lines = result.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, result.stderr);
+      assert.match(lines[0]!, /^meshca: /);
+      assert.match(lines[0]!, cases[index]!.message);
+    });
+    assert.equal(readFileSync(path.join(cluster1, 'ca-key.pem'), 'utf8'), keyBefore);
+    const forced = await runMeshca(['cacerts', 'intermediate', '--root', rootDir, '--out', cluster1, '--cluster', 'cluster1', '--key', 'ec-p256', '--force', '--ttl', '40000d']);
+    assert.equal(forced.code, 0, forced.stderr);
+    assert.match(forced.stdout, /capped at the root expiry/);
+    assert.notEqual(readFileSync(path.join(cluster1, 'ca-key.pem'), 'utf8'), keyBefore);
+  });
+});

@@ -1,0 +1,214 @@
+/**
+ * Shared CA state in Kubernetes and root distribution, against the Kubernetes API stand-in:
+ *  - two `meshca ca --ca-store kubernetes` processes started at once end with one root in Secret istio-ca-secret
+ *    (type istio.io/ca-root), and both issue chains to it;
+ *  - create-if-absent returns the winner's root on 409, stale updates are refused by resourceVersion, and two
+ *    rotators sharing the Secret converge on the same material;
+ *  - ConfigMap istio-ca-root-cert (label istio.io/config=true) is written in every namespace, follows new
+ *    namespaces and trust-bundle changes, and is repaired when edited or deleted.
+ */
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { KubeConfig } from '@kubernetes/client-node';
+import {
+  CA_SECRET_NAME,
+  CaStateConflictError,
+  createSelfSignedRoot,
+  KubeSecretCaStore,
+  LocalSigner,
+  ROOT_CONFIGMAP_NAME,
+  RootRotator,
+  type RotationPolicy,
+  type StoredCaState,
+} from '../src/ca/index.js';
+import { createLogger } from '../src/log.js';
+import { caClient, createCertificate, opensslKeyAndCsr } from './ca-helpers.js';
+import { eventually, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
+import { startKubeStandin, type KubeObject, type KubeStandin } from './standins/kube.js';
+import { opensslVerifyResponseChain } from './support/openssl.js';
+import { makeTempDir } from './support/process.js';
+
+const logger = createLogger({ level: 'silent', pretty: false });
+const decode = (value: unknown): string => Buffer.from(String(value), 'base64').toString('utf8');
+
+async function root(now?: () => number): Promise<StoredCaState> {
+  const made = await createSelfSignedRoot({ stateDir: '', trustDomain: 'cluster.local', keySpec: 'ec-p256', ttlSeconds: 100, ...(now ? { now } : {}) });
+  return { certPem: made.certPem, keyPem: made.keyPem, rootsPem: made.certPem };
+}
+
+describe('Kubernetes Secret store and root distribution', () => {
+  const temp = makeTempDir('meshca-kube-store-');
+  let kube: KubeStandin;
+  let kubeConfig: KubeConfig;
+  const processes: StartedCa[] = [];
+
+  before(async () => {
+    kube = await startKubeStandin();
+    kubeConfig = new KubeConfig();
+    kubeConfig.loadFromFile(kube.kubeconfigPath);
+  });
+
+  after(async () => {
+    for (const p of processes) await p.proc.stop('SIGKILL');
+    await kube?.close();
+    temp.cleanup();
+  });
+
+  test('two CA processes started at once against the stand-in end with one shared root', async (t) => {
+    const args = (name: string): string[] => [
+      '--kubeconfig',
+      kube.kubeconfigPath,
+      '--ca-store',
+      'kubernetes',
+      '--ca-namespace',
+      'istio-system',
+      '--ca-key-type',
+      'ec-p256',
+      '--state-dir',
+      path.join(temp.dir, name),
+    ];
+    // API latency widens the window in which both replicas find no Secret and both try to create it.
+    kube.state.delayMs = 800;
+    let first: StartedCa;
+    let second: StartedCa;
+    try {
+      [first, second] = await Promise.all([startCaProcess(args('replica-1')), startCaProcess(args('replica-2'))]);
+    } finally {
+      kube.state.delayMs = 0;
+    }
+    processes.push(first, second);
+    const secret = kube.state.get('secrets', 'istio-system', CA_SECRET_NAME);
+    assert.ok(secret, 'Secret istio-ca-secret exists');
+    assert.equal(secret.type, 'istio.io/ca-root');
+    const data = secret.data as Record<string, string>;
+    for (const key of ['ca-cert.pem', 'ca-key.pem', 'root-cert.pem']) assert.ok(data[key], `key ${key}`);
+    const rootPem = decode(data['root-cert.pem']);
+    const created = [first, second].filter((p) => p.proc.records.some((r) => r.msg === 'created a new self-signed root CA'));
+    assert.equal(created.length, 1, 'exactly one replica created the root');
+    const raced = [first, second].some((p) => p.proc.records.some((r) => r.msg === 'another CA replica created the root first; using it'));
+    t.diagnostic(raced ? 'the second replica lost the create race (409) and used the winner root' : 'the second replica found the Secret already there');
+
+    const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'httpbin' });
+    const { csrPem } = opensslKeyAndCsr(temp.dir, 'shared', { spiffeId: 'spiffe://cluster.local/ns/default/sa/httpbin' });
+    for (const replica of [first, second]) {
+      const client = caClient(replica.grpcAddress, rootPem);
+      try {
+        const result = await createCertificate(client, { csr: csrPem, token, validitySeconds: 600 });
+        if (!result.ok) assert.fail(`${grpc.status[result.code]}: ${result.details}`);
+        assert.equal(result.chain[result.chain.length - 1], rootPem, 'both replicas publish the Secret root');
+        const verified = opensslVerifyResponseChain(result.chain);
+        assert.ok(verified.ok, verified.output);
+      } finally {
+        client.close();
+      }
+    }
+    await Promise.all([first.proc.stop(), second.proc.stop()]);
+  });
+
+  test('create-if-absent returns the winner on 409, and a stale resourceVersion is refused', async () => {
+    const a = new KubeSecretCaStore({ kubeConfig, namespace: 'default', name: 'race-secret' });
+    const b = new KubeSecretCaStore({ kubeConfig, namespace: 'default', name: 'race-secret' });
+    assert.equal(await a.load(), null);
+    assert.equal(await b.load(), null);
+    const [stateA, stateB] = await Promise.all([root(), root()]);
+    const winner = await a.create(stateA);
+    const loser = await b.create(stateB);
+    assert.equal(winner.created, true);
+    assert.equal(loser.created, false);
+    assert.equal(loser.state.certPem, stateA.certPem, "the loser uses the winner's root");
+    const fresh = await a.update({ ...winner.state, rootsPem: winner.state.rootsPem + stateB.certPem }, winner.version);
+    await assert.rejects(b.update({ ...winner.state }, winner.version), CaStateConflictError);
+    assert.notEqual(fresh.version, winner.version);
+    // Keys other tools put in the Secret survive our updates.
+    const stored = kube.state.get('secrets', 'default', 'race-secret')!;
+    kube.state.put('secrets', { ...stored, data: { ...(stored.data as Record<string, string>), extra: Buffer.from('kept').toString('base64') } });
+    const reloaded = (await a.load())!;
+    await a.update({ ...reloaded.state, rootsPem: reloaded.state.certPem }, reloaded.version);
+    assert.equal(decode((kube.state.get('secrets', 'default', 'race-secret')!.data as Record<string, string>).extra), 'kept');
+  });
+
+  test('two rotators sharing the Secret converge on one material through a rotation', async () => {
+    const clock = { now: Date.parse('2031-06-01T00:00:00Z') };
+    const t0 = clock.now;
+    const policy: RotationPolicy = { checkIntervalSeconds: 60, gracePeriodPercentile: 20, overlapSeconds: 10 };
+    const make = (): RootRotator =>
+      new RootRotator({
+        store: new KubeSecretCaStore({ kubeConfig, namespace: 'default', name: 'rotating-secret' }),
+        policy,
+        logger,
+        now: () => clock.now,
+        createRoot: async () => {
+          const made = await root(() => clock.now);
+          return { certPem: made.certPem, keyPem: made.keyPem };
+        },
+      });
+    const one = make();
+    const two = make();
+    const [m1, m2] = await Promise.all([one.initialize(), two.initialize()]);
+    assert.ok(m1.material.signingCert.der.equals(m2.material.signingCert.der));
+    assert.equal([m1.created, m2.created].filter(Boolean).length, 1);
+    const s1 = new LocalSigner('self-signed', m1.material);
+    const s2 = new LocalSigner('self-signed', m2.material);
+    one.attach(s1);
+    two.attach(s2);
+    const same = (): boolean => s1.current().signingCert.der.equals(s2.current().signingCert.der) && s1.current().rootsPem === s2.current().rootsPem;
+
+    clock.now = t0 + 81_000;
+    await Promise.all([one.runOnce(), two.runOnce()]);
+    await Promise.all([one.runOnce(), two.runOnce()]);
+    assert.ok(same(), 'both publish the same next root');
+    assert.equal(s1.current().roots.length, 2);
+    clock.now = t0 + 92_000;
+    await Promise.all([one.runOnce(), two.runOnce()]);
+    await Promise.all([one.runOnce(), two.runOnce()]);
+    assert.ok(same(), 'both switched to the same root');
+    assert.ok(!s1.current().signingCert.der.equals(m1.material.signingCert.der));
+    clock.now = t0 + 101_000;
+    await Promise.all([one.runOnce(), two.runOnce()]);
+    await Promise.all([one.runOnce(), two.runOnce()]);
+    assert.ok(same());
+    assert.equal(s1.current().roots.length, 1);
+    await Promise.all([one.close(), two.close()]);
+  });
+
+  test('ConfigMap istio-ca-root-cert is kept current in every namespace, follows new namespaces and bundle changes, and is repaired', async () => {
+    const configMap = (ns: string): KubeObject | undefined => kube.state.get('configmaps', ns, ROOT_CONFIGMAP_NAME);
+    const bundleOf = (ns: string): string | undefined => (configMap(ns)?.data as Record<string, string> | undefined)?.['root-cert.pem'];
+    const chainA = await makeChain('ec', 2, 'dist-a');
+    const chainB = await makeChain('ec', 2, 'dist-b');
+    const dir = path.join(temp.dir, 'dist-cacerts');
+    await writeSecretVolume(dir, istioFiles(chainA));
+    const ca = await startCaProcess(
+      ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--distribute-root-configmap', '--state-dir', path.join(temp.dir, 'dist-state')],
+      { ROOT_CA_DIR: dir },
+    );
+    processes.push(ca);
+    await ca.proc.waitForLog(/^root distribution: trust bundle published in every namespace$/, 20_000);
+    const rootA = `${chainA.root.pem.trim()}\n`;
+    const namespaces = kube.state.list('namespaces').map((n) => n.metadata.name!);
+    assert.ok(namespaces.length >= 4);
+    for (const ns of namespaces) {
+      assert.equal(bundleOf(ns), rootA, `bundle in ${ns}`);
+      assert.equal(configMap(ns)!.metadata.labels?.['istio.io/config'], 'true');
+    }
+
+    kube.state.addNamespace('team-a');
+    await eventually(() => (bundleOf('team-a') === rootA ? true : undefined), 10_000, 'the ConfigMap in a new namespace');
+
+    const edited = configMap('default')!;
+    kube.state.put('configmaps', { ...edited, data: { 'root-cert.pem': 'tampered' } });
+    await eventually(() => (bundleOf('default') === rootA ? true : undefined), 10_000, 'the edited ConfigMap to be repaired');
+
+    kube.state.remove('configmaps', 'kube-public', ROOT_CONFIGMAP_NAME);
+    await eventually(() => (bundleOf('kube-public') === rootA ? true : undefined), 10_000, 'the deleted ConfigMap to come back');
+
+    // A new root in the plugged-in CA: every namespace gets new ∪ old.
+    await writeSecretVolume(dir, istioFiles(chainB));
+    const both = await eventually(() => (bundleOf('istio-system')?.includes(chainB.root.pem.split('\n')[1]!) ? bundleOf('istio-system') : undefined), 10_000, 'the new bundle');
+    assert.ok(both.includes(chainA.root.pem.split('\n')[1]!), 'old root kept until it expires');
+    for (const ns of [...namespaces, 'team-a']) await eventually(() => (bundleOf(ns) === both ? true : undefined), 10_000, `the new bundle in ${ns}`);
+    await ca.proc.stop();
+  });
+});
