@@ -5,6 +5,13 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerInspectCommand } from './commands/inspect.js';
+import { registerCacertsCommand } from './commands/cacerts.js';
+import { registerAgentCommand } from './commands/agent.js';
+import { registerFetchCommand } from './commands/fetch.js';
+import { registerCaCommand } from './commands/ca.js';
+import { registerTokenCommand } from './commands/token.js';
+import { registerDevCommand } from './commands/dev.js';
+import { registerRequestCommand } from './commands/request.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -14,6 +21,13 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)');
   registerInspectCommand(program);
+  registerCacertsCommand(program);
+  registerAgentCommand(program);
+  registerFetchCommand(program);
+  registerCaCommand(program);
+  registerTokenCommand(program);
+  registerDevCommand(program);
+  registerRequestCommand(program);
   return program;
 }
 
