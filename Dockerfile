@@ -1,0 +1,39 @@
+# meshca container image: one image for `meshca ca` (Deployment) and `meshca agent` (DaemonSet).
+#
+#   docker build -t meshca:0.1.0 .
+#
+# Two stages: the first compiles TypeScript with the dev dependencies; the second holds only Node, the production
+# dependencies, dist/ and proto/. No HEALTHCHECK: Kubernetes probes /ready and /healthz (CA, port 15014) and
+# /healthz/ready (agent, port 15020) instead; see deploy/kubernetes/.
+
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+# --ignore-scripts: the package's `prepare` script builds, and the sources are not copied yet.
+RUN npm ci --ignore-scripts
+COPY tsconfig.json tsconfig.build.json ./
+COPY proto ./proto
+COPY src ./src
+RUN npm run build
+
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /opt/meshca
+COPY package.json package-lock.json ./
+# Production dependencies only. --ignore-scripts skips `prepare` (no TypeScript here); no runtime dependency needs an
+# install script. npm itself is removed afterwards: nothing runs it in the container, and it is attack surface.
+RUN npm ci --omit=dev --ignore-scripts \
+ && npm cache clean --force \
+ && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack
+COPY --from=build /src/dist ./dist
+COPY proto ./proto
+# `meshca` on PATH: node follows the symlink, so dist/ and proto/ are found next to the real file.
+RUN chmod 0755 dist/cli.js && ln -s /opt/meshca/dist/cli.js /usr/local/bin/meshca
+# The image's `node` user, by number so that Kubernetes' runAsNonRoot can check it.
+USER 1000:1000
+# Istio's relative default paths (./etc/cacerts, ./var/run/secrets/...) resolve from / as they do for istiod.
+WORKDIR /
+ENTRYPOINT ["meshca"]
+CMD ["--help"]
