@@ -85,3 +85,35 @@ test('meshca dev prints where everything is and an example that gets a demo cert
     await dev.stop('SIGKILL');
   }
 });
+
+test('meshca dev with a plugged-in cacerts directory: the agent trusts the bundle and serves workloads', async () => {
+  const workdir = path.join(temp.dir, 'dev-cacerts');
+  execFileSync('mkdir', ['-p', workdir]);
+  for (const args of [
+    ['cacerts', 'root', '--out', 'offline-root', '--key', 'ec-p256'],
+    ['cacerts', 'intermediate', '--root', 'offline-root', '--out', 'etc/cacerts', '--cluster', 'dev', '--key', 'ec-p256'],
+  ]) {
+    const result = await runMeshca(args, { cwd: workdir, env: cleanEnv() });
+    assert.equal(result.code, 0, result.stderr);
+  }
+  const dev = startMeshca(['dev', '--ca-source', 'cacerts', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', '--status-addr', '127.0.0.1:0'], {
+    cwd: workdir,
+    env: cleanEnv(),
+  });
+  try {
+    await dev.waitForLog(/^meshca dev ready$/, 30_000);
+    const bundlePath = path.join(workdir, '.meshca', 'trust-bundle.pem');
+    assert.ok(dev.lines.join('\n').includes(bundlePath), 'prints the trust bundle path');
+    const token = await runMeshca(['token', '--namespace', 'default', '--service-account', 'demo'], { cwd: workdir, env: cleanEnv() });
+    const out = path.join(workdir, 'fetched');
+    execFileSync('bash', ['-c', `cat > .meshca/demo.jwt`], { cwd: workdir, input: token.stdout });
+    const fetched = await runMeshca(['fetch', '--sds-socket', '.meshca/sds.sock', '--token-file', '.meshca/demo.jwt', '--out', out], { cwd: workdir, env: cleanEnv() });
+    assert.equal(fetched.code, 0, fetched.stderr);
+    const chain = readFileSync(path.join(out, 'cert-chain.pem'), 'utf8');
+    const [leaf, ...rest] = chain.split(/(?<=-----END CERTIFICATE-----\n)/);
+    const verified = opensslVerify(leaf!, rest.join(''), readFileSync(path.join(workdir, 'offline-root', 'root-cert.pem'), 'utf8'));
+    assert.ok(verified.ok, verified.output);
+  } finally {
+    await dev.stop('SIGKILL');
+  }
+});

@@ -13,6 +13,7 @@ import { addLogLevelOption, readCaServerConfig, readLogLevel, type CaServerConfi
 import type { Env } from '../config/env.js';
 import { createLogger, type Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
+import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
 
 /** What the CA component publishes for the components after it. */
@@ -86,13 +87,27 @@ export const devCaComponent: DevComponent = {
       await signer.close();
       throw error;
     }
+    // The self-signed source keeps root-cert.pem in the state directory itself; other sources' bundles are
+    // written next to it (and kept current) so that the agent and the example have one file to trust.
+    let rootCertPath = path.resolve(stateDir, 'root-cert.pem');
+    let stopBundleFile = (): void => undefined;
+    if (signer.source !== 'self-signed') {
+      rootCertPath = path.resolve(stateDir, 'trust-bundle.pem');
+      const writeBundle = (): Promise<void> =>
+        writeFileAtomic(rootCertPath, signer.trustBundlePem(), 0o644).catch((error: unknown) =>
+          logger.warn({ err: (error as Error).message, file: rootCertPath }, 'cannot write the dev trust bundle'),
+        );
+      await ensurePrivateDirectory(stateDir);
+      await writeBundle();
+      stopBundleFile = signer.onChange(() => void writeBundle());
+    }
     const host = dialHost(config.grpcAddress.host);
     const dialAddress = host.includes(':') ? `[${host}]:${server.grpcPort}` : `${host}:${server.grpcPort}`;
     const monitoringHost = config.monitoringAddress.host === '0.0.0.0' ? '127.0.0.1' : config.monitoringAddress.host;
     context.ca = {
       dialAddress,
       serverName: DEV_SERVER_NAME,
-      rootCertPath: path.resolve(stateDir, 'root-cert.pem'),
+      rootCertPath,
       trustDomain: config.trustDomain,
       monitoringUrl: `http://${monitoringHost.includes(':') ? `[${monitoringHost}]` : monitoringHost}:${server.monitoringPort}`,
       issuer,
@@ -106,6 +121,7 @@ export const devCaComponent: DevComponent = {
         ['dev JWT issuer', `${DEV_ISSUER}  (JWKS ${issuer.jwksPath})`],
       ],
       close: async () => {
+        stopBundleFile();
         await server.close();
         await signer.close();
       },
