@@ -191,7 +191,7 @@ describe('self-signed root rotation', () => {
       await ca.proc.waitForLog(/^self-signed root rotation: dropped expired roots/, 20_000);
       // Both workloads renew past the drop at least once more.
       const renewalsAtDrop = clientWorkload.renewals + serverWorkload.renewals;
-      await eventually(() => (clientWorkload.renewals + serverWorkload.renewals >= renewalsAtDrop + 2 ? true : undefined), 15_000, 'renewals after the drop');
+      await eventually(() => (clientWorkload.renewals + serverWorkload.renewals >= renewalsAtDrop + 2 ? true : undefined), 30_000, 'renewals after the drop');
     } finally {
       looping = false;
       await loop;
