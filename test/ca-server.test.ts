@@ -94,6 +94,9 @@ describe('meshca ca against a Kubernetes API stand-in', () => {
         'kube-system/ztunnel',
         '--tokenreview-timeout',
         '1s',
+        // The 1000-request cache test sends from one identity, beyond the default per-identity rate limit.
+        '--max-csr-per-identity-per-minute',
+        '0',
       ],
       { JWT_RULE: jwtRule },
     );

@@ -5,7 +5,7 @@
  */
 import type { V1Pod } from '@kubernetes/client-node';
 import { parseWorkloadId } from '../pki/index.js';
-import { describeKubeError, withTimeout, type KubeClusters } from './kube-clusters.js';
+import { callWithDeadline, describeKubeError, type KubeClusters } from './kube-clusters.js';
 import type { Caller } from './types.js';
 
 export interface NodeAccount {
@@ -70,7 +70,8 @@ export class NodeImpersonation {
 
     let callerPod: V1Pod;
     try {
-      callerPod = await withTimeout(cluster.core.readNamespacedPod({ name: k8s.podName, namespace: k8s.namespace }), timeoutMs);
+      const podName = k8s.podName;
+      callerPod = await callWithDeadline((options) => cluster.core.readNamespacedPod({ name: podName, namespace: k8s.namespace }, options), timeoutMs);
     } catch (error) {
       const { status, detail } = describeKubeError(error);
       if (status === 404) return { kind: 'denied', reason: `the caller's pod ${k8s.namespace}/${k8s.podName} does not exist` };
@@ -84,8 +85,8 @@ export class NodeImpersonation {
 
     let pods: V1Pod[];
     try {
-      const list = await withTimeout(
-        cluster.core.listNamespacedPod({ namespace: target.namespace, fieldSelector: `spec.nodeName=${node}` }),
+      const list = await callWithDeadline(
+        (options) => cluster.core.listNamespacedPod({ namespace: target.namespace, fieldSelector: `spec.nodeName=${node}` }, options),
         timeoutMs,
       );
       pods = list.items;

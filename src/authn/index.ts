@@ -6,10 +6,18 @@
 import { AuthenticationError, type AuthRequest, type Authenticator, type Caller } from './types.js';
 
 export { ClientCertAuthenticator } from './client-cert.js';
-export { TokenReviewAuthenticator, POD_NAME_EXTRA, POD_UID_EXTRA, type TokenReviewResult, type TokenReviewObserver } from './tokenreview.js';
+export {
+  TokenReviewAuthenticator,
+  POD_NAME_EXTRA,
+  POD_UID_EXTRA,
+  DEFAULT_MAX_INFLIGHT_TOKENREVIEWS,
+  TOO_MANY_TOKENREVIEWS,
+  type TokenReviewResult,
+  type TokenReviewObserver,
+} from './tokenreview.js';
 export { JwtAuthenticator, parseJwtRules, type JwtRule } from './jwt.js';
 export { NodeImpersonation, parseNodeAccounts, type NodeAccount, type ImpersonationVerdict } from './impersonation.js';
-export { KubeClusters, type KubeCluster } from './kube-clusters.js';
+export { KubeClusters, callWithDeadline, type KubeCluster } from './kube-clusters.js';
 export * from './types.js';
 
 /** Istio's message for a request no authenticator accepted. */

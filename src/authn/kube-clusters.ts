@@ -2,7 +2,16 @@
  * The Kubernetes clusters this CA trusts for TokenReview and pod look-ups, keyed by cluster ID. The `clusterid`
  * request header picks one; an empty header means the local cluster (CLUSTER_ID, Istio's default "Kubernetes").
  */
-import { ApiException, AuthenticationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { Agent } from 'node:http';
+import {
+  ApiException,
+  AuthenticationV1Api,
+  CoreV1Api,
+  Observable,
+  type ConfigurationOptions,
+  type KubeConfig,
+  type ObservableMiddleware,
+} from '@kubernetes/client-node';
 
 export interface KubeCluster {
   id: string;
@@ -65,18 +74,51 @@ export class TimeoutError extends Error {
   }
 }
 
-/** Races a promise against a timer; the timer never keeps the process alive. */
-export async function withTimeout<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
+/**
+ * Runs one Kubernetes API call with a deadline that really ends it: when the deadline passes, the call's own
+ * connection is destroyed, so an API server that hangs does not keep requests (and sockets) piling up behind
+ * callers that have already been told UNAVAILABLE. `call` must pass the options it is given to the API method.
+ * `onSettled` runs once the underlying call has finished, successfully or not (after the deadline at the latest,
+ * give or take the time to tear the connection down).
+ */
+export function callWithDeadline<T>(
+  call: (options: ConfigurationOptions) => Promise<T>,
+  timeoutMs: number,
+  onSettled?: () => void,
+): Promise<T> {
+  const agents: Agent[] = [];
+  let expired = false;
+  // Runs after the client has attached its per-request agent (TLS settings and credentials of the kubeconfig).
+  const middleware: ObservableMiddleware = {
+    pre: (context) => {
+      if (expired) return new Observable(Promise.reject(new TimeoutError(timeoutMs)));
+      const agent = context.getAgent();
+      if (agent) agents.push(agent);
+      return new Observable(Promise.resolve(context));
+    },
+    post: (response) => new Observable(Promise.resolve(response)),
+  };
+  let underlying: Promise<T>;
+  try {
+    underlying = call({ middleware: [middleware], middlewareMergeStrategy: 'append' });
+  } catch (error) {
+    onSettled?.();
+    return Promise.reject(error);
+  }
+  void underlying.then(
+    () => onSettled?.(),
+    () => onSettled?.(),
+  );
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(timeoutMs)), timeoutMs);
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      expired = true;
+      for (const agent of agents) agent.destroy();
+      reject(new TimeoutError(timeoutMs));
+    }, timeoutMs);
     timer.unref();
   });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return Promise.race([underlying, deadline]).finally(() => clearTimeout(timer));
 }
 
 /** A Kubernetes API failure in a form for messages: the HTTP status (0 when none arrived) and the server's reason. */

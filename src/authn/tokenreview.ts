@@ -6,17 +6,23 @@
  * a fleet of agents renewing with the same token costs one API call; failures are never cached so a fixed RBAC or
  * a recreated pod takes effect at once. Concurrent reviews of the same token share one API call.
  * An API server that cannot be asked fails closed as `unavailable`, never as a verdict about the caller.
+ * At most `maxInFlight` API calls run at once (--max-inflight-tokenreviews): when the API server is slow, further
+ * new tokens are refused at once as `unavailable` instead of queueing without bound; each call ends at its
+ * timeout, so capacity comes back by itself.
  */
 import { createHash } from 'node:crypto';
 import type { V1TokenReview } from '@kubernetes/client-node';
 import { formatWorkloadId } from '../pki/index.js';
-import { describeKubeError, withTimeout, type KubeCluster, type KubeClusters } from './kube-clusters.js';
+import { callWithDeadline, describeKubeError, type KubeCluster, type KubeClusters } from './kube-clusters.js';
 import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
 
 export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
 export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
 const SERVICE_ACCOUNTS_GROUP = 'system:serviceaccounts';
 const MAX_CACHE_ENTRIES = 10_000;
+export const DEFAULT_MAX_INFLIGHT_TOKENREVIEWS = 64;
+/** The start of the message for a request refused because too many reviews are running (tests match on it). */
+export const TOO_MANY_TOKENREVIEWS = 'too many TokenReviews in flight';
 
 /** How one TokenReview API call ended, for `meshca_tokenreview_requests_total{result}`. */
 export type TokenReviewResult = 'authenticated' | 'rejected' | 'error';
@@ -24,6 +30,10 @@ export type TokenReviewResult = 'authenticated' | 'rejected' | 'error';
 export interface TokenReviewObserver {
   onReview?(result: TokenReviewResult): void;
   onCacheHit?(): void;
+  /** The number of API calls in flight changed. */
+  onInFlight?(count: number): void;
+  /** A request was refused because `maxInFlight` calls were already running. */
+  onOverload?(): void;
 }
 
 export interface TokenReviewOptions {
@@ -33,6 +43,8 @@ export interface TokenReviewOptions {
   trustDomain: string;
   cacheTtlSeconds: number;
   timeoutSeconds: number;
+  /** At most this many TokenReview API calls at once (default 64). */
+  maxInFlight?: number;
   observer?: TokenReviewObserver;
   now?: () => number;
 }
@@ -69,9 +81,17 @@ export class TokenReviewAuthenticator implements Authenticator {
   private readonly cache = new Map<string, CacheEntry>();
   private readonly inFlight = new Map<string, Promise<AuthOutcome>>();
   private readonly now: () => number;
+  private readonly maxInFlight: number;
+  private apiCallsInFlight = 0;
 
   constructor(private readonly options: TokenReviewOptions) {
     this.now = options.now ?? Date.now;
+    this.maxInFlight = options.maxInFlight ?? DEFAULT_MAX_INFLIGHT_TOKENREVIEWS;
+  }
+
+  /** TokenReview API calls that have not finished yet. */
+  get apiCallsRunning(): number {
+    return this.apiCallsInFlight;
   }
 
   async authenticate(request: AuthRequest): Promise<AuthOutcome> {
@@ -98,6 +118,14 @@ export class TokenReviewAuthenticator implements Authenticator {
       return outcome;
     }
 
+    if (this.apiCallsInFlight >= this.maxInFlight) {
+      // Refuse at once: waiting for a slot would only pile up callers behind an API server that is not keeping up.
+      this.options.observer?.onOverload?.();
+      return {
+        kind: 'unavailable',
+        reason: `${TOO_MANY_TOKENREVIEWS} (${this.maxInFlight}, the --max-inflight-tokenreviews limit): the Kubernetes API server of cluster "${cluster.id}" is not keeping up; retry later`,
+      };
+    }
     const review = this.review(cluster, token).then((outcome) => {
       if (outcome.kind === 'ok') this.remember(key, token, outcome);
       return outcome;
@@ -139,8 +167,13 @@ export class TokenReviewAuthenticator implements Authenticator {
       spec: { token, audiences: [...this.options.audiences] },
     };
     let response: V1TokenReview;
+    this.changeInFlight(+1);
     try {
-      response = await withTimeout(cluster.authentication.createTokenReview({ body }), this.options.timeoutSeconds * 1000);
+      response = await callWithDeadline(
+        (options) => cluster.authentication.createTokenReview({ body }, options),
+        this.options.timeoutSeconds * 1000,
+        () => this.changeInFlight(-1),
+      );
     } catch (error) {
       this.options.observer?.onReview?.('error');
       return { kind: 'unavailable', reason: this.describeFailure(cluster, error) };
@@ -148,6 +181,11 @@ export class TokenReviewAuthenticator implements Authenticator {
     const outcome = this.judge(cluster, response);
     this.options.observer?.onReview?.(outcome.kind === 'ok' ? 'authenticated' : 'rejected');
     return outcome;
+  }
+
+  private changeInFlight(delta: number): void {
+    this.apiCallsInFlight += delta;
+    this.options.observer?.onInFlight?.(this.apiCallsInFlight);
   }
 
   private describeFailure(cluster: KubeCluster, error: unknown): string {

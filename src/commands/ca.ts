@@ -7,6 +7,30 @@ import { createLogger } from '../log.js';
 import { startCaServer } from '../server/index.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
 
+/**
+ * A raw file-system error (ENOSPC, EROFS, ...) while the key source sets up its state says only what failed, not
+ * where or what to do: restate it as one line naming the state directory and the fix. Errors that already
+ * explain themselves (configuration and key-source errors) pass through unchanged.
+ */
+export function describeStateFailure(error: unknown, stateDir: string): unknown {
+  if (!(error instanceof Error) || !('syscall' in error) || !('code' in error)) return error;
+  const where = `the CA state directory ${stateDir}`;
+  switch (error.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new Error(`cannot write to ${where}: no space left on the device (${error.code}); free some space or set --state-dir to a directory with room`, {
+        cause: error,
+      });
+    case 'EROFS':
+      return new Error(`cannot write to ${where}: the file system is read-only (EROFS); set --state-dir to a writable directory`, { cause: error });
+    case 'EACCES':
+    case 'EPERM':
+      return new Error(`cannot use ${where}: ${error.message}; give the CA's user access to it or set --state-dir`, { cause: error });
+    default:
+      return error;
+  }
+}
+
 export function registerCaCommand(program: Command): void {
   const command = program
     .command('ca')
@@ -18,7 +42,12 @@ export function registerCaCommand(program: Command): void {
     const logger = createLogger({ level: config.logLevel, name: 'meshca-ca' });
     // One registry for the key source's metrics and the server's.
     const registry = new Registry();
-    const signer = await openSigner(config.keySource, logger, { registry });
+    let signer;
+    try {
+      signer = await openSigner(config.keySource, logger, { registry });
+    } catch (error) {
+      throw describeStateFailure(error, config.keySource.stateDir);
+    }
     let server;
     try {
       server = await startCaServer({ config, signer, logger, registry });

@@ -15,6 +15,8 @@
  * | --token-audiences           | TOKEN_AUDIENCES             | istio-ca                 |
  * | --tokenreview-cache-ttl     |                             | 60s                      |
  * | --tokenreview-timeout       |                             | 5s                       |
+ * | --max-inflight-tokenreviews |                             | 64                       |
+ * | --max-csr-per-identity-per-minute |                       | 600 (0: no limit)        |
  * | --jwt-rule                  | JWT_RULE                    | none                     |
  * | --trusted-node-accounts     | CA_TRUSTED_NODE_ACCOUNTS    | none                     |
  * | --default-workload-cert-ttl | DEFAULT_WORKLOAD_CERT_TTL   | 24h                      |
@@ -24,9 +26,10 @@
 import type { Command } from 'commander';
 import { parseJwtRules, type JwtRule } from '../authn/jwt.js';
 import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
+import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
 import { LOG_LEVELS } from '../log.js';
-import { bad, ConfigError, raw, readAddress, readDuration, readEnum, readList, readString, type Env } from './env.js';
+import { bad, ConfigError, raw, readAddress, readDuration, readEnum, readInteger, readList, readString, type Env } from './env.js';
 import { kubeConfigAvailable } from './kube.js';
 
 export interface ListenAddress {
@@ -56,6 +59,10 @@ export interface CaServerConfig {
   tokenAudiences: string[];
   tokenReviewCacheTtlSeconds: number;
   tokenReviewTimeoutSeconds: number;
+  /** TokenReview API calls allowed at once; beyond, new tokens are refused with UNAVAILABLE. */
+  maxInflightTokenReviews: number;
+  /** Certificate requests per minute per caller identity; 0 disables the limit. */
+  maxCsrPerIdentityPerMinute: number;
   jwtRules: JwtRule[];
   trustedNodeAccounts: NodeAccount[];
   defaultWorkloadCertTtlSeconds: number;
@@ -77,6 +84,8 @@ export interface CaServerFlags extends KeySourceFlags {
   tokenAudiences?: string;
   tokenreviewCacheTtl?: string;
   tokenreviewTimeout?: string;
+  maxInflightTokenreviews?: string;
+  maxCsrPerIdentityPerMinute?: string;
   jwtRule?: string;
   trustedNodeAccounts?: string;
   defaultWorkloadCertTtl?: string;
@@ -85,6 +94,7 @@ export interface CaServerFlags extends KeySourceFlags {
 }
 
 export const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
+export const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
 
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 
@@ -115,6 +125,14 @@ export function addCaServerOptions(command: Command, defaults: { grpcAddr?: stri
     .option('--token-audiences <list>', 'audiences required of bearer tokens, comma-separated (env TOKEN_AUDIENCES, default istio-ca)')
     .option('--tokenreview-cache-ttl <duration>', 'how long a successful TokenReview is cached, at most until the token expires (default 60s)')
     .option('--tokenreview-timeout <duration>', 'timeout of one TokenReview call (default 5s)')
+    .option(
+      '--max-inflight-tokenreviews <n>',
+      `TokenReview calls allowed at once; requests needing another one get UNAVAILABLE at once (default ${DEFAULT_MAX_INFLIGHT_TOKENREVIEWS})`,
+    )
+    .option(
+      '--max-csr-per-identity-per-minute <n>',
+      `certificate requests per minute per caller identity before RESOURCE_EXHAUSTED, 0 for no limit (default ${DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE})`,
+    )
     .option('--jwt-rule <json>', 'trusted JWT issuers: {"issuer","jwks_uri"|"jwks_file","audiences"} or a list (env JWT_RULE)')
     .option('--trusted-node-accounts <list>', 'namespace/serviceaccount,... allowed to use ImpersonatedIdentity (env CA_TRUSTED_NODE_ACCOUNTS)')
     .option('--default-workload-cert-ttl <duration>', 'TTL when a request asks for none (env DEFAULT_WORKLOAD_CERT_TTL, default 24h)')
@@ -185,6 +203,17 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
     tokenAudiences,
     tokenReviewCacheTtlSeconds: readDuration(flags.tokenreviewCacheTtl, env, { flag: '--tokenreview-cache-ttl' }, 60, { min: 0 }),
     tokenReviewTimeoutSeconds: readDuration(flags.tokenreviewTimeout, env, { flag: '--tokenreview-timeout' }, 5, { min: 0.1, max: 300 }),
+    maxInflightTokenReviews: readInteger(flags.maxInflightTokenreviews, env, { flag: '--max-inflight-tokenreviews' }, DEFAULT_MAX_INFLIGHT_TOKENREVIEWS, {
+      min: 1,
+      max: 100_000,
+    }),
+    maxCsrPerIdentityPerMinute: readInteger(
+      flags.maxCsrPerIdentityPerMinute,
+      env,
+      { flag: '--max-csr-per-identity-per-minute' },
+      DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE,
+      { min: 0, max: 10_000_000 },
+    ),
     jwtRules,
     trustedNodeAccounts: nodeAccounts,
     defaultWorkloadCertTtlSeconds,

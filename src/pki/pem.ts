@@ -6,18 +6,57 @@ export interface PemBlock {
   der: Buffer;
 }
 
-const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
+const BEGIN = '-----BEGIN ';
+const END = '-----END ';
+const DASHES = '-----';
 const BASE64_BODY = /^[A-Za-z0-9+/=\s]*$/;
 
-/** Every PEM block in `text`, in order. Text outside blocks (comments, `openssl x509 -text` output) is ignored. */
+/** A label character: A-Z, 0-9 or space. */
+function isLabelChar(code: number): boolean {
+  return (code >= 0x41 && code <= 0x5a) || (code >= 0x30 && code <= 0x39) || code === 0x20;
+}
+
+/** The label of a `<marker>LABEL-----` header at `at`, or undefined when none is there. */
+function labelAt(text: string, at: number): string | undefined {
+  let end = at;
+  while (end < text.length && isLabelChar(text.charCodeAt(end))) end++;
+  return end > at && text.startsWith(DASHES, end) ? text.slice(at, end) : undefined;
+}
+
+/**
+ * Every PEM block in `text`, in order. Text outside blocks (comments, `openssl x509 -text` output) is ignored.
+ * Runs in linear time: a backtracking regular expression took ~0.4 s of CPU on 64 KiB of repeated BEGIN lines,
+ * which any caller could send as a CSR. A block is a BEGIN line, then the first END line with the same label.
+ */
 export function decodePem(text: string): PemBlock[] {
+  // One pass over the END lines, so that finding the END of each BEGIN never rescans the text.
+  const endsByLabel = new Map<string, { positions: number[]; next: number }>();
+  for (let at = text.indexOf(END); at !== -1; at = text.indexOf(END, at + 1)) {
+    const label = labelAt(text, at + END.length);
+    if (label === undefined) continue;
+    let ends = endsByLabel.get(label);
+    if (!ends) endsByLabel.set(label, (ends = { positions: [], next: 0 }));
+    ends.positions.push(at);
+  }
   const blocks: PemBlock[] = [];
-  for (const match of text.matchAll(PEM_BLOCK)) {
-    const body = match[2]!;
-    if (!BASE64_BODY.test(body)) throw new PkiError('ERR_PEM', `PEM block "${match[1]}" has a body that is not base64`);
+  let from = 0;
+  for (let begin = text.indexOf(BEGIN); begin !== -1; begin = text.indexOf(BEGIN, from)) {
+    const label = labelAt(text, begin + BEGIN.length);
+    const bodyStart = begin + BEGIN.length + (label?.length ?? 0) + DASHES.length;
+    const ends = label === undefined ? undefined : endsByLabel.get(label);
+    // BEGIN lines are visited in increasing order, so each label's cursor only moves forward.
+    while (ends && ends.next < ends.positions.length && ends.positions[ends.next]! < bodyStart) ends.next++;
+    const end = ends?.positions[ends.next];
+    if (label === undefined || end === undefined) {
+      from = begin + 1;
+      continue;
+    }
+    const body = text.slice(bodyStart, end);
+    if (!BASE64_BODY.test(body)) throw new PkiError('ERR_PEM', `PEM block "${label}" has a body that is not base64`);
     const der = Buffer.from(body.replace(/\s+/g, ''), 'base64');
-    if (der.length === 0) throw new PkiError('ERR_PEM', `PEM block "${match[1]}" is empty`);
-    blocks.push({ label: match[1]!, der });
+    if (der.length === 0) throw new PkiError('ERR_PEM', `PEM block "${label}" is empty`);
+    blocks.push({ label, der });
+    from = end + END.length + label.length + DASHES.length;
   }
   return blocks;
 }

@@ -194,7 +194,14 @@ export function parseCertificate(der: Buffer): ParsedCertificate {
     const ski = find(OID.subjectKeyIdentifier);
     const aki = find(OID.authorityKeyIdentifier);
     const algorithm = children(expectTag(sigAlg, Tag.SEQUENCE, 'signatureAlgorithm'))[0];
-    const signature = expectTag(sigValue, Tag.BIT_STRING, 'signature').contents.subarray(1);
+    // Neither is covered by the signature, so both are pinned down here: RFC 5280 4.1.1.2 wants the outer
+    // algorithm identical to the signed one, and a signature is a whole number of bytes.
+    if (!sigAlg!.raw.equals(expectTag(fields[index + 1], Tag.SEQUENCE, 'TBSCertificate signature').raw)) {
+      throw malformed('signatureAlgorithm differs from the signature algorithm in the TBSCertificate');
+    }
+    const signatureBits = expectTag(sigValue, Tag.BIT_STRING, 'signature').contents;
+    if (signatureBits[0] !== 0) throw malformed('signature BIT STRING has unused bits');
+    const signature = signatureBits.subarray(1);
     const serialTrimmed = serial[0] === 0 && serial.length > 1 ? serial.subarray(1) : serial;
     return {
       der,

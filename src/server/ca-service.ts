@@ -1,18 +1,22 @@
 /**
- * `istio.v1.auth.IstioCertificateService/CreateCertificate`: limits, authentication, optional node impersonation,
- * signing policy, metrics and the audit line. Every failure is a gRPC status with a message a user can act on;
- * the process never dies on a bad request.
+ * `istio.v1.auth.IstioCertificateService/CreateCertificate`: limits, authentication, per-identity rate limit,
+ * optional node impersonation, signing policy, a final check of what was signed, metrics and the audit line.
+ * Every failure is a gRPC status with a message a user can act on; the process never dies on a bad request.
  */
 import * as grpc from '@grpc/grpc-js';
 import { AuthenticationError, type AuthRequest, type AuthenticatorChain, type Caller, type NodeImpersonation } from '../authn/index.js';
-import { CaError, type CaErrorCode, type CertificateAuthority } from '../ca/index.js';
+import { CaError, formatSeconds, type CaErrorCode, type CertificateAuthority } from '../ca/index.js';
+import { csrPublicKeyInfo, type IssuedChainChecker } from '../ca/issued-check.js';
 import type { Logger } from '../log.js';
 import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
 import type { CaMetrics } from './metrics.js';
+import type { PerIdentityRateLimiter } from './rate-limit.js';
 
 export const MAX_CSR_BYTES = 64 * 1024;
 export const MAX_METADATA_KEYS = 64;
 export const MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
+/** Kubernetes service-account tokens are 1-2 KiB; anything this large is refused before any API call. */
+export const MAX_BEARER_TOKEN_BYTES = 16 * 1024;
 /** Istio's message when an ImpersonatedIdentity request is refused. */
 export const IMPERSONATION_FAILURE = 'request impersonation authentication failure';
 
@@ -36,6 +40,12 @@ export interface CaServiceDeps {
   impersonation: NodeImpersonation;
   metrics: CaMetrics;
   logger: Logger;
+  /** --max-csr-per-identity-per-minute; no limit when omitted. */
+  rateLimiter?: PerIdentityRateLimiter;
+  /** Checks every signed chain before it is returned; skipped when omitted. */
+  issuedCheck?: IssuedChainChecker;
+  /** MAX_WORKLOAD_CERT_TTL, for the message about a validity_duration too large for a JS number. */
+  maxTtlSeconds?: number;
 }
 
 /** Tracks calls being handled, so shutdown can wait for them. */
@@ -105,8 +115,32 @@ function checkLimits(request: IstioCertificateRequest): void {
   }
 }
 
+/**
+ * validity_duration is an int64 sent in decimal. Past 2^53 a JS number rounds it, so the refusal would name a TTL
+ * the caller never sent: such values are refused here, quoting the request.
+ */
+function requestedTtlSeconds(text: string, maxTtlSeconds: number | undefined): number {
+  const seconds = Number(text);
+  if (seconds > Number.MAX_SAFE_INTEGER) {
+    const limit = maxTtlSeconds === undefined ? '' : ` ${formatSeconds(maxTtlSeconds)}`;
+    throw new RequestError(grpc.status.INVALID_ARGUMENT, `CSR signing error (requested TTL ${text}s is greater than the max allowed TTL${limit})`);
+  }
+  return seconds;
+}
+
+/** A bearer token far beyond any real one is refused before it is sent to an API server or parsed. */
+function checkTokenSize(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): void {
+  const authorization = call.metadata.get('authorization')[0];
+  if (typeof authorization === 'string' && authorization.length > MAX_BEARER_TOKEN_BYTES) {
+    throw new RequestError(
+      grpc.status.UNAUTHENTICATED,
+      `request authenticate failure: the authorization header is ${Math.ceil(authorization.length / 1024)} KiB; bearer tokens of at most ${MAX_BEARER_TOKEN_BYTES / 1024} KiB are accepted`,
+    );
+  }
+}
+
 export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): IstioCaHandlers {
-  const { authority, authenticators, impersonation, metrics, logger } = deps;
+  const { authority, authenticators, impersonation, metrics, logger, rateLimiter, issuedCheck } = deps;
 
   async function authorizeIdentities(caller: Caller, metadata: Record<string, unknown>): Promise<{ identities: string[]; impersonated: boolean }> {
     const requested = metadata.ImpersonatedIdentity;
@@ -124,6 +158,8 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
     const request = call.request;
     const clientAddress = call.getPeer();
     checkLimits(request);
+    const requestedTtl = requestedTtlSeconds(String(request.validity_duration), deps.maxTtlSeconds);
+    checkTokenSize(call);
     let caller: Caller;
     try {
       caller = await authenticators.authenticate(authRequestFrom(call));
@@ -134,6 +170,16 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
         throw new RequestError(error.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED, error.message);
       }
       throw error;
+    }
+    // Limited per proven identity, before any further API call or signing is spent on the caller.
+    const rateKey = caller.identities.join(',') || caller.subject;
+    if (rateLimiter && !rateLimiter.take(rateKey)) {
+      metrics.rateLimited.inc();
+      logger.info({ clientAddress, caller: rateKey, perMinute: rateLimiter.perMinute }, 'CSR request refused: rate limit');
+      throw new RequestError(
+        grpc.status.RESOURCE_EXHAUSTED,
+        `rate limit exceeded for ${rateKey}: at most ${rateLimiter.perMinute} certificate requests per minute per identity (--max-csr-per-identity-per-minute); retry later`,
+      );
     }
     const metadata = structToObject(request.metadata);
     // CertSigner (sent by every istio-agent, usually empty) names an external signer in istiod; like istiod's own
@@ -152,7 +198,22 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
     }
     const started = process.hrtime.bigint();
     try {
-      const issued = await authority.issue({ csrPem: request.csr, identities, requestedTtlSeconds: Number(request.validity_duration) });
+      const bundleBefore = authority.signer.trustBundlePem();
+      const issued = await authority.issue({ csrPem: request.csr, identities, requestedTtlSeconds: requestedTtl });
+      if (issuedCheck) {
+        try {
+          issuedCheck.check(issued, {
+            identities,
+            spkiDer: csrPublicKeyInfo(request.csr),
+            advertisedBundles: [bundleBefore, authority.signer.trustBundlePem()],
+          });
+        } catch (error) {
+          // Not the caller's fault: the key source produced something wrong. Say so loudly, hand out nothing.
+          metrics.issuedChainRejected.inc();
+          logger.error({ clientAddress, caller: caller.subject, spiffeId: identities.join(','), err: (error as Error).message }, 'withholding a signed certificate that failed the final check');
+          throw error;
+        }
+      }
       metrics.signDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
       metrics.successfulIssuance.inc();
       logger.info(

@@ -16,6 +16,7 @@ import {
   type Authenticator,
 } from '../authn/index.js';
 import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/index.js';
+import { IssuedChainChecker } from '../ca/issued-check.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import { loadKubeConfigWithOrigin } from '../config/kube.js';
@@ -25,13 +26,15 @@ import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca
 import { formatHostPort, listenError } from './listen.js';
 import { CaMetrics } from './metrics.js';
 import { createMonitoringServer } from './monitoring.js';
+import { PerIdentityRateLimiter } from './rate-limit.js';
 import { ReadinessProbe } from './readiness.js';
 import { ServingCertificate } from './serving-cert.js';
 
 export { CaMetrics } from './metrics.js';
 export { ListenError, formatHostPort } from './listen.js';
-export { grpcStatusForCaError, MAX_CSR_BYTES, MAX_METADATA_KEYS, IMPERSONATION_FAILURE } from './ca-service.js';
-export { RotatingServerCredentials, ServingCertificate } from './serving-cert.js';
+export { grpcStatusForCaError, MAX_CSR_BYTES, MAX_METADATA_KEYS, MAX_BEARER_TOKEN_BYTES, IMPERSONATION_FAILURE } from './ca-service.js';
+export { RotatingServerCredentials, ServingCertificate, TLS_MIN_VERSION, TLS_CIPHERS } from './serving-cert.js';
+export { PerIdentityRateLimiter } from './rate-limit.js';
 
 export interface CaServerOptions {
   config: CaServerConfig;
@@ -103,6 +106,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         trustDomain: config.trustDomain,
         cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
         timeoutSeconds: config.tokenReviewTimeoutSeconds,
+        maxInFlight: config.maxInflightTokenReviews,
         observer: metrics,
       }),
     );
@@ -169,7 +173,23 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
     const inFlight = new InFlightCalls();
     const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
-    grpcServer.addService(istioCaService, createCaHandlers({ authority, authenticators: chain, impersonation, metrics, logger }, inFlight));
+    const rateLimiter = new PerIdentityRateLimiter({ perMinute: config.maxCsrPerIdentityPerMinute });
+    grpcServer.addService(
+      istioCaService,
+      createCaHandlers(
+        {
+          authority,
+          authenticators: chain,
+          impersonation,
+          metrics,
+          logger,
+          rateLimiter,
+          issuedCheck: new IssuedChainChecker(),
+          maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
+        },
+        inFlight,
+      ),
+    );
     let grpcPort: number;
     try {
       grpcPort = await bindGrpc(grpcServer, formatHostPort(config.grpcAddress.host, config.grpcAddress.port), credentials);
@@ -216,6 +236,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
           trustedNodeAccounts: config.trustedNodeAccounts.map((a) => `${a.namespace}/${a.serviceAccount}`),
           defaultWorkloadCertTtl: formatSeconds(config.defaultWorkloadCertTtlSeconds),
           maxWorkloadCertTtl: formatSeconds(config.maxWorkloadCertTtlSeconds),
+          maxInflightTokenReviews: config.maxInflightTokenReviews,
+          maxCsrPerIdentityPerMinute: config.maxCsrPerIdentityPerMinute,
         };
       },
     });

@@ -16,6 +16,10 @@ export class CaMetrics implements TokenReviewObserver {
   readonly signDuration: Histogram;
   readonly tokenReviewRequests: Counter<'result'>;
   readonly tokenReviewCacheHits: Counter;
+  readonly tokenReviewsInFlight: Gauge;
+  readonly tokenReviewOverloads: Counter;
+  readonly rateLimited: Counter;
+  readonly issuedChainRejected: Counter;
 
   constructor(readonly registry: Registry) {
     const registers = [registry];
@@ -63,6 +67,26 @@ export class CaMetrics implements TokenReviewObserver {
       help: 'Bearer tokens answered from the TokenReview cache (or by joining an identical review in flight) without an API call.',
       registers,
     });
+    this.tokenReviewsInFlight = new Gauge({
+      name: 'meshca_tokenreviews_in_flight',
+      help: 'TokenReview calls to the Kubernetes API servers that have not finished yet (bounded by --max-inflight-tokenreviews).',
+      registers,
+    });
+    this.tokenReviewOverloads = new Counter({
+      name: 'meshca_tokenreview_overload_total',
+      help: 'Requests refused with UNAVAILABLE because --max-inflight-tokenreviews TokenReview calls were already in flight.',
+      registers,
+    });
+    this.rateLimited = new Counter({
+      name: 'meshca_csr_rate_limited_total',
+      help: 'Certificate requests refused with RESOURCE_EXHAUSTED by --max-csr-per-identity-per-minute.',
+      registers,
+    });
+    this.issuedChainRejected = new Counter({
+      name: 'meshca_issued_chain_rejected_total',
+      help: 'Signed certificates withheld because they failed the final check against the request and the published trust bundle (a signing fault).',
+      registers,
+    });
     // Export the TokenReview series from the start so a dashboard sees zeros rather than nothing.
     for (const result of ['authenticated', 'rejected', 'error'] as const) this.tokenReviewRequests.inc({ result }, 0);
   }
@@ -73,6 +97,14 @@ export class CaMetrics implements TokenReviewObserver {
 
   onCacheHit(): void {
     this.tokenReviewCacheHits.inc();
+  }
+
+  onInFlight(count: number): void {
+    this.tokenReviewsInFlight.set(count);
+  }
+
+  onOverload(): void {
+    this.tokenReviewOverloads.inc();
   }
 
   /** Publishes the expiry of the roots and of the signing certificate (seconds since the epoch). */

@@ -13,6 +13,25 @@ import { createCsr, exportPrivateKeyPem, generateKeyPairForAsync, parseCsr } fro
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const RETRY_MS = 10_000;
 
+/** Oldest protocol the CA port accepts: TLS 1.0/1.1 handshakes are refused. */
+export const TLS_MIN_VERSION = 'TLSv1.2' as const;
+/**
+ * Only AEAD suites with forward secrecy: the TLS 1.3 suites (all AEAD) and, for TLS 1.2 clients, ECDHE with
+ * AES-GCM or ChaCha20-Poly1305. CBC and static-RSA suites, which Node still enables by default, are left out.
+ * The TLS 1.3 names must stay in the list: without them Node caps the protocol at TLS 1.2.
+ */
+export const TLS_CIPHERS = [
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
 /**
  * Server credentials whose certificate can be swapped while serving. Client certificates are requested (for
  * renewal authentication) but optional: a handshake without one, or with one we do not trust, still succeeds and
@@ -20,7 +39,7 @@ const RETRY_MS = 10_000;
  */
 export class RotatingServerCredentials extends grpc.ServerCredentials {
   constructor(initial: SecureContextOptions) {
-    super({ requestCert: true, rejectUnauthorized: false }, initial);
+    super({ requestCert: true, rejectUnauthorized: false, honorCipherOrder: true }, initial);
   }
 
   update(options: SecureContextOptions): void {
@@ -115,10 +134,13 @@ export class ServingCertificate {
     // Renew at half of the remaining lifetime, like workload agents do.
     this.schedule((signed.notAfter.getTime() - issuedAt) / 2);
     logger.info({ serial: signed.serialHex, notAfter: signed.notAfter.toISOString(), dnsNames }, 'serving certificate issued');
+    // Protocol and cipher settings travel with every context: a renewal replaces the whole secure context.
     return {
       cert: Buffer.from(certChainPem),
       key: Buffer.from(exportPrivateKeyPem(keys.privateKey)),
       ca: Buffer.from(signer.trustBundlePem()),
+      minVersion: TLS_MIN_VERSION,
+      ciphers: TLS_CIPHERS,
     };
   }
 }
