@@ -60,9 +60,17 @@ async function readCaRoot(file: string): Promise<Buffer> {
   return pem;
 }
 
-function bindUnix(server: grpc.Server, socketPath: string): Promise<void> {
+/**
+ * Binds the SDS socket. The umask is narrowed while binding so that the socket is never more open than `mode`,
+ * not even between bind and chmod (with a permissive inherited umask it would start out 0777).
+ */
+function bindUnix(server: grpc.Server, socketPath: string, mode: number): Promise<void> {
+  const narrowing = 0o777 & ~mode;
+  const inherited = process.umask(narrowing);
+  process.umask(inherited | narrowing);
   return new Promise((resolve, reject) => {
     server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
+      process.umask(inherited);
       if (error) reject(new Error(`cannot listen on the SDS socket ${socketPath}: ${error.message}`));
       else resolve();
     });
@@ -153,7 +161,7 @@ async function start(
   const sds = new SdsServer(provider, metrics, log);
   const server = new grpc.Server();
   sds.register(server);
-  await bindUnix(server, socketPath);
+  await bindUnix(server, socketPath, config.sdsSocketMode);
   cleanups.push(async () => {
     sds.closeStreams('the agent is shutting down');
     server.forceShutdown();

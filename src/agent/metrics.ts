@@ -21,6 +21,9 @@ export class AgentMetrics {
   readonly connectedStreams: Gauge<'api'>;
   readonly pushes: Counter<'api' | 'resource_type'>;
   readonly nacks: Counter<'api' | 'resource_type'>;
+  readonly ignoredRequests: Counter<'api' | 'reason'>;
+  readonly unsentResponses: Gauge<'api'>;
+  readonly coalescedPushes: Counter<'api' | 'resource_type'>;
   readonly secretsCached: Gauge;
   readonly rotations: Counter<'result'>;
   private expirySource: () => ExpiryReading[] = () => [];
@@ -90,6 +93,24 @@ export class AgentMetrics {
     this.nacks = new Counter({
       name: 'meshca_sds_nacks_total',
       help: 'SDS responses the client rejected (NACK)',
+      labelNames: ['api', 'resource_type'],
+      registers,
+    });
+    this.ignoredRequests = new Counter({
+      name: 'meshca_sds_ignored_requests_total',
+      help: 'SDS requests that got no answer by the protocol rules: stale nonce, or a repeated NACK of a response already rejected',
+      labelNames: ['api', 'reason'],
+      registers,
+    });
+    this.unsentResponses = new Gauge({
+      name: 'meshca_sds_unsent_responses',
+      help: 'SDS responses written but not yet taken by a slow client; at most one per stream (later changes are coalesced)',
+      labelNames: ['api'],
+      registers,
+    });
+    this.coalescedPushes = new Counter({
+      name: 'meshca_sds_coalesced_pushes_total',
+      help: 'Resource versions never sent to a stream because a newer version replaced them while the client was not reading',
       labelNames: ['api', 'resource_type'],
       registers,
     });

@@ -8,6 +8,12 @@
  * stream; names added to the subscription are sent even if sent before; a changed secret is pushed unasked to
  * every stream that watches it. The first request of a stream is always answered, even when it carries a nonce
  * from an earlier stream (nonces do not survive reconnects).
+ *
+ * Misbehaving clients cost bounded memory: a NACK is counted and logged once per rejected response (repeats are
+ * only counted as ignored), each stream remembers a few rejected versions per name, and a client that does not
+ * read gets at most one response queued for it: later changes wait in the stream's "due" set and go out, at
+ * their latest version, once grpc-js reports the previous response taken (the write callback, which waits for
+ * HTTP/2 flow control, i.e. for the client to read).
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -27,6 +33,11 @@ import { resourceType, type AgentMetrics } from './metrics.js';
 import type { ResourceProvider, ResourceSnapshot, ResourceWatch, StreamSession } from './resources.js';
 
 let responseCounter = 0;
+
+/** Rejected versions remembered per resource name on one stream; older ones cannot come back in practice. */
+const REMEMBERED_REJECTIONS = 8;
+/** error_detail messages are logged up to this length (a client controls them). */
+const MAX_LOGGED_NACK_CHARS = 512;
 
 /** Istio's form: RFC 3339 time (seconds) and a counter, new on every response. */
 function nextVersion(): string {
@@ -48,7 +59,15 @@ abstract class SecretStream {
   /** Names that must be sent on the next flush even if the client already has the content. */
   protected readonly mustSend = new Set<string>();
   protected readonly sentVersion = new Map<string, string>();
-  protected readonly rejected = new Map<string, Set<string>>();
+  protected readonly rejected = new Map<string, string[]>();
+  /** Names reported removed (delta) that wait for the next response. */
+  private readonly removedDue = new Set<string>();
+  /** A response is queued in grpc-js and the client has not taken it yet. */
+  private unsent = false;
+  /** Something became due while a response was unsent: flush again once it is taken. */
+  private flushWhenTaken = false;
+  /** Nonce of the response whose NACK was already counted, so that repeats are not. */
+  private nackedNonce = '';
   protected lastNonce = '';
   protected lastSent: { name: string; version: string }[] = [];
   protected closed = false;
@@ -67,7 +86,8 @@ abstract class SecretStream {
     session.onRevoked((error) => this.fail(error));
   }
 
-  protected abstract writeResponse(snapshots: ResourceSnapshot[], removed: string[]): void;
+  /** Writes one response; `taken` runs once the transport has taken it from grpc-js (the client is reading). */
+  protected abstract writeResponse(snapshots: ResourceSnapshot[], removed: string[], taken: () => void): void;
 
   /** Ends the stream with an error status naming the cause. */
   fail(error: SdsError): void {
@@ -83,12 +103,30 @@ abstract class SecretStream {
     return this.closed;
   }
 
+  /** True while a response waits for the client to read it. */
+  get hasUnsentResponse(): boolean {
+    return this.unsent;
+  }
+
+  /** Rejected versions this stream remembers (bounded per subscribed name). */
+  get rememberedRejections(): number {
+    let count = 0;
+    for (const versions of this.rejected.values()) count += versions.length;
+    return count;
+  }
+
   cleanup(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.unsent) {
+      this.unsent = false;
+      this.metrics.unsentResponses.dec({ api: this.api });
+    }
     for (const watch of this.watches.values()) watch.close();
     this.watches.clear();
     this.subscribed.clear();
+    this.mustSend.clear();
+    this.removedDue.clear();
     this.session.close();
     this.metrics.connectedStreams.dec({ api: this.api });
     this.onClosed(this);
@@ -97,6 +135,7 @@ abstract class SecretStream {
   protected subscribe(name: string): void {
     this.subscribed.add(name);
     this.mustSend.add(name);
+    this.removedDue.delete(name);
     if (this.watches.has(name) || this.opening.has(name)) return;
     this.opening.add(name);
     this.provider.open(this.session, name).then(
@@ -128,35 +167,64 @@ abstract class SecretStream {
     this.mustSend.delete(name);
     this.watches.get(name)?.close();
     this.watches.delete(name);
+    // Per-name memory ends with the subscription, so subscribing to ever new names cannot grow it.
+    this.sentVersion.delete(name);
+    this.rejected.delete(name);
   }
 
   private changed(name: string, snapshot: ResourceSnapshot): void {
     if (this.closed || !this.subscribed.has(name)) return;
     if (this.sentVersion.get(name) === snapshot.version) return;
+    // The client has not read the last response and a version of this name was already due: it is superseded.
+    if (this.unsent && this.mustSend.has(name)) this.metrics.coalescedPushes.inc({ api: this.api, resource_type: resourceType(name) });
     this.mustSend.add(name);
     this.flush();
   }
 
-  /** Sends, in one response, every name that must be sent and has content (skipping content the client NACKed). */
+  /**
+   * Sends, in one response, every name that must be sent and has content (skipping content the client NACKed).
+   * While the previous response is unsent nothing is written: what is due is sent, at its latest version, when
+   * the client takes that response.
+   */
   protected flush(removed: string[] = []): void {
     if (this.closed) return;
+    for (const name of removed) this.removedDue.add(name);
+    if (this.unsent) {
+      this.flushWhenTaken = true;
+      return;
+    }
     const snapshots: ResourceSnapshot[] = [];
     for (const name of [...this.mustSend]) {
       const watch = this.watches.get(name);
       if (!watch) continue;
       this.mustSend.delete(name);
       const snapshot = watch.current();
-      if (this.rejected.get(name)?.has(snapshot.version)) continue;
+      if (this.rejected.get(name)?.includes(snapshot.version)) continue;
       if (this.skipKnown(name, snapshot)) continue;
       snapshots.push(snapshot);
     }
-    if (snapshots.length === 0 && removed.length === 0) return;
+    const removedNow = [...this.removedDue];
+    this.removedDue.clear();
+    if (snapshots.length === 0 && removedNow.length === 0) return;
     this.lastSent = snapshots.map((s) => ({ name: s.name, version: s.version }));
     for (const s of snapshots) {
       this.sentVersion.set(s.name, s.version);
       this.metrics.pushes.inc({ api: this.api, resource_type: resourceType(s.name) });
     }
-    this.writeResponse(snapshots, removed);
+    this.unsent = true;
+    this.metrics.unsentResponses.inc({ api: this.api });
+    this.log.debug({ api: this.api, identity: this.session.identity, resources: this.lastSent, removed: removedNow }, 'sending SDS response');
+    this.writeResponse(snapshots, removedNow, () => this.responseTaken());
+  }
+
+  private responseTaken(): void {
+    if (!this.unsent) return; // The stream ended meanwhile.
+    this.unsent = false;
+    this.metrics.unsentResponses.dec({ api: this.api });
+    if (this.flushWhenTaken) {
+      this.flushWhenTaken = false;
+      this.flush();
+    }
   }
 
   /** Delta only: the client said on reconnect that it already has this version. */
@@ -164,15 +232,35 @@ abstract class SecretStream {
     return false;
   }
 
-  protected nack(message: string): void {
+  /** Names and nonces only: never the content, which holds keys. Client-sent strings are cut short. */
+  protected traceRequest(names: string[], nonce: string, nack: boolean): void {
+    if (!this.log.isLevelEnabled('trace')) return;
+    this.log.trace(
+      { api: this.api, identity: this.session.identity, resources: names.slice(0, 16).map((n) => n.slice(0, 256)), nonce: nonce.slice(0, 64), nack },
+      'SDS request',
+    );
+  }
+
+  /**
+   * A NACK of the latest response (`nonce`). Counted and logged once per response: a client repeating it
+   * thousands of times costs a counter increment each, no log line, no memory and no answer.
+   */
+  protected nack(nonce: string, message: string): void {
+    if (nonce === this.nackedNonce) {
+      this.metrics.ignoredRequests.inc({ api: this.api, reason: 'repeated_nack' });
+      return;
+    }
+    this.nackedNonce = nonce;
     for (const { name, version } of this.lastSent) {
-      let versions = this.rejected.get(name);
-      if (!versions) this.rejected.set(name, (versions = new Set()));
-      versions.add(version);
+      const versions = this.rejected.get(name) ?? [];
+      if (!versions.includes(version)) versions.push(version);
+      if (versions.length > REMEMBERED_REJECTIONS) versions.shift();
+      this.rejected.set(name, versions);
       this.metrics.nacks.inc({ api: this.api, resource_type: resourceType(name) });
     }
+    const shown = message.length > MAX_LOGGED_NACK_CHARS ? `${message.slice(0, MAX_LOGGED_NACK_CHARS)}… (${message.length} chars)` : message;
     this.log.warn(
-      { api: this.api, identity: this.session.identity, resources: this.lastSent.map((s) => s.name), err: message },
+      { api: this.api, identity: this.session.identity, resources: this.lastSent.map((s) => s.name), err: shown },
       'SDS client rejected a response (NACK); keeping its last accepted version and not resending this one',
     );
   }
@@ -198,6 +286,7 @@ class SotwStream extends SecretStream {
 
   request(request: DiscoveryRequest): void {
     if (this.closed) return;
+    this.traceRequest(request.resource_names, request.response_nonce, request.error_detail !== null);
     if (request.type_url !== '' && request.type_url !== SECRET_TYPE_URL) {
       this.fail(new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${request.type_url}"`));
       return;
@@ -210,10 +299,11 @@ class SotwStream extends SecretStream {
       return;
     }
     if (nonce !== this.lastNonce) {
-      this.log.debug({ nonce, latest: this.lastNonce }, 'ignoring SDS request with a stale nonce');
+      this.metrics.ignoredRequests.inc({ api: this.api, reason: 'stale_nonce' });
+      this.log.debug({ nonce: nonce.slice(0, 64), latest: this.lastNonce }, 'ignoring SDS request with a stale nonce');
       return;
     }
-    if (request.error_detail) this.nack(request.error_detail.message || `code ${request.error_detail.code}`);
+    if (request.error_detail) this.nack(nonce, request.error_detail.message || `code ${request.error_detail.code}`);
     this.setSubscription(names, false);
   }
 
@@ -226,11 +316,11 @@ class SotwStream extends SecretStream {
     this.flush();
   }
 
-  protected writeResponse(snapshots: ResourceSnapshot[]): void {
+  protected writeResponse(snapshots: ResourceSnapshot[], _removed: string[], taken: () => void): void {
     const nonce = randomUUID();
     this.lastNonce = nonce;
     this.responded = true;
-    this.call.write({ version_info: nextVersion(), resources: snapshots.map((s) => s.any), type_url: SECRET_TYPE_URL, nonce });
+    this.call.write({ version_info: nextVersion(), resources: snapshots.map((s) => s.any), type_url: SECRET_TYPE_URL, nonce }, taken);
   }
 }
 
@@ -255,6 +345,7 @@ class DeltaStream extends SecretStream {
 
   request(request: DeltaDiscoveryRequest): void {
     if (this.closed) return;
+    this.traceRequest(request.resource_names_subscribe, request.response_nonce, request.error_detail !== null);
     if (request.type_url !== '' && request.type_url !== SECRET_TYPE_URL) {
       this.fail(new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${request.type_url}"`));
       return;
@@ -265,7 +356,7 @@ class DeltaStream extends SecretStream {
     }
     // ACK/NACK only count for the latest response; subscription changes are honoured whatever the nonce.
     if (request.response_nonce !== '' && request.response_nonce === this.lastNonce && request.error_detail) {
-      this.nack(request.error_detail.message || `code ${request.error_detail.code}`);
+      this.nack(request.response_nonce, request.error_detail.message || `code ${request.error_detail.code}`);
     }
     for (const name of request.resource_names_unsubscribe) {
       this.unsubscribe(name);
@@ -295,17 +386,28 @@ class DeltaStream extends SecretStream {
     this.flush([name]);
   }
 
-  protected writeResponse(snapshots: ResourceSnapshot[], removed: string[]): void {
+  protected writeResponse(snapshots: ResourceSnapshot[], removed: string[], taken: () => void): void {
     const nonce = randomUUID();
     this.lastNonce = nonce;
-    this.call.write({
-      system_version_info: nextVersion(),
-      type_url: SECRET_TYPE_URL,
-      nonce,
-      resources: snapshots.map((s) => ({ name: s.name, version: s.version, resource: s.any })),
-      removed_resources: removed,
-    });
+    this.call.write(
+      {
+        system_version_info: nextVersion(),
+        type_url: SECRET_TYPE_URL,
+        nonce,
+        resources: snapshots.map((s) => ({ name: s.name, version: s.version, resource: s.any })),
+        removed_resources: removed,
+      },
+      taken,
+    );
   }
+}
+
+export interface SdsServerStats {
+  streams: number;
+  /** Streams whose client has not read the last response (each holds at most one). */
+  unsentResponses: number;
+  /** NACKed versions remembered over all streams. */
+  rememberedRejections: number;
 }
 
 export class SdsServer {
@@ -319,6 +421,16 @@ export class SdsServer {
 
   get openStreams(): number {
     return this.streams.size;
+  }
+
+  /** What the open streams hold, to check that misbehaving clients cannot grow it. */
+  stats(): SdsServerStats {
+    const stats: SdsServerStats = { streams: this.streams.size, unsentResponses: 0, rememberedRejections: 0 };
+    for (const stream of this.streams) {
+      if (stream.hasUnsentResponse) stats.unsentResponses++;
+      stats.rememberedRejections += stream.rememberedRejections;
+    }
+    return stats;
   }
 
   /** Adds the SDS service to a grpc-js server. */

@@ -27,7 +27,7 @@ import type { WorkloadCredential } from './credentials.js';
 import { CaCallError, isRetryableCaError, SdsError } from './errors.js';
 import { encodeWorkloadKey, type KeySource } from './keys.js';
 import type { AgentMetrics, ExpiryReading } from './metrics.js';
-import { drawGraceRatio, renewalTime, timerAt, type GracePeriod } from './rotation.js';
+import { drawGraceRatio, estimateLifetime, MAX_CLOCK_SKEW_MS, timerAt, verificationTime, type GracePeriod } from './rotation.js';
 
 export interface IdentitySecret {
   /** The SPIFFE ID(s) in the leaf's SAN, comma-joined when there are several. */
@@ -38,8 +38,11 @@ export interface IdentitySecret {
   /** The trust bundle from the CA's response (its last element). */
   rootsPem: string;
   leaf: ParsedCertificate;
+  /** Local clock, like renewAt and expiresAt. */
   receivedAt: number;
   renewAt: number;
+  /** When the certificate expires by the local clock: NotAfter, unless this node's clock is off (estimateLifetime). */
+  expiresAt: number;
   /** Content version (hash of the chain): equal versions are the same secret. */
   version: string;
 }
@@ -176,7 +179,8 @@ export class WorkloadSecrets {
   expiryReadings(): ExpiryReading[] {
     const readings: ExpiryReading[] = [];
     for (const entry of this.entries.values()) {
-      readings.push({ resourceName: 'default', identity: entry.identity, notAfter: entry.secret.leaf.notAfter });
+      // By the local clock, so that the metrics count down to the real expiry even on a node with a skewed clock.
+      readings.push({ resourceName: 'default', identity: entry.identity, notAfter: new Date(entry.secret.expiresAt) });
     }
     if (this.bundle && this.bundle.roots.length > 0) {
       const earliest = this.bundle.roots.reduce((a, b) => (a.notAfter <= b.notAfter ? a : b));
@@ -275,14 +279,31 @@ export class WorkloadSecrets {
     if (rootDers.length === 0) throw unusable('the last element holds no root certificate');
     const roots = rootDers.map(parseCertificate);
     const intermediates = chain.slice(1, -1).flatMap((pem) => certificatesFromPem(pem)).map(parseCertificate);
-    try {
-      verifyChain(leaf, { intermediates, roots });
-    } catch (error) {
-      throw unusable((error as Error).message);
-    }
+    const validity = { notBefore: leaf.notBefore.getTime(), notAfter: leaf.notAfter.getTime() };
+    if (validity.notAfter <= validity.notBefore) throw unusable('the leaf certificate has an empty validity period');
     const receivedAt = Date.now();
+    try {
+      // A node clock a few minutes off must not refuse what the CA just issued; beyond MAX_CLOCK_SKEW_MS it does.
+      verifyChain(leaf, { intermediates, roots, at: new Date(verificationTime(validity, receivedAt)) });
+    } catch (error) {
+      throw unusable(`${(error as Error).message} (checked at ${new Date(receivedAt).toISOString()} by this node's clock, allowing ${MAX_CLOCK_SKEW_MS / 60_000} min of clock skew)`);
+    }
     const chainPem = chain.map(withNewline).join('');
     const graceRatio = drawGraceRatio(this.options.grace, this.random);
+    const estimate = estimateLifetime(validity, receivedAt, this.options.ttlSeconds * 1000);
+    if (estimate.clock !== 'in-sync') {
+      this.log.warn(
+        {
+          clock: estimate.clock,
+          notBefore: leaf.notBefore.toISOString(),
+          notAfter: leaf.notAfter.toISOString(),
+          localTime: new Date(receivedAt).toISOString(),
+          lifetimeSeconds: Math.round(estimate.lifetimeMs / 1000),
+        },
+        `this node's clock seems ${estimate.clock === 'behind' ? 'behind' : 'ahead of'} the CA's (a fresh certificate's validity does not fit the local time); ` +
+          "timing renewal from the certificate's own validity; check time sync (NTP) on this node",
+      );
+    }
     return {
       identity: [...ids].sort().join(','),
       keyPem: encodeWorkloadKey(key, this.options.key),
@@ -290,7 +311,9 @@ export class WorkloadSecrets {
       rootsPem: roots.map((r) => certificateToPem(r.der)).join(''),
       leaf,
       receivedAt,
-      renewAt: renewalTime(leaf.notAfter.getTime(), receivedAt, graceRatio),
+      // NotAfter − r·L when the clocks agree; measured from receipt so that a skewed clock cannot shift it.
+      renewAt: receivedAt + (1 - graceRatio) * estimate.lifetimeMs,
+      expiresAt: receivedAt + estimate.lifetimeMs,
       version: hashVersion(chainPem),
     };
   }
@@ -416,7 +439,7 @@ export class WorkloadSecrets {
       }
       const delay = backoffDelayMs(entry.renewAttempt++, this.random);
       this.options.metrics.outgoingRetries.inc({ request_type: 'csr' });
-      const expired = Date.now() >= entry.secret.leaf.notAfter.getTime();
+      const expired = Date.now() >= entry.secret.expiresAt;
       const details = {
         identity: entry.identity,
         caAddress: this.options.ca.address,
