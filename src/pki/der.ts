@@ -29,6 +29,41 @@ export function encodeLength(length: number): Buffer {
   throw new PkiError('ERR_DER_ENCODE', `DER value too long (${length} bytes)`);
 }
 
+/** Bytes taken by the tag and length of an element with `length` content bytes. */
+export function headerLength(length: number): number {
+  if (length < 0x80) return 2;
+  if (length < 0x100) return 3;
+  if (length < 0x10000) return 4;
+  if (length < 0x1000000) return 5;
+  throw new PkiError('ERR_DER_ENCODE', `DER value too long (${length} bytes)`);
+}
+
+/**
+ * Writes a tag and length at `offset` and returns the offset after them. With `headerLength` this lets the hot
+ * path size a whole structure first and then fill one buffer, instead of concatenating small ones.
+ */
+export function writeHeader(target: Buffer, offset: number, tag: number, length: number): number {
+  target[offset++] = tag;
+  if (length < 0x80) {
+    target[offset++] = length;
+  } else if (length < 0x100) {
+    target[offset++] = 0x81;
+    target[offset++] = length;
+  } else if (length < 0x10000) {
+    target[offset++] = 0x82;
+    target[offset++] = length >> 8;
+    target[offset++] = length & 0xff;
+  } else if (length < 0x1000000) {
+    target[offset++] = 0x83;
+    target[offset++] = length >> 16;
+    target[offset++] = (length >> 8) & 0xff;
+    target[offset++] = length & 0xff;
+  } else {
+    throw new PkiError('ERR_DER_ENCODE', `DER value too long (${length} bytes)`);
+  }
+  return offset;
+}
+
 /** Tag-length-value with the given contents concatenated. */
 export function tlv(tag: number, ...contents: Buffer[]): Buffer {
   const body = contents.length === 1 ? contents[0]! : Buffer.concat(contents);

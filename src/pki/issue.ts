@@ -1,15 +1,16 @@
 /**
  * Certificate building. `LeafIssuer` is the CA's hot path: everything that does not depend on the request
  * (issuer name, algorithm identifier, constant extensions, the parsed signing KeyObject) is encoded once,
- * and each certificate is a few concatenations around the CSR's own SPKI bytes plus one `crypto.sign`.
+ * and each certificate is written into one buffer around the CSR's own SPKI bytes, plus one `crypto.sign`.
  */
-import { createHash, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { createHash, randomBytes, randomFillSync, sign, type KeyObject } from 'node:crypto';
 import { signingProfileFor, type SigningProfile } from './algorithms.js';
 import { encodeExtension, encodeGeneralNames } from './csr.js';
 import {
-  bitString,
+  boolean,
   children,
   explicit,
+  headerLength,
   implicitPrimitive,
   oid,
   octetString,
@@ -17,9 +18,11 @@ import {
   sequence,
   set,
   smallInteger,
+  Tag,
   time,
   unsignedInteger,
   utf8String,
+  writeHeader,
 } from './der.js';
 import { PkiError } from './errors.js';
 import { keysMatch, spkiDer as keySpki } from './keys.js';
@@ -35,6 +38,8 @@ const EMPTY_NAME = sequence();
 const LEAF_KEY_USAGE = encodeExtension(OID.keyUsage, true, Buffer.from([0x03, 0x02, 0x05, 0xa0]));
 const LEAF_EXT_KEY_USAGE = encodeExtension(OID.extKeyUsage, false, sequence(oid(OID.serverAuth), oid(OID.clientAuth)));
 const LEAF_BASIC_CONSTRAINTS = encodeExtension(OID.basicConstraints, true, sequence());
+// Extension { extnID subjectAltName, critical TRUE, ... }: the part of the SAN extension before its OCTET STRING.
+const SAN_EXTENSION_PREFIX = Buffer.concat([oid(OID.subjectAltName), boolean(true)]);
 // keyUsage keyCertSign (bit 5) + cRLSign (bit 6): 0b0000_0110, 1 unused bit.
 const CA_KEY_USAGE = encodeExtension(OID.keyUsage, true, Buffer.from([0x03, 0x02, 0x01, 0x06]));
 
@@ -52,9 +57,28 @@ export function encodeName(attributes: NameAttributes): Buffer {
 
 /** 128 random bits as a positive INTEGER of exactly 16 bytes. */
 export function randomSerial(): Buffer {
-  const serial = randomBytes(16);
+  const serial = randomBytes(SERIAL_BYTES);
   serial[0] = (serial[0]! & 0x7f) | 0x01;
   return serial;
+}
+
+const SERIAL_BYTES = 16;
+// INTEGER tag + length + 16 bytes: the first byte is forced into 0x01..0x7f, so no sign byte is ever needed.
+const SERIAL_ELEMENT_LENGTH = 2 + SERIAL_BYTES;
+// CSPRNG bytes for serials, drawn 256 serials at a time: one randomFillSync per call cost ~3 us.
+const serialPool = Buffer.alloc(SERIAL_BYTES * 256);
+let serialPoolOffset = serialPool.length;
+
+/** Writes a fresh random serial (same form as randomSerial) at `offset`; returns the offset after it. */
+function writeSerial(target: Buffer, offset: number): number {
+  if (serialPoolOffset === serialPool.length) {
+    randomFillSync(serialPool);
+    serialPoolOffset = 0;
+  }
+  serialPool.copy(target, offset, serialPoolOffset, serialPoolOffset + SERIAL_BYTES);
+  serialPoolOffset += SERIAL_BYTES;
+  target[offset] = (target[offset]! & 0x7f) | 0x01;
+  return offset + SERIAL_BYTES;
 }
 
 /** RFC 5280 method 1: SHA-1 of the subjectPublicKey BIT STRING contents. */
@@ -67,8 +91,21 @@ function authorityKeyIdExtension(keyId: Buffer): Buffer {
   return encodeExtension(OID.authorityKeyIdentifier, false, sequence(implicitPrimitive(0, keyId)));
 }
 
+/** Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }, written into one buffer. */
 function signTbs(tbs: Buffer, profile: SigningProfile, key: KeyObject): Buffer {
-  return sequence(tbs, profile.algorithmIdentifier, bitString(sign(profile.hash, tbs, key)));
+  const signature = sign(profile.hash, tbs, key);
+  const algorithm = profile.algorithmIdentifier;
+  const signatureLength = headerLength(signature.length + 1) + signature.length + 1;
+  const contentLength = tbs.length + algorithm.length + signatureLength;
+  const certificate = Buffer.allocUnsafe(headerLength(contentLength) + contentLength);
+  let at = writeHeader(certificate, 0, Tag.SEQUENCE, contentLength);
+  at += tbs.copy(certificate, at);
+  at += algorithm.copy(certificate, at);
+  at = writeHeader(certificate, at, Tag.BIT_STRING, signature.length + 1);
+  certificate[at++] = 0;
+  at += signature.copy(certificate, at);
+  if (at !== certificate.length) throw new PkiError('ERR_DER_ENCODE', 'internal error: certificate length mismatch');
+  return certificate;
 }
 
 /** The material a CA signs with: its certificate and the matching private key. */
@@ -114,6 +151,7 @@ export class LeafIssuer {
   private readonly profile: SigningProfile;
   private readonly prefix: Buffer;
   private readonly constantExtensions: Buffer;
+  private lastValidity: { notBeforeMs: number; notAfterMs: number; der: Buffer } | undefined;
 
   constructor(private readonly material: SigningMaterial) {
     const cert = material.certificate;
@@ -129,25 +167,77 @@ export class LeafIssuer {
     return this.material.privateKey;
   }
 
+  /**
+   * One certificate: the TBSCertificate is sized first and written into a single buffer around the precomputed
+   * parts, then signed once (see bench/NOTES.md for what each step costs).
+   */
   issue(request: LeafRequest): IssuedLeaf {
     const now = request.now ?? Date.now();
     const nowSeconds = Math.floor(now / 1000) * 1000;
-    const notBefore = new Date(nowSeconds - CLOCK_SKEW_GRACE_MS);
-    const wanted = nowSeconds + request.ttlSeconds * 1000;
-    const notAfter = new Date(Math.min(wanted, this.issuerNotAfter.getTime()));
-    const serial = randomSerial();
-    // Subject is empty, so the SAN extension is critical (RFC 5280 4.2.1.6).
-    const san = encodeExtension(OID.subjectAltName, true, encodeGeneralNames(request.uris, request.dnsNames ?? []));
-    const tbs = sequence(
-      VERSION_3,
-      unsignedInteger(serial),
-      this.prefix,
-      sequence(time(notBefore), time(notAfter)),
-      EMPTY_NAME,
-      request.spkiDer,
-      explicit(3, sequence(san, this.constantExtensions)),
-    );
-    return { der: signTbs(tbs, this.profile, this.material.privateKey), serialHex: serial.toString('hex'), notBefore, notAfter };
+    const notBeforeMs = nowSeconds - CLOCK_SKEW_GRACE_MS;
+    const notAfterMs = Math.min(nowSeconds + request.ttlSeconds * 1000, this.issuerNotAfter.getTime());
+    const validity = this.validityFor(notBeforeMs, notAfterMs);
+    const uris = request.uris;
+    const dnsNames = request.dnsNames ?? [];
+    const spki = request.spkiDer;
+
+    // Sizes, innermost first. Subject is empty, so the SAN extension is critical (RFC 5280 4.2.1.6).
+    let namesLength = 0;
+    for (const uri of uris) {
+      const length = Buffer.byteLength(uri, 'utf8');
+      namesLength += headerLength(length) + length;
+    }
+    for (const dns of dnsNames) namesLength += headerLength(dns.length) + dns.length;
+    const generalNamesLength = headerLength(namesLength) + namesLength;
+    const sanValueLength = headerLength(generalNamesLength) + generalNamesLength;
+    const sanContentLength = SAN_EXTENSION_PREFIX.length + sanValueLength;
+    const extensionsContentLength = headerLength(sanContentLength) + sanContentLength + this.constantExtensions.length;
+    const extensionsLength = headerLength(extensionsContentLength) + extensionsContentLength;
+    const tbsContentLength =
+      VERSION_3.length + SERIAL_ELEMENT_LENGTH + this.prefix.length + validity.length + EMPTY_NAME.length + spki.length +
+      headerLength(extensionsLength) + extensionsLength;
+    const tbsLength = headerLength(tbsContentLength) + tbsContentLength;
+
+    const tbs = Buffer.allocUnsafe(tbsLength);
+    let at = writeHeader(tbs, 0, Tag.SEQUENCE, tbsContentLength);
+    at += VERSION_3.copy(tbs, at);
+    at = writeHeader(tbs, at, Tag.INTEGER, SERIAL_BYTES);
+    const serialAt = at;
+    at = writeSerial(tbs, at);
+    at += this.prefix.copy(tbs, at);
+    at += validity.copy(tbs, at);
+    at += EMPTY_NAME.copy(tbs, at);
+    at += spki.copy(tbs, at);
+    at = writeHeader(tbs, at, 0xa3, extensionsLength);
+    at = writeHeader(tbs, at, Tag.SEQUENCE, extensionsContentLength);
+    at = writeHeader(tbs, at, Tag.SEQUENCE, sanContentLength);
+    at += SAN_EXTENSION_PREFIX.copy(tbs, at);
+    at = writeHeader(tbs, at, Tag.OCTET_STRING, generalNamesLength);
+    at = writeHeader(tbs, at, Tag.SEQUENCE, namesLength);
+    for (const uri of uris) {
+      at = writeHeader(tbs, at, 0x86, Buffer.byteLength(uri, 'utf8'));
+      at += tbs.write(uri, at, 'utf8');
+    }
+    for (const dns of dnsNames) {
+      at = writeHeader(tbs, at, 0x82, dns.length);
+      at += tbs.write(dns, at, 'latin1');
+    }
+    at += this.constantExtensions.copy(tbs, at);
+    // Every byte of the unzeroed buffer must have been written; a mismatch would be a bug in the sizes above.
+    if (at !== tbsLength) throw new PkiError('ERR_DER_ENCODE', `internal error: TBSCertificate is ${at} bytes, expected ${tbsLength}`);
+
+    const der = signTbs(tbs, this.profile, this.material.privateKey);
+    const serialHex = tbs.toString('hex', serialAt, serialAt + SERIAL_BYTES);
+    return { der, serialHex, notBefore: new Date(notBeforeMs), notAfter: new Date(notAfterMs) };
+  }
+
+  /** The encoded Validity; the last one is kept because every certificate issued in the same second shares it. */
+  private validityFor(notBeforeMs: number, notAfterMs: number): Buffer {
+    const cached = this.lastValidity;
+    if (cached && cached.notBeforeMs === notBeforeMs && cached.notAfterMs === notAfterMs) return cached.der;
+    const der = sequence(time(new Date(notBeforeMs)), time(new Date(notAfterMs)));
+    this.lastValidity = { notBeforeMs, notAfterMs, der };
+    return der;
   }
 }
 

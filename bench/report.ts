@@ -1,0 +1,166 @@
+/** The benchmark's results: one JSON document, rendered as Markdown tables for the terminal and the README. */
+import { cpus, totalmem } from 'node:os';
+import type { AgentResult } from './agent.js';
+import type { CoreKindResult } from './core.js';
+import type { PartContention } from './contention.js';
+import type { ApiServerResult, E2eKindResult } from './e2e.js';
+import type { LimitResult } from './limit.js';
+
+export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent'] as const;
+export type PartName = (typeof PART_NAMES)[number];
+
+/** A part whose command is not in this build: reported, but not a failure of the benchmark. */
+export class PartUnavailable extends Error {}
+
+export interface MachineInfo {
+  cpus: number;
+  cpuModel: string;
+  memoryGiB: number;
+  platform: string;
+  node: string;
+}
+
+export interface CoreKindReport extends CoreKindResult {
+  /** One thread against OpenSSL's rate per process (the -multi rate divided by the processes). */
+  singleRatio: number;
+  /** All worker threads against OpenSSL's -multi rate. */
+  allRatio: number;
+}
+
+export interface TargetResult {
+  description: string;
+  target: string;
+  /** What was measured, human-readable; null when the part did not run. */
+  measured: string | null;
+  /** null: not measured in this run. */
+  met: boolean | null;
+}
+
+export interface PartProblem {
+  part: PartName;
+  message: string;
+}
+
+export interface BenchResults {
+  version: 1;
+  date: string;
+  mode: 'full' | 'quick';
+  command: string;
+  parts: PartName[];
+  machine: MachineInfo;
+  limit?: LimitResult;
+  core?: CoreKindReport[];
+  e2e?: E2eKindResult[];
+  apiserver?: ApiServerResult;
+  agent?: AgentResult;
+  targets: TargetResult[];
+  /** Parts that could not run, and why. */
+  problems: PartProblem[];
+  /** How much CPU other programs took during each part. */
+  contention: PartContention[];
+  durationSeconds: number;
+}
+
+export function machineInfo(): MachineInfo {
+  const list = cpus();
+  return {
+    cpus: list.length,
+    cpuModel: list[0]?.model.trim() ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    platform: `${process.platform} ${process.arch}`,
+    node: process.version,
+  };
+}
+
+const int = (n: number): string => Math.round(n).toLocaleString('en-US');
+const fixed = (n: number, digits = 2): string => n.toFixed(digits);
+const ratio = (n: number): string => `${n.toFixed(2)}x`;
+const ms = (n: number): string => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
+
+function table(header: string[], rows: string[][]): string {
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
+  for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
+  return lines.join('\n');
+}
+
+/** The Markdown report: what the README's Performance section shows. */
+export function renderMarkdown(results: BenchResults): string {
+  const m = results.machine;
+  const out: string[] = [];
+  out.push(`Measured ${results.date.slice(0, 10)} on ${m.cpus} x ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}` +
+    (results.limit ? `, ${results.limit.opensslVersion}` : '') + '.');
+  out.push(`Command: \`${results.command}\` (${results.mode} run, ${Math.round(results.durationSeconds)} s).`);
+  if (results.contention.length > 0) {
+    const pct = (share: number): string => `${Math.round(share * 100)}%`;
+    const busiest = Math.max(...results.contention.map((c) => c.otherCpuShare));
+    out.push(`CPU taken by other programs during each part: ${results.contention.map((c) => `${c.part} ${pct(c.otherCpuShare)}`).join(', ')}.` +
+      (busiest > 0.1 ? ` **The machine was shared (up to ${pct(busiest)} of its CPU went elsewhere): these figures understate meshca; rerun on an idle machine.**` : ''));
+  }
+  if (results.limit) {
+    const l = results.limit;
+    out.push('', `**1. Limit** — \`${l.command}\``, '');
+    out.push(table(['algorithm', 'sign/s', 'verify/s'], [
+      ['rsa2048', int(l.rsa2048.signPerSecond), int(l.rsa2048.verifyPerSecond)],
+      ['ecdsap256', int(l.ecdsap256.signPerSecond), int(l.ecdsap256.verifyPerSecond)],
+    ]));
+  }
+  if (results.core) {
+    out.push('', '**2. Signing core** — in-process `CertificateAuthority.issue` (CSR PEM in, verified, signed, PEM chain out)', '');
+    out.push(table(['CA key', '1 thread certs/s', 'vs OpenSSL 1 process', 'worker threads', 'all threads certs/s', 'vs OpenSSL -multi'],
+      results.core.map((c) => [c.label, int(c.single.certsPerSecond), ratio(c.singleRatio), String(c.all.threads), int(c.all.certsPerSecond), ratio(c.allRatio)])));
+    out.push('', 'Where the time goes, one thread (microseconds per certificate):', '');
+    out.push(table(['CA key', 'parse CSR', 'verify CSR', 'build + sign', '(sign alone)', 'PEM', 'whole issue'],
+      results.core.map((c) => [c.label, fixed(c.steps.parseCsr, 1), fixed(c.steps.verifyCsr, 1), fixed(c.steps.buildAndSign, 1), fixed(c.steps.signOnly, 1), fixed(c.steps.pemChain, 1), fixed(c.steps.issue, 1)])));
+  }
+  if (results.e2e) {
+    out.push('', '**3. End to end** — `meshca ca` over gRPC/TLS, separate load-generator process, TokenReview stand-in at 1 ms', '');
+    const rows: string[][] = [];
+    for (const kind of results.e2e) {
+      for (const level of kind.levels) {
+        const label = kind.serverMode === 'meshca ca' ? kind.label : kind.serverMode === 'transport floor' ? 'transport floor (no CA work)' : `${kind.label} (${kind.serverMode})`;
+        rows.push([label, String(level.concurrency), int(level.certsPerSecond), kind.serverMode === 'transport floor' ? '—' : ratio(level.ratio), ms(level.p50Ms), ms(level.p99Ms),
+          fixed(level.serverCpuSecondsPer1000, 2), fixed(level.loadgenCpuSecondsPer1000, 2), level.errors === 0 ? '0' : int(level.errors)]);
+      }
+    }
+    out.push(table(['CA key', 'concurrency', 'certs/s', 'vs OpenSSL -multi', 'p50 ms', 'p99 ms', 'server CPU s / 1000 certs', 'load generator CPU s / 1000', 'errors'], rows));
+    const cas = results.e2e.filter((k) => k.serverMode !== 'transport floor');
+    out.push('', `Server peak RSS (VmHWM): ${cas.map((k) => `${k.label}${k.prototypeThreads === null ? '' : ` (${k.serverMode})`} ${int(k.serverPeakRssMiB)} MiB`).join(', ')}.` +
+      (cas.some((k) => k.prototypeThreads !== null) ? ' Prototype rows: the same server with leaves signed on worker threads (bench/proto-ca.ts, see bench/NOTES.md); not what `meshca ca` does today.' : '') +
+      (results.e2e.some((k) => k.serverMode === 'transport floor')
+        ? ' Transport floor: the same API, TLS, message sizes and load generator against a server that answers at once (bench/echo-ca.ts): what gRPC alone costs here.'
+        : ''));
+  }
+  if (results.apiserver) {
+    const a = results.apiserver;
+    out.push('', `**4. API-server load** — ${int(a.requests)} CSRs from ${a.workloads} workloads (fresh CA, cold cache): ` +
+      `${int(a.tokenReviews)} TokenReview calls = **${fixed(a.tokenReviewsPer1000, 1)} per 1000 CSRs**.`);
+  }
+  if (results.agent) {
+    out.push('', '**5. Agent** — one `meshca agent` (node mode, SDS over a Unix socket) per row, every stream its own connection and token, all connecting at once', '');
+    out.push(table(['workload keys', 'streams', 'identities', 'all served in s', 'agent RSS growth per stream KiB (peak)', 'SECRET_TTL s', 'rotation of all pushed within s', 'errors'],
+      results.agent.runs.map((r) => [r.keyType, String(r.streams), String(r.identities), fixed(r.allServedSeconds, 2), `${fixed(r.rssPerStreamKiB, 1)} (${fixed(r.peakRssPerStreamKiB, 1)})`,
+        String(r.secretTtlSeconds),
+        r.rotationSeconds === null ? 'n/a' : `${fixed(r.rotationSeconds, 2)}${r.rotatedStreams !== null && r.rotatedStreams < r.streams ? ` (only ${r.rotatedStreams} of ${r.streams} streams)` : ''}`,
+        String(r.errors)])));
+    out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL).');
+  }
+  out.push('', '**Targets**', '');
+  out.push(table(['target', 'goal', 'measured', 'met'], results.targets.map((t) => [t.description, t.target, t.measured ?? 'not run',
+    t.met === null ? 'not measured' : t.met ? 'met' : '**not met**'])));
+  const lowLatency = results.e2e?.filter((k) => k.serverMode === 'meshca ca') ?? [];
+  for (const kind of lowLatency) {
+    const c1 = kind.levels.find((l) => l.concurrency === 1);
+    const c256 = kind.levels.find((l) => l.concurrency === 256);
+    if (!c1 || !c256 || !results.limit) continue;
+    // Little's law: 256 callers that each wait for their answer see latency >= 256 / throughput.
+    const needed = 256 / ((10 * c1.p50Ms) / 1000);
+    const limit = kind.kind === 'rsa' ? results.limit.rsa2048.signPerSecond : results.limit.ecdsap256.signPerSecond;
+    out.push('', `${kind.label}: p99 at concurrency 256 under 10x the p50 at concurrency 1 needs, by Little's law, at least ` +
+      `256 / (10 x ${c1.p50Ms.toFixed(2)} ms) = ${int(needed)} certs/s at concurrency 256 (OpenSSL alone signs ${int(limit)}/s here; measured ${int(c256.certsPerSecond)}/s).`);
+  }
+  if (results.problems.length > 0) {
+    out.push('', 'Parts that did not run:', '');
+    for (const p of results.problems) out.push(`- ${p.part}: ${p.message}`);
+  }
+  return out.join('\n') + '\n';
+}

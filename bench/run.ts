@@ -1,0 +1,313 @@
+/**
+ * `npm run bench`: meshca's benchmark. Every figure is given with its ratio to OpenSSL's own rate measured in the
+ * same run, because absolute numbers drift on shared machines.
+ *
+ *   npm run bench                      full run (a few minutes), writes bench/results/latest.json and bench/RESULTS.md
+ *   npm run bench -- --quick           smoke run: a few seconds per part
+ *   npm run bench -- --only core,e2e   some parts (the OpenSSL limit always runs: the ratios need it)
+ *   --out DIR                          where latest.json goes (default bench/results)
+ *   --markdown FILE | --no-markdown    where the Markdown table goes (default bench/RESULTS.md, full runs of every part only)
+ *   --keep                             keep the run's temp dir (server logs, state) and print where it is
+ *   MESHCA_BENCH_SERVER_NODE_ARGS      extra node flags for the measured `meshca ca`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+ *   MESHCA_BENCH_LOADGEN_NODE_ARGS     the same for the load generator
+ */
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { AgentOptions } from './agent.js';
+import { runCoreBench } from './core.js';
+import { ContentionMonitor } from './contention.js';
+import { CA_KINDS, type CaKind } from './fixtures.js';
+import { measureOpensslLimit, type LimitResult } from './limit.js';
+import { machineInfo, PART_NAMES, PartUnavailable, renderMarkdown, type BenchResults, type CoreKindReport, type PartName, type TargetResult } from './report.js';
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+const REPO_ROOT = path.resolve(BENCH_DIR, '..');
+
+interface Settings {
+  limitSeconds: number;
+  coreSeconds: number;
+  stepSeconds: number;
+  rsaKeys: number;
+  e2eWarmupSeconds: number;
+  e2eSeconds: number;
+  concurrencies: number[];
+  apiServerRequests: number;
+  /** CA key types to measure again with the worker-thread prototype (bench/proto-ca.ts). */
+  prototypeKinds: CaKind[];
+  agent: Omit<AgentOptions, 'kube' | 'dir' | 'log'>;
+}
+
+const FULL: Settings = {
+  limitSeconds: 3,
+  coreSeconds: 3,
+  stepSeconds: 0.3,
+  rsaKeys: 8,
+  e2eWarmupSeconds: 1,
+  e2eSeconds: 3,
+  concurrencies: [1, 16, 256],
+  apiServerRequests: 1000,
+  prototypeKinds: ['rsa'],
+  agent: {
+    runs: [
+      { keyType: 'ECDSA', streams: 100, identities: 100 },
+      { keyType: 'ECDSA', streams: 500, identities: 500 },
+      // RSA: identities shared by several pods, as on a real node. 100 streams only: the agent proves every new
+      // token with a CSR of its own fresh key, so 500 RSA streams cost 500 key generations (~130 s of CPU).
+      { keyType: 'RSA', streams: 100, identities: 25 },
+    ],
+    rotation: true,
+  },
+};
+
+const QUICK: Settings = {
+  limitSeconds: 1,
+  coreSeconds: 1,
+  stepSeconds: 0.05,
+  rsaKeys: 2,
+  e2eWarmupSeconds: 0.3,
+  e2eSeconds: 1,
+  concurrencies: [1, 16, 256],
+  apiServerRequests: 1000,
+  prototypeKinds: [],
+  agent: { runs: [{ keyType: 'ECDSA', streams: 100, identities: 100 }], rotation: false },
+};
+
+function parseParts(text: string | undefined): PartName[] {
+  if (!text) return [...PART_NAMES];
+  const wanted = text.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const name of wanted) {
+    if (!(PART_NAMES as readonly string[]).includes(name)) throw new Error(`unknown part "${name}" in --only (parts: ${PART_NAMES.join(', ')})`);
+  }
+  // The limit is every ratio's denominator: it always runs.
+  return PART_NAMES.filter((p) => p === 'limit' || wanted.includes(p));
+}
+
+function log(line: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+}
+
+function limitFor(limit: LimitResult, kind: CaKind): number {
+  return limit[CA_KINDS[kind].opensslAlgorithm].signPerSecond;
+}
+
+export function evaluateTargets(results: BenchResults): TargetResult[] {
+  const targets: TargetResult[] = [];
+  const e2e = (kind: CaKind) => results.e2e?.find((k) => k.kind === kind && k.serverMode === 'meshca ca');
+  const prototype = results.e2e?.find((k) => k.prototypeThreads !== null);
+  const level = (kind: CaKind, concurrency: number) => e2e(kind)?.levels.find((l) => l.concurrency === concurrency);
+  const ratioTarget = (kind: CaKind, goal: number): TargetResult => {
+    const l = level(kind, 256);
+    return {
+      description: `end to end, concurrency 256, ${CA_KINDS[kind].label} CA`,
+      target: `>= ${goal}x OpenSSL ${CA_KINDS[kind].opensslAlgorithm} -multi`,
+      measured: l ? `${l.ratio.toFixed(3)}x (${Math.round(l.certsPerSecond)} certs/s)` : null,
+      met: l ? l.ratio >= goal : null,
+    };
+  };
+  targets.push(ratioTarget('rsa', 0.4), ratioTarget('ec', 0.05));
+  const prototypeTop = prototype?.levels.find((l) => l.concurrency === 256);
+  if (prototype && prototypeTop) {
+    const goal = prototype.kind === 'rsa' ? 0.4 : 0.05;
+    targets.push({
+      description: `(prototype, not meshca ca) end to end, concurrency 256, ${prototype.label} CA, ${prototype.serverMode}`,
+      target: `>= ${goal}x OpenSSL ${CA_KINDS[prototype.kind].opensslAlgorithm} -multi`,
+      measured: `${prototypeTop.ratio.toFixed(3)}x (${Math.round(prototypeTop.certsPerSecond)} certs/s)`,
+      met: prototypeTop.ratio >= goal,
+    });
+  }
+  for (const kind of ['rsa', 'ec'] as const) {
+    const low = level(kind, 1);
+    const high = level(kind, 256);
+    targets.push({
+      description: `p99 at concurrency 256 vs p50 at concurrency 1, ${CA_KINDS[kind].label} CA`,
+      target: '< 10x',
+      measured: low && high ? `${(high.p99Ms / low.p50Ms).toFixed(1)}x (${high.p99Ms.toFixed(1)} ms / ${low.p50Ms.toFixed(2)} ms)` : null,
+      met: low && high ? high.p99Ms < 10 * low.p50Ms : null,
+    });
+  }
+  for (const kind of ['rsa', 'ec'] as const) {
+    const levels = e2e(kind)?.levels ?? [];
+    const best = Math.max(0, ...levels.map((l) => l.certsPerSecond));
+    const last = levels[levels.length - 1];
+    targets.push({
+      description: `no throughput cliff as concurrency grows, ${CA_KINDS[kind].label} CA`,
+      target: 'certs/s at the highest concurrency >= 80% of the best level',
+      measured: last && best > 0 ? `${Math.round((last.certsPerSecond / best) * 100)}% (curve: ${levels.map((l) => `c${l.concurrency} ${Math.round(l.certsPerSecond)}/s`).join(', ')})` : null,
+      met: last && best > 0 ? last.certsPerSecond >= 0.8 * best : null,
+    });
+  }
+  const api = results.apiserver;
+  targets.push({
+    description: 'TokenReview calls per 1000 CSRs from 100 workloads',
+    target: '<= 100',
+    measured: api ? api.tokenReviewsPer1000.toFixed(1) : null,
+    met: api ? api.tokenReviewsPer1000 <= 100 : null,
+  });
+  const agent500 = results.agent?.runs.find((r) => r.keyType === 'ECDSA' && r.streams === 500);
+  targets.push({
+    description: 'agent, 500 ECDSA streams all served',
+    target: 'within 5 s',
+    measured: agent500 ? `${agent500.allServedSeconds.toFixed(2)} s` : null,
+    met: agent500 ? agent500.allServedSeconds <= 5 && agent500.errors === 0 : null,
+  });
+  targets.push({
+    description: 'agent, RSS growth per stream (500 ECDSA streams)',
+    target: '< 50 KiB',
+    measured: agent500 ? `${agent500.rssPerStreamKiB.toFixed(1)} KiB` : null,
+    met: agent500 ? agent500.rssPerStreamKiB < 50 : null,
+  });
+  return targets;
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      out: { type: 'string' },
+      markdown: { type: 'string' },
+      'no-markdown': { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  const quick = values.quick === true;
+  const settings = quick ? QUICK : FULL;
+  const parts = parseParts(values.only);
+  const outDir = path.resolve(values.out ?? path.join(BENCH_DIR, 'results'));
+  const everything = parts.length === PART_NAMES.length;
+  const markdownFile = values['no-markdown'] ? undefined : values.markdown ? path.resolve(values.markdown) : !quick && everything ? path.join(BENCH_DIR, 'RESULTS.md') : undefined;
+  const argv = process.argv.slice(2);
+  const results: BenchResults = {
+    version: 1,
+    date: new Date().toISOString(),
+    mode: quick ? 'quick' : 'full',
+    command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(' ')}` : ''}`,
+    parts,
+    machine: machineInfo(),
+    targets: [],
+    problems: [],
+    contention: [],
+    durationSeconds: 0,
+  };
+  const started = performance.now();
+  const cores = availableParallelism();
+  let failed = false;
+  const runDir = mkdtempSync(path.join(tmpdir(), 'meshca-bench-'));
+
+  const contention = new ContentionMonitor();
+  const attempt = async (part: PartName, body: () => Promise<void>): Promise<void> => {
+    if (!parts.includes(part)) return;
+    contention.begin(part);
+    try {
+      await body();
+    } catch (error) {
+      const message = (error as Error).message;
+      results.problems.push({ part, message });
+      if (error instanceof PartUnavailable) {
+        log(`${part}: not run: ${message}`);
+      } else {
+        failed = true;
+        log(`${part}: FAILED: ${(error as Error).stack ?? message}`);
+      }
+    } finally {
+      contention.end();
+    }
+  };
+
+  try {
+    log(`OpenSSL limit: openssl speed -seconds ${settings.limitSeconds} -multi ${cores} rsa2048 ecdsap256`);
+    contention.begin('limit');
+    const limit = await measureOpensslLimit({ seconds: settings.limitSeconds, processes: cores });
+    contention.end();
+    results.limit = limit;
+
+    await attempt('core', async () => {
+      const core: CoreKindReport[] = [];
+      for (const kind of ['rsa', 'ec'] as const) {
+        const result = await runCoreBench(kind, { seconds: settings.coreSeconds, stepSeconds: settings.stepSeconds, threads: cores, rsaKeys: settings.rsaKeys, log });
+        const limitRate = limitFor(limit, kind);
+        core.push({ ...result, singleRatio: result.single.certsPerSecond / (limitRate / limit.processes), allRatio: result.all.certsPerSecond / limitRate });
+      }
+      results.core = core;
+    });
+
+    const needsServer = parts.includes('e2e') || parts.includes('apiserver') || parts.includes('agent');
+    const caBuilt = existsSync(path.join(REPO_ROOT, 'dist/commands/ca.js'));
+    if (needsServer && !caBuilt) {
+      for (const part of ['e2e', 'apiserver', 'agent'] as const) {
+        if (parts.includes(part)) results.problems.push({ part, message: '`meshca ca` is not in this build (dist/commands/ca.js is missing)' });
+      }
+    } else if (needsServer) {
+      // Loaded only when needed: the Kubernetes stand-in and gRPC clients make start-up slower.
+      const { runApiServerLoad, runE2e, startBenchKube } = await import('./e2e.js');
+      const { runAgentBench } = await import('./agent.js');
+      const kube = await startBenchKube();
+      try {
+        await attempt('e2e', async () => {
+          results.e2e = [];
+          const runs: { kind: CaKind; prototypeThreads?: number; echo?: boolean }[] = [
+            { kind: 'rsa' },
+            { kind: 'ec' },
+            ...settings.prototypeKinds.map((kind) => ({ kind, prototypeThreads: Math.max(1, cores - 1) })),
+            { kind: 'ec', echo: true },
+          ];
+          for (const run of runs) {
+            results.e2e.push(
+              await runE2e({
+                kind: run.kind,
+                kube,
+                dir: runDir,
+                concurrencies: settings.concurrencies,
+                warmupSeconds: settings.e2eWarmupSeconds,
+                seconds: settings.e2eSeconds,
+                rsaKeys: settings.rsaKeys,
+                limitSignPerSecond: limitFor(limit, run.kind),
+                log,
+                ...(run.prototypeThreads !== undefined ? { prototypeThreads: run.prototypeThreads } : {}),
+                ...(run.echo ? { echo: true } : {}),
+              }),
+            );
+          }
+        });
+        await attempt('apiserver', async () => {
+          results.apiserver = await runApiServerLoad({ kube, dir: runDir, requests: settings.apiServerRequests, workloads: 100, concurrency: 16, log });
+        });
+        await attempt('agent', async () => {
+          if (!existsSync(path.join(REPO_ROOT, 'dist/commands/agent.js'))) {
+            throw new PartUnavailable('`meshca agent` is not in this build (dist/commands/agent.js is missing)');
+          }
+          results.agent = await runAgentBench({ ...settings.agent, kube, dir: runDir, log });
+        });
+      } finally {
+        await kube.close();
+      }
+    }
+  } finally {
+    if (values.keep) log(`kept the run directory ${runDir}`);
+    else rmSync(runDir, { recursive: true, force: true });
+  }
+
+  results.durationSeconds = (performance.now() - started) / 1000;
+  results.contention = contention.results();
+  results.targets = evaluateTargets(results);
+  const markdown = renderMarkdown(results);
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(path.join(outDir, 'latest.json'), `${JSON.stringify(results, null, 2)}\n`);
+  if (markdownFile) writeFileSync(markdownFile, markdown);
+  process.stdout.write(`\n${markdown}`);
+  log(`results: ${path.join(outDir, 'latest.json')}${markdownFile ? ` and ${markdownFile}` : ''}`);
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`bench: ${(error as Error).stack ?? String(error)}\n`);
+    process.exit(1);
+  },
+);
