@@ -44,7 +44,8 @@ export function fingerprint(cert: ParsedCertificate): string {
     .replace(/(..)(?!$)/g, '$1:');
 }
 
-function dedupe(certs: readonly ParsedCertificate[]): ParsedCertificate[] {
+/** The certificates in order, each DER encoding kept once. */
+export function dedupeCertificates(certs: readonly ParsedCertificate[]): ParsedCertificate[] {
   const seen = new Set<string>();
   return certs.filter((c) => {
     const key = c.der.toString('base64');
@@ -62,12 +63,12 @@ export function buildCaMaterial(input: CaMaterialInput): CaMaterial {
   const material = { certificate: input.signingCert, privateKey: input.privateKey };
   assertSigningMaterial(material, 'signing CA certificate');
   const now = input.now ?? new Date();
-  const roots = dedupe(input.roots);
+  const roots = dedupeCertificates(input.roots);
   if (roots.length === 0) throw new PkiError('ERR_CHAIN', 'no root certificate was given');
   for (const root of roots) {
     if (root.notAfter < now) throw new PkiError('ERR_CHAIN', `root certificate "${root.subject}" expired at ${root.notAfter.toISOString()}`);
   }
-  const intermediates = dedupe(input.chain).filter((c) => !c.der.equals(input.signingCert.der) && !roots.some((r) => r.der.equals(c.der)));
+  const intermediates = dedupeCertificates(input.chain).filter((c) => !c.der.equals(input.signingCert.der) && !roots.some((r) => r.der.equals(c.der)));
   let path: ParsedCertificate[];
   try {
     path = verifyChain(input.signingCert, { intermediates, roots, at: now });

@@ -29,7 +29,7 @@ import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
 import { ISTIO_CACERTS_FILES, loadCacerts } from './cacerts.js';
 import { CaConfigError, CaError } from './errors.js';
 import { ManagedLocalSigner } from './managed-signer.js';
-import { buildCaMaterial, fingerprint, type CaMaterial } from './material.js';
+import { buildCaMaterial, dedupeCertificates, fingerprint, type CaMaterial } from './material.js';
 import type { SignedChain, SignerStatus, WorkloadSignRequest, WorkloadSigner } from './signer.js';
 import { VaultRequestError, VaultSession, toVaultError, type VaultAuthConfig } from './vault-client.js';
 
@@ -143,16 +143,6 @@ function parsePemList(values: unknown): ParsedCertificate[] {
   return texts.flatMap((t) => certificatesFromPem(t).map(parseCertificate));
 }
 
-function dedupe(certs: readonly ParsedCertificate[]): ParsedCertificate[] {
-  const seen = new Set<string>();
-  return certs.filter((c) => {
-    const key = c.der.toString('base64');
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
-}
-
 export interface VaultTrustBundle {
   /** Trust anchors: the self-signed certificates of the chain, or its top when Vault does not return the root. */
   roots: ParsedCertificate[];
@@ -165,7 +155,7 @@ export async function fetchVaultTrustBundle(session: VaultSession, caChainPath: 
   const extract = (body: unknown): ParsedCertificate[] => {
     if (typeof body === 'string') return certificatesFromPem(body).map(parseCertificate);
     const data = (body as { data?: { ca_chain?: unknown; certificate?: unknown } } | null)?.data;
-    return dedupe([...parsePemList(data?.ca_chain), ...parsePemList(data?.certificate)]);
+    return dedupeCertificates([...parsePemList(data?.ca_chain), ...parsePemList(data?.certificate)]);
   };
   let chain = extract(await session.read(caChainPath));
   if (chain.length === 0) {
@@ -189,7 +179,7 @@ function signResponseData(response: unknown, vaultPath: string): { leafAndRest: 
   let parents: ParsedCertificate[];
   try {
     leafAndRest = parsePemList(data?.certificate);
-    parents = dedupe([...parsePemList(data?.ca_chain), ...parsePemList(data?.issuing_ca)]);
+    parents = dedupeCertificates([...parsePemList(data?.ca_chain), ...parsePemList(data?.issuing_ca)]);
   } catch (error) {
     throw new VaultRequestError(vaultPath, 200, [], `Vault's response at ${vaultPath} holds an unreadable certificate: ${(error as Error).message}`);
   }
@@ -295,7 +285,7 @@ export class VaultRoleSigner implements WorkloadSigner {
     }
     const leaf = parsed.leafAndRest[0]!;
     this.checkLeaf(leaf, request);
-    const intermediates = dedupe([...parsed.leafAndRest.slice(1), ...parsed.parents]).filter((c) => !c.der.equals(leaf.der));
+    const intermediates = dedupeCertificates([...parsed.leafAndRest.slice(1), ...parsed.parents]).filter((c) => !c.der.equals(leaf.der));
     let verified = this.verify(leaf, intermediates);
     if (!verified.path) {
       // Vault may have moved to a new root since the last refresh: look once more before refusing.
@@ -476,10 +466,10 @@ export class VaultIntermediateSource {
     });
     const { leafAndRest, parents } = signResponseData(response, this.config.path);
     const intermediate = leafAndRest[0]!;
-    const chain = dedupe([...leafAndRest.slice(1), ...parents]).filter((c) => !c.der.equals(intermediate.der));
+    const chain = dedupeCertificates([...leafAndRest.slice(1), ...parents]).filter((c) => !c.der.equals(intermediate.der));
     const fetched = await fetchVaultTrustBundle(this.session, this.config.caChainPath).catch(() => undefined);
     if (fetched) this.bundle = fetched;
-    const roots = dedupe([...chain.filter(isSelfSigned), ...(this.bundle?.roots ?? [])]);
+    const roots = dedupeCertificates([...chain.filter(isSelfSigned), ...(this.bundle?.roots ?? [])]);
     if (roots.length === 0 && chain.length > 0) roots.push(chain[chain.length - 1]!);
     let material: CaMaterial;
     try {
@@ -568,7 +558,7 @@ export class VaultIntermediateSource {
     const current = this.signer.current();
     const ownRoot = current.chain.length > 0 ? [] : [current.signingCert];
     const anchor = current.roots.filter((r) => verifiesUnder(current, r));
-    const roots = dedupe([...fetched.roots, ...anchor, ...ownRoot]).filter((r) => r.notAfter.getTime() > this.now());
+    const roots = dedupeCertificates([...fetched.roots, ...anchor, ...ownRoot]).filter((r) => r.notAfter.getTime() > this.now());
     const pem = roots.map((r) => certificateToPem(r.der)).join('');
     if (pem === current.rootsPem) return;
     try {
