@@ -6,6 +6,7 @@
  * never overwrite each other's rotation step.
  */
 import { ApiException, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
+import { watchWithBackoff } from '../config/kube.js';
 import type { Logger } from '../log.js';
 import { CaConfigError } from './errors.js';
 import { CaStateConflictError, SELF_SIGNED_FILES, type CaStateStore, type StoredCaState } from './selfsigned.js';
@@ -192,42 +193,13 @@ export class KubeSecretCaStore implements CaStateStore {
 
   /** Follows the Secret with a watch, re-established with backoff whenever the stream ends. */
   watch(onChange: () => void): () => void {
-    let stopped = false;
-    let controller: AbortController | undefined;
-    let retryTimer: NodeJS.Timeout | undefined;
-    let backoffMs = 500;
-    const watcher = new Watch(this.options.kubeConfig);
-    const begin = (): void => {
-      if (stopped) return;
-      const startedAt = Date.now();
-      watcher
-        .watch(
-          `/api/v1/namespaces/${encodeURIComponent(this.namespace)}/secrets`,
-          { fieldSelector: `metadata.name=${this.name}` },
-          (type) => {
-            backoffMs = 500;
-            if (type !== 'BOOKMARK') onChange();
-          },
-          () => again(startedAt),
-        )
-        .then((c) => {
-          controller = c;
-          if (stopped) c.abort();
-        })
-        .catch(() => again(startedAt));
-    };
-    const again = (startedAt: number): void => {
-      if (stopped) return;
-      if (Date.now() - startedAt > 5000) backoffMs = 500;
-      retryTimer = setTimeout(begin, backoffMs);
-      retryTimer.unref();
-      backoffMs = Math.min(backoffMs * 2, 30_000);
-    };
-    begin();
-    return () => {
-      stopped = true;
-      if (retryTimer) clearTimeout(retryTimer);
-      controller?.abort();
-    };
+    return watchWithBackoff(
+      new Watch(this.options.kubeConfig),
+      `/api/v1/namespaces/${encodeURIComponent(this.namespace)}/secrets`,
+      () => ({ fieldSelector: `metadata.name=${this.name}` }),
+      (type) => {
+        if (type !== 'BOOKMARK') onChange();
+      },
+    );
   }
 }

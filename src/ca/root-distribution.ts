@@ -6,6 +6,7 @@
  */
 import { CoreV1Api, Watch, type KubeConfig, type V1ConfigMap } from '@kubernetes/client-node';
 import type { Logger } from '../log.js';
+import { watchWithBackoff } from '../config/kube.js';
 import { kubeErrorMessage, kubeStatusCode } from './kube-store.js';
 
 export const ROOT_CONFIGMAP_NAME = 'istio-ca-root-cert';
@@ -188,51 +189,23 @@ class RootDistributionController implements RootDistribution {
 
   /** A watch that resumes from the last seen resourceVersion, and relists everything when that is too old. */
   private follow(path: string, query: Record<string, string>, onEvent: (type: string, obj: WatchedObject) => void): () => void {
-    let stopped = false;
-    let controller: AbortController | undefined;
-    let timer: NodeJS.Timeout | undefined;
     let resourceVersion: string | undefined;
-    let backoffMs = 500;
-    const begin = (): void => {
-      if (stopped) return;
-      const params: Record<string, string> = { ...query, ...(resourceVersion ? { resourceVersion } : {}) };
-      const startedAt = Date.now();
-      this.watcher
-        .watch(
-          path,
-          params,
-          (type: string, obj: WatchedObject) => {
-            if (type === 'ERROR') {
-              // 410 Expired and friends: start over from a fresh list.
-              resourceVersion = undefined;
-              void this.syncAll().catch(() => undefined);
-              return;
-            }
-            backoffMs = 500;
-            if (obj?.metadata?.resourceVersion) resourceVersion = obj.metadata.resourceVersion;
-            onEvent(type, obj);
-          },
-          () => again(startedAt),
-        )
-        .then((c) => {
-          controller = c;
-          if (stopped) c.abort();
-        })
-        .catch(() => again(startedAt));
-    };
-    const again = (startedAt: number): void => {
-      if (stopped) return;
-      if (Date.now() - startedAt > 5000) backoffMs = 500;
-      timer = setTimeout(begin, backoffMs);
-      timer.unref();
-      backoffMs = Math.min(backoffMs * 2, 30_000);
-    };
-    begin();
-    return () => {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      controller?.abort();
-    };
+    return watchWithBackoff(
+      this.watcher,
+      path,
+      () => ({ ...query, ...(resourceVersion ? { resourceVersion } : {}) }),
+      (type, raw) => {
+        const obj = raw as WatchedObject;
+        if (type === 'ERROR') {
+          // 410 Expired and friends: start over from a fresh list.
+          resourceVersion = undefined;
+          void this.syncAll().catch(() => undefined);
+          return;
+        }
+        if (obj?.metadata?.resourceVersion) resourceVersion = obj.metadata.resourceVersion;
+        onEvent(type, obj);
+      },
+    );
   }
 
   async close(): Promise<void> {

@@ -4,7 +4,7 @@
  * pods, Secrets, ConfigMaps), so it knows nothing about what the client is used for.
  */
 import { existsSync } from 'node:fs';
-import { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig, type Watch } from '@kubernetes/client-node';
 import { ConfigError, type Env } from './env.js';
 
 /** Where the configuration came from, for log lines and error messages. */
@@ -79,4 +79,53 @@ export function loadKubeConfigWithOrigin(path: string | undefined, env: Env = pr
 /** Loads a KubeConfig from `path`, else KUBECONFIG, else in-cluster. Throws ConfigError with one actionable line. */
 export function loadKubeConfig(path: string | undefined, env: Env = process.env): KubeConfig {
   return loadKubeConfigWithOrigin(path, env).kubeConfig;
+}
+
+/**
+ * Follows a Kubernetes watch and re-establishes it whenever the stream ends or fails, with backoff from 500 ms
+ * doubling to 30 s (reset by any event, or by a watch that lived more than 5 s). `query` is called before every
+ * (re)connect so callers can resume from the last resourceVersion. Returns a function that stops it.
+ */
+export function watchWithBackoff(
+  watch: Watch,
+  path: string,
+  query: () => Record<string, string>,
+  onEvent: (type: string, obj: unknown) => void,
+): () => void {
+  let stopped = false;
+  let controller: AbortController | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let backoffMs = 500;
+  const again = (startedAt: number): void => {
+    if (stopped) return;
+    if (Date.now() - startedAt > 5000) backoffMs = 500;
+    timer = setTimeout(begin, backoffMs);
+    timer.unref();
+    backoffMs = Math.min(backoffMs * 2, 30_000);
+  };
+  const begin = (): void => {
+    if (stopped) return;
+    const startedAt = Date.now();
+    watch
+      .watch(
+        path,
+        query(),
+        (type: string, obj: unknown) => {
+          if (type !== 'ERROR') backoffMs = 500;
+          onEvent(type, obj);
+        },
+        () => again(startedAt),
+      )
+      .then((c) => {
+        controller = c;
+        if (stopped) c.abort();
+      })
+      .catch(() => again(startedAt));
+  };
+  begin();
+  return () => {
+    stopped = true;
+    if (timer) clearTimeout(timer);
+    controller?.abort();
+  };
 }
