@@ -12,7 +12,7 @@ import { stopChild, trackChild } from './children.js';
 import { forkTs } from './ipc.js';
 import { BENCH_NAMESPACE, CA_KINDS, makeWorkloadCsrs, workloadServiceAccount, type CaKind, type WorkloadCsr } from './fixtures.js';
 import type { LoadgenConfig, LoadgenMessage, LoadgenPhase, LoadgenPhaseResult, LoadgenRequest } from './loadgen.js';
-import { readProcessMemoryKiB } from './proc.js';
+import { readProcessTreeMemoryKiB } from './proc.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(REPO_ROOT, 'dist/cli.js');
@@ -46,6 +46,8 @@ export interface E2eKindResult {
    */
   serverMode: string;
   prototypeThreads: number | null;
+  /** `meshca ca --workers`: the processes serving the API (1 for the prototype and the transport floor). */
+  workers: number;
   levels: E2eLevel[];
   serverPeakRssMiB: number;
 }
@@ -134,6 +136,8 @@ export interface CaProcessOptions {
   extraArgs?: string[];
   /** Run bench/proto-ca.ts (meshca ca + signing on this many worker threads) instead of dist/cli.js ca. */
   prototypeThreads?: number;
+  /** `--workers` of `meshca ca` (default 1). */
+  workers?: number;
 }
 
 let rateLimitFlag: string[] | undefined;
@@ -148,6 +152,15 @@ function rateLimitArgs(): string[] {
     rateLimitFlag = help.includes('--max-csr-per-identity-per-minute') ? ['--max-csr-per-identity-per-minute', '0'] : [];
   }
   return rateLimitFlag;
+}
+
+let hasWorkersFlag: boolean | undefined;
+
+/** `--workers N`, when this build of `meshca ca` has the flag (an older build measures as one process). */
+function workersArgs(workers: number): string[] {
+  hasWorkersFlag ??= (spawnSync(process.execPath, [CLI, 'ca', '--help'], { encoding: 'utf8' }).stdout ?? '').includes('--workers');
+  if (workers > 1 && !hasWorkersFlag) throw new Error('this build of `meshca ca` has no --workers flag');
+  return hasWorkersFlag ? ['--workers', String(workers)] : [];
 }
 
 export async function startCaProcess(options: CaProcessOptions): Promise<CaProcess> {
@@ -165,6 +178,7 @@ export async function startCaProcess(options: CaProcessOptions): Promise<CaProce
     '--server-dns', SERVER_NAME,
     '--kubeconfig', options.kubeconfigPath,
     ...rateLimitArgs(),
+    ...workersArgs(options.workers ?? 1),
     ...(options.extraArgs ?? []),
   ];
   const child =
@@ -282,10 +296,15 @@ export interface E2eOptions {
   prototypeThreads?: number;
   /** Measure the transport floor (bench/echo-ca.ts) instead of a CA. */
   echo?: boolean;
+  /** `meshca ca --workers`; the rows with as many workers as cores are the ones the targets are judged on. */
+  workers?: number;
+  /** The number of cores: `--workers` equal to it is reported as plain 'meshca ca'. */
+  cores: number;
 }
 
 export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
   const info = CA_KINDS[options.kind];
+  const workers = options.echo || options.prototypeThreads !== undefined ? 1 : (options.workers ?? options.cores);
   const workloads = await makeWorkloads(options.kube, options.kind, { workloads: WORKLOADS, csrs: 512, rsaKeys: options.rsaKeys });
   const server = options.echo
     ? await startEchoProcess(options.dir)
@@ -294,11 +313,14 @@ export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
         kubeconfigPath: options.kube.kubeconfigPath,
         dir: options.dir,
         ...(options.prototypeThreads !== undefined ? { prototypeThreads: options.prototypeThreads } : {}),
+        workers,
       });
   const mode = options.echo
     ? 'transport floor'
     : options.prototypeThreads === undefined
-      ? 'meshca ca'
+      ? workers === options.cores
+        ? 'meshca ca'
+        : `meshca ca --workers ${workers}`
       : `prototype, ${options.prototypeThreads} signing thread${options.prototypeThreads === 1 ? '' : 's'}`;
   let loadgen: Loadgen | undefined;
   try {
@@ -335,7 +357,7 @@ export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
       });
       if (result.ok === 0) throw new Error(`no certificate was issued at concurrency ${concurrency}: ${result.errorSamples.join('; ')}`);
     }
-    return { kind: options.kind, label: options.echo ? 'transport floor' : info.label, serverMode: mode, prototypeThreads: options.prototypeThreads ?? null, levels, serverPeakRssMiB: readProcessMemoryKiB(server.pid, 'VmHWM') / 1024 };
+    return { kind: options.kind, label: options.echo ? 'transport floor' : info.label, serverMode: mode, prototypeThreads: options.prototypeThreads ?? null, workers, levels, serverPeakRssMiB: readProcessTreeMemoryKiB(server.pid, 'VmHWM') / 1024 };
   } finally {
     await loadgen?.close();
     await server.stop();
@@ -348,6 +370,8 @@ export interface ApiServerOptions {
   requests: number;
   workloads: number;
   concurrency: number;
+  /** `meshca ca --workers`: reviews are shared through the primary, so the count must not grow with it. */
+  workers: number;
   log: (line: string) => void;
 }
 
@@ -355,7 +379,7 @@ export interface ApiServerOptions {
 export async function runApiServerLoad(options: ApiServerOptions): Promise<ApiServerResult> {
   // P-256: the cheapest to sign, so the part measures authentication, not signing.
   const workloads = await makeWorkloads(options.kube, 'ec', { workloads: options.workloads, csrs: options.workloads * 2, rsaKeys: 0 });
-  const server = await startCaProcess({ kind: 'ec', kubeconfigPath: options.kube.kubeconfigPath, dir: options.dir });
+  const server = await startCaProcess({ kind: 'ec', kubeconfigPath: options.kube.kubeconfigPath, dir: options.dir, workers: options.workers });
   let loadgen: Loadgen | undefined;
   try {
     loadgen = await startLoadgen(

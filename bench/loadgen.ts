@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../src/wire/protos.js';
-import { readProcessCpuSeconds } from './proc.js';
+import { readProcessTreeCpuSeconds } from './proc.js';
 
 export interface LoadgenRequest {
   csrPem: string;
@@ -141,7 +141,7 @@ async function main(): Promise<void> {
     let ownCpuBefore = process.cpuUsage();
     let start = 0;
     const startMeasuring = (): void => {
-      cpuBefore = readProcessCpuSeconds(config.serverPid);
+      cpuBefore = readProcessTreeCpuSeconds(config.serverPid);
       ownCpuBefore = process.cpuUsage();
       start = performance.now();
       measuring = true;
@@ -160,7 +160,7 @@ async function main(): Promise<void> {
       await new Promise((resolve) => setTimeout(resolve, (phase.seconds ?? 1) * 1000));
     }
     const seconds = (performance.now() - start) / 1000;
-    const cpuAfter = readProcessCpuSeconds(config.serverPid);
+    const cpuAfter = readProcessTreeCpuSeconds(config.serverPid);
     const ownCpu = process.cpuUsage(ownCpuBefore);
     measuring = false;
     stop = true;

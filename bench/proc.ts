@@ -1,5 +1,5 @@
 /** Per-process CPU time and memory from Linux's /proc (the server is a separate process). */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 // USER_HZ: the unit of utime/stime in /proc/<pid>/stat. 100 on every mainstream Linux architecture.
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -19,4 +19,55 @@ export function readProcessMemoryKiB(pid: number, field: 'VmHWM' | 'VmRSS'): num
   const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status);
   if (!match) throw new Error(`no ${field} in /proc/${pid}/status`);
   return Number(match[1]);
+}
+
+/** The process and all its descendants (a `meshca ca --workers N` primary and its workers). */
+export function processTree(pid: number): number[] {
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) {
+    const parent = tree[i]!;
+    let threads: string[];
+    try {
+      threads = readdirSync(`/proc/${parent}/task`);
+    } catch {
+      continue;
+    }
+    // Linux lists children per thread (the one that forked them).
+    for (const thread of threads) {
+      let children = '';
+      try {
+        children = readFileSync(`/proc/${parent}/task/${thread}/children`, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const child of children.split(' ').filter(Boolean)) tree.push(Number(child));
+    }
+  }
+  return tree;
+}
+
+/** CPU seconds of the process and its descendants that are still running (exited children are not counted). */
+export function readProcessTreeCpuSeconds(pid: number): number {
+  let total = 0;
+  for (const member of processTree(pid)) {
+    try {
+      total += readProcessCpuSeconds(member);
+    } catch {
+      // It exited between the listing and the read.
+    }
+  }
+  return total;
+}
+
+/** The sum of a `Vm*` field over the process and its running descendants. */
+export function readProcessTreeMemoryKiB(pid: number, field: 'VmHWM' | 'VmRSS'): number {
+  let total = 0;
+  for (const member of processTree(pid)) {
+    try {
+      total += readProcessMemoryKiB(member, field);
+    } catch {
+      // It exited between the listing and the read.
+    }
+  }
+  return total;
 }

@@ -113,7 +113,8 @@ export function renderMarkdown(results: BenchResults): string {
       results.core.map((c) => [c.label, fixed(c.steps.parseCsr, 1), fixed(c.steps.verifyCsr, 1), fixed(c.steps.buildAndSign, 1), fixed(c.steps.signOnly, 1), fixed(c.steps.pemChain, 1), fixed(c.steps.issue, 1)])));
   }
   if (results.e2e) {
-    out.push('', '**3. End to end** — `meshca ca` over gRPC/TLS, separate load-generator process, TokenReview stand-in at 1 ms', '');
+    const main = results.e2e.find((k) => k.serverMode === 'meshca ca');
+    out.push('', `**3. End to end** — \`meshca ca${main ? ` --workers ${main.workers}` : ''}\` over gRPC/TLS (rows without a note; \`--workers 1\` rows: one process), separate load-generator process, TokenReview stand-in at 1 ms`, '');
     const rows: string[][] = [];
     for (const kind of results.e2e) {
       for (const level of kind.levels) {
@@ -124,7 +125,7 @@ export function renderMarkdown(results: BenchResults): string {
     }
     out.push(table(['CA key', 'concurrency', 'certs/s', 'vs OpenSSL -multi', 'p50 ms', 'p99 ms', 'server CPU s / 1000 certs', 'load generator CPU s / 1000', 'errors'], rows));
     const cas = results.e2e.filter((k) => k.serverMode !== 'transport floor');
-    out.push('', `Server peak RSS (VmHWM): ${cas.map((k) => `${k.label}${k.prototypeThreads === null ? '' : ` (${k.serverMode})`} ${int(k.serverPeakRssMiB)} MiB`).join(', ')}.` +
+    out.push('', `Server peak RSS (VmHWM, all its processes): ${cas.map((k) => `${k.label}${k.serverMode === 'meshca ca' ? '' : ` (${k.serverMode})`} ${int(k.serverPeakRssMiB)} MiB`).join(', ')}.` +
       (cas.some((k) => k.prototypeThreads !== null) ? ' Prototype rows: the same server with leaves signed on worker threads (bench/proto-ca.ts, see bench/NOTES.md); not what `meshca ca` does today.' : '') +
       (results.e2e.some((k) => k.serverMode === 'transport floor')
         ? ' Transport floor: the same API, TLS, message sizes and load generator against a server that answers at once (bench/echo-ca.ts): what gRPC alone costs here.'

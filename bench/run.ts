@@ -8,6 +8,7 @@
  *   --out DIR                          where latest.json goes (default bench/results)
  *   --markdown FILE | --no-markdown    where the Markdown table goes (default bench/RESULTS.md, full runs of every part only)
  *   --keep                             keep the run's temp dir (server logs, state) and print where it is
+ *   --prototype                        also measure the worker-thread signing prototype (bench/proto-ca.ts)
  *   MESHCA_BENCH_SERVER_NODE_ARGS      extra node flags for the measured `meshca ca`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   MESHCA_BENCH_LOADGEN_NODE_ARGS     the same for the load generator
  */
@@ -36,8 +37,10 @@ interface Settings {
   e2eSeconds: number;
   concurrencies: number[];
   apiServerRequests: number;
-  /** CA key types to measure again with the worker-thread prototype (bench/proto-ca.ts). */
+  /** CA key types to measure again with the worker-thread prototype (bench/proto-ca.ts; `--prototype`). */
   prototypeKinds: CaKind[];
+  /** CA key types to measure again as one process (`meshca ca --workers 1`), for comparison. */
+  singleProcessKinds: CaKind[];
   agent: Omit<AgentOptions, 'kube' | 'dir' | 'log'>;
 }
 
@@ -50,7 +53,8 @@ const FULL: Settings = {
   e2eSeconds: 3,
   concurrencies: [1, 16, 256],
   apiServerRequests: 1000,
-  prototypeKinds: ['rsa'],
+  prototypeKinds: [],
+  singleProcessKinds: ['rsa', 'ec'],
   agent: {
     runs: [
       { keyType: 'ECDSA', streams: 100, identities: 100 },
@@ -73,6 +77,7 @@ const QUICK: Settings = {
   concurrencies: [1, 16, 256],
   apiServerRequests: 1000,
   prototypeKinds: [],
+  singleProcessKinds: [],
   agent: { runs: [{ keyType: 'ECDSA', streams: 100, identities: 100 }], rotation: false },
 };
 
@@ -172,11 +177,13 @@ async function main(): Promise<number> {
       markdown: { type: 'string' },
       'no-markdown': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
+      prototype: { type: 'boolean', default: false },
     },
     strict: true,
   });
   const quick = values.quick === true;
-  const settings = quick ? QUICK : FULL;
+  const settings: Settings = { ...(quick ? QUICK : FULL) };
+  if (values.prototype) settings.prototypeKinds = ['rsa'];
   const parts = parseParts(values.only);
   const outDir = path.resolve(values.out ?? path.join(BENCH_DIR, 'results'));
   const everything = parts.length === PART_NAMES.length;
@@ -250,9 +257,11 @@ async function main(): Promise<number> {
       try {
         await attempt('e2e', async () => {
           results.e2e = [];
-          const runs: { kind: CaKind; prototypeThreads?: number; echo?: boolean }[] = [
+          // `meshca ca --workers <cores>` is what a user runs on this machine; one process is shown beside it.
+          const runs: { kind: CaKind; prototypeThreads?: number; echo?: boolean; workers?: number }[] = [
             { kind: 'rsa' },
             { kind: 'ec' },
+            ...(cores > 1 ? settings.singleProcessKinds.map((kind) => ({ kind, workers: 1 })) : []),
             ...settings.prototypeKinds.map((kind) => ({ kind, prototypeThreads: Math.max(1, cores - 1) })),
             { kind: 'ec', echo: true },
           ];
@@ -270,12 +279,14 @@ async function main(): Promise<number> {
                 log,
                 ...(run.prototypeThreads !== undefined ? { prototypeThreads: run.prototypeThreads } : {}),
                 ...(run.echo ? { echo: true } : {}),
+                ...(run.workers !== undefined ? { workers: run.workers } : {}),
+                cores,
               }),
             );
           }
         });
         await attempt('apiserver', async () => {
-          results.apiserver = await runApiServerLoad({ kube, dir: runDir, requests: settings.apiServerRequests, workloads: 100, concurrency: 16, log });
+          results.apiserver = await runApiServerLoad({ kube, dir: runDir, requests: settings.apiServerRequests, workloads: 100, concurrency: 16, workers: cores, log });
         });
         await attempt('agent', async () => {
           if (!existsSync(path.join(REPO_ROOT, 'dist/commands/agent.js'))) {

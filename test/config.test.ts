@@ -1,6 +1,10 @@
 /** Flag/env parsing: Istio-named variables, precedence, and errors that name the variable and the bad value. */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { readCaServerConfig, usableCpus } from '../src/config/ca.js';
 import { ConfigError, parseDurationSeconds, readAddress, readBoolean, readDuration, readEnum, readInteger, readList } from '../src/config/env.js';
 
 describe('config readers', () => {
@@ -38,5 +42,37 @@ describe('config readers', () => {
     assert.deepEqual(readList(undefined, { TOKEN_AUDIENCES: 'istio-ca, other,' }, { env: 'TOKEN_AUDIENCES' }, ['x']), ['istio-ca', 'other']);
     assert.deepEqual(readAddress(undefined, {}, { flag: '--grpc-addr' }, '0.0.0.0:15012'), { host: '0.0.0.0', port: 15012, text: '0.0.0.0:15012' });
     assert.deepEqual(readAddress('[::1]:80', {}, { flag: '--a' }, ''), { host: '::1', port: 80, text: '[::1]:80' });
+  });
+});
+
+describe('meshca ca --workers', () => {
+  const read = (workers: string | undefined, env: Record<string, string> = {}): number => readCaServerConfig(workers === undefined ? {} : { workers }, env).workers;
+
+  it('defaults to one process, takes a count from the flag or MESHCA_CA_WORKERS, and refuses nonsense by name', () => {
+    assert.equal(read(undefined), 1);
+    assert.equal(read('3'), 3);
+    assert.equal(read(undefined, { MESHCA_CA_WORKERS: '2' }), 2);
+    assert.equal(read('4', { MESHCA_CA_WORKERS: '2' }), 4, 'the flag wins over the variable');
+    assert.throws(() => read('0'), (e: Error) => e instanceof ConfigError && /invalid --workers \(env MESHCA_CA_WORKERS\)="0": expected a number of processes from 1 to 64, or auto/.test(e.message));
+    assert.throws(() => read(undefined, { MESHCA_CA_WORKERS: 'lots' }), (e: Error) => e instanceof ConfigError && /MESHCA_CA_WORKERS\)="lots": expected a number of processes from 1 to 64, or auto/.test(e.message));
+    assert.equal(read('auto'), usableCpus(), 'auto = the CPUs this process may use');
+  });
+
+  it('auto follows a cgroup v2 CPU limit, rounded up, and never exceeds the CPUs there are', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'meshca-cpu-max-'));
+    try {
+      const file = path.join(dir, 'cpu.max');
+      writeFileSync(file, '150000 100000\n');
+      assert.equal(usableCpus(file), Math.min(2, availableParallelism()), 'a limit of 1.5 CPUs gives 2 workers');
+      writeFileSync(file, '50000 100000\n');
+      assert.equal(usableCpus(file), 1, 'half a CPU still gives one');
+      writeFileSync(file, 'max 100000\n');
+      assert.equal(usableCpus(file), availableParallelism(), 'no limit: every CPU');
+      writeFileSync(file, `${1000 * 100000} 100000\n`);
+      assert.equal(usableCpus(file), availableParallelism(), 'a limit above the machine: every CPU');
+      assert.equal(usableCpus(path.join(dir, 'missing')), availableParallelism(), 'no cgroup file: every CPU');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

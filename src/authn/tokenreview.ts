@@ -47,6 +47,12 @@ export interface TokenReviewOptions {
   maxInFlight?: number;
   observer?: TokenReviewObserver;
   now?: () => number;
+  /**
+   * Asks someone else to review a token this authenticator has not cached (a `meshca ca --workers` worker asks
+   * the primary process, which holds the API connections, the shared cache and the in-flight limit). Without
+   * it, this authenticator calls the API server itself.
+   */
+  reviewer?: (clusterId: string, token: string) => Promise<AuthOutcome>;
 }
 
 interface CacheEntry {
@@ -99,7 +105,20 @@ export class TokenReviewAuthenticator implements Authenticator {
     if (!token) return { kind: 'skip', reason: 'no "authorization: Bearer <token>" header' };
     const resolved = this.options.clusters.resolve(request.header('clusterid'));
     if ('error' in resolved) return { kind: 'denied', reason: resolved.error };
-    const cluster = resolved.cluster;
+    return this.authenticateToken(resolved.cluster, token);
+  }
+
+  /**
+   * Reviews a token for a cluster named by its ID (what a worker's `reviewer` asks of the primary): the cache,
+   * the coalescing of identical reviews and the in-flight limit apply as for a request.
+   */
+  reviewToken(clusterId: string, token: string): Promise<AuthOutcome> {
+    const resolved = this.options.clusters.resolve(clusterId);
+    if ('error' in resolved) return Promise.resolve({ kind: 'denied', reason: resolved.error });
+    return this.authenticateToken(resolved.cluster, token);
+  }
+
+  private async authenticateToken(cluster: KubeCluster, token: string): Promise<AuthOutcome> {
     const key = `${cluster.id}\u0000${createHash('sha256').update(token).digest('hex')}`;
 
     const cached = this.cache.get(key);
@@ -118,7 +137,9 @@ export class TokenReviewAuthenticator implements Authenticator {
       return outcome;
     }
 
-    if (this.apiCallsInFlight >= this.maxInFlight) {
+    const reviewer = this.options.reviewer;
+    // A delegated review is limited where the API calls are made (the primary), not here.
+    if (!reviewer && this.apiCallsInFlight >= this.maxInFlight) {
       // Refuse at once: waiting for a slot would only pile up callers behind an API server that is not keeping up.
       this.options.observer?.onOverload?.();
       return {
@@ -126,7 +147,7 @@ export class TokenReviewAuthenticator implements Authenticator {
         reason: `${TOO_MANY_TOKENREVIEWS} (${this.maxInFlight}, the --max-inflight-tokenreviews limit): the Kubernetes API server of cluster "${cluster.id}" is not keeping up; retry later`,
       };
     }
-    const review = this.review(cluster, token).then((outcome) => {
+    const review = (reviewer ? reviewer(cluster.id, token) : this.review(cluster, token)).then((outcome) => {
       if (outcome.kind === 'ok') this.remember(key, token, outcome);
       return outcome;
     });

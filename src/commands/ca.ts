@@ -1,10 +1,13 @@
 /** `meshca ca`: the CA server (Istio-compatible CreateCertificate over gRPC/TLS) until SIGTERM. */
+import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { openSigner } from '../ca/index.js';
 import { addCaServerOptions, assertCanAuthenticate, readCaServerConfig, type CaServerFlags } from '../config/ca.js';
 import { createLogger } from '../log.js';
 import { startCaServer } from '../server/index.js';
+import { startCaCluster, WORKER_SLOT_ENV } from '../server/cluster-primary.js';
+import { runCaWorker } from '../server/cluster-worker.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
 
 /**
@@ -42,6 +45,11 @@ export function registerCaCommand(program: Command): void {
     const logger = createLogger({ level: config.logLevel, name: 'meshca-ca' });
     // One registry for the key source's metrics and the server's.
     const registry = new Registry();
+    if (cluster.isWorker) {
+      // A worker forked by the primary of `--workers N`: it serves the gRPC API only.
+      await runCaWorker({ config, logger: logger.child({ worker: Number(process.env[WORKER_SLOT_ENV]) }), registry });
+      return;
+    }
     let signer;
     try {
       signer = await openSigner(config.keySource, logger, { registry });
@@ -50,7 +58,7 @@ export function registerCaCommand(program: Command): void {
     }
     let server;
     try {
-      server = await startCaServer({ config, signer, logger, registry });
+      server = config.workers > 1 ? await startCaCluster({ config, signer, logger, registry }) : await startCaServer({ config, signer, logger, registry });
     } catch (error) {
       await signer.close();
       throw error;

@@ -22,7 +22,10 @@
  * | --default-workload-cert-ttl | DEFAULT_WORKLOAD_CERT_TTL   | 24h                      |
  * | --max-workload-cert-ttl     | MAX_WORKLOAD_CERT_TTL       | 90d                      |
  * | --log-level                 | MESHCA_LOG_LEVEL            | info                     |
+ * | --workers                   | MESHCA_CA_WORKERS           | 1 (auto: the CPUs given) |
  */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { parseJwtRules, type JwtRule } from '../authn/jwt.js';
 import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
@@ -71,6 +74,8 @@ export interface CaServerConfig {
   shutdownGraceSeconds: number;
   logLevel: LogLevel;
   keySource: KeySourceConfig;
+  /** Processes serving the gRPC API; above 1, a primary process owns the key source and forks this many workers. */
+  workers: number;
 }
 
 export interface CaServerFlags extends KeySourceFlags {
@@ -91,6 +96,7 @@ export interface CaServerFlags extends KeySourceFlags {
   defaultWorkloadCertTtl?: string;
   maxWorkloadCertTtl?: string;
   logLevel?: string;
+  workers?: string;
 }
 
 export const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
@@ -136,7 +142,8 @@ export function addCaServerOptions(command: Command, defaults: { grpcAddr?: stri
     .option('--jwt-rule <json>', 'trusted JWT issuers: {"issuer","jwks_uri"|"jwks_file","audiences"} or a list (env JWT_RULE)')
     .option('--trusted-node-accounts <list>', 'namespace/serviceaccount,... allowed to use ImpersonatedIdentity (env CA_TRUSTED_NODE_ACCOUNTS)')
     .option('--default-workload-cert-ttl <duration>', 'TTL when a request asks for none (env DEFAULT_WORKLOAD_CERT_TTL, default 24h)')
-    .option('--max-workload-cert-ttl <duration>', 'longest TTL a request may ask for (env MAX_WORKLOAD_CERT_TTL, default 90d)');
+    .option('--max-workload-cert-ttl <duration>', 'longest TTL a request may ask for (env MAX_WORKLOAD_CERT_TTL, default 90d)')
+    .option('--workers <n|auto>', 'processes serving the gRPC API (one per CPU core scales signing; auto = the CPUs this container may use) (env MESHCA_CA_WORKERS, default 1)');
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);
   // The key-source options may grow a --trust-domain of their own; register it only once.
@@ -172,6 +179,33 @@ function readDnsNames(flags: readonly string[] | undefined, env: Env): string[] 
     }
   }
   return [...new Set(names.map((n) => n.toLowerCase()))];
+}
+
+export const MAX_CA_WORKERS = 64;
+
+/** --workers / MESHCA_CA_WORKERS: a count, or `auto` for the CPUs this process may use (its cgroup quota, if any). */
+function readWorkers(flagValue: string | undefined, env: Env): number {
+  const source = { flag: '--workers', env: 'MESHCA_CA_WORKERS' };
+  const value = raw(flagValue, env, source);
+  if (value === undefined) return 1;
+  if (value.trim().toLowerCase() === 'auto') return Math.min(usableCpus(), MAX_CA_WORKERS);
+  const count = /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (!(count >= 1 && count <= MAX_CA_WORKERS)) throw bad(source, value, `a number of processes from 1 to ${MAX_CA_WORKERS}, or auto`);
+  return count;
+}
+
+/** The CPUs this process may use: the cgroup v2 CPU quota (a Kubernetes CPU limit) rounded up, else every CPU. */
+export function usableCpus(cpuMaxPath = '/sys/fs/cgroup/cpu.max'): number {
+  const cpus = availableParallelism();
+  let quota: string;
+  try {
+    quota = readFileSync(cpuMaxPath, 'utf8');
+  } catch {
+    return cpus;
+  }
+  const match = /^(\d+)\s+(\d+)/.exec(quota.trim());
+  if (!match) return cpus; // "max 100000": no limit
+  return Math.max(1, Math.min(cpus, Math.ceil(Number(match[1]) / Number(match[2]))));
 }
 
 /** Reads the whole `ca` configuration. Does not touch the network or the key files. */
@@ -221,6 +255,7 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
     shutdownGraceSeconds: 10,
     logLevel: readLogLevel(flags.logLevel, env),
     keySource,
+    workers: readWorkers(flags.workers, env),
   };
 }
 

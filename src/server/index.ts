@@ -14,6 +14,7 @@ import {
   NodeImpersonation,
   TokenReviewAuthenticator,
   type Authenticator,
+  type AuthOutcome,
 } from '../authn/index.js';
 import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/index.js';
 import { IssuedChainChecker } from '../ca/issued-check.js';
@@ -25,7 +26,8 @@ import { istioCaService } from '../wire/protos.js';
 import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca-service.js';
 import { formatHostPort, listenError } from './listen.js';
 import { CaMetrics } from './metrics.js';
-import { createMonitoringServer } from './monitoring.js';
+import { createMonitoringServer, type MonitoringOptions } from './monitoring.js';
+import type { FastifyInstance } from 'fastify';
 import { PerIdentityRateLimiter } from './rate-limit.js';
 import { ReadinessProbe } from './readiness.js';
 import { ServingCertificate } from './serving-cert.js';
@@ -43,6 +45,13 @@ export interface CaServerOptions {
   /** Metrics go here; a fresh Registry when omitted. */
   registry?: Registry;
   env?: Env;
+  /**
+   * A worker of `meshca ca --workers N` serves only the gRPC API: the primary process serves monitoring, says
+   * "CA server ready" once every worker listens, and reviews tokens for all of them (one cache, one limit).
+   */
+  worker?: {
+    reviewToken(clusterId: string, token: string): Promise<AuthOutcome>;
+  };
 }
 
 export interface CaServer {
@@ -72,13 +81,59 @@ function bindGrpc(server: grpc.Server, address: string, credentials: grpc.Server
   return new Promise((resolve, reject) => server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port))));
 }
 
-function buildKubeClusters(config: CaServerConfig, env: Env, logger: Logger): KubeClusters {
+export function buildKubeClusters(config: CaServerConfig, env: Env, logger: Logger): KubeClusters {
   const loaded = config.kubeconfigs.map((entry) => {
     const { kubeConfig, origin, server } = loadKubeConfigWithOrigin(entry.path, env);
     logger.info({ clusterId: entry.clusterId, server, origin: origin.kind === 'in-cluster' ? 'in-cluster' : origin.path }, 'Kubernetes cluster configured');
     return { clusterId: entry.clusterId, kubeConfig };
   });
   return KubeClusters.fromKubeConfigs(config.clusterId, loaded);
+}
+
+/** What /debug/ca shows: what the CA signs with and how it authenticates (no secrets). */
+export function describeCa(
+  config: CaServerConfig,
+  signer: WorkloadSigner,
+  facts: { authenticators: readonly string[]; clusters: readonly string[]; serving?: { serialHex: string; notAfter: Date; dnsNames: readonly string[] } | undefined; workers?: number },
+): Record<string, unknown> {
+  const status = signer.status();
+  const serving = facts.serving;
+  return {
+    trustDomain: config.trustDomain,
+    keySource: status.source,
+    ...(status.mode ? { mode: status.mode } : {}),
+    signingCertificate: {
+      serial: status.signingCertSerial ?? null,
+      subject: status.signingCertSubject ?? null,
+      notAfter: status.signingCertNotAfter?.toISOString() ?? null,
+    },
+    roots: status.roots.map((r) => ({ subject: r.subject, fingerprintSha256: r.fingerprintSha256, notAfter: r.notAfter.toISOString() })),
+    servingCertificate: serving ? { serial: serving.serialHex, notAfter: serving.notAfter.toISOString(), dnsNames: serving.dnsNames } : null,
+    tls: !config.plaintext,
+    authenticators: facts.authenticators,
+    tokenAudiences: config.tokenAudiences,
+    clusters: facts.clusters,
+    localClusterId: config.clusterId,
+    jwtIssuers: config.jwtRules.map((r) => r.issuer),
+    trustedNodeAccounts: config.trustedNodeAccounts.map((a) => `${a.namespace}/${a.serviceAccount}`),
+    defaultWorkloadCertTtl: formatSeconds(config.defaultWorkloadCertTtlSeconds),
+    maxWorkloadCertTtl: formatSeconds(config.maxWorkloadCertTtlSeconds),
+    maxInflightTokenReviews: config.maxInflightTokenReviews,
+    maxCsrPerIdentityPerMinute: config.maxCsrPerIdentityPerMinute,
+    ...(facts.workers !== undefined ? { workers: facts.workers } : {}),
+  };
+}
+
+/** Starts the monitoring HTTP server on --monitoring-addr, or fails with one line that names the flag. */
+export async function startMonitoring(config: CaServerConfig, options: MonitoringOptions): Promise<FastifyInstance> {
+  const monitoring = createMonitoringServer(options);
+  try {
+    await monitoring.listen({ host: config.monitoringAddress.host, port: config.monitoringAddress.port });
+  } catch (error) {
+    await monitoring.close().catch(() => undefined);
+    throw listenError(config.monitoringAddress, 'the monitoring HTTP server', '--monitoring-addr', error);
+  }
+  return monitoring;
 }
 
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
@@ -108,6 +163,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         timeoutSeconds: config.tokenReviewTimeoutSeconds,
         maxInFlight: config.maxInflightTokenReviews,
         observer: metrics,
+        ...(options.worker ? { reviewer: (clusterId: string, token: string) => options.worker!.reviewToken(clusterId, token) } : {}),
       }),
     );
   }
@@ -172,7 +228,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     cleanups.push(unsubscribe);
 
     const inFlight = new InFlightCalls();
-    const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
+    // channelz keeps per-call bookkeeping that nothing here reads.
+    const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES, 'grpc.enable_channelz': 0 });
     const rateLimiter = new PerIdentityRateLimiter({ perMinute: config.maxCsrPerIdentityPerMinute });
     grpcServer.addService(
       istioCaService,
@@ -208,62 +265,31 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       grpcServer.forceShutdown();
     });
 
-    const monitoring = createMonitoringServer({
-      registry,
-      ready: () => readiness.check(),
-      debugInfo: () => {
-        const status = signer.status();
-        const servingState = serving?.current();
-        return {
-          trustDomain: config.trustDomain,
-          keySource: status.source,
-          ...(status.mode ? { mode: status.mode } : {}),
-          signingCertificate: {
-            serial: status.signingCertSerial ?? null,
-            subject: status.signingCertSubject ?? null,
-            notAfter: status.signingCertNotAfter?.toISOString() ?? null,
-          },
-          roots: status.roots.map((r) => ({ subject: r.subject, fingerprintSha256: r.fingerprintSha256, notAfter: r.notAfter.toISOString() })),
-          servingCertificate: servingState
-            ? { serial: servingState.serialHex, notAfter: servingState.notAfter.toISOString(), dnsNames: servingState.dnsNames }
-            : null,
-          tls: !config.plaintext,
-          authenticators: chain.names,
-          tokenAudiences: config.tokenAudiences,
-          clusters: clusters.ids(),
-          localClusterId: config.clusterId,
-          jwtIssuers: config.jwtRules.map((r) => r.issuer),
-          trustedNodeAccounts: config.trustedNodeAccounts.map((a) => `${a.namespace}/${a.serviceAccount}`),
-          defaultWorkloadCertTtl: formatSeconds(config.defaultWorkloadCertTtlSeconds),
-          maxWorkloadCertTtl: formatSeconds(config.maxWorkloadCertTtlSeconds),
-          maxInflightTokenReviews: config.maxInflightTokenReviews,
-          maxCsrPerIdentityPerMinute: config.maxCsrPerIdentityPerMinute,
-        };
-      },
-    });
-    try {
-      await monitoring.listen({ host: config.monitoringAddress.host, port: config.monitoringAddress.port });
-    } catch (error) {
-      await monitoring.close().catch(() => undefined);
-      throw listenError(config.monitoringAddress, 'the monitoring HTTP server', '--monitoring-addr', error);
-    }
-    cleanups.push(() => monitoring.close());
-    const monitoringPort = (monitoring.server.address() as AddressInfo).port;
-
     const grpcAddress = formatHostPort(config.grpcAddress.host, grpcPort);
-    const monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
-    logger.info(
-      {
-        grpcAddress,
-        monitoringAddress,
-        tls: !config.plaintext,
-        trustDomain: config.trustDomain,
-        keySource: signer.source,
-        authenticators: chain.names,
-        serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
-      },
-      'CA server ready',
-    );
+    let monitoringPort = 0;
+    let monitoringAddress = '';
+    if (!options.worker) {
+      const monitoring = await startMonitoring(config, {
+        registry,
+        ready: () => readiness.check(),
+        debugInfo: () => describeCa(config, signer, { authenticators: chain.names, clusters: clusters.ids(), serving: serving?.current() }),
+      });
+      cleanups.push(() => monitoring.close());
+      monitoringPort = (monitoring.server.address() as AddressInfo).port;
+      monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
+      logger.info(
+        {
+          grpcAddress,
+          monitoringAddress,
+          tls: !config.plaintext,
+          trustDomain: config.trustDomain,
+          keySource: signer.source,
+          authenticators: chain.names,
+          serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
+        },
+        'CA server ready',
+      );
+    }
 
     let closing: Promise<void> | undefined;
     return {

@@ -43,11 +43,15 @@ export class CaMetrics implements TokenReviewObserver {
     this.rootCertExpiry = new Gauge({
       name: 'citadel_server_root_cert_expiry_timestamp',
       help: 'The unix timestamp, in seconds, when the earliest-expiring trusted root certificate expires.',
+      // Every process of `meshca ca --workers N` publishes the same value: summing them would be wrong.
+      aggregator: 'min',
       registers,
     });
     this.certChainExpiry = new Gauge({
       name: 'citadel_server_cert_chain_expiry_timestamp',
       help: 'The unix timestamp, in seconds, when the CA signing certificate expires.',
+      // Every process of `meshca ca --workers N` publishes the same value: summing them would be wrong.
+      aggregator: 'min',
       registers,
     });
     this.signDuration = new Histogram({

@@ -6,7 +6,8 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 
 export interface MonitoringOptions {
-  registry: Registry;
+  /** A prom-client Registry, or anything that renders the exposition text the same way (the workers' sum). */
+  registry: Pick<Registry, 'metrics' | 'contentType'>;
   ready(): Promise<{ ready: boolean }>;
   debugInfo(): Record<string, unknown>;
 }

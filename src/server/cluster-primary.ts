@@ -1,0 +1,248 @@
+/**
+ * `meshca ca --workers N`: one primary process and N workers, so that signing and TLS use every core a
+ * single Node event loop cannot.
+ *
+ * The primary owns everything that must happen once: the key source (files, watches, rotation, Vault, the
+ * Kubernetes Secret and ConfigMap), the TokenReview calls with their cache and in-flight limit, the monitoring
+ * server (metrics summed over all processes, /ready, /debug/ca) and the shutdown. The workers share the gRPC
+ * port (Node's cluster module hands each new connection to the next worker) and sign in-process from a
+ * snapshot of the primary's material, which the primary re-sends on every change. A worker that dies is
+ * replaced; the primary's own exit ends the workers.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import type { AddressInfo } from 'node:net';
+import { AggregatorRegistry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
+import { TokenReviewAuthenticator, type AuthOutcome } from '../authn/index.js';
+import { CertificateAuthority, type WorkloadSigner, type WorkloadSignRequest } from '../ca/index.js';
+import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
+import type { CaServerConfig } from '../config/ca.js';
+import type { Env } from '../config/env.js';
+import type { Logger } from '../log.js';
+import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
+import { NOTICES, PRIMARY_CALLS, WORKER_CALLS, type ReviewParams } from './cluster-worker.js';
+import { buildKubeClusters, describeCa, formatHostPort, startMonitoring } from './index.js';
+import { CaMetrics } from './metrics.js';
+import { ReadinessProbe } from './readiness.js';
+
+/** How long the primary waits for one worker's metrics before leaving that worker out of a scrape. */
+const METRICS_TIMEOUT_MS = 2000;
+/** A worker that died is started again after this long (a crash loop then costs little). */
+const RESTART_DELAY_MS = 1000;
+
+/** The environment variable that tells a forked worker its slot number (for its log lines). */
+export const WORKER_SLOT_ENV = 'MESHCA_CA_WORKER';
+
+export interface CaClusterOptions {
+  config: CaServerConfig;
+  signer: WorkloadSigner;
+  logger: Logger;
+  registry: Registry;
+  env?: Env;
+}
+
+export interface CaCluster {
+  grpcAddress: string;
+  monitoringAddress: string;
+  grpcPort: number;
+  monitoringPort: number;
+  close(): Promise<void>;
+}
+
+interface Slot {
+  index: number;
+  worker: Worker | undefined;
+  peer: IpcPeer | undefined;
+  listening: boolean;
+}
+
+export async function startCaCluster(options: CaClusterOptions): Promise<CaCluster> {
+  const { config, signer, logger, registry } = options;
+  const env = options.env ?? process.env;
+  if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
+  const metrics = new CaMetrics(registry);
+  const publishExpiries = (): void => {
+    const status = signer.status();
+    metrics.setExpiries(
+      status.roots.map((r) => r.notAfter),
+      status.signingCertNotAfter,
+    );
+  };
+  publishExpiries();
+
+  const clusters = buildKubeClusters(config, env, logger);
+  const tokenReviews =
+    clusters.size > 0
+      ? new TokenReviewAuthenticator({
+          clusters,
+          audiences: config.tokenAudiences,
+          trustDomain: config.trustDomain,
+          cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
+          timeoutSeconds: config.tokenReviewTimeoutSeconds,
+          maxInFlight: config.maxInflightTokenReviews,
+          observer: metrics,
+        })
+      : undefined;
+  const authenticators = [...(config.plaintext ? [] : ['client-cert']), ...(clusters.size > 0 ? ['tokenreview'] : []), ...(config.jwtRules.length > 0 ? ['jwt'] : [])];
+
+  const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index, worker: undefined, peer: undefined, listening: false }));
+  let closing = false;
+  let grpcPort = 0;
+  const cleanups: (() => Promise<void> | void)[] = [];
+
+  const answerWorker = async (method: string, params: unknown): Promise<unknown> => {
+    switch (method) {
+      case WORKER_CALLS.snapshot:
+        return takeSignerSnapshot(signer);
+      case WORKER_CALLS.sign:
+        return await signer.sign(params as WorkloadSignRequest);
+      case WORKER_CALLS.review: {
+        const { clusterId, token } = params as ReviewParams;
+        if (!tokenReviews) return { kind: 'denied', reason: 'no Kubernetes cluster is configured for TokenReview' } satisfies AuthOutcome;
+        return await tokenReviews.reviewToken(clusterId, token);
+      }
+      default:
+        throw new Error(`unknown call ${method}`);
+    }
+  };
+
+  /** Forks the worker of a slot; resolves once it listens, rejects with its reason when it cannot start. */
+  const fork = (slot: Slot): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(slot.index) });
+      const peer = new IpcPeer(
+        (message: IpcMessage) => worker.send(message),
+        answerWorker,
+        (name, params) => {
+          if (name === NOTICES.listening) {
+            slot.listening = true;
+            grpcPort = (params as { grpcPort: number }).grpcPort;
+            resolve();
+          } else if (name === NOTICES.fatal) {
+            reject(new Error((params as { message: string }).message));
+            worker.kill();
+          }
+        },
+      );
+      slot.worker = worker;
+      slot.peer = peer;
+      slot.listening = false;
+      worker.on('message', (message) => peer.receive(message));
+      worker.on('exit', (code, signal) => {
+        peer.close();
+        const wasListening = slot.listening;
+        slot.listening = false;
+        slot.worker = undefined;
+        slot.peer = undefined;
+        if (!wasListening) reject(new Error(`CA worker ${slot.index} exited before it could serve (${signal ?? `exit code ${code}`})`));
+        if (closing || !wasListening) return;
+        logger.error({ worker: slot.index, exitCode: code, signal }, 'a CA worker died; starting a new one');
+        setTimeout(() => {
+          if (!closing) fork(slot).catch((error: unknown) => logger.error({ worker: slot.index, err: (error as Error).message }, 'a CA worker could not be restarted'));
+        }, RESTART_DELAY_MS).unref();
+      });
+    });
+
+  const stopWorkers = async (): Promise<void> => {
+    closing = true;
+    const running = slots.map((s) => s.worker).filter((w): w is Worker => w !== undefined && !w.isDead());
+    const exited = running.map((w) => new Promise<void>((resolve) => (w.isDead() ? resolve() : w.once('exit', () => resolve()))));
+    for (const slot of slots) slot.peer?.notify(NOTICES.shutdown, null);
+    // Each worker waits up to the grace period for its in-flight calls; allow a little more, then end them.
+    const all = Promise.all(exited).then(() => true);
+    const inTime = await Promise.race([all, new Promise<false>((resolve) => setTimeout(() => resolve(false), config.shutdownGraceSeconds * 1000 + 5000).unref())]);
+    if (!inTime) {
+      logger.warn('CA workers did not stop in time; killing them');
+      for (const w of running) if (!w.isDead()) w.kill('SIGKILL');
+      await all;
+    }
+  };
+  cleanups.push(stopWorkers);
+
+  const runCleanups = async (): Promise<void> => {
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        logger.warn({ err: (error as Error).message }, 'error while stopping the CA server');
+      }
+    }
+  };
+
+  try {
+    const authority = new CertificateAuthority({
+      signer,
+      defaultTtlSeconds: config.defaultWorkloadCertTtlSeconds,
+      maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
+    });
+    const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger });
+    await readiness.start();
+    cleanups.push(() => readiness.stop());
+    const unsubscribe = signer.onChange(() => {
+      publishExpiries();
+      const snapshot = takeSignerSnapshot(signer);
+      for (const slot of slots) slot.peer?.notify(NOTICES.snapshot, snapshot);
+      void readiness.probe();
+    });
+    cleanups.push(unsubscribe);
+
+    const monitoring = await startMonitoring(config, {
+      registry: {
+        contentType: registry.contentType,
+        metrics: async () => AggregatorRegistry.aggregate(await collectMetrics(registry, slots)).metrics(),
+      },
+      ready: async () => {
+        const own = await readiness.check();
+        const listening = slots.filter((s) => s.listening).length;
+        return { ...own, ready: own.ready && listening === slots.length, workers: { listening, expected: slots.length } };
+      },
+      debugInfo: () => describeCa(config, signer, { authenticators, clusters: clusters.ids(), workers: slots.length }),
+    });
+    cleanups.push(() => monitoring.close());
+    const monitoringPort = (monitoring.server.address() as AddressInfo).port;
+
+    // Workers are the same program with the same arguments; advanced serialization carries Buffers and Dates.
+    cluster.setupPrimary({ serialization: 'advanced' });
+    await Promise.all(slots.map(fork));
+
+    const grpcAddress = formatHostPort(config.grpcAddress.host, grpcPort);
+    const monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
+    logger.info(
+      {
+        grpcAddress,
+        monitoringAddress,
+        tls: !config.plaintext,
+        trustDomain: config.trustDomain,
+        keySource: signer.source,
+        authenticators,
+        serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
+        workers: slots.length,
+      },
+      'CA server ready',
+    );
+    let closed: Promise<void> | undefined;
+    return { grpcAddress, monitoringAddress, grpcPort, monitoringPort, close: () => (closed ??= runCleanups()) };
+  } catch (error) {
+    await runCleanups();
+    throw error;
+  }
+}
+
+/** The primary's own metrics, then each serving worker's (a worker that does not answer in time is left out). */
+async function collectMetrics(registry: Registry, slots: readonly Slot[]): Promise<MetricObjectWithValues<MetricValue<string>>[][]> {
+  const own = await registry.getMetricsAsJSON();
+  const fromWorkers = await Promise.all(
+    slots.map(async (slot) => {
+      if (!slot.listening || !slot.peer) return undefined;
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), METRICS_TIMEOUT_MS)));
+      try {
+        return await Promise.race([slot.peer.call<MetricObjectWithValues<MetricValue<string>>[]>(PRIMARY_CALLS.metrics, null), timeout]);
+      } catch {
+        return undefined;
+      } finally {
+        clearTimeout(timer);
+      }
+    }),
+  );
+  return [own, ...fromWorkers.filter((m): m is MetricObjectWithValues<MetricValue<string>>[] => m !== undefined)];
+}

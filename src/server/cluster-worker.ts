@@ -1,0 +1,89 @@
+/**
+ * One worker of `meshca ca --workers N`: serves the gRPC API on the port the primary process shares with all
+ * workers. It signs in-process with the material the primary sends (or forwards to the primary when the key
+ * source signs remotely), asks the primary to review tokens it has not cached, and answers the primary's
+ * requests for its metrics. It lives as long as the primary: when the channel closes, it stops.
+ */
+import type { Registry } from 'prom-client';
+import type { AuthOutcome } from '../authn/index.js';
+import { SnapshotSigner, type SignerSnapshot } from '../ca/snapshot-signer.js';
+import type { SignedChain, WorkloadSignRequest } from '../ca/signer.js';
+import type { CaServerConfig } from '../config/ca.js';
+import type { Logger } from '../log.js';
+import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
+import { startCaServer, type CaServer } from './index.js';
+
+/** What a worker tells the primary, and the primary asks of a worker. */
+export const WORKER_CALLS = { snapshot: 'snapshot', sign: 'sign', review: 'review' } as const;
+export const PRIMARY_CALLS = { metrics: 'metrics' } as const;
+export const NOTICES = { listening: 'listening', fatal: 'fatal', snapshot: 'snapshot', shutdown: 'shutdown' } as const;
+
+export interface ReviewParams {
+  clusterId: string;
+  token: string;
+}
+
+export async function runCaWorker(options: { config: CaServerConfig; logger: Logger; registry: Registry }): Promise<void> {
+  const { config, logger, registry } = options;
+  const send = process.send?.bind(process);
+  if (!send) throw new Error('a CA worker must be started by the CA primary process (meshca ca --workers N)');
+
+  let signer: SnapshotSigner | undefined;
+  let server: CaServer | undefined;
+  let stopping: Promise<void> | undefined;
+  let failedToStart = false;
+  const stop = (code: number): Promise<void> =>
+    (stopping ??= (async () => {
+      await server?.close();
+      await signer?.close();
+      process.exit(code);
+    })());
+
+  const peer = new IpcPeer(
+    (message: IpcMessage) => send(message),
+    async (method) => {
+      if (method === PRIMARY_CALLS.metrics) return registry.getMetricsAsJSON();
+      throw new Error(`unknown call ${method}`);
+    },
+    (name, params) => {
+      if (name === NOTICES.snapshot) signer?.replace(params as SignerSnapshot);
+      else if (name === NOTICES.shutdown) void stop(0);
+    },
+  );
+  process.on('message', (message) => peer.receive(message));
+  // The primary is gone (crashed or killed): nothing can be signed or reviewed any more.
+  process.on('disconnect', () => {
+    peer.close();
+    if (!failedToStart && !stopping) logger.error('the CA primary process is gone; this worker stops');
+    void stop(1);
+  });
+  // A signal sent to the whole process group (Ctrl-C): the primary coordinates the shutdown.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGTERM', () => void stop(0));
+
+  try {
+    signer = new SnapshotSigner(await peer.call<SignerSnapshot>(WORKER_CALLS.snapshot, null), (request: WorkloadSignRequest) =>
+      peer.call<SignedChain>(WORKER_CALLS.sign, request),
+    );
+    server = await startCaServer({
+      config,
+      signer,
+      logger,
+      registry,
+      worker: {
+        reviewToken: (clusterId: string, token: string) =>
+          peer.call<AuthOutcome>(WORKER_CALLS.review, { clusterId, token } satisfies ReviewParams).catch(
+            (error: unknown): AuthOutcome => ({ kind: 'unavailable', reason: `the token could not be reviewed: ${(error as Error).message}` }),
+          ),
+      },
+    });
+  } catch (error) {
+    // The primary prints the one line and exits; this worker only reports why it could not start.
+    failedToStart = true;
+    peer.notify(NOTICES.fatal, { message: (error as Error).message });
+    // The primary stops this worker once it has read why; exit anyway should that never happen.
+    setTimeout(() => process.exit(1), 5000);
+    return;
+  }
+  peer.notify(NOTICES.listening, { grpcPort: server.grpcPort });
+}
