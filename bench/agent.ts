@@ -4,7 +4,10 @@
  * part measures the agent, not RSA signing). Measures the time until every stream holds its secret, the agent's
  * RSS growth per stream, and how long one rotation of every identity takes to reach all streams.
  */
-import { mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
+import * as http from 'node:http';
+import type { Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import type { KubeStandin } from '../test/standins/kube.js';
@@ -12,7 +15,7 @@ import { stopChild } from './children.js';
 import { CLI, SERVER_NAME, spawnLogged, startCaProcess, waitForLogLine } from './e2e.js';
 import { BENCH_NAMESPACE, workloadServiceAccount } from './fixtures.js';
 import { forkTs } from './ipc.js';
-import { readProcessMemoryKiB } from './proc.js';
+import { readProcessCpuSeconds, readProcessMemoryKiB } from './proc.js';
 import type { SdsLoadCommand, SdsLoadMessage } from './sds-load.js';
 
 export interface AgentRunSpec {
@@ -28,8 +31,19 @@ export interface AgentRun extends AgentRunSpec {
   rssPerStreamKiB: number;
   /** The same with the peak (VmHWM) instead: includes the garbage of the burst. */
   peakRssPerStreamKiB: number;
+  /**
+   * VmRSS after a full garbage collection (asked for over the inspector protocol) at both ends, per stream: what the
+   * streams really keep, without the garbage V8 has not collected yet. Only with MESHCA_BENCH_AGENT_GC=1 (it
+   * perturbs the headline figure above); null otherwise or when the inspector could not be reached.
+   */
+  rssPerStreamAfterGcKiB: number | null;
+  /** Live JS heap (after that collection) per stream. */
+  heapPerStreamAfterGcKiB: number | null;
   agentRssBeforeMiB: number;
   agentRssAfterMiB: number;
+  /** CPU seconds the agent and the CA used from the first connection until every stream was served. */
+  agentCpuSeconds: number;
+  caCpuSeconds: number;
   /** From the first rotated secret pushed to the last one (includes the ±1% grace-ratio jitter). */
   rotationSeconds: number | null;
   /** Streams that received a rotated secret before the timeout (1.5 x SECRET_TTL); null without rotation. */
@@ -65,7 +79,17 @@ function rotationTtlSeconds(spec: AgentRunSpec): number {
   return Math.max(20, Math.ceil(10 + 3 * keygenSeconds));
 }
 
-async function runOne(spec: AgentRunSpec, index: number, ca: { grpcAddress: string; rootCertFile: string }, options: AgentOptions): Promise<AgentRun> {
+/** MESHCA_BENCH_AGENT_GC=1: also measure memory after a full GC in the agent (through its inspector). */
+function measureAfterGc(): boolean {
+  return process.env.MESHCA_BENCH_AGENT_GC === '1';
+}
+
+/** Extra node flags for the measured agent, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile it. */
+function agentNodeArgs(): string[] {
+  return (process.env.MESHCA_BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+}
+
+async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpcAddress: string; rootCertFile: string }, options: AgentOptions): Promise<AgentRun> {
   const label = `agent ${spec.keyType} ${spec.streams} streams`;
   const secretTtlSeconds = options.rotation ? rotationTtlSeconds(spec) : NO_ROTATION_SECRET_TTL_SECONDS;
   // Distinct tokens: streams sharing an identity are different pods of the same service account.
@@ -84,11 +108,13 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { grpcAddress: stri
   mkdirSync(agentDir, { recursive: true });
   const socketPath = path.join(agentDir, 'socket');
   const logFile = path.join(agentDir, 'agent.log');
+  // With MESHCA_BENCH_AGENT_GC=1 the inspector lets the bench ask for a full GC before reading memory (`collectGarbage`).
   const agent = spawnLogged(
     CLI,
     ['agent', '--sds-socket', socketPath, '--ca-addr', ca.grpcAddress, '--ca-root-cert', ca.rootCertFile, '--status-addr', '127.0.0.1:0', '--secret-ttl', `${secretTtlSeconds}s`],
     logFile,
     { ISTIOD_SAN: SERVER_NAME, ISTIO_META_CLUSTER_ID: 'Kubernetes', ECC_SIGNATURE_ALGORITHM: spec.keyType },
+    [...(measureAfterGc() ? ['--inspect=127.0.0.1:0'] : []), ...agentNodeArgs()],
   );
   const client = forkTs<SdsLoadCommand, SdsLoadMessage>(new URL('./sds-load.ts', import.meta.url), []);
   try {
@@ -98,13 +124,26 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { grpcAddress: stri
     // Let start-up work (key pool, first CA connection) settle before taking the baseline.
     await new Promise((resolve) => setTimeout(resolve, 500));
     const rssBefore = readProcessMemoryKiB(agent.pid!, 'VmRSS');
+    // Opt-in: the GC at the start changes what the headline figure sees (start-up garbage is gone before the burst).
+    const inspector = measureAfterGc()
+      ? await Inspector.connect(logFile).catch((error: unknown) => {
+          options.log(`${label}: no inspector, so no figures after GC: ${(error as Error).message}`);
+          return null;
+        })
+      : null;
+    const gcBefore = inspector ? await collectGarbage(inspector, agent.pid!) : null;
+    const cpuBefore = { agent: readProcessCpuSeconds(agent.pid!), ca: readProcessCpuSeconds(ca.pid) };
     options.log(`${label}: connecting every stream at once`);
     const opened = await client.request({ type: 'open', socketPath, tokens, timeoutSeconds: 120 });
+    const agentCpuSeconds = readProcessCpuSeconds(agent.pid!) - cpuBefore.agent;
+    const caCpuSeconds = readProcessCpuSeconds(ca.pid) - cpuBefore.ca;
     if (opened.type !== 'opened') throw new Error(`SDS load client: ${opened.type === 'error' ? opened.message : opened.type}`);
     // What stays: measured after a short settle, not in the middle of the burst's garbage.
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const rssAfter = readProcessMemoryKiB(agent.pid!, 'VmRSS');
     const peakAfter = readProcessMemoryKiB(agent.pid!, 'VmHWM');
+    const gcAfter = inspector ? await collectGarbage(inspector, agent.pid!) : null;
+    inspector?.close();
     if (opened.served === 0) throw new Error(`no stream got a secret: ${opened.errorSamples.join('; ')}`);
     let rotationSeconds: number | null = null;
     let rotatedStreams: number | null = null;
@@ -120,8 +159,12 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { grpcAddress: stri
       allServedSeconds: opened.allServedSeconds,
       rssPerStreamKiB: (rssAfter - rssBefore) / spec.streams,
       peakRssPerStreamKiB: (peakAfter - rssBefore) / spec.streams,
+      rssPerStreamAfterGcKiB: gcBefore && gcAfter ? (gcAfter.rssKiB - gcBefore.rssKiB) / spec.streams : null,
+      heapPerStreamAfterGcKiB: gcBefore && gcAfter ? (gcAfter.heapUsedKiB - gcBefore.heapUsedKiB) / spec.streams : null,
       agentRssBeforeMiB: rssBefore / 1024,
       agentRssAfterMiB: rssAfter / 1024,
+      agentCpuSeconds,
+      caCpuSeconds,
       rotationSeconds,
       rotatedStreams,
       secretTtlSeconds,
@@ -140,10 +183,103 @@ export async function runAgentBench(options: AgentOptions): Promise<AgentResult>
   try {
     const runs: AgentRun[] = [];
     for (const [index, spec] of options.runs.entries()) {
-      runs.push(await runOne(spec, index, { grpcAddress: ca.grpcAddress, rootCertFile: ca.rootCertFile }, options));
+      runs.push(await runOne(spec, index, { pid: ca.pid, grpcAddress: ca.grpcAddress, rootCertFile: ca.rootCertFile }, options));
     }
     return { runs };
   } finally {
     await ca.stop();
+  }
+}
+
+/** A full GC in the agent (the inspector's HeapProfiler.collectGarbage), then its VmRSS and live heap. */
+async function collectGarbage(inspector: Inspector, pid: number): Promise<{ rssKiB: number; heapUsedKiB: number }> {
+  await inspector.call('HeapProfiler.collectGarbage');
+  // Let V8 hand freed pages back before reading the resident set.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const usage = (await inspector.call('Runtime.getHeapUsage')) as { usedSize?: number };
+  return { rssKiB: readProcessMemoryKiB(pid, 'VmRSS'), heapUsedKiB: (usage.usedSize ?? 0) / 1024 };
+}
+
+/** The smallest Chrome DevTools Protocol client that can ask for a GC: one WebSocket, text frames, replies by id. */
+class Inspector {
+  private nextId = 1;
+  private buffered = Buffer.alloc(0);
+  private readonly pending = new Map<number, { resolve: (result: unknown) => void; reject: (error: Error) => void }>();
+
+  private constructor(private readonly socket: Socket) {
+    socket.on('data', (data: Buffer) => this.receive(data));
+    socket.on('error', (error) => this.failAll(error));
+    socket.on('close', () => this.failAll(new Error('inspector connection closed')));
+  }
+
+  /** Connects to the inspector whose "Debugger listening on ws://..." line node wrote to the log file. */
+  static async connect(logFile: string): Promise<Inspector> {
+    const match = /Debugger listening on (ws:\/\/\S+)/.exec(readFileSync(logFile, 'utf8'));
+    if (!match) throw new Error('the agent did not say where its inspector listens');
+    const url = new URL(match[1]!);
+    const request = http.request({
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      headers: { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Key': randomBytes(16).toString('base64'), 'Sec-WebSocket-Version': '13' },
+    });
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      request.on('upgrade', (_response, upgraded: Socket) => resolve(upgraded));
+      request.on('response', (response) => reject(new Error(`inspector answered HTTP ${response.statusCode} instead of upgrading`)));
+      request.on('error', reject);
+      request.end();
+    });
+    return new Inspector(socket);
+  }
+
+  call(method: string): Promise<unknown> {
+    const id = this.nextId++;
+    const payload = Buffer.from(JSON.stringify({ id, method }));
+    // Client frames are masked (RFC 6455); the payloads here are far below 64 KiB.
+    const mask = randomBytes(4);
+    const header = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length]) : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
+    const masked = Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]!));
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.socket.write(Buffer.concat([header, mask, masked]));
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private receive(data: Buffer): void {
+    this.buffered = Buffer.concat([this.buffered, data]);
+    for (;;) {
+      if (this.buffered.length < 2) return;
+      let length = this.buffered[1]! & 0x7f;
+      let offset = 2;
+      if (length === 126) {
+        if (this.buffered.length < 4) return;
+        length = this.buffered.readUInt16BE(2);
+        offset = 4;
+      } else if (length === 127) {
+        if (this.buffered.length < 10) return;
+        length = Number(this.buffered.readBigUInt64BE(2));
+        offset = 10;
+      }
+      if (this.buffered.length < offset + length) return;
+      const opcode = this.buffered[0]! & 0x0f;
+      const text = this.buffered.subarray(offset, offset + length).toString('utf8');
+      this.buffered = this.buffered.subarray(offset + length);
+      if (opcode !== 1) continue;
+      const message = JSON.parse(text) as { id?: number; result?: unknown; error?: { message?: string } };
+      const waiter = message.id === undefined ? undefined : this.pending.get(message.id);
+      if (!waiter) continue;
+      this.pending.delete(message.id!);
+      if (message.error) waiter.reject(new Error(message.error.message ?? 'inspector error'));
+      else waiter.resolve(message.result);
+    }
+  }
+
+  private failAll(error: Error): void {
+    for (const waiter of this.pending.values()) waiter.reject(error);
+    this.pending.clear();
   }
 }

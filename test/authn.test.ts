@@ -187,6 +187,102 @@ describe('TokenReview authenticator', () => {
   });
 });
 
+describe('Kubernetes API connections', () => {
+  let kube: KubeStandin;
+  before(async () => {
+    kube = await startKubeStandin();
+  });
+  after(() => kube.close());
+
+  function clustersWith(maxConnections: number): KubeClusters {
+    return KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(kube.kubeconfigPath, {}) }], {
+      maxConnectionsPerCluster: maxConnections,
+    });
+  }
+
+  function reviewer(clusters: KubeClusters, timeoutSeconds: number): TokenReviewAuthenticator {
+    return new TokenReviewAuthenticator({ clusters, audiences: ['istio-ca'], trustDomain: 'cluster.local', cacheTtlSeconds: 60, timeoutSeconds, maxInFlight: 1000 });
+  }
+
+  const tokens = (count: number, prefix: string): Promise<string[]> =>
+    Promise.all(Array.from({ length: count }, (_, i) => kube.mintToken({ namespace: 'default', serviceAccount: `${prefix}-${i}` })));
+
+  test('many reviews share a few kept-alive connections, with the kubeconfig credentials', async () => {
+    const clusters = clustersWith(4);
+    try {
+      const auth = reviewer(clusters, 5);
+      const burst = await tokens(40, 'burst');
+      const connectionsBefore = kube.state.connections;
+      const reviewsBefore = kube.state.tokenReviewCount;
+      const outcomes = await Promise.all(burst.map((token) => auth.authenticate(bearer(token))));
+      for (const [i, outcome] of outcomes.entries()) assert.equal(outcome.kind, 'ok', `review ${i} of the burst: ${JSON.stringify(outcome)}`);
+      assert.equal(kube.state.tokenReviewCount - reviewsBefore, 40, 'one API call per distinct token');
+      const opened = kube.state.connections - connectionsBefore;
+      assert.ok(opened >= 1 && opened <= 4, `40 concurrent reviews opened ${opened} connections, expected 1 to 4 (the bound)`);
+      // Later calls, one at a time, go over the connections already open.
+      for (const token of await tokens(10, 'later')) assert.equal((await auth.authenticate(bearer(token))).kind, 'ok', 'a later review succeeds');
+      assert.equal(kube.state.connections - connectionsBefore, opened, 'sequential reviews opened no new connection');
+      const pool = clusters.resolve(undefined);
+      assert.ok('cluster' in pool && pool.cluster.connections, 'clusters built from kubeconfigs have a connection pool');
+      await new Promise((resolve) => setImmediate(resolve)); // slots come back right after the connection is put back
+      assert.equal(pool.cluster.connections.callsActive, 0, 'no call holds a connection slot once all have answered');
+    } finally {
+      clusters.close();
+    }
+  });
+
+  test('a call past its deadline ends, frees its slot and tears down only its own connection', async () => {
+    const clusters = clustersWith(2);
+    const pool = (() => {
+      const resolved = clusters.resolve(undefined);
+      assert.ok('cluster' in resolved && resolved.cluster.connections, 'the cluster has a connection pool');
+      return resolved.cluster.connections;
+    })();
+    try {
+      const patient = reviewer(clusters, 5);
+      const hasty = reviewer(clusters, 0.2);
+      const [slowToken, fastToken, queuedToken, afterToken] = await tokens(4, 'deadline');
+      // The server answers after 3 s; the hasty reviewer gives up after 0.2 s (wide margins: a busy machine).
+      kube.state.delayMs = 3000;
+      const slow = patient.authenticate(bearer(slowToken));
+      const started = Date.now();
+      const timedOut = await hasty.authenticate(bearer(fastToken));
+      assert.equal(timedOut.kind, 'unavailable', `the hasty review times out: ${JSON.stringify(timedOut)}`);
+      assert.ok(Date.now() - started < 2500, `the timed-out review answered after ${Date.now() - started} ms, before the server would have`);
+      // Its underlying call has ended too: the slot and the in-flight count come back without waiting for the server.
+      await until(() => hasty.apiCallsRunning === 0 && pool.callsActive === 1, 2000, 'the timed-out call settles and frees its slot while the slow one holds its own');
+      assert.ok(Date.now() - started < 2500, 'its slot came back before the server answered');
+      assert.equal((await slow).kind, 'ok', 'the slow call on the other connection was not torn down with it');
+
+      // With both slots taken, a call whose deadline passes while it waits leaves the queue without connecting.
+      const [holdToken] = await tokens(1, 'hold');
+      const reviewsBefore = kube.state.tokenReviewCount;
+      const hold = [patient.authenticate(bearer(afterToken)), patient.authenticate(bearer(holdToken))];
+      await until(() => pool.callsActive === 2, 2000, 'both slots taken');
+      const queued = await hasty.authenticate(bearer(queuedToken));
+      assert.equal(queued.kind, 'unavailable', `the queued review times out: ${JSON.stringify(queued)}`);
+      assert.equal(pool.callsWaiting, 0, 'the timed-out call left the queue');
+      for (const outcome of await Promise.all(hold)) assert.equal(outcome.kind, 'ok', 'the calls holding the slots finish normally');
+      assert.equal(kube.state.tokenReviewCount - reviewsBefore, 2, 'the queued call never reached the API server');
+      kube.state.delayMs = 0;
+      assert.equal((await patient.authenticate(bearer(queuedToken))).kind, 'ok', 'the pool serves calls again afterwards');
+      assert.ok(pool.openSockets <= 2, `at most 2 sockets open, found ${pool.openSockets}`);
+    } finally {
+      kube.state.delayMs = 0;
+      clusters.close();
+    }
+  });
+});
+
+/** Polls `check` until it holds; fails with `what` after `timeoutMs`. */
+async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
 describe('JWT authenticator', () => {
   test('verifies against a JWKS file and picks up a new key when the file changes', async () => {
     const dir = path.join(temp.dir, 'jwks-rotation');

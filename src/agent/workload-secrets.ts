@@ -17,6 +17,7 @@ import {
   formatWorkloadId,
   keysMatch,
   parseCertificate,
+  parseCsr,
   parseSpiffeId,
   verifyChain,
   type ParsedCertificate,
@@ -75,6 +76,8 @@ export interface WorkloadSecretsOptions {
   metrics: AgentMetrics;
   /** How long a first issuance keeps retrying an unreachable CA before the stream gets UNAVAILABLE. */
   initialIssueTimeoutMs?: number;
+  /** CSRs this agent has in flight to the CA at once (default DEFAULT_MAX_CONCURRENT_CSRS); the rest wait their turn. */
+  maxConcurrentCsrs?: number;
   random?: () => number;
 }
 
@@ -104,6 +107,55 @@ interface IdentityEntry {
 }
 
 const DEFAULT_INITIAL_ISSUE_TIMEOUT_MS = 60_000;
+/**
+ * Many new workloads at once (a node starting, hundreds of pods scheduled) must not all hit the CA at the same
+ * moment: it reviews each new token with the API server and refuses what exceeds its own limit (64 TokenReviews by
+ * default) with UNAVAILABLE, and every refused CSR comes back later as a retry, after a backoff, as garbage and CPU
+ * on both sides. Queued here, they go out as fast as the CA answers.
+ */
+export const DEFAULT_MAX_CONCURRENT_CSRS = 32;
+
+/** A first-come, first-served limit on concurrent calls; a waiter leaves the queue when `signal` aborts. */
+class Slots {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  acquire(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(new CaCallError(GrpcStatus.CANCELLED, 'request abandoned'));
+    if (this.active < this.limit) {
+      this.active++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const grant = (): void => {
+        signal.removeEventListener('abort', onAbort);
+        this.active++;
+        resolve();
+      };
+      const onAbort = (): void => {
+        const index = this.waiting.indexOf(grant);
+        if (index !== -1) this.waiting.splice(index, 1);
+        reject(new CaCallError(GrpcStatus.CANCELLED, 'request abandoned'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiting.push(grant);
+    });
+  }
+
+  release(): void {
+    this.active--;
+    if (this.active < this.limit) this.waiting.shift()?.();
+  }
+}
+
+/** Parsed roots of the last bundle a CA answer carried, by its exact text: every answer carries the same one. */
+interface RootsMemo {
+  text: string;
+  roots: ParsedCertificate[];
+  pem: string;
+}
 
 function hashVersion(text: string): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 16);
@@ -122,10 +174,15 @@ export class WorkloadSecrets {
   private readonly closing = new AbortController();
   private readonly random: () => number;
   private readonly log: Logger;
+  private readonly csrSlots: Slots;
+  /** Per workload key: the last CSR made with it (retries resend it) and the SPKI in it (the leaf must carry it). */
+  private readonly csrs = new WeakMap<KeyObject, { uris: string; pem: string; spki: Buffer }>();
+  private rootsMemo: RootsMemo | null = null;
 
   constructor(private readonly options: WorkloadSecretsOptions) {
     this.random = options.random ?? Math.random;
     this.log = options.log;
+    this.csrSlots = new Slots(options.maxConcurrentCsrs ?? DEFAULT_MAX_CONCURRENT_CSRS);
   }
 
   /**
@@ -247,7 +304,8 @@ export class WorkloadSecrets {
         uris = []; // Only a hint for the CA; it writes the identity it verified.
       }
     }
-    const csrPem = createCsr({ privateKey: key, uris });
+    const csrPem = this.csrFor(key, uris);
+    await this.csrSlots.acquire(this.closing.signal);
     const metrics = this.options.metrics;
     metrics.outgoingRequests.inc({ request_type: 'csr' });
     const started = performance.now();
@@ -259,9 +317,40 @@ export class WorkloadSecrets {
       metrics.failedOutgoingRequests.inc({ request_type: 'csr', error_code: code });
       throw error;
     } finally {
+      this.csrSlots.release();
       metrics.outgoingLatency.inc({ request_type: 'csr' }, performance.now() - started);
     }
     return this.checkChain(chain, key);
+  }
+
+  /** The CSR for `key` and `uris`: made once and sent again on retries (a CSR proves the key, not the moment). */
+  private csrFor(key: KeyObject, uris: string[]): string {
+    const wanted = uris.join('\n');
+    let csr = this.csrs.get(key);
+    if (csr?.uris !== wanted) {
+      const pem = createCsr({ privateKey: key, uris });
+      // The SPKI the CSR carries is the key's own encoding (createCsr writes it from the key): reading it back
+      // costs microseconds where exporting the key again costs a decoder set-up in OpenSSL 3.
+      csr = { uris: wanted, pem, spki: parseCsr(pem).spkiDer };
+      this.csrs.set(key, csr);
+    }
+    return csr.pem;
+  }
+
+  /** True when the leaf certifies `key`: its SPKI bytes equal our CSR's, else (another encoding) by the decoded key. */
+  private leafIsForKey(leaf: ParsedCertificate, key: KeyObject): boolean {
+    const spki = this.csrs.get(key)?.spki;
+    return (spki !== undefined && leaf.spkiDer.equals(spki)) || keysMatch(key, certificatePublicKey(leaf));
+  }
+
+  /** The trust bundle element of an answer, parsed once per distinct text. */
+  private rootsOf(text: string): RootsMemo {
+    if (this.rootsMemo?.text === text) return this.rootsMemo;
+    const roots = certificatesFromPem(text).map(parseCertificate);
+    const pem = roots.map((r) => certificateToPem(r.der)).join('');
+    // Share the string with the current bundle when equal, so identities do not each hold a copy.
+    this.rootsMemo = { text, roots, pem: this.bundle?.pem === pem ? this.bundle.pem : pem };
+    return this.rootsMemo;
   }
 
   /** Fail closed: the leaf must be for our key, name a SPIFFE identity and chain to the bundle in the answer. */
@@ -271,13 +360,12 @@ export class WorkloadSecrets {
     const leafDers = certificatesFromPem(chain[0]!);
     if (leafDers.length !== 1) throw unusable(`the first element holds ${leafDers.length} certificates, expected the leaf alone`);
     const leaf = parseCertificate(leafDers[0]!);
-    if (!keysMatch(key, certificatePublicKey(leaf))) throw unusable("the leaf certificate is not for the key in the agent's CSR");
+    if (!this.leafIsForKey(leaf, key)) throw unusable("the leaf certificate is not for the key in the agent's CSR");
     const ids = leaf.sans.uris.filter((uri) => uri.startsWith('spiffe://'));
     if (ids.length === 0) throw unusable('the leaf certificate names no spiffe:// identity');
     for (const id of ids) parseSpiffeId(id);
-    const rootDers = certificatesFromPem(chain[chain.length - 1]!);
-    if (rootDers.length === 0) throw unusable('the last element holds no root certificate');
-    const roots = rootDers.map(parseCertificate);
+    const { roots, pem: rootsPem } = this.rootsOf(chain[chain.length - 1]!);
+    if (roots.length === 0) throw unusable('the last element holds no root certificate');
     const intermediates = chain.slice(1, -1).flatMap((pem) => certificatesFromPem(pem)).map(parseCertificate);
     const validity = { notBefore: leaf.notBefore.getTime(), notAfter: leaf.notAfter.getTime() };
     if (validity.notAfter <= validity.notBefore) throw unusable('the leaf certificate has an empty validity period');
@@ -308,7 +396,7 @@ export class WorkloadSecrets {
       identity: [...ids].sort().join(','),
       keyPem: encodeWorkloadKey(key, this.options.key),
       chainPem,
-      rootsPem: roots.map((r) => certificateToPem(r.der)).join(''),
+      rootsPem,
       leaf,
       receivedAt,
       // NotAfter − r·L when the clocks agree; measured from receipt so that a skewed clock cannot shift it.

@@ -232,8 +232,19 @@ export function parseCertificate(der: Buffer): ParsedCertificate {
   }
 }
 
+/**
+ * Imported public keys, per parsed certificate: OpenSSL's SPKI import costs ~100 µs, and a root or CA
+ * certificate verifies every chain it anchors. KeyObjects are immutable, so sharing one is safe.
+ */
+const publicKeys = new WeakMap<ParsedCertificate, KeyObject>();
+
 export function certificatePublicKey(cert: ParsedCertificate): KeyObject {
-  return createPublicKey({ key: cert.spkiDer, format: 'der', type: 'spki' });
+  let key = publicKeys.get(cert);
+  if (!key) {
+    key = createPublicKey({ key: cert.spkiDer, format: 'der', type: 'spki' });
+    publicKeys.set(cert, key);
+  }
+  return key;
 }
 
 export function isCaCertificate(cert: ParsedCertificate): boolean {

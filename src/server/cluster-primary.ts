@@ -156,6 +156,8 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
       await all;
     }
   };
+  // Kept-alive API-server connections end last (workers may still be asking for reviews while they drain).
+  cleanups.push(() => clusters.close());
   cleanups.push(stopWorkers);
 
   const runCleanups = async (): Promise<void> => {

@@ -196,6 +196,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     }
   };
 
+  // Kept-alive API-server connections end with the server.
+  cleanups.push(() => clusters.close());
   try {
     const publishExpiries = (): void => {
       const status = signer.status();

@@ -499,6 +499,8 @@ export class KubeStandinState {
   tokenReviewCount = 0;
   /** Artificial latency added to every request. */
   delayMs = 0;
+  /** TLS connections accepted so far (to see whether clients reuse kept-alive connections). */
+  connections = 0;
   /** Answer TokenReviews with 403 Forbidden (caller lacks system:auth-delegator). */
   forbidReviews = false;
   /** "<verb> <resource>" entries (e.g. "get secrets", "watch configmaps", "create tokenreviews") ⇒ 403. */
@@ -1402,6 +1404,7 @@ export async function startKubeStandin(opts: KubeStandinOptions = {}): Promise<K
   const server = createServer({ key: tls.keyPem, cert: tls.certPem });
   const tracker = new SocketTracker(server, () => state.down);
   state.onDown = () => tracker.destroyAll();
+  server.on('secureConnection', () => state.connections++);
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (state.down) {
