@@ -111,7 +111,7 @@ describe('meshca ca --workers', () => {
     const reviews = kube.state.requests.filter((r) => r.path.endsWith('/tokenreviews')).length - reviewsBefore;
     assert.equal(reviews, 1, 'one TokenReview for one token, however many workers and connections used it');
     // Each worker logs its audit lines with its slot: both served.
-    const served = await eventually(() => (auditWorkers(ca.proc.records).size === 2 ? auditWorkers(ca.proc.records) : undefined), 5000, 'audit lines from both workers');
+    const served = await eventually(() => (auditWorkers(ca.proc.records).size === 2 ? auditWorkers(ca.proc.records) : undefined), 20_000, 'audit lines from both workers');
     assert.deepEqual([...served].sort(), [0, 1], 'audit lines come from worker 0 and worker 1');
 
     // /metrics is the sum over the processes; the expiry gauges are not summed.
@@ -129,13 +129,13 @@ describe('meshca ca --workers', () => {
 
     // A new cacerts reaches every worker: after the reload, every connection gets the new issuer.
     await writeSecretVolume(dir, istioFiles(b));
-    await ca.proc.waitForLog(/^reloaded the plugged-in CA certificates$/, 10_000);
+    await ca.proc.waitForLog(/^reloaded the plugged-in CA certificates$/, 30_000);
     await eventually(
       async () => {
         const results = await Promise.all(conns.map((client) => createCertificate(client, { csr: workload.csrPem, token, validitySeconds: 3600 })));
         return results.every((r) => r.ok && r.chain.length === 4) ? true : undefined;
       },
-      5000,
+      20_000,
       'every connection signing with the reloaded three-level chain',
     );
     const after = await Promise.all(conns.map((client) => createCertificate(client, { csr: workload.csrPem, token, validitySeconds: 3600 })));
@@ -148,8 +148,8 @@ describe('meshca ca --workers', () => {
     const workers = await childPids(ca.proc.child.pid!);
     assert.equal(workers.length, 2, `the primary has two worker processes (found ${workers.join(', ')})`);
     process.kill(workers[0]!, 'SIGKILL');
-    await ca.proc.waitForLog(/^a CA worker died; starting a new one$/, 10_000);
-    await eventually(async () => ((JSON.parse((await getText(`${monitoring}/ready`)).body) as { workers: { listening: number } }).workers.listening === 2 ? true : undefined), 15_000, 'two workers listening again');
+    await ca.proc.waitForLog(/^a CA worker died; starting a new one$/, 30_000);
+    await eventually(async () => ((JSON.parse((await getText(`${monitoring}/ready`)).body) as { workers: { listening: number } }).workers.listening === 2 ? true : undefined), 40_000, 'two workers listening again');
     const fresh = connect(ca, rootsPem, 4);
     const afterKill = await kube.mintToken({ namespace: 'default', serviceAccount: 'after-kill', ttlSeconds: 3600 });
     const results = await Promise.all(fresh.map((client) => createCertificate(client, { csr: workload.csrPem, token: afterKill, validitySeconds: 3600 })));
@@ -159,7 +159,7 @@ describe('meshca ca --workers', () => {
     const pids = await childPids(ca.proc.child.pid!);
     const code = await ca.proc.stop('SIGTERM', 20_000);
     assert.equal(code, 0, 'the primary exits 0 after a graceful stop');
-    await eventually(() => (pids.every((pid) => !alive(pid)) ? true : undefined), 5000, 'no worker outlives the primary');
+    await eventually(() => (pids.every((pid) => !alive(pid)) ? true : undefined), 20_000, 'no worker outlives the primary');
   });
 
   test('Vault role mode: workers forward each request to the primary, and Vault\'s statuses reach the caller unchanged', async () => {
@@ -214,7 +214,7 @@ describe('meshca ca --workers', () => {
     const pids = await childPids(ca.proc.child.pid!);
     assert.equal(pids.length, 2, 'two workers');
     await ca.proc.stop('SIGKILL');
-    await eventually(() => (pids.every((pid) => !alive(pid)) ? true : undefined), 10_000, 'the workers exit when the primary is gone');
+    await eventually(() => (pids.every((pid) => !alive(pid)) ? true : undefined), 20_000, 'the workers exit when the primary is gone');
   });
 
   test('start-up failures of the workers end in one line and a non-zero exit', async () => {

@@ -29,4 +29,31 @@ describe('log redaction', () => {
     assert.match(text, /material seen/, text);
     assert.doesNotMatch(text, /PRIVATE KEY-----/, text);
   });
+
+  it('censors credential fields by name: top level, one level down, in errors and in child bindings', async () => {
+    const out = new PassThrough();
+    let text = '';
+    out.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+    const logger = createLogger({ pretty: false, destination: out, level: 'info' });
+    class TokenError extends Error {
+      token = 'error-token';
+    }
+    const record = { token: 't1', key: 'k1', privateKey: 'p1', authorization: 'Bearer a1', req: { authorization: 'Bearer a2', token: 't2', key: 'kept' }, err: new TokenError('boom') };
+    logger.info(record, 'top');
+    logger.child({ token: 'child-token', worker: 1 }).child({ component: 'x' }).info('child');
+    logger.flush();
+    await new Promise((resolve) => setImmediate(resolve));
+    const [top, child] = text.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    assert.doesNotMatch(text, /t1|k1|p1|a1|a2|t2|error-token|child-token/, text);
+    assert.deepEqual({ token: top!.token, key: top!.key, privateKey: top!.privateKey, authorization: top!.authorization }, {
+      token: '[redacted]', key: '[redacted]', privateKey: '[redacted]', authorization: '[redacted]',
+    }, 'top-level fields are censored');
+    assert.deepEqual(top!.req, { authorization: '[redacted]', token: '[redacted]', key: 'kept' }, 'nested token/authorization censored, a nested "key" kept');
+    assert.equal((top!.err as { type: string; message: string }).type, 'TokenError', 'an error keeps its type');
+    assert.equal((top!.err as { message: string }).message, 'boom', 'and its message');
+    assert.equal(child!.token, '[redacted]', 'child bindings are censored');
+    assert.equal(child!.worker, 1, 'other bindings are kept');
+    assert.equal(record.token, 't1', 'the caller’s record is not modified');
+    assert.equal(record.req.token, 't2', 'nor its nested objects');
+  });
 });

@@ -4,12 +4,16 @@
  * the CA publishes. A signing fault (another key's certificate, a broken or reordered chain, a stale bundle) then
  * ends as an error instead of a certificate that workloads reject, or worse, accept.
  *
- * Cheap by design, since it runs on every request: the leaf is parsed once and its signature verified with the
- * issuer's public KeyObject, cached per chain element. Chain elements are the signer's own PEM strings, which only
- * change with the CA material, so the links above the leaf are verified once per distinct pair and remembered.
+ * Cheap by design, since it runs on every request: the leaf is read once (the algorithm and validity decodings
+ * are reused while their bytes repeat) and its signature verified with the issuer's public KeyObject, cached per
+ * chain element. Chain elements are the signer's own PEM strings, which only change with the CA material, so the
+ * links above the leaf are verified once per distinct pair and remembered.
+ *
+ * One exception to the per-leaf signature verification, see `mayTrustSignature`: RSA leaves made in this process
+ * by `LocalSigner.sign` are verified for the first leaf of each issuer certificate only, then checked structurally.
  */
 import { verify, type KeyObject } from 'node:crypto';
-import { signatureAlgorithmFor } from '../pki/algorithms.js';
+import { signatureAlgorithmFor, type SignatureAlgorithm } from '../pki/algorithms.js';
 import { children, decodeOid, decodeTime, expectTag, readSingle, Tag, type DerElement } from '../pki/der.js';
 import { parseBasicConstraints, parseSubjectAltNames, type SubjectAltNames } from '../pki/x509.js';
 import {
@@ -22,7 +26,9 @@ import {
   type ParsedCertificate,
 } from '../pki/index.js';
 import { CaError } from './errors.js';
-import type { SignedChain } from './signer.js';
+import { LocalSigner } from './local-signer.js';
+import { SnapshotSigner } from './snapshot-signer.js';
+import type { SignedChain, WorkloadSigner } from './signer.js';
 
 export interface IssuedChainExpectation {
   /** The URI SANs the leaf must carry, exactly (order does not matter). */
@@ -36,11 +42,20 @@ export interface IssuedChainExpectation {
    * the chain must be one of them, so that a material swap during signing is not mistaken for a fault.
    */
   advertisedBundles: readonly string[];
+  /**
+   * The signer that produced the chain (`authority.signer`). Only used to recognise the in-process LocalSigner,
+   * whose RSA leaves need not each be verified (see `mayTrustSignature`); omitted, every leaf is verified.
+   */
+  signer?: WorkloadSigner;
 }
 
 interface CachedCertificate {
   cert: ParsedCertificate;
   publicKey: KeyObject;
+  /** RSA issuers: the modulus length in bytes, which every PKCS#1 v1.5 signature by this key has exactly. */
+  rsaSignatureBytes: number | undefined;
+  /** The signature AlgorithmIdentifier of the first LocalSigner leaf verified against this certificate. */
+  verifiedLocalLeafAlgorithm?: Buffer;
 }
 
 interface CachedBundle {
@@ -57,15 +72,30 @@ function refuse(reason: string): CaError {
 /** What the check needs of a leaf. */
 interface LeafView {
   tbs: Buffer;
-  signatureAlgorithm: string;
+  /** The DER AlgorithmIdentifier (outer and signed, which must be identical) and what it names. */
+  algorithmRaw: Buffer;
+  algorithm: SignatureAlgorithm | undefined;
   signature: Buffer;
   serialHex: string;
   issuerDer: Buffer;
   spkiDer: Buffer;
-  notBefore: Date;
-  notAfter: Date;
+  notBeforeMs: number;
+  notAfterMs: number;
   sans: SubjectAltNames;
   isCa: boolean;
+}
+
+/**
+ * Decodings the leaves of one signer share: every leaf carries the same AlgorithmIdentifier, and leaves issued in
+ * the same second with the same TTL the same Validity. Keyed by the exact bytes, so a different encoding is
+ * always decoded afresh.
+ */
+interface ReadCache {
+  algorithmRaw?: Buffer;
+  algorithm?: SignatureAlgorithm | undefined;
+  validityRaw?: Buffer;
+  notBeforeMs?: number;
+  notAfterMs?: number;
 }
 
 // Extension OIDs as DER contents, compared as bytes: decoding every OID of every leaf would cost more.
@@ -77,22 +107,38 @@ const BASIC_CONSTRAINTS_OID = Buffer.from([0x55, 0x1d, 0x13]);
  * every extension. Strict where the signature does not reach: one outer algorithm identical to the signed one,
  * a signature of whole bytes, nothing after the signature.
  */
-function readLeaf(der: Buffer): LeafView {
+function readLeaf(der: Buffer, cache: ReadCache): LeafView {
   const [tbsElement, algorithm, signatureElement, extra] = children(expectTag(readSingle(der, 'certificate'), Tag.SEQUENCE, 'certificate'));
   if (extra) throw new Error('trailing data after the signature');
   const tbs = expectTag(tbsElement, Tag.SEQUENCE, 'TBSCertificate');
   const fields = children(tbs);
   const at = fields[0]?.tag === 0xa0 ? 1 : 0;
   const serial = expectTag(fields[at], Tag.INTEGER, 'serial number').contents;
-  if (!expectTag(algorithm, Tag.SEQUENCE, 'signatureAlgorithm').raw.equals(expectTag(fields[at + 1], Tag.SEQUENCE, 'signature').raw)) {
+  const algorithmRaw = expectTag(algorithm, Tag.SEQUENCE, 'signatureAlgorithm').raw;
+  if (!algorithmRaw.equals(expectTag(fields[at + 1], Tag.SEQUENCE, 'signature').raw)) {
     throw new Error('the outer signature algorithm differs from the signed one');
   }
-  const validity = children(expectTag(fields[at + 3], Tag.SEQUENCE, 'validity'));
+  if (!cache.algorithmRaw?.equals(algorithmRaw)) {
+    const resolved = signatureAlgorithmFor(decodeOid(expectTag(children(algorithm!)[0], Tag.OID, 'signature algorithm').contents));
+    cache.algorithm = resolved;
+    cache.algorithmRaw = Buffer.from(algorithmRaw);
+  }
+  const validityElement = expectTag(fields[at + 3], Tag.SEQUENCE, 'validity');
+  const validityRaw = validityElement.raw;
+  if (!cache.validityRaw?.equals(validityRaw)) {
+    const validity = children(validityElement);
+    if (validity.length !== 2) throw new Error('the validity is malformed');
+    const notBeforeMs = decodeTime(validity[0]!.tag, validity[0]!.contents).getTime();
+    const notAfterMs = decodeTime(validity[1]!.tag, validity[1]!.contents).getTime();
+    // Copied: the cache must not keep a view of (and be changed with) one leaf's buffer.
+    Object.assign(cache, { validityRaw: Buffer.from(validityRaw), notBeforeMs, notAfterMs });
+  }
   const bits = expectTag(signatureElement, Tag.BIT_STRING, 'signature').contents;
   if (bits[0] !== 0) throw new Error('the signature BIT STRING has unused bits');
   let sans: SubjectAltNames = { uris: [], dnsNames: [], ipAddresses: [], emails: [] };
   let isCa = false;
-  const extensions = fields.slice(at + 6).find((f) => f.tag === 0xa3);
+  let extensions: DerElement | undefined;
+  for (let index = at + 6; index < fields.length && !extensions; index++) if (fields[index]!.tag === 0xa3) extensions = fields[index];
   if (extensions) {
     for (const extension of children(expectTag(children(extensions)[0], Tag.SEQUENCE, 'extensions'))) {
       const parts: DerElement[] = children(extension);
@@ -104,13 +150,14 @@ function readLeaf(der: Buffer): LeafView {
   }
   return {
     tbs: tbs.raw,
-    signatureAlgorithm: decodeOid(expectTag(children(algorithm!)[0], Tag.OID, 'signature algorithm').contents),
+    algorithmRaw,
+    algorithm: cache.algorithm,
     signature: bits.subarray(1),
     serialHex: (serial[0] === 0 && serial.length > 1 ? serial.subarray(1) : serial).toString('hex'),
     issuerDer: expectTag(fields[at + 2], Tag.SEQUENCE, 'issuer').raw,
     spkiDer: expectTag(fields[at + 5], Tag.SEQUENCE, 'subjectPublicKeyInfo').raw,
-    notBefore: decodeTime(validity[0]!.tag, validity[0]!.contents),
-    notAfter: decodeTime(validity[1]!.tag, validity[1]!.contents),
+    notBeforeMs: cache.notBeforeMs!,
+    notAfterMs: cache.notAfterMs!,
     sans,
     isCa,
   };
@@ -118,17 +165,74 @@ function readLeaf(der: Buffer): LeafView {
 
 function signedBy(cert: Pick<ParsedCertificate, 'issuerDer' | 'signatureAlgorithm' | 'tbs' | 'signature'>, issuer: CachedCertificate): boolean {
   if (!cert.issuerDer.equals(issuer.cert.subjectDer)) return false;
-  const algorithm = signatureAlgorithmFor(cert.signatureAlgorithm);
+  return verifies(signatureAlgorithmFor(cert.signatureAlgorithm), cert.tbs, cert.signature, issuer);
+}
+
+function verifies(algorithm: SignatureAlgorithm | undefined, tbs: Buffer, signature: Buffer, issuer: CachedCertificate): boolean {
   if (!algorithm) return false;
   try {
-    return verify(algorithm.hash, cert.tbs, issuer.publicKey, cert.signature);
+    return verify(algorithm.hash, tbs, issuer.publicKey, signature);
   } catch {
     return false;
   }
 }
 
+/**
+ * Whether the leaf's signature may be trusted without verifying it: only for an RSA issuer, a chain made by
+ * `LocalSigner.sign` itself (not a subclass's or wrapper's override) in this process, and an issuer certificate
+ * against which an earlier leaf of that signer, with the same signature AlgorithmIdentifier, has been verified.
+ *
+ * Fault by fault, what verifying every leaf caught and what catches it on this path:
+ * - A leaf signed by another key than the issuer certificate's (a mixed-up material, a stale key): LocalSigner
+ *   reads one immutable CaMaterial per call and signs with its key, whose match with the signing certificate is
+ *   asserted when the material is built (`buildCaMaterial` → `assertSigningMaterial`); the chain comes from the
+ *   same material. Structurally the leaf must still name this issuer and use the verified algorithm.
+ * - A systematic encoding fault (wrong hash for the algorithm, signature or TBS bytes misplaced): the first leaf
+ *   of every issuer certificate is verified, so the material's first certificate is refused, and LeafIssuer writes
+ *   every RSA leaf the same way (the signature is always the modulus length, checked here).
+ * - A computation fault in the private-key operation (the RSA-CRT "Bellcore" fault): OpenSSL 3.0 checks the CRT
+ *   exponentiation of every RSA private operation itself (rsa_ossl_mod_exp raises the result to e and compares it
+ *   with its input; on a mismatch it recomputes without CRT), so a faulted CRT result never leaves `crypto.sign`.
+ *   Left unverified per leaf: the steps around it (hash, padding, unblinding, the copy into the certificate),
+ *   deterministic code whose systematic faults the first-leaf verification catches; a random hardware fault there
+ *   is of the kind the check never covered (bytes changed after it).
+ * ECDSA has no such self-check in OpenSSL, so EC leaves are always verified; so are chains from any other signer
+ * (Vault, wrappers, a worker forwarding to its primary), whose key this process cannot vouch for.
+ */
+function mayTrustSignature(leaf: LeafView, issuer: CachedCertificate, localSigner: boolean): boolean {
+  return (
+    localSigner &&
+    issuer.rsaSignatureBytes !== undefined &&
+    leaf.signature.length === issuer.rsaSignatureBytes &&
+    issuer.verifiedLocalLeafAlgorithm !== undefined &&
+    issuer.verifiedLocalLeafAlgorithm.equals(leaf.algorithmRaw)
+  );
+}
+
+/** The leaf against one issuer certificate: the name, then the signature, verified unless `mayTrustSignature`. */
+function leafSignedBy(leaf: LeafView, issuer: CachedCertificate, localSigner: boolean): boolean {
+  if (!leaf.issuerDer.equals(issuer.cert.subjectDer)) return false;
+  if (mayTrustSignature(leaf, issuer, localSigner)) return true;
+  if (!verifies(leaf.algorithm, leaf.tbs, leaf.signature, issuer)) return false;
+  if (localSigner && issuer.rsaSignatureBytes !== undefined && leaf.signature.length === issuer.rsaSignatureBytes) {
+    issuer.verifiedLocalLeafAlgorithm = Buffer.from(leaf.algorithmRaw);
+  }
+  return true;
+}
+
+/**
+ * True when `signer` signs with LocalSigner's own method, in this process: a LocalSigner, or the SnapshotSigner of
+ * a `--workers` worker that holds the material itself (it signs through a LocalSigner built from it, whose key was
+ * checked against the certificate again in this process).
+ */
+function isLocalSigner(signer: WorkloadSigner | undefined): boolean {
+  const inner = signer instanceof SnapshotSigner && signer.sign === SnapshotSigner.prototype.sign ? signer.inProcessSigner() : signer;
+  return inner instanceof LocalSigner && inner.sign === LocalSigner.prototype.sign;
+}
+
 function sameSet(actual: readonly string[], expected: readonly string[]): boolean {
   if (actual.length !== expected.length) return false;
+  if (actual.length === 1) return actual[0] === expected[0];
   const wanted = new Set(expected);
   return wanted.size === actual.length && actual.every((value) => wanted.has(value));
 }
@@ -147,6 +251,7 @@ export class IssuedChainChecker {
   private readonly bundles = new Map<string, CachedBundle>();
   /** child PEM → parent PEM (or bundle) it was verified against. */
   private readonly verifiedLinks = new Map<string, string>();
+  private readonly readCache: ReadCache = {};
   private readonly now: () => number;
 
   constructor(options: { now?: () => number } = {}) {
@@ -164,7 +269,7 @@ export class IssuedChainChecker {
     if (chain[0] !== certificateToPem(signed.leafDer)) throw refuse('the first element of the chain is not the issued leaf certificate');
     let leaf: LeafView;
     try {
-      leaf = readLeaf(signed.leafDer);
+      leaf = readLeaf(signed.leafDer, this.readCache);
     } catch (error) {
       throw refuse(`the leaf cannot be parsed: ${(error as Error).message}`);
     }
@@ -177,16 +282,17 @@ export class IssuedChainChecker {
       throw refuse('the leaf names SANs that were not granted');
     }
     const now = this.now();
-    if (leaf.notAfter.getTime() <= now || leaf.notBefore.getTime() > now) throw refuse('the leaf is not valid now');
+    if (leaf.notAfterMs <= now || leaf.notBeforeMs > now) throw refuse('the leaf is not valid now');
     if (normalSerial(signed.serialHex) !== normalSerial(leaf.serialHex)) throw refuse("the reported serial number is not the leaf's");
 
     // The leaf's issuer is the element after it; with no intermediates, a root of the bundle.
+    const localSigner = isLocalSigner(expected.signer);
     if (chain.length === 2) {
-      if (!bundle.roots.some((root) => signedBy(leaf, root))) throw refuse('the leaf does not verify against any root of the trust bundle');
+      if (!bundle.roots.some((root) => leafSignedBy(leaf, root, localSigner))) throw refuse('the leaf does not verify against any root of the trust bundle');
       return;
     }
     const issuer = this.element(chain[1]!);
-    if (!signedBy(leaf, issuer)) throw refuse('the leaf is not signed by the next certificate of the chain');
+    if (!leafSignedBy(leaf, issuer, localSigner)) throw refuse('the leaf is not signed by the next certificate of the chain');
     for (let index = 1; index < chain.length - 1; index++) {
       const childPem = chain[index]!;
       const parentPem = chain[index + 1]!;
@@ -240,11 +346,37 @@ export class IssuedChainChecker {
   private load(der: Buffer): CachedCertificate {
     try {
       const cert = parseCertificate(der);
-      return { cert, publicKey: certificatePublicKey(cert) };
+      const publicKey = certificatePublicKey(cert);
+      const modulusBits = publicKey.asymmetricKeyType === 'rsa' ? publicKey.asymmetricKeyDetails?.modulusLength : undefined;
+      return { cert, publicKey, rsaSignatureBytes: modulusBits === undefined ? undefined : Math.ceil(modulusBits / 8) };
     } catch (error) {
       throw refuse(`a CA certificate of the chain cannot be read: ${(error as Error).message}`);
     }
   }
+}
+
+const PEM_BEGIN = '-----BEGIN ';
+const BASE64_BODY = /^[A-Za-z0-9+/=\s]*$/;
+
+/**
+ * The DER of the one CSR block of `text`. A text holding exactly one PEM block, a CSR, is decoded here directly
+ * (what `decodeSinglePem` would return, without its bookkeeping for bundles: a few microseconds per request);
+ * anything else goes through `decodeSinglePem`.
+ */
+function csrDer(text: string): Buffer {
+  const begin = text.indexOf(PEM_BEGIN);
+  if (begin !== -1 && text.indexOf(PEM_BEGIN, begin + 1) === -1) {
+    for (const label of CSR_PEM_LABELS) {
+      const header = `${PEM_BEGIN}${label}-----`;
+      if (!text.startsWith(header, begin)) continue;
+      const end = text.indexOf(`-----END ${label}-----`, begin + header.length);
+      if (end === -1) break;
+      const body = text.slice(begin + header.length, end);
+      if (!BASE64_BODY.test(body)) break;
+      return Buffer.from(body, 'base64');
+    }
+  }
+  return decodeSinglePem(text, CSR_PEM_LABELS, 'CSR');
 }
 
 /**
@@ -253,7 +385,7 @@ export class IssuedChainChecker {
  */
 export function csrPublicKeyInfo(csrPem: string): Buffer {
   try {
-    const der = decodeSinglePem(csrPem, CSR_PEM_LABELS, 'CSR');
+    const der = csrDer(csrPem);
     const [info] = children(readSingle(der, 'CSR'));
     const spki = children(expectTag(info, Tag.SEQUENCE, 'CertificationRequestInfo'))[2];
     return expectTag(spki, Tag.SEQUENCE, 'CSR public key').raw;

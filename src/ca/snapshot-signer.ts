@@ -95,6 +95,11 @@ export class SnapshotSigner implements WorkloadSigner {
     return new LocalSigner(snapshot.status.source, material, snapshot.status.mode);
   }
 
+  /** The LocalSigner this process signs with, while the snapshot carries the material; undefined when forwarding. */
+  inProcessSigner(): LocalSigner | undefined {
+    return this.local;
+  }
+
   sign(request: WorkloadSignRequest): Promise<SignedChain> | SignedChain {
     if (this.local) return this.local.sign(request);
     return this.forward(request).catch((error: unknown) => {
