@@ -14,7 +14,7 @@ import { IstioCaClient } from '../src/wire/protos.js';
 import { createCertificate, getText, metricValue, opensslKeyAndCsr, SERVER_NAME, type CallResult, type KeyAndCsr } from './ca-helpers.js';
 import { eventually, expectStartFailure, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
-import { startVaultStandin } from './standins/vault.js';
+import { ISTIO_WORKLOAD_ROLE, startVaultStandin } from './standins/vault.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir, type LogRecord } from './support/process.js';
 
@@ -165,16 +165,7 @@ describe('meshca ca --workers', () => {
   test('Vault role mode: workers forward each request to the primary, and Vault\'s statuses reach the caller unchanged', async () => {
     const vault = await startVaultStandin({ keyType: 'ec' });
     try {
-      vault.state.setRole('pki_int', 'istio', {
-        allowed_uri_sans: ['spiffe://cluster.local/ns/default/*'],
-        require_cn: false,
-        key_type: 'any',
-        allowed_domains: ['istio-system.svc'],
-        allow_subdomains: true,
-        use_csr_sans: false,
-        ttl: '1h',
-        max_ttl: '24h',
-      });
+      vault.state.setRole('pki_int', 'istio', { ...ISTIO_WORKLOAD_ROLE });
       const ca = await startCaProcess(['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'vault', '--ca-key-type', 'ec-p256', '--workers', '2', '--state-dir', path.join(temp.dir, 'vault')], {
         VAULT_ADDR: vault.url,
         VAULT_TOKEN: vault.rootToken,

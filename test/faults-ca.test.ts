@@ -27,7 +27,7 @@ import {
 } from './ca-helpers.js';
 import { eventually, istioFiles, makeChain, startCaProcess, writeFiles } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
-import { startVaultStandin, type VaultStandin } from './standins/vault.js';
+import { ISTIO_WORKLOAD_ROLE, startVaultStandin, type VaultStandin } from './standins/vault.js';
 import { opensslVerify, opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
@@ -205,16 +205,7 @@ describe('faults around meshca ca', () => {
     let vault: VaultStandin | undefined;
     try {
       vault = await startVaultStandin({ keyType: 'ec' });
-      vault.state.setRole('pki_int', 'istio', {
-        allowed_uri_sans: ['spiffe://cluster.local/ns/default/*'],
-        require_cn: false,
-        key_type: 'any',
-        allowed_domains: ['istio-system.svc'],
-        allow_subdomains: true,
-        use_csr_sans: false,
-        ttl: '1h',
-        max_ttl: '24h',
-      });
+      vault.state.setRole('pki_int', 'istio', { ...ISTIO_WORKLOAD_ROLE });
       const ca = await startCaProcess(
         ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'vault', '--ca-key-type', 'ec-p256', '--state-dir', path.join(temp.dir, 'vault-state')],
         { VAULT_ADDR: vault.url, VAULT_TOKEN: vault.rootToken, VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },

@@ -21,7 +21,7 @@ import { createCsr, generateKeyPairFor, spkiDer } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
-import { startVaultStandin, type VaultStandin } from './standins/vault.js';
+import { ISTIO_WORKLOAD_ROLE, startVaultStandin, type VaultStandin } from './standins/vault.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
@@ -53,17 +53,7 @@ describe('Vault PKI key source', () => {
     kube = await startKubeStandin();
     vault = await startVaultStandin({ keyType: 'ec' });
     // Workload SPIFFE IDs and the CA's own serving name are allowed; Istio CSRs carry no CN.
-    vault.state.setRole('pki_int', 'istio', {
-      allowed_uri_sans: ['spiffe://cluster.local/ns/default/*'],
-      require_cn: false,
-      key_type: 'any',
-      allowed_domains: ['istio-system.svc'],
-      allow_subdomains: true,
-      // Vault writes the uri_sans meshca sends (the authenticated identity), not the CSR's.
-      use_csr_sans: false,
-      ttl: '1h',
-      max_ttl: '24h',
-    });
+    vault.state.setRole('pki_int', 'istio', { ...ISTIO_WORKLOAD_ROLE });
     // Vault's default role behaviour: SANs from the CSR, uri_sans ignored.
     vault.state.setRole('pki_int', 'csr-sans', { allowed_uri_sans: ['spiffe://cluster.local/*'], require_cn: false, key_type: 'any', ttl: '1h' });
     token = await kube.mintToken({ namespace: 'default', serviceAccount: 'httpbin', ttlSeconds: 3600 });

@@ -12,7 +12,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
-import { TokenReviewAuthenticator, type AuthOutcome } from '../authn/index.js';
+import type { AuthOutcome } from '../authn/index.js';
 import { CertificateAuthority, type WorkloadSigner, type WorkloadSignRequest } from '../ca/index.js';
 import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
@@ -20,7 +20,8 @@ import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
 import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
 import { NOTICES, PRIMARY_CALLS, WORKER_CALLS, type ReviewParams } from './cluster-worker.js';
-import { buildKubeClusters, describeCa, formatHostPort, startMonitoring } from './index.js';
+import { buildKubeClusters, describeCa, formatHostPort, logReady, startMonitoring, tokenReviewAuthenticator } from './index.js';
+import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
 
@@ -60,34 +61,16 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   const env = options.env ?? process.env;
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
   const metrics = new CaMetrics(registry);
-  const publishExpiries = (): void => {
-    const status = signer.status();
-    metrics.setExpiries(
-      status.roots.map((r) => r.notAfter),
-      status.signingCertNotAfter,
-    );
-  };
-  publishExpiries();
+  metrics.publishSignerExpiries(signer);
 
   const clusters = buildKubeClusters(config, env, logger);
-  const tokenReviews =
-    clusters.size > 0
-      ? new TokenReviewAuthenticator({
-          clusters,
-          audiences: config.tokenAudiences,
-          trustDomain: config.trustDomain,
-          cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
-          timeoutSeconds: config.tokenReviewTimeoutSeconds,
-          maxInFlight: config.maxInflightTokenReviews,
-          observer: metrics,
-        })
-      : undefined;
+  const tokenReviews = clusters.size > 0 ? tokenReviewAuthenticator(config, clusters, metrics) : undefined;
   const authenticators = [...(config.plaintext ? [] : ['client-cert']), ...(clusters.size > 0 ? ['tokenreview'] : []), ...(config.jwtRules.length > 0 ? ['jwt'] : [])];
 
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index, worker: undefined, peer: undefined, listening: false }));
   let closing = false;
   let grpcPort = 0;
-  const cleanups: (() => Promise<void> | void)[] = [];
+  const cleanups = new CleanupStack(logger);
 
   const answerWorker = async (method: string, params: unknown): Promise<unknown> => {
     switch (method) {
@@ -160,16 +143,6 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   cleanups.push(() => clusters.close());
   cleanups.push(stopWorkers);
 
-  const runCleanups = async (): Promise<void> => {
-    for (const cleanup of cleanups.splice(0).reverse()) {
-      try {
-        await cleanup();
-      } catch (error) {
-        logger.warn({ err: (error as Error).message }, 'error while stopping the CA server');
-      }
-    }
-  };
-
   try {
     const authority = new CertificateAuthority({
       signer,
@@ -180,7 +153,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
     await readiness.start();
     cleanups.push(() => readiness.stop());
     const unsubscribe = signer.onChange(() => {
-      publishExpiries();
+      metrics.publishSignerExpiries(signer);
       const snapshot = takeSignerSnapshot(signer);
       for (const slot of slots) slot.peer?.notify(NOTICES.snapshot, snapshot);
       void readiness.probe();
@@ -208,23 +181,11 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
 
     const grpcAddress = formatHostPort(config.grpcAddress.host, grpcPort);
     const monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
-    logger.info(
-      {
-        grpcAddress,
-        monitoringAddress,
-        tls: !config.plaintext,
-        trustDomain: config.trustDomain,
-        keySource: signer.source,
-        authenticators,
-        serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
-        workers: slots.length,
-      },
-      'CA server ready',
-    );
+    logReady(logger, config, signer, { grpcAddress, monitoringAddress, authenticators, workers: slots.length });
     let closed: Promise<void> | undefined;
-    return { grpcAddress, monitoringAddress, grpcPort, monitoringPort, close: () => (closed ??= runCleanups()) };
+    return { grpcAddress, monitoringAddress, grpcPort, monitoringPort, close: () => (closed ??= cleanups.run()) };
   } catch (error) {
-    await runCleanups();
+    await cleanups.run();
     throw error;
   }
 }

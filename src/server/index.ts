@@ -25,6 +25,7 @@ import type { Logger } from '../log.js';
 import { istioCaService } from '../wire/protos.js';
 import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca-service.js';
 import { formatHostPort, listenError } from './listen.js';
+import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { createMonitoringServer, type MonitoringOptions } from './monitoring.js';
 import type { FastifyInstance } from 'fastify';
@@ -124,6 +125,28 @@ export function describeCa(
   };
 }
 
+/** The one line that says the CA serves (tests and tools wait for it, and read the addresses from it). */
+export function logReady(
+  logger: Logger,
+  config: CaServerConfig,
+  signer: WorkloadSigner,
+  facts: { grpcAddress: string; monitoringAddress: string; authenticators: readonly string[]; workers?: number },
+): void {
+  logger.info(
+    {
+      grpcAddress: facts.grpcAddress,
+      monitoringAddress: facts.monitoringAddress,
+      tls: !config.plaintext,
+      trustDomain: config.trustDomain,
+      keySource: signer.source,
+      authenticators: facts.authenticators,
+      serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
+      ...(facts.workers !== undefined ? { workers: facts.workers } : {}),
+    },
+    'CA server ready',
+  );
+}
+
 /** Starts the monitoring HTTP server on --monitoring-addr, or fails with one line that names the flag. */
 export async function startMonitoring(config: CaServerConfig, options: MonitoringOptions): Promise<FastifyInstance> {
   const monitoring = createMonitoringServer(options);
@@ -134,6 +157,25 @@ export async function startMonitoring(config: CaServerConfig, options: Monitorin
     throw listenError(config.monitoringAddress, 'the monitoring HTTP server', '--monitoring-addr', error);
   }
   return monitoring;
+}
+
+/** The TokenReview authenticator of a CA server; `reviewer` set: a `--workers` worker asking its primary. */
+export function tokenReviewAuthenticator(
+  config: CaServerConfig,
+  clusters: KubeClusters,
+  metrics: CaMetrics,
+  reviewer?: (clusterId: string, token: string) => Promise<AuthOutcome>,
+): TokenReviewAuthenticator {
+  return new TokenReviewAuthenticator({
+    clusters,
+    audiences: config.tokenAudiences,
+    trustDomain: config.trustDomain,
+    cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
+    timeoutSeconds: config.tokenReviewTimeoutSeconds,
+    maxInFlight: config.maxInflightTokenReviews,
+    observer: metrics,
+    ...(reviewer ? { reviewer } : {}),
+  });
 }
 
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
@@ -154,18 +196,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const authenticators: Authenticator[] = [];
   if (!config.plaintext) authenticators.push(new ClientCertAuthenticator());
   if (clusters.size > 0) {
-    authenticators.push(
-      new TokenReviewAuthenticator({
-        clusters,
-        audiences: config.tokenAudiences,
-        trustDomain: config.trustDomain,
-        cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
-        timeoutSeconds: config.tokenReviewTimeoutSeconds,
-        maxInFlight: config.maxInflightTokenReviews,
-        observer: metrics,
-        ...(options.worker ? { reviewer: (clusterId: string, token: string) => options.worker!.reviewToken(clusterId, token) } : {}),
-      }),
-    );
+    const worker = options.worker;
+    authenticators.push(tokenReviewAuthenticator(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined));
   }
   if (config.jwtRules.length > 0) {
     authenticators.push(
@@ -185,28 +217,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     timeoutSeconds: config.tokenReviewTimeoutSeconds,
   });
 
-  const cleanups: (() => Promise<void> | void)[] = [];
-  const runCleanups = async (): Promise<void> => {
-    for (const cleanup of cleanups.splice(0).reverse()) {
-      try {
-        await cleanup();
-      } catch (error) {
-        logger.warn({ err: (error as Error).message }, 'error while stopping the CA server');
-      }
-    }
-  };
+  const cleanups = new CleanupStack(logger);
 
   // Kept-alive API-server connections end with the server.
   cleanups.push(() => clusters.close());
   try {
-    const publishExpiries = (): void => {
-      const status = signer.status();
-      metrics.setExpiries(
-        status.roots.map((r) => r.notAfter),
-        status.signingCertNotAfter,
-      );
-    };
-    publishExpiries();
+    metrics.publishSignerExpiries(signer);
 
     let serving: ServingCertificate | undefined;
     let credentials: grpc.ServerCredentials;
@@ -224,7 +240,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     await readiness.start();
     cleanups.push(() => readiness.stop());
     const unsubscribe = signer.onChange(() => {
-      publishExpiries();
+      metrics.publishSignerExpiries(signer);
       void readiness.probe();
     });
     cleanups.push(unsubscribe);
@@ -279,18 +295,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       cleanups.push(() => monitoring.close());
       monitoringPort = (monitoring.server.address() as AddressInfo).port;
       monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
-      logger.info(
-        {
-          grpcAddress,
-          monitoringAddress,
-          tls: !config.plaintext,
-          trustDomain: config.trustDomain,
-          keySource: signer.source,
-          authenticators: chain.names,
-          serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
-        },
-        'CA server ready',
-      );
+      logReady(logger, config, signer, { grpcAddress, monitoringAddress, authenticators: chain.names });
     }
 
     let closing: Promise<void> | undefined;
@@ -302,10 +307,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       authority,
       metrics,
       servingCertificate: () => serving,
-      close: () => (closing ??= runCleanups()),
+      close: () => (closing ??= cleanups.run()),
     };
   } catch (error) {
-    await runCleanups();
+    await cleanups.run();
     throw error;
   }
 }

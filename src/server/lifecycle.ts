@@ -28,3 +28,24 @@ export function exitWhenIdle(code: number, maxWaitMs = 1000): void {
   process.exitCode = code;
   setTimeout(() => process.exit(code), maxWaitMs).unref();
 }
+
+/** Shutdown steps registered as things start; `run` undoes them in reverse order, each failure logged, never thrown. */
+export class CleanupStack {
+  private readonly steps: (() => Promise<void> | void)[] = [];
+
+  constructor(private readonly logger: Logger) {}
+
+  push(step: () => Promise<void> | void): void {
+    this.steps.push(step);
+  }
+
+  async run(): Promise<void> {
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (error) {
+        this.logger.warn({ err: (error as Error).message }, 'error while stopping the CA server');
+      }
+    }
+  }
+}

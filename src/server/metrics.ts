@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { TokenReviewObserver, TokenReviewResult } from '../authn/index.js';
+import type { WorkloadSigner } from '../ca/index.js';
 
 export class CaMetrics implements TokenReviewObserver {
   readonly csrCount: Counter;
@@ -109,6 +110,15 @@ export class CaMetrics implements TokenReviewObserver {
 
   onOverload(): void {
     this.tokenReviewOverloads.inc();
+  }
+
+  /** Publishes what the signer reports now: the earliest root expiry and the signing certificate's. */
+  publishSignerExpiries(signer: Pick<WorkloadSigner, 'status'>): void {
+    const status = signer.status();
+    this.setExpiries(
+      status.roots.map((r) => r.notAfter),
+      status.signingCertNotAfter,
+    );
   }
 
   /** Publishes the expiry of the roots and of the signing certificate (seconds since the epoch). */

@@ -206,6 +206,22 @@ export interface IssuedCertRecord {
   notAfter: Date;
 }
 
+/**
+ * The role meshca's tests sign workloads with (`pki_int/roles/istio`): workload SPIFFE IDs of namespace default and
+ * the CA's own serving name are allowed, Istio CSRs carry no CN, and Vault writes the uri_sans meshca sends (the
+ * authenticated identity), not the CSR's.
+ */
+export const ISTIO_WORKLOAD_ROLE = {
+  allowed_uri_sans: ['spiffe://cluster.local/ns/default/*'],
+  require_cn: false,
+  key_type: 'any',
+  allowed_domains: ['istio-system.svc'],
+  allow_subdomains: true,
+  use_csr_sans: false,
+  ttl: '1h',
+  max_ttl: '24h',
+} as const;
+
 export interface VaultStandinOptions {
   tls?: boolean;
   rootMount?: string;
