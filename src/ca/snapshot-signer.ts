@@ -85,12 +85,19 @@ export class SnapshotSigner implements WorkloadSigner {
     const m = snapshot.material;
     if (!m) return undefined;
     // The primary validated this material when it loaded it; building it again re-checks the key against the
-    // certificate and the chain, so a snapshot damaged on the way cannot sign.
+    // certificate and the chain, so a snapshot damaged on the way cannot sign. Expiry is the primary's to judge
+    // (the authority refuses to sign past the signing certificate's NotAfter): the chain is checked at the latest
+    // NotBefore of its certificates, so material that expired while running still reaches the workers.
+    const signingCert = parseCertificate(toBuffer(m.signingCertDer));
+    const chain = m.chainDers.map((der) => parseCertificate(toBuffer(der)));
+    const roots = m.rootDers.map((der) => parseCertificate(toBuffer(der)));
+    const checkedAt = new Date(Math.max(...[signingCert, ...chain, ...roots].map((c) => c.notBefore.getTime())));
     const material = buildCaMaterial({
-      signingCert: parseCertificate(toBuffer(m.signingCertDer)),
+      signingCert,
       privateKey: createPrivateKey({ key: toBuffer(m.privateKeyPkcs8Der), format: 'der', type: 'pkcs8' }),
-      chain: m.chainDers.map((der) => parseCertificate(toBuffer(der))),
-      roots: m.rootDers.map((der) => parseCertificate(toBuffer(der))),
+      chain,
+      roots,
+      now: checkedAt,
     });
     return new LocalSigner(snapshot.status.source, material, snapshot.status.mode);
   }

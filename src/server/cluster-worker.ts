@@ -46,8 +46,14 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
       throw new Error(`unknown call ${method}`);
     },
     (name, params) => {
-      if (name === NOTICES.snapshot) signer?.replace(params as SignerSnapshot);
-      else if (name === NOTICES.shutdown) void stop(0);
+      if (name === NOTICES.snapshot) {
+        try {
+          signer?.replace(params as SignerSnapshot);
+        } catch (error) {
+          // Keep signing with what this worker has; the primary validated the new material, so this is a fault here.
+          logger.error({ err: (error as Error).message }, 'could not take the new CA material from the primary; still signing with the previous one');
+        }
+      } else if (name === NOTICES.shutdown) void stop(0);
     },
   );
   process.on('message', (message) => peer.receive(message));
