@@ -29,6 +29,7 @@ import { ReadinessProbe } from './readiness.js';
 const METRICS_TIMEOUT_MS = 2000;
 /** A worker that died is started again after this long (a crash loop then costs little). */
 const RESTART_DELAY_MS = 1000;
+const MAX_RESTART_DELAY_MS = 30_000;
 
 /** The environment variable that tells a forked worker its slot number (for its log lines). */
 export const WORKER_SLOT_ENV = 'MESHCA_CA_WORKER';
@@ -119,11 +120,21 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
         if (!wasListening) reject(new Error(`CA worker ${slot.index} exited before it could serve (${signal ?? `exit code ${code}`})`));
         if (closing || !wasListening) return;
         logger.error({ worker: slot.index, exitCode: code, signal }, 'a CA worker died; starting a new one');
-        setTimeout(() => {
-          if (!closing) fork(slot).catch((error: unknown) => logger.error({ worker: slot.index, err: (error as Error).message }, 'a CA worker could not be restarted'));
-        }, RESTART_DELAY_MS).unref();
+        restart(slot, RESTART_DELAY_MS);
       });
     });
+
+  /** Starts the slot's worker again after `delayMs`; a worker that cannot start is retried, waiting twice as long. */
+  const restart = (slot: Slot, delayMs: number): void => {
+    setTimeout(() => {
+      if (closing) return;
+      fork(slot).catch((error: unknown) => {
+        const nextDelayMs = Math.min(delayMs * 2, MAX_RESTART_DELAY_MS);
+        logger.error({ worker: slot.index, err: (error as Error).message, retryInSeconds: nextDelayMs / 1000 }, 'a CA worker could not be restarted');
+        restart(slot, nextDelayMs);
+      });
+    }, delayMs).unref();
+  };
 
   const stopWorkers = async (): Promise<void> => {
     closing = true;
