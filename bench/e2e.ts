@@ -302,6 +302,15 @@ export interface E2eOptions {
   cores: number;
 }
 
+/** A load generator calling `server` with the workloads' pre-made CSRs and tokens. */
+function loadgenAgainst(server: CaProcess, workloads: Workloads, dir: string): Promise<Loadgen> {
+  return startLoadgen(
+    { address: server.grpcAddress, rootCertPem: server.rootCertPem, serverName: SERVER_NAME, serverPid: server.pid, clusterId: CLUSTER_ID },
+    workloads.requests,
+    dir,
+  );
+}
+
 export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
   const info = CA_KINDS[options.kind];
   const workers = options.echo || options.prototypeThreads !== undefined ? 1 : (options.workers ?? options.cores);
@@ -324,11 +333,7 @@ export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
       : `prototype, ${options.prototypeThreads} signing thread${options.prototypeThreads === 1 ? '' : 's'}`;
   let loadgen: Loadgen | undefined;
   try {
-    loadgen = await startLoadgen(
-      { address: server.grpcAddress, rootCertPem: server.rootCertPem, serverName: SERVER_NAME, serverPid: server.pid, clusterId: CLUSTER_ID },
-      workloads.requests,
-      options.dir,
-    );
+    loadgen = await loadgenAgainst(server, workloads, options.dir);
     // Steady state is measured: every workload's token is reviewed (and cached) before the first level, otherwise
     // the cold TokenReviews (a new TLS connection each) would land in the concurrency-1 window. Part 4 measures
     // the cold start on its own.
@@ -382,11 +387,7 @@ export async function runApiServerLoad(options: ApiServerOptions): Promise<ApiSe
   const server = await startCaProcess({ kind: 'ec', kubeconfigPath: options.kube.kubeconfigPath, dir: options.dir, workers: options.workers });
   let loadgen: Loadgen | undefined;
   try {
-    loadgen = await startLoadgen(
-      { address: server.grpcAddress, rootCertPem: server.rootCertPem, serverName: SERVER_NAME, serverPid: server.pid, clusterId: CLUSTER_ID },
-      workloads.requests,
-      options.dir,
-    );
+    loadgen = await loadgenAgainst(server, workloads, options.dir);
     options.log(`apiserver: ${options.requests} CSRs from ${options.workloads} workloads at concurrency ${options.concurrency}`);
     const before = options.kube.state.tokenReviewCount;
     const result = await loadgen.run({ concurrency: options.concurrency, warmupSeconds: 0, count: options.requests });
