@@ -4,30 +4,44 @@
  * assembles them and turns start-up errors into one clear line and a non-zero exit.
  */
 import { Command, CommanderError } from 'commander';
-import { registerInspectCommand } from './commands/inspect.js';
-import { registerCacertsCommand } from './commands/cacerts.js';
-import { registerAgentCommand } from './commands/agent.js';
-import { registerFetchCommand } from './commands/fetch.js';
-import { registerCaCommand } from './commands/ca.js';
-import { registerTokenCommand } from './commands/token.js';
-import { registerDevCommand } from './commands/dev.js';
-import { registerRequestCommand } from './commands/request.js';
+import { COMMAND_DESCRIPTIONS, type CommandName } from './commands/descriptions.js';
 
-export function buildProgram(): Command {
+type Register = (program: Command) => void;
+
+/** Each command's module, loaded only when that command runs (or its own --help is asked for). */
+const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
+  inspect: async () => (await import('./commands/inspect.js')).registerInspectCommand,
+  cacerts: async () => (await import('./commands/cacerts.js')).registerCacertsCommand,
+  agent: async () => (await import('./commands/agent.js')).registerAgentCommand,
+  fetch: async () => (await import('./commands/fetch.js')).registerFetchCommand,
+  ca: async () => (await import('./commands/ca.js')).registerCaCommand,
+  token: async () => (await import('./commands/token.js')).registerTokenCommand,
+  dev: async () => (await import('./commands/dev.js')).registerDevCommand,
+  request: async () => (await import('./commands/request.js')).registerRequestCommand,
+};
+
+function isCommandName(name: string | undefined): name is CommandName {
+  return name !== undefined && Object.hasOwn(COMMAND_MODULES, name);
+}
+
+/**
+ * The program for `argv`: the command being run is loaded whole; the others are only named (with their
+ * descriptions, for `meshca --help`), so that a node agent does not carry the CA's modules in memory.
+ */
+export async function buildProgram(argv: readonly string[] = process.argv): Promise<Command> {
   const program = new Command();
   program
     .name('meshca')
     .description('Certificate authority and workload-identity service for service meshes (Istio-compatible)')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)');
-  registerInspectCommand(program);
-  registerCacertsCommand(program);
-  registerAgentCommand(program);
-  registerFetchCommand(program);
-  registerCaCommand(program);
-  registerTokenCommand(program);
-  registerDevCommand(program);
-  registerRequestCommand(program);
+  const words = argv.slice(2).filter((word) => !word.startsWith('-'));
+  // `meshca help agent` shows the agent's own help, so it needs the agent's options.
+  const invoked = words[0] === 'help' ? words[1] : words[0];
+  for (const name of Object.keys(COMMAND_MODULES) as CommandName[]) {
+    if (isCommandName(invoked) && name === invoked) (await COMMAND_MODULES[name]())(program);
+    else program.command(name).description(COMMAND_DESCRIPTIONS[name]);
+  }
   return program;
 }
 
@@ -39,9 +53,12 @@ export function exitWithError(error: unknown): never {
   process.exit(error instanceof Error && 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1);
 }
 
-const program = buildProgram();
-program.exitOverride();
-program.parseAsync(process.argv).catch((error: unknown) => {
-  if (error instanceof CommanderError) process.exit(error.exitCode);
-  exitWithError(error);
-});
+buildProgram(process.argv)
+  .then((program) => {
+    program.exitOverride();
+    return program.parseAsync(process.argv);
+  })
+  .catch((error: unknown) => {
+    if (error instanceof CommanderError) process.exit(error.exitCode);
+    exitWithError(error);
+  });

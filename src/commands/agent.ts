@@ -4,6 +4,7 @@ import { readAgentConfig, startAgent, type AgentFlags } from '../agent/index.js'
 import { DEFAULT_SDS_SOCKET, DEFAULT_STATUS_ADDR, DEFAULT_TOKEN_FILE, DEFAULT_CA_ROOT_CERT, DEFAULT_CA_ADDR } from '../config/agent.js';
 import { readEnum } from '../config/env.js';
 import { createLogger, LOG_LEVELS } from '../log.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface AgentCommandFlags extends AgentFlags {
   logLevel?: string;
@@ -12,7 +13,7 @@ interface AgentCommandFlags extends AgentFlags {
 export function registerAgentCommand(program: Command): void {
   program
     .command('agent')
-    .description('serve workload keys and certificates to Envoy over SDS on a Unix socket, renewing them from the CA')
+    .description(COMMAND_DESCRIPTIONS.agent)
     .option('--mode <mode>', 'node (default): every workload sends its own token on the stream; sidecar: one workload, token from --token-file (env MESHCA_AGENT_MODE)')
     .option('--sds-socket <path>', `SDS Unix socket (default ${DEFAULT_SDS_SOCKET})`)
     .option('--sds-socket-mode <mode>', 'file mode of the socket, octal (default 0666 like Istio)')

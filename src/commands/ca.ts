@@ -9,6 +9,7 @@ import { startCaServer } from '../server/index.js';
 import { startCaCluster, WORKER_SLOT_ENV } from '../server/cluster-primary.js';
 import { runCaWorker } from '../server/cluster-worker.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 /**
  * A raw file-system error (ENOSPC, EROFS, ...) while the key source sets up its state says only what failed, not
@@ -37,7 +38,7 @@ export function describeStateFailure(error: unknown, stateDir: string): unknown 
 export function registerCaCommand(program: Command): void {
   const command = program
     .command('ca')
-    .description('run the CA server: Istio-compatible CreateCertificate over gRPC/TLS, authenticated by client certs, TokenReview and JWT');
+    .description(COMMAND_DESCRIPTIONS.ca);
   addCaServerOptions(command);
   command.action(async (flags: CaServerFlags) => {
     const config = readCaServerConfig(flags, process.env);

@@ -28,6 +28,7 @@ import {
   type ParsedCertificate,
 } from '../pki/index.js';
 import { ensurePrivateDirectory, fileExists, writeFileAtomic } from '../util/fs.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 export const ROOT_FILES = { cert: 'root-cert.pem', key: 'root-key.pem' } as const;
 
@@ -154,7 +155,7 @@ export async function createIntermediateCa(options: IntermediateOptions): Promis
 const describe = (cert: ParsedCertificate): string => `${cert.subject}, expires ${cert.notAfter.toISOString()}, sha256 ${fingerprint(cert)}`;
 
 export function registerCacertsCommand(program: Command): void {
-  const cacerts = program.command('cacerts').description("create an offline root CA and per-cluster intermediates in Istio's cacerts layout");
+  const cacerts = program.command('cacerts').description(COMMAND_DESCRIPTIONS.cacerts);
   cacerts
     .command('root')
     .description('create a root CA: root-cert.pem and root-key.pem (0600); keep the key offline')

@@ -15,6 +15,7 @@ import { createLogger, type Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
 import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 /** What the CA component publishes for the components after it. */
 export interface DevCaInfo {
@@ -191,7 +192,7 @@ export function sdsExampleCommands(context: DevContext, cli: string): string[] {
 export function registerDevCommand(program: Command): void {
   const command = program
     .command('dev')
-    .description('run the whole system locally without Kubernetes: the CA with a self-signed root, a dev JWT issuer it trusts, and a node agent serving SDS');
+    .description(COMMAND_DESCRIPTIONS.dev);
   addKeySourceOptions(command);
   if (!command.options.some((o) => o.long === '--trust-domain')) command.option('--trust-domain <domain>', 'SPIFFE trust domain (env TRUST_DOMAIN)');
   addLogLevelOption(command);

@@ -12,6 +12,7 @@ import { DEFAULT_SDS_SOCKET } from '../config/agent.js';
 import { ConfigError, readDuration } from '../config/env.js';
 import { certificatesFromPem, parseCertificate } from '../pki/index.js';
 import { writeFileAtomic } from '../util/fs.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface FetchFlags {
   sdsSocket?: string;
@@ -82,7 +83,7 @@ function printUpdate(update: SecretUpdate): void {
 export function registerFetchCommand(program: Command): void {
   program
     .command('fetch')
-    .description('get secrets from an SDS agent like Envoy does (ACKs, follows pushes) and print or write the PEMs')
+    .description(COMMAND_DESCRIPTIONS.fetch)
     .option('--sds-socket <path>', 'the agent\'s SDS Unix socket', DEFAULT_SDS_SOCKET)
     .option('--token-file <file>', 'service-account token sent as istio_sds_credentials_header-bin (re-read on reconnect)')
     .option('--resource <name>', 'secret to get: default, ROOTCA, file-cert:<cert>~<key>, file-root:<path> (repeatable)', (value: string, all: string[]) => [...all, value], [] as string[])

@@ -14,6 +14,7 @@ import {
   type ParsedCertificate,
 } from '../pki/index.js';
 import { fingerprint } from '../ca/material.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 export interface CertificateReport {
   type: 'certificate';
@@ -186,7 +187,7 @@ export function formatReport(report: InspectReport): string {
 export function registerInspectCommand(program: Command): void {
   program
     .command('inspect')
-    .description('decode a PEM bundle (certificates, CSRs) and check whether the chain verifies')
+    .description(COMMAND_DESCRIPTIONS.inspect)
     .argument('<file>', "PEM file, or '-' for standard input")
     .option('--roots <file>', 'extra trust anchors (PEM) for the chain check')
     .option('--json', 'print JSON for machines')

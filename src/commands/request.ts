@@ -20,6 +20,7 @@ import {
 } from '../pki/index.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface RequestFlags {
   caAddr: string;
@@ -59,7 +60,7 @@ async function readText(file: string, what: string): Promise<string> {
 export function registerRequestCommand(program: Command): void {
   program
     .command('request')
-    .description('get a workload certificate from a CA like istio-agent does (key + CSR, CreateCertificate, Istio file layout)')
+    .description(COMMAND_DESCRIPTIONS.request)
     .requiredOption('--ca-addr <host:port>', 'address of the CA gRPC API')
     .option('--token-file <file>', 'bearer token (e.g. from `meshca token` or a projected service-account token)')
     .option('--root-cert <file>', 'PEM roots that the CA serving certificate must chain to (required unless --plaintext)')

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readDuration } from '../config/env.js';
+import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface TokenFlags {
   namespace: string;
@@ -14,7 +15,7 @@ interface TokenFlags {
 export function registerTokenCommand(program: Command): void {
   program
     .command('token')
-    .description('print a development JWT for a service account, signed by the meshca dev issuer (trusted by `meshca dev`)')
+    .description(COMMAND_DESCRIPTIONS.token)
     .requiredOption('--namespace <ns>', 'Kubernetes namespace of the service account')
     .requiredOption('--service-account <sa>', 'service account name')
     .option('--audience <list>', 'token audiences, comma-separated', 'istio-ca')

@@ -1,0 +1,58 @@
+/**
+ * The command line loads only the command it runs: `meshca --help` lists every command, `meshca <cmd> --help` and
+ * `meshca help <cmd>` show that command's own options, and a node agent never loads the CA's code (a copy of the
+ * build without the CA's modules still runs the agent, and only the agent).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { COMMAND_DESCRIPTIONS } from '../src/commands/descriptions.js';
+import { REPO_ROOT, runMeshca } from './support/process.js';
+
+describe('meshca command line', () => {
+  const temp = mkdtempSync(path.join(tmpdir(), 'meshca-cli-'));
+  after(() => rmSync(temp, { recursive: true, force: true }));
+
+  test('meshca --help names every command with its description', async () => {
+    const { code, stdout } = await runMeshca(['--help']);
+    assert.equal(code, 0);
+    const flat = stdout.replace(/\s+/g, ' ');
+    for (const [name, description] of Object.entries(COMMAND_DESCRIPTIONS)) {
+      assert.match(stdout, new RegExp(`^  ${name}\\b`, 'm'), `${name} is listed`);
+      assert.ok(flat.includes(description.replace(/\s+/g, ' ')), `${name}'s description is shown`);
+    }
+  });
+
+  test("a command's own help shows its options, however it is asked for", async () => {
+    for (const args of [['agent', '--help'], ['help', 'agent']]) {
+      const { code, stdout } = await runMeshca(args);
+      assert.equal(code, 0, `meshca ${args.join(' ')}`);
+      assert.match(stdout, /--sds-socket/, `meshca ${args.join(' ')} lists the agent's options`);
+    }
+    const ca = await runMeshca(['ca', '--help']);
+    assert.match(ca.stdout, /--workers <n\|auto>/, "meshca ca --help lists the CA's options");
+    const unknown = await runMeshca(['bogus']);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /unknown command 'bogus'/);
+  });
+
+  test("the agent runs from a build that lacks the CA's modules; the CA does not", () => {
+    // A copy of the build next to the project's dependencies, with the CA command and key sources removed.
+    const copy = path.join(temp, 'build');
+    cpSync(path.join(REPO_ROOT, 'dist'), path.join(copy, 'dist'), { recursive: true });
+    cpSync(path.join(REPO_ROOT, 'package.json'), path.join(copy, 'package.json'));
+    cpSync(path.join(REPO_ROOT, 'proto'), path.join(copy, 'proto'), { recursive: true });
+    symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(copy, 'node_modules'));
+    for (const gone of ['commands/ca.js', 'commands/dev.js', 'ca/vault.js', 'ca/kube-store.js', 'server/index.js']) rmSync(path.join(copy, 'dist', gone));
+    const run = (args: string[]) => spawnSync(process.execPath, [path.join(copy, 'dist/cli.js'), ...args], { encoding: 'utf8', timeout: 30_000 });
+    const agent = run(['agent', '--help']);
+    assert.equal(agent.status, 0, `meshca agent --help without the CA's modules: ${agent.stderr}`);
+    assert.match(agent.stdout, /--sds-socket/);
+    assert.equal(run(['--help']).status, 0, 'the command list needs none of them either');
+    const ca = run(['ca', '--help']);
+    assert.notEqual(ca.status, 0, 'meshca ca needs its modules (so the check above means something)');
+  });
+});
