@@ -140,7 +140,7 @@ export function renderMarkdown(results: BenchResults): string {
     out.push('', '**5. Agent** — one `meshca agent` (node mode, SDS over a Unix socket) per row, every stream its own connection and token, all connecting at once', '');
     out.push(table(['workload keys', 'streams', 'identities', 'all served in s', 'agent RSS growth per stream KiB (peak)', 'agent RSS before → after MiB', 'SECRET_TTL s', 'rotation of all pushed within s', 'errors'],
       results.agent.runs.map((r) => [r.keyType, String(r.streams), String(r.identities), fixed(r.allServedSeconds, 2), `${fixed(r.rssPerStreamKiB, 1)} (${fixed(r.peakRssPerStreamKiB, 1)})`,
-        r.agentRssBeforeMiB === undefined ? 'n/a' : `${fixed(r.agentRssBeforeMiB, 0)} → ${fixed(r.agentRssAfterMiB, 0)}`,
+        `${fixed(r.agentRssBeforeMiB, 0)} → ${fixed(r.agentRssAfterMiB, 0)}`,
         String(r.secretTtlSeconds),
         r.rotationSeconds === null ? 'n/a' : `${fixed(r.rotationSeconds, 2)}${r.rotatedStreams !== null && r.rotatedStreams < r.streams ? ` (only ${r.rotatedStreams} of ${r.streams} streams)` : ''}`,
         String(r.errors)])));
