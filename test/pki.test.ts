@@ -13,7 +13,7 @@ import {
   createCaCertificate,
   createCsr,
   exportPrivateKeyPem,
-  formatWorkloadId,
+  WorkloadId,
   generateKeyPairFor,
   isPkiError,
   LeafIssuer,
@@ -21,7 +21,6 @@ import {
   parseCertificate,
   parseCsr,
   parseSpiffeId,
-  parseWorkloadId,
   verifyChain,
   verifyCsr,
   type KeySpec,
@@ -144,10 +143,12 @@ describe('CSRs', () => {
 
 describe('SPIFFE IDs', () => {
   it('formats and parses the workload form', () => {
-    const id = formatWorkloadId({ trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'demo' });
-    assert.equal(id, SPIFFE);
-    assert.deepEqual(parseWorkloadId(id), { trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'demo' });
-    assert.equal(parseWorkloadId('spiffe://td/other/path'), null);
+    const id = WorkloadId.of({ trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'demo' });
+    assert.equal(id.uri, SPIFFE);
+    const parsed = WorkloadId.parse(id.uri);
+    assert.deepEqual([parsed.trustDomain, parsed.namespace, parsed.serviceAccount], ['cluster.local', 'default', 'demo']);
+    expectPkiError(() => WorkloadId.parse('spiffe://td/other/path'), 'ERR_SPIFFE_ID', /not of the form/);
+    expectPkiError(() => WorkloadId.of({ trustDomain: 'td', namespace: 'default', serviceAccount: 'x/ns/kube-system/sa/admin' }), 'ERR_SPIFFE_ID', /service account/);
     assert.deepEqual(parseSpiffeId('spiffe://example.org'), { trustDomain: 'example.org', path: '' });
   });
 

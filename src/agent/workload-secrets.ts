@@ -14,7 +14,7 @@ import {
   certificatesFromPem,
   certificateToPem,
   createCsr,
-  formatWorkloadId,
+  WorkloadId,
   keysMatch,
   parseCertificate,
   parseCsr,
@@ -299,7 +299,7 @@ export class WorkloadSecrets {
     let uris: string[] = [];
     if (claimed) {
       try {
-        uris = [formatWorkloadId({ trustDomain: this.options.trustDomain, ...claimed })];
+        uris = [WorkloadId.of({ trustDomain: this.options.trustDomain, ...claimed }).uri];
       } catch {
         uris = []; // Only a hint for the CA; it writes the identity it verified.
       }

@@ -4,7 +4,7 @@
  * has a pod on the agent's own node, so a compromised node cannot mint identities of workloads running elsewhere.
  */
 import type { V1Pod } from '@kubernetes/client-node';
-import { parseWorkloadId } from '../pki/index.js';
+import { WorkloadId } from '../pki/index.js';
 import { callWithDeadline, describeKubeError, type KubeClusters } from './kube-clusters.js';
 import type { Caller } from './types.js';
 
@@ -55,11 +55,11 @@ export class NodeImpersonation {
     }
     let target;
     try {
-      target = parseWorkloadId(impersonated);
+      target = WorkloadId.parse(impersonated);
     } catch (error) {
-      return { kind: 'denied', reason: `ImpersonatedIdentity is not a valid SPIFFE ID: ${(error as Error).message}` };
+      return { kind: 'denied', reason: `ImpersonatedIdentity is not a valid workload identity: ${(error as Error).message}` };
     }
-    if (!target || target.trustDomain !== this.options.trustDomain) {
+    if (target.trustDomain !== this.options.trustDomain) {
       return { kind: 'denied', reason: `ImpersonatedIdentity must be spiffe://${this.options.trustDomain}/ns/<namespace>/sa/<service account>` };
     }
     if (!k8s.podName || !k8s.podUid) return { kind: 'denied', reason: "the caller's token is not bound to a pod, so its node is unknown" };

@@ -15,7 +15,7 @@ import {
   type JWTVerifyGetKey,
 } from 'jose';
 import { ConfigError } from '../config/env.js';
-import { formatWorkloadId } from '../pki/index.js';
+import { WorkloadId } from '../pki/index.js';
 import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
 
 export interface JwtRule {
@@ -241,7 +241,7 @@ export class JwtAuthenticator implements Authenticator {
     }
     let identity: string;
     try {
-      identity = formatWorkloadId({ trustDomain: this.options.trustDomain, namespace, serviceAccount });
+      identity = WorkloadId.of({ trustDomain: this.options.trustDomain, namespace, serviceAccount }).uri;
     } catch (error) {
       return { kind: 'denied', reason: `the service account cannot be expressed as a SPIFFE ID: ${(error as Error).message}` };
     }

@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { V1TokenReview } from '@kubernetes/client-node';
-import { formatWorkloadId } from '../pki/index.js';
+import { WorkloadId } from '../pki/index.js';
 import { callWithDeadline, describeKubeError, type KubeCluster, type KubeClusters } from './kube-clusters.js';
 import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
 
@@ -242,7 +242,7 @@ export class TokenReviewAuthenticator implements Authenticator {
     }
     let identity: string;
     try {
-      identity = formatWorkloadId({ trustDomain: this.options.trustDomain, namespace: account.namespace, serviceAccount: account.serviceAccount });
+      identity = WorkloadId.of({ trustDomain: this.options.trustDomain, namespace: account.namespace, serviceAccount: account.serviceAccount }).uri;
     } catch (error) {
       return { kind: 'denied', reason: `the service account cannot be expressed as a SPIFFE ID: ${(error as Error).message}` };
     }

@@ -21,8 +21,9 @@ export { createCsr, parseCsr, verifyCsr, CSR_PEM_LABELS, type ParsedCsr, type Cr
 export {
   parseSpiffeId,
   isSpiffeId,
-  formatWorkloadId,
-  parseWorkloadId,
+  WorkloadId,
+  isNamespaceName,
+  isServiceAccountName,
   validateTrustDomain,
   type SpiffeId,
   type WorkloadIdentity,

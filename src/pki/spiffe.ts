@@ -66,17 +66,68 @@ export function isSpiffeId(text: string): boolean {
   }
 }
 
-export function formatWorkloadId(identity: WorkloadIdentity): string {
-  const id = `${SCHEME}${identity.trustDomain}/ns/${identity.namespace}/sa/${identity.serviceAccount}`;
-  parseSpiffeId(id);
-  return id;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const MAX_NAMESPACE_CHARS = 63;
+const MAX_SERVICE_ACCOUNT_CHARS = 253;
+
+/** A Kubernetes namespace name: an RFC 1123 label (lowercase alphanumerics and '-', at most 63 characters). */
+export function isNamespaceName(name: string): boolean {
+  return name.length <= MAX_NAMESPACE_CHARS && DNS_LABEL.test(name);
 }
 
-/** Reads an Istio workload identity; null when the ID is valid SPIFFE but not of the ns/sa form. */
-export function parseWorkloadId(text: string): WorkloadIdentity | null {
-  const { trustDomain, path } = parseSpiffeId(text);
-  const match = /^\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(path);
-  return match ? { trustDomain, namespace: match[1]!, serviceAccount: match[2]! } : null;
+/** A Kubernetes service-account name: an RFC 1123 subdomain (dot-separated labels, at most 253 characters). */
+export function isServiceAccountName(name: string): boolean {
+  return name.length <= MAX_SERVICE_ACCOUNT_CHARS && name.split('.').every((label) => DNS_LABEL.test(label));
+}
+
+/**
+ * An Istio workload identity, spiffe://<trust domain>/ns/<namespace>/sa/<service account>. The only way to make
+ * one is `WorkloadId.of` (from parts) or `WorkloadId.parse` (from a URI), and both refuse any part that is not a
+ * valid Kubernetes name, so a '/' in a namespace or service account can never add path segments.
+ */
+export class WorkloadId {
+  /** The SPIFFE ID as written into a certificate's URI SAN. */
+  readonly uri: string;
+
+  private constructor(
+    readonly trustDomain: string,
+    readonly namespace: string,
+    readonly serviceAccount: string,
+  ) {
+    this.uri = `${SCHEME}${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
+  }
+
+  /** Throws PkiError ERR_SPIFFE_ID naming the broken rule. */
+  static of(parts: WorkloadIdentity): WorkloadId {
+    validateTrustDomain(parts.trustDomain);
+    if (!isNamespaceName(parts.namespace)) {
+      fail(`namespace "${truncate(parts.namespace)}" is not a Kubernetes namespace name (an RFC 1123 label: a-z, 0-9 and "-", at most 63 characters)`);
+    }
+    if (!isServiceAccountName(parts.serviceAccount)) {
+      fail(`service account "${truncate(parts.serviceAccount)}" is not a Kubernetes service-account name (an RFC 1123 subdomain: a-z, 0-9, "-" and ".", at most 253 characters)`);
+    }
+    return new WorkloadId(parts.trustDomain, parts.namespace, parts.serviceAccount);
+  }
+
+  /** Reads spiffe://<td>/ns/<ns>/sa/<sa>; throws PkiError ERR_SPIFFE_ID for anything else. */
+  static parse(uri: string): WorkloadId {
+    const { trustDomain, path } = parseSpiffeId(uri);
+    const match = /^\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(path);
+    if (!match) fail(`"${truncate(uri)}" is not of the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
+    return WorkloadId.of({ trustDomain, namespace: match[1]!, serviceAccount: match[2]! });
+  }
+
+  equals(other: WorkloadId): boolean {
+    return this.uri === other.uri;
+  }
+
+  toString(): string {
+    return this.uri;
+  }
+
+  toJSON(): string {
+    return this.uri;
+  }
 }
 
 function truncate(text: string): string {

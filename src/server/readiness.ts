@@ -5,7 +5,7 @@
  */
 import type { CertificateAuthority } from '../ca/index.js';
 import type { Logger } from '../log.js';
-import { certificatesFromPem, createCsr, formatWorkloadId, generateKeyPairForAsync, parseCertificate, verifyChain } from '../pki/index.js';
+import { certificatesFromPem, createCsr, WorkloadId, generateKeyPairForAsync, parseCertificate, verifyChain } from '../pki/index.js';
 
 export interface ReadinessOptions {
   authority: CertificateAuthority;
@@ -34,7 +34,7 @@ export class ReadinessProbe {
   private readonly freshnessMs: number;
 
   constructor(private readonly options: ReadinessOptions) {
-    this.identity = formatWorkloadId({ trustDomain: options.trustDomain, namespace: 'istio-system', serviceAccount: 'meshca-readiness-probe' });
+    this.identity = WorkloadId.of({ trustDomain: options.trustDomain, namespace: 'istio-system', serviceAccount: 'meshca-readiness-probe' }).uri;
     this.intervalMs = options.intervalMs ?? 3000;
     this.freshnessMs = options.freshnessMs ?? 10_000;
   }

@@ -31,13 +31,12 @@ import {
   decodePem,
   describeSpki,
   encodePem,
-  formatWorkloadId,
+  WorkloadId,
   generateKeyPairFor,
   isPkiError,
   parseCertificate,
   parseCsr,
   parseSpiffeId,
-  parseWorkloadId,
   PkiError,
   verifyCsr,
   type PemBlock,
@@ -120,7 +119,7 @@ const mutationsArbitrary = fc.array(mutationArbitrary, { minLength: 1, maxLength
 
 const TRUST_DOMAIN = 'cluster.local';
 const dnsLabel = fc.stringMatching(/^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$/);
-const identityArbitrary = fc.tuple(dnsLabel, dnsLabel).map(([namespace, serviceAccount]) => formatWorkloadId({ trustDomain: TRUST_DOMAIN, namespace, serviceAccount }));
+const identityArbitrary = fc.tuple(dnsLabel, dnsLabel).map(([namespace, serviceAccount]) => WorkloadId.of({ trustDomain: TRUST_DOMAIN, namespace, serviceAccount }).uri);
 /** What a CSR may ask for: other workloads, other trust domains, admin-looking names, DNS names, junk. */
 const requestedSanArbitrary = fc.oneof(
   identityArbitrary,
@@ -269,14 +268,15 @@ export function registerParserProperties(budget: FuzzBudget): void {
           const parsed = onlyPkiErrors(() => parseSpiffeId(text));
           if (parsed instanceof PkiError) return;
           assert.equal(`spiffe://${parsed.trustDomain}${parsed.path}`, text);
-          const workload = parseWorkloadId(text);
-          if (workload) assert.equal(formatWorkloadId(workload), text);
+          const workload = onlyPkiErrors(() => WorkloadId.parse(text));
+          if (!(workload instanceof PkiError)) assert.equal(WorkloadId.of(workload).uri, text);
         }),
         parameters(budget),
       );
       fc.assert(
         fc.property(dnsLabel, dnsLabel, (namespace, serviceAccount) => {
-          assert.deepEqual(parseWorkloadId(formatWorkloadId({ trustDomain: TRUST_DOMAIN, namespace, serviceAccount })), { trustDomain: TRUST_DOMAIN, namespace, serviceAccount });
+          const parsed = WorkloadId.parse(WorkloadId.of({ trustDomain: TRUST_DOMAIN, namespace, serviceAccount }).uri);
+          assert.deepEqual([parsed.trustDomain, parsed.namespace, parsed.serviceAccount], [TRUST_DOMAIN, namespace, serviceAccount]);
         }),
         parameters(budget),
       );
