@@ -1,11 +1,12 @@
 /**
  * The agent's only way to the CA: `istio.v1.auth.IstioCertificateService/CreateCertificate` over TLS, verified
- * against the mesh root, with the workload's token as `authorization: Bearer`. Retrying is the caller's business
+ * against the mesh root and by a DNS SAN (never the CN), with the workload's token as `authorization: Bearer`. Retrying is the caller's business
  * (see workload-secrets.ts); this module makes exactly one attempt per call.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { AgentCaConfig } from '../config/agent.js';
 import type { Logger } from '../log.js';
+import { caChannelCredentials } from '../wire/ca-credentials.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, backoffDelayMs, sleep } from './backoff.js';
 import { CaCallError } from './errors.js';
@@ -56,7 +57,8 @@ export class GrpcCaClient implements CaClient {
       options['grpc.ssl_target_name_override'] = this.config.serverName;
       options['grpc.default_authority'] = this.config.serverName;
     }
-    return new IstioCaClient(this.config.address, grpc.credentials.createSsl(rootCertPem), options);
+    // The CA is recognised by a DNS SAN only, never a CN: see wire/ca-credentials.ts.
+    return new IstioCaClient(this.config.address, caChannelCredentials(rootCertPem), options);
   }
 
   /** The mesh root changed (CA root rotation): new connections verify against the new bundle. */

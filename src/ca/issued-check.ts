@@ -1,7 +1,10 @@
 /**
  * The last check between a signer and a workload: before a chain is returned it must certify exactly the key and
- * identities the policy granted, be ordered leaf → intermediates → bundle, and verify against the trust bundle
- * the CA publishes. A signing fault (another key's certificate, a broken or reordered chain, a stale bundle) then
+ * identity the policy granted, in meshca's leaf profile (an empty subject, so no CN; a subjectAltName of exactly one
+ * URI and nothing else: no DNS name, email or IP), be ordered leaf → intermediates → bundle, and verify against the
+ * trust bundle the CA publishes. The profile holds for every key source (local, a `--workers` snapshot signer, Vault
+ * role or intermediate mode): TLS clients fall back to the subject CN when a certificate has no DNS SAN, so a leaf
+ * with a CN or DNS name a workload chose could pose as a server (the CA itself) to them. A signing fault (another key's certificate, a broken or reordered chain, a stale bundle) then
  * ends as an error instead of a certificate that workloads reject, or worse, accept.
  *
  * Cheap by design, since it runs on every request: the leaf is read once (the algorithm and validity decodings
@@ -31,10 +34,8 @@ import { SnapshotSigner } from './snapshot-signer.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
 
 export interface IssuedChainExpectation {
-  /** The URI SANs the leaf must carry, exactly (order does not matter). */
+  /** The URI SAN the leaf must carry: exactly one identity, and the leaf's only SAN. */
   identities: readonly string[];
-  /** DNS SANs the leaf must carry, exactly; none for workload certificates. */
-  dnsNames?: readonly string[];
   /** SubjectPublicKeyInfo DER of the CSR: the leaf must certify this key. */
   spkiDer: Buffer;
   /**
@@ -81,7 +82,12 @@ interface LeafView {
   spkiDer: Buffer;
   notBeforeMs: number;
   notAfterMs: number;
+  /** The subject Name DER; the profile requires an empty SEQUENCE. */
+  subjectDer: Buffer;
   sans: SubjectAltNames;
+  /** GeneralNames across all subjectAltName extensions, of any type (otherName, directoryName... included). */
+  sanCount: number;
+  sanExtensions: number;
   isCa: boolean;
 }
 
@@ -136,6 +142,8 @@ function readLeaf(der: Buffer, cache: ReadCache): LeafView {
   const bits = expectTag(signatureElement, Tag.BIT_STRING, 'signature').contents;
   if (bits[0] !== 0) throw new Error('the signature BIT STRING has unused bits');
   let sans: SubjectAltNames = { uris: [], dnsNames: [], ipAddresses: [], emails: [] };
+  let sanCount = 0;
+  let sanExtensions = 0;
   let isCa = false;
   let extensions: DerElement | undefined;
   for (let index = at + 6; index < fields.length && !extensions; index++) if (fields[index]!.tag === 0xa3) extensions = fields[index];
@@ -144,7 +152,11 @@ function readLeaf(der: Buffer, cache: ReadCache): LeafView {
       const parts: DerElement[] = children(extension);
       const id = expectTag(parts[0], Tag.OID, 'extension id').contents;
       const value = expectTag(parts[parts.length - 1], Tag.OCTET_STRING, 'extension value').contents;
-      if (id.equals(SUBJECT_ALT_NAME_OID)) sans = parseSubjectAltNames(value);
+      if (id.equals(SUBJECT_ALT_NAME_OID)) {
+        sans = parseSubjectAltNames(value);
+        sanCount += children(readSingle(value, 'subjectAltName')).length;
+        sanExtensions++;
+      }
       else if (id.equals(BASIC_CONSTRAINTS_OID)) isCa = parseBasicConstraints(value).ca;
     }
   }
@@ -156,9 +168,12 @@ function readLeaf(der: Buffer, cache: ReadCache): LeafView {
     serialHex: (serial[0] === 0 && serial.length > 1 ? serial.subarray(1) : serial).toString('hex'),
     issuerDer: expectTag(fields[at + 2], Tag.SEQUENCE, 'issuer').raw,
     spkiDer: expectTag(fields[at + 5], Tag.SEQUENCE, 'subjectPublicKeyInfo').raw,
+    subjectDer: expectTag(fields[at + 4], Tag.SEQUENCE, 'subject').raw,
     notBeforeMs: cache.notBeforeMs!,
     notAfterMs: cache.notAfterMs!,
     sans,
+    sanCount,
+    sanExtensions,
     isCa,
   };
 }
@@ -230,6 +245,39 @@ function isLocalSigner(signer: WorkloadSigner | undefined): boolean {
   return inner instanceof LocalSigner && inner.sign === LocalSigner.prototype.sign;
 }
 
+/** An empty subject: a SEQUENCE with no RDN (DER 30 00). */
+function emptyName(der: Buffer): boolean {
+  return der.length === 2 && der[1] === 0;
+}
+
+/**
+ * meshca's leaf profile: the subject is empty (no CN, nothing a TLS client could match a host name against), and
+ * the one subjectAltName extension names exactly the granted URI, nothing else.
+ */
+function checkProfile(leaf: LeafView, leafDer: Buffer, expected: IssuedChainExpectation): void {
+  if (!emptyName(leaf.subjectDer)) {
+    let subject: string;
+    try {
+      subject = parseCertificate(leafDer).subject;
+    } catch {
+      subject = '(unreadable)';
+    }
+    throw refuse(`the leaf has a subject ("${subject}"); workload certificates carry an empty subject (no CN) and only their URI SAN`);
+  }
+  if (leaf.sans.dnsNames.length > 0 || leaf.sans.ipAddresses.length > 0 || leaf.sans.emails.length > 0) {
+    const extra = [...leaf.sans.dnsNames.map((n) => `DNS:${n}`), ...leaf.sans.emails.map((n) => `email:${n}`), ...leaf.sans.ipAddresses.map((n) => `IP:${n}`)];
+    throw refuse(`the leaf names SANs that were not granted (${extra.join(', ')}); workload certificates carry exactly one URI SAN`);
+  }
+  if (leaf.sanExtensions !== 1 || leaf.sanCount !== 1 || leaf.sans.uris.length !== 1 || expected.identities.length !== 1) {
+    throw refuse(
+      `the leaf names ${leaf.sanCount} subjectAltName(s) in ${leaf.sanExtensions} extension(s) (URIs [${leaf.sans.uris.join(', ')}]); workload certificates carry exactly one, the granted URI [${expected.identities.join(', ')}]`,
+    );
+  }
+  if (!sameSet(leaf.sans.uris, expected.identities)) {
+    throw refuse(`the leaf names URI SANs [${leaf.sans.uris.join(', ')}] but the caller was granted [${expected.identities.join(', ')}]`);
+  }
+}
+
 function sameSet(actual: readonly string[], expected: readonly string[]): boolean {
   if (actual.length !== expected.length) return false;
   if (actual.length === 1) return actual[0] === expected[0];
@@ -275,12 +323,7 @@ export class IssuedChainChecker {
     }
     if (!leaf.spkiDer.equals(expected.spkiDer)) throw refuse('the leaf certifies a different public key than the CSR');
     if (leaf.isCa) throw refuse('the leaf is a CA certificate');
-    if (!sameSet(leaf.sans.uris, expected.identities)) {
-      throw refuse(`the leaf names URI SANs [${leaf.sans.uris.join(', ')}] but the caller was granted [${expected.identities.join(', ')}]`);
-    }
-    if (!sameSet(leaf.sans.dnsNames, expected.dnsNames ?? []) || leaf.sans.ipAddresses.length > 0 || leaf.sans.emails.length > 0) {
-      throw refuse('the leaf names SANs that were not granted');
-    }
+    checkProfile(leaf, signed.leafDer, expected);
     const now = this.now();
     if (leaf.notAfterMs <= now || leaf.notBeforeMs > now) throw refuse('the leaf is not valid now');
     if (normalSerial(signed.serialHex) !== normalSerial(leaf.serialHex)) throw refuse("the reported serial number is not the leaf's");

@@ -1,14 +1,21 @@
 /**
  * Vault PKI as the key source (`--ca-source vault`), in one of two modes:
  *  - role mode (VAULT_SIGN_CSR_PATH, e.g. pki_int/sign/istio): every workload CSR, after meshca's own
- *    authentication and policy, is signed by Vault. The returned chain is checked (leaf key = CSR key, URI SANs =
- *    the caller's identities, chain verifies to the trust bundle) before it is handed out.
+ *    authentication and policy, is signed by Vault. The returned chain is checked (leaf key = CSR key, URI SAN =
+ *    the caller's identity, empty subject, no other SAN, chain verifies to the trust bundle) before it is handed
+ *    out. Vault's sign/<role> copies parts of the CSR into the certificate whatever meshca sends: the subject CN
+ *    (use_csr_common_name, on by default, wins over `common_name`), the subject serialNumber (unless
+ *    `serial_number` is given) and, with use_csr_sans, its SANs. So a CSR asking for any of those is refused
+ *    before Vault sees it (a workload could otherwise get a mesh-signed CN=<the CA's host name>), and
+ *    sign-verbatim, which copies the whole CSR, is refused as a signing path.
  *  - intermediate mode (VAULT_INTERMEDIATE_PATH, e.g. pki/root/sign-intermediate): meshca keeps its own signing
  *    key, Vault signs an intermediate for it, workloads are signed locally; the intermediate is renewed at 2/3 of
  *    its life and signing carries on with the current one while Vault is unreachable.
  * The trust bundle comes from GET /v1/<mount>/ca_chain (or /ca/pem) and is refreshed periodically.
  */
 import { promises as fs } from 'node:fs';
+import { children, decodeOid, expectTag, readSingle, Tag } from '../pki/der.js';
+import { OID } from '../pki/oids.js';
 import * as path from 'node:path';
 import type { Logger } from '../log.js';
 import { readDuration, readOptionalString, readString, ConfigError, type Env } from '../config/env.js';
@@ -20,6 +27,7 @@ import {
   generateKeyPairForAsync,
   isPkiError,
   parseCertificate,
+  parseCsr,
   signatureVerifies,
   verifyChain,
   type KeySpec,
@@ -93,6 +101,11 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
   }
   const mode = signPath ? 'role' : 'intermediate';
   const vaultPath = (signPath ?? intermediatePath)!.replace(/^\/+/, '');
+  if (signPath && /(^|\/)sign-verbatim(\/|$)/.test(vaultPath)) {
+    throw new ConfigError(
+      `invalid VAULT_SIGN_CSR_PATH="${vaultPath}": sign-verbatim copies the workload's CSR (subject and SANs) into the certificate; use <mount>/sign/<role>, e.g. pki_int/sign/istio`,
+    );
+  }
   let caChainPath = flags.vaultCaChainPath;
   if (!caChainPath) {
     const mount = pkiMountOf(vaultPath);
@@ -133,6 +146,41 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
     timeoutSeconds: 10,
   };
 }
+
+/**
+ * Refuses (CSR_ERROR, so INVALID_ARGUMENT) a workload CSR that names anything Vault's sign/<role> copies into the
+ * certificate regardless of the request body: a subject CN or serialNumber, or a DNS, email or IP SAN. Other subject
+ * attributes (Istio's agents send an empty O) are ignored by Vault and allowed; what Vault returns is checked anyway.
+ */
+function refuseCsrNamesVaultCopies(csrPem: string): void {
+  let csr: ReturnType<typeof parseCsr>;
+  const copied: string[] = [];
+  try {
+    csr = parseCsr(csrPem);
+    const subject = children(expectTag(readSingle(csr.info, 'CertificationRequestInfo'), Tag.SEQUENCE, 'CertificationRequestInfo'))[1]!;
+    for (const rdn of children(subject)) {
+      for (const attribute of children(rdn)) {
+        const type = decodeOid(expectTag(children(attribute)[0], Tag.OID, 'attribute type').contents);
+        if (type === OID.commonName) copied.push('a subject CN (use_csr_common_name)');
+        else if (type === SERIAL_NUMBER_ATTRIBUTE) copied.push('a subject serialNumber');
+      }
+    }
+  } catch (error) {
+    throw new CaError('CSR_ERROR', `CSR error: ${(error as Error).message}`, { cause: error });
+  }
+  if (csr.sans.dnsNames.length > 0) copied.push('DNS SANs');
+  if (csr.sans.emails.length > 0) copied.push('email SANs');
+  if (csr.sans.ipAddresses.length > 0) copied.push('IP SANs');
+  if (copied.length > 0) {
+    throw new CaError(
+      'CSR_ERROR',
+      `CSR error: the CSR names ${[...new Set(copied)].join(', ')}, which Vault would copy into the certificate; with Vault as the key source send a CSR with no CN or serialNumber in the subject and only the URI SAN`,
+    );
+  }
+}
+
+/** X.520 serialNumber, which Vault's sign/<role> copies from the CSR's subject unless `serial_number` is given. */
+const SERIAL_NUMBER_ATTRIBUTE = '2.5.4.5';
 
 function isSelfSigned(cert: ParsedCertificate): boolean {
   return cert.subjectDer.equals(cert.issuerDer) && signatureVerifies(cert, cert);
@@ -263,6 +311,7 @@ export class VaultRoleSigner implements WorkloadSigner {
   }
 
   async sign(request: WorkloadSignRequest): Promise<SignedChain> {
+    refuseCsrNamesVaultCopies(request.csrPem);
     const body: Record<string, unknown> = {
       csr: request.csrPem,
       format: 'pem',
@@ -311,6 +360,16 @@ export class VaultRoleSigner implements WorkloadSigner {
       throw new CaError('CERT_GEN_ERROR', 'Vault returned a certificate for a different public key than the CSR');
     }
     if (leaf.basicConstraints?.ca === true) throw new CaError('CERT_GEN_ERROR', 'Vault returned a CA certificate for a workload CSR');
+    if (leaf.subject !== '' || leaf.subjectDer.length !== 2) {
+      throw new CaError(
+        'CERT_GEN_ERROR',
+        `Vault issued a certificate with the subject "${leaf.subject}"; workload certificates carry an empty subject: clear the Vault role's subject fields (organization, ou, country, locality, province, street_address, postal_code)`,
+      );
+    }
+    const others = [...leaf.sans.dnsNames.map((n) => `DNS:${n}`), ...leaf.sans.emails.map((n) => `email:${n}`), ...leaf.sans.ipAddresses.map((n) => `IP:${n}`)];
+    if (others.length > 0) {
+      throw new CaError('CERT_GEN_ERROR', `Vault issued SANs meshca did not ask for (${others.join(', ')}); configure the Vault role with use_csr_sans=false`);
+    }
     const want = [...request.uris].sort();
     const got = [...leaf.sans.uris].sort();
     if (want.length !== got.length || want.some((u, i) => u !== got[i])) {

@@ -19,6 +19,7 @@ import {
   verifyChain,
 } from '../pki/index.js';
 import { writeFileAtomic } from '../util/fs.js';
+import { caChannelCredentials } from '../wire/ca-credentials.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
@@ -65,7 +66,7 @@ export function registerRequestCommand(program: Command): void {
     .option('--token-file <file>', 'bearer token (e.g. from `meshca token` or a projected service-account token)')
     .option('--root-cert <file>', 'PEM roots that the CA serving certificate must chain to (required unless --plaintext)')
     .option('--out <dir>', 'directory for cert-chain.pem, key.pem and root-cert.pem', '.')
-    .option('--server-name <name>', 'TLS server name to verify instead of the host of --ca-addr')
+    .option('--server-name <name>', 'TLS server name to verify instead of the host of --ca-addr (a DNS SAN of the CA certificate; its CN is never accepted)')
     .option('--ttl <duration>', 'requested certificate lifetime (validity_duration)', '24h')
     .option('--key-type <type>', 'key type: ec-p256 | ec-p384 | rsa-2048 | rsa-3072 | rsa-4096', 'ec-p256')
     .option('--cluster-id <id>', 'value of the clusterid header', 'Kubernetes')
@@ -91,7 +92,7 @@ export function registerRequestCommand(program: Command): void {
         options['grpc.ssl_target_name_override'] = flags.serverName;
         options['grpc.default_authority'] = flags.serverName;
       }
-      const credentials = flags.plaintext ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(Buffer.from(rootsPem!));
+      const credentials = flags.plaintext ? grpc.credentials.createInsecure() : caChannelCredentials(Buffer.from(rootsPem!));
       const client = new IstioCaClient(flags.caAddr, credentials, options);
       const metadata = new grpc.Metadata();
       if (token) metadata.set('authorization', `Bearer ${token}`);

@@ -18,6 +18,21 @@ export const MAX_METADATA_KEYS = 64;
 export const MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
 /** Kubernetes service-account tokens are 1-2 KiB; anything this large is refused before any API call. */
 export const MAX_BEARER_TOKEN_BYTES = 16 * 1024;
+/** The clusterid header names a cluster of --kubeconfig/remote secrets; anything longer is not one. */
+export const MAX_CLUSTER_ID_BYTES = 1024;
+/**
+ * Request headers (gRPC metadata) as a whole, counted like HPACK's header-list size (name + value + 32 per entry):
+ * room for the largest accepted token plus ordinary headers. Node's HTTP/2 layer only refuses much later (a header
+ * field over 64 KiB encoded, or over 128 fields), and grpc-js does not implement grpc.max_metadata_size.
+ */
+export const MAX_REQUEST_METADATA_BYTES = 32 * 1024;
+export const MAX_REQUEST_METADATA_ENTRIES = 64;
+/**
+ * A status message travels as the grpc-message trailer, percent-encoded (up to 9 bytes per character); grpc-js
+ * clients hang instead of failing when response metadata passes 64 KiB (grpc/grpc-node#2399), so a message that
+ * quotes hostile input is cut well below that.
+ */
+export const MAX_STATUS_MESSAGE_CHARS = 4096;
 /** Istio's message when an ImpersonatedIdentity request is refused. */
 export const IMPERSONATION_FAILURE = 'request impersonation authentication failure';
 
@@ -84,7 +99,8 @@ class RequestError extends Error {
 }
 
 function serviceError(code: grpc.status, details: string): Partial<grpc.StatusObject> {
-  return { code, details, metadata: new grpc.Metadata() };
+  const bounded = details.length > MAX_STATUS_MESSAGE_CHARS ? `${details.slice(0, MAX_STATUS_MESSAGE_CHARS - 3)}...` : details;
+  return { code, details: bounded, metadata: new grpc.Metadata() };
 }
 
 function authRequestFrom(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): AuthRequest {
@@ -130,6 +146,36 @@ function requestedTtlSeconds(text: string, maxTtlSeconds: number | undefined): n
   return seconds;
 }
 
+/**
+ * Bounds on the request headers, checked before any authentication work: the headers meshca reads one by one
+ * (authorization, clusterid), then the metadata as a whole. Each refusal is prompt and names the limit.
+ */
+function checkMetadataBounds(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): void {
+  checkTokenSize(call);
+  const clusterId = call.metadata.get('clusterid')[0];
+  if (clusterId !== undefined && clusterId.length > MAX_CLUSTER_ID_BYTES) {
+    throw new RequestError(
+      grpc.status.INVALID_ARGUMENT,
+      `the clusterid header is ${Math.ceil(clusterId.length / 1024)} KiB; cluster IDs of at most ${MAX_CLUSTER_ID_BYTES} bytes are accepted`,
+    );
+  }
+  let entries = 0;
+  let bytes = 0;
+  for (const [key, values] of Object.entries(call.metadata.toJSON())) {
+    entries += values.length;
+    for (const value of values) bytes += key.length + value.length + 32;
+  }
+  if (entries > MAX_REQUEST_METADATA_ENTRIES) {
+    throw new RequestError(grpc.status.INVALID_ARGUMENT, `the request has ${entries} metadata entries (headers); at most ${MAX_REQUEST_METADATA_ENTRIES} are accepted`);
+  }
+  if (bytes > MAX_REQUEST_METADATA_BYTES) {
+    throw new RequestError(
+      grpc.status.INVALID_ARGUMENT,
+      `the request metadata (headers) is ${Math.ceil(bytes / 1024)} KiB; at most ${MAX_REQUEST_METADATA_BYTES / 1024} KiB are accepted`,
+    );
+  }
+}
+
 /** A bearer token far beyond any real one is refused before it is sent to an API server or parsed. */
 function checkTokenSize(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): void {
   const authorization = call.metadata.get('authorization')[0];
@@ -159,9 +205,9 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
   async function handle(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): Promise<string[]> {
     const request = call.request;
     const clientAddress = call.getPeer();
+    checkMetadataBounds(call);
     checkLimits(request);
     const requestedTtl = requestedTtlSeconds(String(request.validity_duration), deps.maxTtlSeconds);
-    checkTokenSize(call);
     let caller: Caller;
     try {
       caller = await authenticators.authenticate(authRequestFrom(call));

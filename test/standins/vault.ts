@@ -18,7 +18,8 @@
  *    `issuer/default` (leaf_not_after_behavior), `ca_chain`, `ca/pem`, `ca`, `cert/ca`, `cert/ca_chain`,
  *    `cert/<serial>`, `issuer/<ref>/{json,pem,der}`; `sys/mounts/<path>` (type pki), `sys/health`.
  *    Role semantics: allowed_uri_sans globs (+ `allowed_uri_sans_template` with the login's SA metadata),
- *    use_csr_sans / use_csr_common_name, require_cn, allowed_domains & friends, allow_ip_sans, key_type/key_bits,
+ *    use_csr_sans / use_csr_common_name (the CSR's CN wins over common_name; with the role default true a CSR's CN
+ *    is certified), the subject serialNumber (from serial_number, else the CSR's), role organization/ou, require_cn, allowed_domains & friends, allow_ip_sans, key_type/key_bits,
  *    server/client flags, key_usage, ttl/max_ttl (with Vault's warning text), not_after, exclude_cn_from_sans,
  *    format pem|der|pem_bundle, remove_roots_from_chain, generate_lease, no_store, basic_constraints_valid_for_non_ca.
  *  - Fault knobs: `state.down`, `state.failWith500`, `state.corruptChain`, `state.delayMs`, `state.sealed`;
@@ -88,6 +89,9 @@ export interface PkiRole {
   use_csr_common_name: boolean;
   use_csr_sans: boolean;
   require_cn: boolean;
+  /** Subject fields the role writes into every certificate (Vault's role `organization` and `ou`). */
+  organization: string[];
+  ou: string[];
   cn_validations: string[];
   basic_constraints_valid_for_non_ca: boolean;
   not_before_duration: number;
@@ -122,6 +126,8 @@ export const DEFAULT_ROLE: PkiRole = {
   use_csr_common_name: true,
   use_csr_sans: true,
   require_cn: true,
+  organization: [],
+  ou: [],
   cn_validations: ['email', 'hostname'],
   basic_constraints_valid_for_non_ca: false,
   not_before_duration: 30,
@@ -355,7 +361,7 @@ function roleFromInput(input: PkiRoleInput, base: PkiRole = DEFAULT_ROLE): PkiRo
     'generate_lease',
     'no_store',
   ];
-  const listFields: (keyof PkiRole)[] = ['allowed_domains', 'allowed_uri_sans', 'key_usage', 'ext_key_usage', 'ext_key_usage_oids', 'cn_validations'];
+  const listFields: (keyof PkiRole)[] = ['allowed_domains', 'allowed_uri_sans', 'key_usage', 'ext_key_usage', 'ext_key_usage_oids', 'cn_validations', 'organization', 'ou'];
   const target = r as unknown as Record<string, unknown>;
   for (const f of boolFields) if (input[f] !== undefined) target[f] = toBool(input[f], base[f] as boolean);
   for (const f of listFields) if (input[f] !== undefined) target[f] = toList(input[f]);
@@ -675,6 +681,8 @@ interface Names {
 interface ParsedCsr {
   csr: x509.Pkcs10CertificateRequest;
   cn: string;
+  /** The subject's serialNumber (2.5.4.5), which Vault copies unless `serial_number` is given. */
+  serialNumber: string;
   sans: Omit<Names, 'cn'>;
 }
 
@@ -704,7 +712,8 @@ async function parseCsr(pem: unknown): Promise<ParsedCsr> {
     }
   }
   const cn = csr.subjectName.getField('CN')[0] ?? '';
-  return { csr, cn, sans };
+  const serialNumber = csr.subjectName.getField('2.5.4.5')[0] ?? '';
+  return { csr, cn, serialNumber, sans };
 }
 
 function checkKeyType(role: PkiRole, pk: x509.PublicKey): void {
@@ -789,7 +798,8 @@ async function signLeaf(state: VaultStandinState, req: LeafRequest): Promise<Lea
     }
     eku.push(...toList(params.ext_key_usage_oids));
   } else {
-    // Common name
+    // Common name: like Vault's generateCreationBundle, the CSR's CN wins over the common_name parameter when
+    // use_csr_common_name is set (the default), and common_name is only read when the CSR has none.
     let cn = csr && role.use_csr_common_name ? csr.cn : '';
     if (!cn) cn = typeof params.common_name === 'string' ? params.common_name : '';
     if (!cn && role.require_cn) {
@@ -837,7 +847,15 @@ async function signLeaf(state: VaultStandinState, req: LeafRequest): Promise<Lea
         }
       }
     }
-    subject = cn ? `CN=${cn.replace(/([,+"\\<>;=])/g, '\\$1')}` : '';
+    // Vault takes the subject serialNumber from the serial_number parameter, else from the CSR (whatever the role).
+    const ridSerialNumber = typeof params.serial_number === 'string' && params.serial_number ? params.serial_number : (csr?.serialNumber ?? '');
+    const escape = (value: string): string => value.replace(/([,+"\\<>;=])/g, '\\$1');
+    subject = [
+      ...role.organization.map((o) => `O=${escape(o)}`),
+      ...role.ou.map((o) => `OU=${escape(o)}`),
+      ...(cn ? [`CN=${escape(cn)}`] : []),
+      ...(ridSerialNumber ? [`2.5.4.5=${escape(ridSerialNumber)}`] : []),
+    ].join(', ');
     if (role.server_flag) eku.push(x509.ExtendedKeyUsage.serverAuth);
     if (role.client_flag) eku.push(x509.ExtendedKeyUsage.clientAuth);
     if (role.code_signing_flag) eku.push(x509.ExtendedKeyUsage.codeSigning);

@@ -1,0 +1,180 @@
+/**
+ * SECURITY.md: clients of the CA recognise it by a DNS subjectAltName only, never by the subject CN. Every workload
+ * leaf chains to the same mesh root as the CA's serving certificate, so Node's default check (which falls back to
+ * the CN when a certificate has no DNS SAN) would accept a workload certificate with CN=<the CA's name> as the CA.
+ * A fake CA presents such a certificate, made by openssl and signed by the trusted root; the agent's CA client and
+ * `meshca request` must refuse it during the handshake, so the fake never sees a call or a bearer token. The same
+ * fake with a DNS SAN certificate does receive the call (the test can fail).
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { GrpcCaClient } from '../src/agent/ca-client.js';
+import { createLogger } from '../src/log.js';
+import { createCsr, generateKeyPairFor } from '../src/pki/index.js';
+import { checkServerIdentityBySan, dnsNameMatches } from '../src/pki/server-identity.js';
+import { istioCaService, type IstioCertificateRequest } from '../src/wire/protos.js';
+import { CLI, makeTempDir } from './support/process.js';
+
+const SERVER_NAME = 'meshca.istio-system.svc';
+const TOKEN = 'header.payload.signature-of-a-workload';
+
+function openssl(args: string[], cwd: string): void {
+  execFileSync('openssl', args, { cwd, stdio: 'pipe' });
+}
+
+/** A server key and certificate signed by the test root, with `subject` and the given extension lines. */
+function serverCertificate(dir: string, name: string, subject: string, extensions: string): { key: string; cert: string } {
+  openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', `${name}.key`], dir);
+  openssl(['req', '-new', '-key', `${name}.key`, '-subj', subject, '-out', `${name}.csr`], dir);
+  writeFileSync(path.join(dir, `${name}.ext`), `${extensions}\n`);
+  openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'root.pem', '-CAkey', 'root.key', '-set_serial', String(Date.now()), '-days', '1', '-extfile', `${name}.ext`, '-out', `${name}.pem`], dir);
+  return { key: readFileSync(path.join(dir, `${name}.key`), 'utf8'), cert: readFileSync(path.join(dir, `${name}.pem`), 'utf8') };
+}
+
+interface FakeCa {
+  port: number;
+  calls: number;
+  authorizations: string[];
+  close(): void;
+}
+
+/** A CA that records every call and authorization header it receives, and answers UNAVAILABLE. */
+async function startFakeCa(identity: { key: string; cert: string }): Promise<FakeCa> {
+  const server = new grpc.Server();
+  const fake: FakeCa = { port: 0, calls: 0, authorizations: [], close: () => server.forceShutdown() };
+  server.addService(istioCaService, {
+    CreateCertificate: (call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      fake.calls++;
+      for (const value of call.metadata.get('authorization')) fake.authorizations.push(String(value));
+      callback({ code: grpc.status.UNAVAILABLE, details: 'fake CA' });
+    },
+  });
+  fake.port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      '127.0.0.1:0',
+      grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(identity.key), cert_chain: Buffer.from(identity.cert) }]),
+      (error, port) => (error ? reject(error) : resolve(port)),
+    ),
+  );
+  return fake;
+}
+
+describe('the CA is recognised by a DNS SAN, never by its CN', () => {
+  const temp = makeTempDir('meshca-server-identity-');
+  const logger = createLogger({ level: 'silent', pretty: false });
+  let rootPem: string;
+  let cnOnly: FakeCa;
+  let cnAndUri: FakeCa;
+  let withDnsSan: FakeCa;
+  const csrPem = createCsr({ privateKey: generateKeyPairFor('ec-p256').privateKey, uris: ['spiffe://cluster.local/ns/default/sa/app'] });
+
+  before(async () => {
+    openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'root.key'], temp.dir);
+    openssl(['req', '-new', '-x509', '-key', 'root.key', '-subj', '/O=mesh root', '-days', '1', '-out', 'root.pem'], temp.dir);
+    rootPem = readFileSync(path.join(temp.dir, 'root.pem'), 'utf8');
+    cnOnly = await startFakeCa(serverCertificate(temp.dir, 'cn-only', `/CN=${SERVER_NAME}`, 'basicConstraints=critical,CA:FALSE'));
+    cnAndUri = await startFakeCa(
+      serverCertificate(temp.dir, 'cn-uri', `/CN=${SERVER_NAME}`, 'basicConstraints=critical,CA:FALSE\nsubjectAltName=critical,URI:spiffe://cluster.local/ns/default/sa/app'),
+    );
+    withDnsSan = await startFakeCa(serverCertificate(temp.dir, 'dns', '/O=meshca', `basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:${SERVER_NAME}`));
+  });
+
+  after(() => {
+    cnOnly?.close();
+    cnAndUri?.close();
+    withDnsSan?.close();
+    temp.cleanup();
+  });
+
+  function agentClient(port: number): GrpcCaClient {
+    return new GrpcCaClient({ address: `127.0.0.1:${port}`, rootCertPath: '', serverName: SERVER_NAME, certSigner: '', extraHeaders: {} }, Buffer.from(rootPem), logger);
+  }
+
+  async function agentCall(port: number): Promise<{ ok: boolean; message: string }> {
+    const client = agentClient(port);
+    try {
+      await client.createCertificate({ csrPem, token: TOKEN, ttlSeconds: 600 });
+      return { ok: true, message: '' };
+    } catch (error) {
+      return { ok: false, message: (error as Error).message };
+    } finally {
+      client.close();
+    }
+  }
+
+  test('RFC 6125 DNS matching without a CN: exact, case-insensitive, one whole-label wildcard', () => {
+    assert.ok(dnsNameMatches('meshca.istio-system.svc', 'MESHCA.istio-system.svc.'));
+    assert.ok(dnsNameMatches('meshca.istio-system.svc', '*.istio-system.svc'));
+    assert.ok(!dnsNameMatches('a.meshca.istio-system.svc', '*.istio-system.svc'), 'a wildcard covers one label');
+    assert.ok(!dnsNameMatches('istio-system.svc', '*.istio-system.svc'));
+    assert.ok(!dnsNameMatches('meshca.svc', '*.svc'), 'no wildcard directly under a one-label suffix');
+    assert.ok(!dnsNameMatches('meshca.istio-system.svc', 'mesh*.istio-system.svc'), 'no partial-label wildcard');
+    assert.ok(!dnsNameMatches('meshca.istio-system.svc', 'meshca.*.svc'));
+    assert.ok(!dnsNameMatches('meshca.istio-system.svc', 'meshca.istio-system.svc.evil'));
+  });
+
+  test('the check itself: a CN-only certificate is refused with one line naming the host; a DNS SAN passes', () => {
+    const der = (name: string): Buffer => Buffer.from(readFileSync(path.join(temp.dir, `${name}.pem`), 'utf8').replace(/-----[^-]+-----|\s/g, ''), 'base64');
+    const refused = checkServerIdentityBySan(SERVER_NAME, der('cn-only'));
+    assert.ok(refused);
+    assert.equal(
+      refused.message,
+      `the server certificate does not name "${SERVER_NAME}" in a subjectAltName (it names no DNS name or IP; a subject CN is never accepted): dial the CA by one of its DNS names or set the server name to one`,
+    );
+    assert.match(checkServerIdentityBySan(SERVER_NAME, der('cn-uri'))!.message, /does not name/);
+    assert.equal(checkServerIdentityBySan(SERVER_NAME, der('dns')), undefined);
+    // Node's own check accepts the CN-only certificate: what this module exists to prevent.
+    const nodeCheck = spawnSync(process.execPath, [
+      '-e',
+      `const tls=require('tls');const {X509Certificate}=require('crypto');const c=new X509Certificate(require('fs').readFileSync(${JSON.stringify(path.join(temp.dir, 'cn-only.pem'))}));console.log(tls.checkServerIdentity(${JSON.stringify(SERVER_NAME)}, {subject:{CN:${JSON.stringify(SERVER_NAME)}}})===undefined)`,
+    ]);
+    assert.equal(nodeCheck.stdout.toString().trim(), 'true', 'Node falls back to the CN');
+  });
+
+  test("the agent's CA client refuses a CA whose certificate has the name only as CN; no call and no token reach it", async () => {
+    for (const fake of [cnOnly, cnAndUri]) {
+      const result = await agentCall(fake.port);
+      assert.equal(result.ok, false);
+      assert.match(result.message, /does not name "meshca\.istio-system\.svc" in a subjectAltName/);
+      assert.equal(fake.calls, 0, 'the fake CA received no call');
+      assert.deepEqual(fake.authorizations, [], 'the bearer token never reached the fake CA');
+    }
+    // Control: a certificate with the DNS SAN is accepted and the call (with the token) arrives.
+    const control = await agentCall(withDnsSan.port);
+    assert.equal(control.ok, false);
+    assert.match(control.message, /fake CA/);
+    assert.equal(withDnsSan.calls, 1);
+    assert.deepEqual(withDnsSan.authorizations, [`Bearer ${TOKEN}`]);
+  });
+
+  test('`meshca request` refuses it too, before sending the token', () => {
+    const tokenFile = path.join(temp.dir, 'token');
+    writeFileSync(tokenFile, TOKEN);
+    const run = (port: number): { status: number | null; stderr: string } => {
+      const result = spawnSync(
+        process.execPath,
+        [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), '--server-name', SERVER_NAME, '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '3s'],
+        { encoding: 'utf8' },
+      );
+      return { status: result.status, stderr: result.stderr };
+    };
+    const before = withDnsSan.calls;
+    for (const fake of [cnOnly, cnAndUri]) {
+      const result = run(fake.port);
+      assert.notEqual(result.status, 0);
+      // grpc-js may report the refused handshake as its last connection error or only as an expired deadline.
+      assert.match(result.stderr, /does not name "meshca\.istio-system\.svc" in a subjectAltName|DEADLINE_EXCEEDED|UNAVAILABLE: No connection established/, result.stderr);
+      assert.equal(fake.calls, 0);
+      assert.deepEqual(fake.authorizations, []);
+    }
+    const control = run(withDnsSan.port);
+    assert.notEqual(control.status, 0);
+    assert.match(control.stderr, /UNAVAILABLE: fake CA/, control.stderr);
+    assert.equal(withDnsSan.calls, before + 1);
+    assert.equal(withDnsSan.authorizations.at(-1), `Bearer ${TOKEN}`);
+  });
+});
