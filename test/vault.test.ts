@@ -9,6 +9,7 @@
  *  - start-up problems end in one line: bad VAULT_ADDR, unreadable token/JWT files, unreachable Vault.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { promises as fs, statSync } from 'node:fs';
 import * as path from 'node:path';
@@ -17,7 +18,7 @@ import * as grpc from '@grpc/grpc-js';
 import { CaError, VaultRoleSigner, readVaultConfig } from '../src/ca/index.js';
 import { VaultSession } from '../src/ca/vault-client.js';
 import { createLogger } from '../src/log.js';
-import { createCsr, generateKeyPairFor, spkiDer } from '../src/pki/index.js';
+import { createCsr, exportPrivateKeyPem, generateKeyPairFor, spkiDer } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -152,6 +153,65 @@ describe('Vault PKI key source', () => {
     } finally {
       await signer.close();
     }
+  });
+
+  test('role mode, CA impersonation: the role keeps use_csr_common_name=true, so meshca refuses CSRs naming what Vault copies', async () => {
+    const key = generateKeyPairFor('ec-p256').privateKey;
+    const keyFile = path.join(temp.dir, 'impostor.key');
+    await fs.writeFile(keyFile, exportPrivateKeyPem(key));
+    const cnCsr = execFileSync('openssl', ['req', '-new', '-key', keyFile, '-subj', '/CN=meshca.istio-system.svc'], { encoding: 'utf8' });
+    // The stand-in, like Vault, certifies the CSR's CN whatever the request says (common_name is ignored).
+    const direct = await fetch(`${vault.url}/v1/pki_int/sign/istio`, {
+      method: 'POST',
+      headers: { 'X-Vault-Token': vault.rootToken },
+      body: JSON.stringify({ csr: cnCsr, format: 'pem', exclude_cn_from_sans: true, uri_sans: SPIFFE, common_name: '' }),
+    });
+    const issued = ((await direct.json()) as { data: { certificate: string } }).data.certificate;
+    assert.equal(new X509Certificate(issued).subject, 'CN=meshca.istio-system.svc');
+
+    const config = readVaultConfig({}, { VAULT_ADDR: vault.url, VAULT_TOKEN: vault.rootToken, VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' });
+    const signer = await VaultRoleSigner.open(await VaultSession.open({ addr: config.addr, auth: config.auth, timeoutMs: 5000, logger }), config, { logger });
+    try {
+      const signCalls = (): number => vault.state.requests.filter((r) => r.path === '/v1/pki_int/sign/istio').length;
+      const before = signCalls();
+      const serialCsr = execFileSync('openssl', ['req', '-new', '-key', keyFile, '-subj', '/serialNumber=1234'], { encoding: 'utf8' });
+      for (const [csr, named] of [
+        [cnCsr, /a subject CN \(use_csr_common_name\)/],
+        [serialCsr, /a subject serialNumber/],
+        [createCsr({ privateKey: key, uris: [SPIFFE], dnsNames: ['meshca.istio-system.svc'] }), /DNS SANs/],
+      ] as const) {
+        await assert.rejects(
+          Promise.resolve(signer.sign({ csrPem: csr, spkiDer: spkiDer(key), uris: [SPIFFE], ttlSeconds: 600 })),
+          (error: unknown) => error instanceof CaError && error.code === 'CSR_ERROR' && named.test(error.message) && /which Vault would copy into the certificate/.test(error.message),
+        );
+      }
+      assert.equal(signCalls(), before, 'no refused CSR was sent to Vault');
+      // Istio's CSRs carry an empty O, which Vault ignores: still signed, with an empty subject.
+      const istioLike = execFileSync('openssl', ['req', '-new', '-key', keyFile, '-subj', '/O=', '-addext', `subjectAltName=critical,URI:${SPIFFE}`], { encoding: 'utf8' });
+      const signed = await signer.sign({ csrPem: istioLike, spkiDer: spkiDer(key), uris: [SPIFFE], ttlSeconds: 600 });
+      assert.equal(new X509Certificate(signed.chain[0]!).subject ?? '', '');
+    } finally {
+      await signer.close();
+    }
+
+    // A role that writes a subject (organization): Vault's answer is outside the profile and is refused.
+    vault.state.setRole('pki_int', 'with-org', { ...ISTIO_WORKLOAD_ROLE, organization: 'acme' });
+    const orgConfig = readVaultConfig({}, { VAULT_ADDR: vault.url, VAULT_TOKEN: vault.rootToken, VAULT_SIGN_CSR_PATH: 'pki_int/sign/with-org' });
+    const orgSigner = await VaultRoleSigner.open(await VaultSession.open({ addr: orgConfig.addr, auth: orgConfig.auth, timeoutMs: 5000, logger }), orgConfig, { logger });
+    try {
+      await assert.rejects(
+        Promise.resolve(orgSigner.sign({ csrPem: createCsr({ privateKey: key, uris: [SPIFFE] }), spkiDer: spkiDer(key), uris: [SPIFFE], ttlSeconds: 600 })),
+        (error: unknown) => error instanceof CaError && error.code === 'CERT_GEN_ERROR' && /subject "O=acme"; workload certificates carry an empty subject/.test(error.message),
+      );
+    } finally {
+      await orgSigner.close();
+    }
+
+    // sign-verbatim copies the whole CSR: refused as a signing path.
+    assert.throws(
+      () => readVaultConfig({}, { VAULT_ADDR: vault.url, VAULT_TOKEN: vault.rootToken, VAULT_SIGN_CSR_PATH: 'pki_int/sign-verbatim/istio' }),
+      /sign-verbatim copies the workload's CSR \(subject and SANs\) into the certificate; use <mount>\/sign\/<role>/,
+    );
   });
 
   test('intermediate mode over TLS: workloads signed locally by a Vault-signed intermediate, no failure while Vault is down, renewal when it is back', async () => {

@@ -152,7 +152,7 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
  * certificate regardless of the request body: a subject CN or serialNumber, or a DNS, email or IP SAN. Other subject
  * attributes (Istio's agents send an empty O) are ignored by Vault and allowed; what Vault returns is checked anyway.
  */
-function refuseCsrNamesVaultCopies(csrPem: string): void {
+function refuseCsrNamesVaultCopies(csrPem: string, grantedDnsNames: readonly string[]): void {
   let csr: ReturnType<typeof parseCsr>;
   const copied: string[] = [];
   try {
@@ -168,7 +168,8 @@ function refuseCsrNamesVaultCopies(csrPem: string): void {
   } catch (error) {
     throw new CaError('CSR_ERROR', `CSR error: ${(error as Error).message}`, { cause: error });
   }
-  if (csr.sans.dnsNames.length > 0) copied.push('DNS SANs');
+  // The CA's own serving certificate (dnsNames granted by configuration) is the only request with DNS SANs.
+  if (csr.sans.dnsNames.some((name) => !grantedDnsNames.includes(name))) copied.push('DNS SANs');
   if (csr.sans.emails.length > 0) copied.push('email SANs');
   if (csr.sans.ipAddresses.length > 0) copied.push('IP SANs');
   if (copied.length > 0) {
@@ -311,7 +312,7 @@ export class VaultRoleSigner implements WorkloadSigner {
   }
 
   async sign(request: WorkloadSignRequest): Promise<SignedChain> {
-    refuseCsrNamesVaultCopies(request.csrPem);
+    refuseCsrNamesVaultCopies(request.csrPem, request.dnsNames ?? []);
     const body: Record<string, unknown> = {
       csr: request.csrPem,
       format: 'pem',
@@ -366,7 +367,8 @@ export class VaultRoleSigner implements WorkloadSigner {
         `Vault issued a certificate with the subject "${leaf.subject}"; workload certificates carry an empty subject: clear the Vault role's subject fields (organization, ou, country, locality, province, street_address, postal_code)`,
       );
     }
-    const others = [...leaf.sans.dnsNames.map((n) => `DNS:${n}`), ...leaf.sans.emails.map((n) => `email:${n}`), ...leaf.sans.ipAddresses.map((n) => `IP:${n}`)];
+    const granted = request.dnsNames ?? [];
+    const others = [...leaf.sans.dnsNames.filter((n) => !granted.includes(n)).map((n) => `DNS:${n}`), ...leaf.sans.emails.map((n) => `email:${n}`), ...leaf.sans.ipAddresses.map((n) => `IP:${n}`)];
     if (others.length > 0) {
       throw new CaError('CERT_GEN_ERROR', `Vault issued SANs meshca did not ask for (${others.join(', ')}); configure the Vault role with use_csr_sans=false`);
     }
