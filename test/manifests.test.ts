@@ -461,7 +461,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     const key = (u: { group: string; resource: string; verb: string }): string => `${u.verb} ${u.resource}${u.group ? `.${u.group}` : ''}`;
     const used = new Set(uses.map(key));
     // The scan must see the calls the issue names; if one moves out of src/ the test should say so.
-    for (const expected of ['create tokenreviews.authentication.k8s.io', 'get pods', 'list pods', 'list namespaces', 'watch namespaces', 'create configmaps', 'update configmaps', 'watch configmaps', 'get secrets', 'create secrets', 'update secrets', 'watch secrets']) {
+    for (const expected of ['create tokenreviews.authentication.k8s.io', 'list pods', 'watch pods', 'list namespaces', 'watch namespaces', 'create configmaps', 'update configmaps', 'watch configmaps', 'get secrets', 'create secrets', 'update secrets', 'watch secrets']) {
       assert.ok(used.has(expected), `expected to find "${expected}" in src/; found: ${[...used].sort().join(', ')}`);
     }
     const grants = grantsFor(objects, { name: 'meshca', namespace: 'istio-system' });
@@ -799,7 +799,7 @@ describe('the CA and the agent as the manifests configure them, against the Kube
 
   before(async () => {
     kube = await startKubeStandin({ namespaces: ['default', 'kube-system', namespace] });
-    // ztunnel-style node account and a workload on the same node, for node impersonation (pods get/list).
+    // ztunnel-style node account and a workload on the same node, for node impersonation (pods list/watch).
     kube.state.addPod({ namespace, name: 'ztunnel-abcde', serviceAccount: 'ztunnel', nodeName: 'node-1' });
     kube.state.addPod({ namespace: 'default', name: 'httpbin-12345', serviceAccount: 'httpbin', nodeName: 'node-1' });
     const dirs: Record<string, string> = {};
@@ -856,7 +856,7 @@ describe('the CA and the agent as the manifests configure them, against the Kube
     const verified = opensslVerify(leaf, chain.slice(leaf.length), rootPem[ROOT_CONFIGMAP_KEY]!);
     assert.ok(verified.ok, verified.output);
 
-    // Node impersonation, as ztunnel uses it (reads the caller's pod and lists the pods on its node).
+    // Node impersonation, as ztunnel uses it (answered from the CA's pod cache: one list, then a watch).
     const ztunnelToken = path.join(temp.dir, 'ztunnel-token');
     writeFileSync(ztunnelToken, await kube.mintToken({ namespace, serviceAccount: 'ztunnel', podName: 'ztunnel-abcde', audiences: ['istio-ca'] }));
     const impersonated = await runMeshca([
@@ -893,7 +893,7 @@ describe('the CA and the agent as the manifests configure them, against the Kube
       );
       seen.add(`${verb} ${parsed.resource}`);
     }
-    for (const expected of ['create tokenreviews', 'get pods', 'list pods', 'list namespaces', 'watch namespaces', 'watch configmaps', 'update configmaps', 'create secrets', 'watch secrets']) {
+    for (const expected of ['create tokenreviews', 'list pods', 'watch pods', 'list namespaces', 'watch namespaces', 'watch configmaps', 'update configmaps', 'create secrets', 'watch secrets']) {
       assert.ok(seen.has(expected), `expected the run to exercise "${expected}"; saw ${[...seen].sort().join(', ')}`);
     }
   });
