@@ -70,6 +70,14 @@ interface Container {
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   volumeMounts?: { name: string; mountPath: string }[];
+  securityContext?: {
+    runAsUser?: number;
+    runAsNonRoot?: boolean;
+    allowPrivilegeEscalation?: boolean;
+    readOnlyRootFilesystem?: boolean;
+    privileged?: boolean;
+    capabilities?: { drop?: string[]; add?: string[] };
+  };
 }
 
 interface Volume {
@@ -84,7 +92,7 @@ interface Volume {
 interface PodSpec {
   serviceAccountName?: string;
   automountServiceAccountToken?: boolean;
-  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number };
+  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number; runAsGroup?: number };
   initContainers?: Container[];
   containers: Container[];
   volumes?: Volume[];
@@ -576,6 +584,19 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     // Whoever prepares the socket directory mounts the same volume.
     for (const init of spec.initContainers ?? []) {
       assert.ok(init.volumeMounts?.some((m) => m.name === socketDir.name && m.mountPath === socketMount.mountPath), `init container ${init.name}`);
+      // The kubelet creates a hostPath directory root-owned 0755 and fsGroup does not apply to hostPath, so only
+      // uid 0 can hand it to the agent's user. Whatever runs as root does that one chown and nothing else: no
+      // other capability, no escalation, no writable image, only the socket volume.
+      const context = init.securityContext ?? {};
+      assert.ok(context.runAsUser === 0 || spec.securityContext?.runAsNonRoot, `init container ${init.name}: state its user`);
+      if (context.runAsUser !== 0) continue;
+      assert.deepEqual(init.command, ['chown', `${spec.securityContext?.runAsUser}:${spec.securityContext?.runAsGroup}`, socketMount.mountPath], `init container ${init.name} only chowns the socket directory to the agent's user`);
+      assert.equal(init.args, undefined);
+      assert.deepEqual(context.capabilities, { drop: ['ALL'], add: ['CHOWN'] });
+      assert.equal(context.allowPrivilegeEscalation, false);
+      assert.equal(context.readOnlyRootFilesystem, true);
+      assert.notEqual(context.privileged, true);
+      assert.deepEqual(init.volumeMounts?.map((m) => m.name), [socketDir.name], `init container ${init.name} mounts only the socket directory`);
     }
   });
 
