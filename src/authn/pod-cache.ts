@@ -78,6 +78,9 @@ const LIST_PAGE_SIZE = 500;
 /** Each page of the list must arrive within this long. */
 const LIST_PAGE_TIMEOUT_MS = 60_000;
 
+/** How long one watch request lasts before the API server ends it and the cache resumes with a new one. */
+const WATCH_TIMEOUT_SECONDS = 300;
+
 /** Pods of a cluster through its API server: list all namespaces, watch /api/v1/pods. */
 export function kubePodSource(core: CoreV1Api, kubeConfig: KubeConfig): PodSource {
   const watcher = new Watch(kubeConfig);
@@ -103,7 +106,9 @@ export function kubePodSource(core: CoreV1Api, kubeConfig: KubeConfig): PodSourc
       let failure: unknown;
       let opened = false;
       let ended = false;
-      const controller = await watcher.watch('/api/v1/pods', { resourceVersion, allowWatchBookmarks: true }, onEvent, (error: unknown) => {
+      // The server ends the stream after timeoutSeconds, so even a connection that died silently is renewed.
+      const query = { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: WATCH_TIMEOUT_SECONDS };
+      const controller = await watcher.watch('/api/v1/pods', query, onEvent, (error: unknown) => {
         ended = true;
         if (!opened) failure = error ?? new Error('the watch closed at once');
         else onEnd(error);
