@@ -154,35 +154,45 @@ describe('TokenReview authenticator', () => {
       clusters,
       trustedNodeAccounts: [{ namespace: 'kube-system', serviceAccount: 'agent' }],
       trustDomain: 'cluster.local',
-      timeoutSeconds: 5,
+      // How long a request waits for a pod cache that is not ready.
+      timeoutSeconds: 0.5,
+      // Cut off from its API server for longer than this, the pod cache stops answering.
+      caches: { maxStaleSeconds: 0.3 },
     });
-    const agentUid = kube.state.get('pods', 'kube-system', 'agent-a')!.metadata.uid!;
-    const caller = (podUid: string | undefined): Caller => ({
-      authenticator: 'tokenreview',
-      identities: ['spiffe://cluster.local/ns/kube-system/sa/agent'],
-      subject: 'system:serviceaccount:kube-system:agent',
-      kubernetes: { clusterId: 'Kubernetes', namespace: 'kube-system', serviceAccount: 'agent', podName: 'agent-a', ...(podUid ? { podUid } : {}) },
-    });
-    assert.deepEqual(await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart'), {
-      kind: 'ok',
-      identity: 'spiffe://cluster.local/ns/shop/sa/cart',
-      node: 'node-a',
-    });
-    const elsewhere = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/pay');
-    assert.equal(elsewhere.kind, 'denied');
-    const staleUid = await impersonation.authorize(caller('00000000-0000-0000-0000-000000000000'), 'spiffe://cluster.local/ns/shop/sa/cart');
-    assert.equal(staleUid.kind, 'denied');
-    if (staleUid.kind === 'denied') assert.match(staleUid.reason, /does not match its token/);
-    const unbound = await impersonation.authorize(caller(undefined), 'spiffe://cluster.local/ns/shop/sa/cart');
-    assert.equal(unbound.kind, 'denied');
-    const otherDomain = await impersonation.authorize(caller(agentUid), 'spiffe://evil.example/ns/shop/sa/cart');
-    assert.equal(otherDomain.kind, 'denied');
-    kube.state.down = true;
     try {
-      const down = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
-      assert.equal(down.kind, 'unavailable');
+      assert.deepEqual(await impersonation.podCaches?.cache('Kubernetes')?.whenReady(10_000), { ready: true }, 'the pod cache syncs');
+      const agentUid = kube.state.get('pods', 'kube-system', 'agent-a')!.metadata.uid!;
+      const caller = (podUid: string | undefined): Caller => ({
+        authenticator: 'tokenreview',
+        identities: ['spiffe://cluster.local/ns/kube-system/sa/agent'],
+        subject: 'system:serviceaccount:kube-system:agent',
+        kubernetes: { clusterId: 'Kubernetes', namespace: 'kube-system', serviceAccount: 'agent', podName: 'agent-a', ...(podUid ? { podUid } : {}) },
+      });
+      assert.deepEqual(await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart'), {
+        kind: 'ok',
+        identity: 'spiffe://cluster.local/ns/shop/sa/cart',
+        node: 'node-a',
+      });
+      const elsewhere = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/pay');
+      assert.equal(elsewhere.kind, 'denied');
+      const staleUid = await impersonation.authorize(caller('00000000-0000-0000-0000-000000000000'), 'spiffe://cluster.local/ns/shop/sa/cart');
+      assert.equal(staleUid.kind, 'denied');
+      if (staleUid.kind === 'denied') assert.match(staleUid.reason, /does not match its token/);
+      const unbound = await impersonation.authorize(caller(undefined), 'spiffe://cluster.local/ns/shop/sa/cart');
+      assert.equal(unbound.kind, 'denied');
+      const otherDomain = await impersonation.authorize(caller(agentUid), 'spiffe://evil.example/ns/shop/sa/cart');
+      assert.equal(otherDomain.kind, 'denied');
+      kube.state.down = true;
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        const down = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
+        assert.equal(down.kind, 'unavailable');
+        if (down.kind === 'unavailable') assert.match(down.reason, /lost its watch .* out of date/);
+      } finally {
+        kube.state.down = false;
+      }
     } finally {
-      kube.state.down = false;
+      impersonation.close();
     }
   });
 });

@@ -70,6 +70,14 @@ interface Container {
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   volumeMounts?: { name: string; mountPath: string }[];
+  securityContext?: {
+    runAsUser?: number;
+    runAsNonRoot?: boolean;
+    allowPrivilegeEscalation?: boolean;
+    readOnlyRootFilesystem?: boolean;
+    privileged?: boolean;
+    capabilities?: { drop?: string[]; add?: string[] };
+  };
 }
 
 interface Volume {
@@ -84,7 +92,7 @@ interface Volume {
 interface PodSpec {
   serviceAccountName?: string;
   automountServiceAccountToken?: boolean;
-  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number };
+  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number; runAsGroup?: number };
   initContainers?: Container[];
   containers: Container[];
   volumes?: Volume[];
@@ -461,7 +469,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     const key = (u: { group: string; resource: string; verb: string }): string => `${u.verb} ${u.resource}${u.group ? `.${u.group}` : ''}`;
     const used = new Set(uses.map(key));
     // The scan must see the calls the issue names; if one moves out of src/ the test should say so.
-    for (const expected of ['create tokenreviews.authentication.k8s.io', 'get pods', 'list pods', 'list namespaces', 'watch namespaces', 'create configmaps', 'update configmaps', 'watch configmaps', 'get secrets', 'create secrets', 'update secrets', 'watch secrets']) {
+    for (const expected of ['create tokenreviews.authentication.k8s.io', 'list pods', 'watch pods', 'list namespaces', 'watch namespaces', 'create configmaps', 'update configmaps', 'watch configmaps', 'get secrets', 'create secrets', 'update secrets', 'watch secrets']) {
       assert.ok(used.has(expected), `expected to find "${expected}" in src/; found: ${[...used].sort().join(', ')}`);
     }
     const grants = grantsFor(objects, { name: 'meshca', namespace: 'istio-system' });
@@ -576,6 +584,19 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     // Whoever prepares the socket directory mounts the same volume.
     for (const init of spec.initContainers ?? []) {
       assert.ok(init.volumeMounts?.some((m) => m.name === socketDir.name && m.mountPath === socketMount.mountPath), `init container ${init.name}`);
+      // The kubelet creates a hostPath directory root-owned 0755 and fsGroup does not apply to hostPath, so only
+      // uid 0 can hand it to the agent's user. Whatever runs as root does that one chown and nothing else: no
+      // other capability, no escalation, no writable image, only the socket volume.
+      const context = init.securityContext ?? {};
+      assert.ok(context.runAsUser === 0 || spec.securityContext?.runAsNonRoot, `init container ${init.name}: state its user`);
+      if (context.runAsUser !== 0) continue;
+      assert.deepEqual(init.command, ['chown', `${spec.securityContext?.runAsUser}:${spec.securityContext?.runAsGroup}`, socketMount.mountPath], `init container ${init.name} only chowns the socket directory to the agent's user`);
+      assert.equal(init.args, undefined);
+      assert.deepEqual(context.capabilities, { drop: ['ALL'], add: ['CHOWN'] });
+      assert.equal(context.allowPrivilegeEscalation, false);
+      assert.equal(context.readOnlyRootFilesystem, true);
+      assert.notEqual(context.privileged, true);
+      assert.deepEqual(init.volumeMounts?.map((m) => m.name), [socketDir.name], `init container ${init.name} mounts only the socket directory`);
     }
   });
 
@@ -799,7 +820,7 @@ describe('the CA and the agent as the manifests configure them, against the Kube
 
   before(async () => {
     kube = await startKubeStandin({ namespaces: ['default', 'kube-system', namespace] });
-    // ztunnel-style node account and a workload on the same node, for node impersonation (pods get/list).
+    // ztunnel-style node account and a workload on the same node, for node impersonation (pods list/watch).
     kube.state.addPod({ namespace, name: 'ztunnel-abcde', serviceAccount: 'ztunnel', nodeName: 'node-1' });
     kube.state.addPod({ namespace: 'default', name: 'httpbin-12345', serviceAccount: 'httpbin', nodeName: 'node-1' });
     const dirs: Record<string, string> = {};
@@ -856,7 +877,7 @@ describe('the CA and the agent as the manifests configure them, against the Kube
     const verified = opensslVerify(leaf, chain.slice(leaf.length), rootPem[ROOT_CONFIGMAP_KEY]!);
     assert.ok(verified.ok, verified.output);
 
-    // Node impersonation, as ztunnel uses it (reads the caller's pod and lists the pods on its node).
+    // Node impersonation, as ztunnel uses it (answered from the CA's pod cache: one list, then a watch).
     const ztunnelToken = path.join(temp.dir, 'ztunnel-token');
     writeFileSync(ztunnelToken, await kube.mintToken({ namespace, serviceAccount: 'ztunnel', podName: 'ztunnel-abcde', audiences: ['istio-ca'] }));
     const impersonated = await runMeshca([
@@ -893,7 +914,7 @@ describe('the CA and the agent as the manifests configure them, against the Kube
       );
       seen.add(`${verb} ${parsed.resource}`);
     }
-    for (const expected of ['create tokenreviews', 'get pods', 'list pods', 'list namespaces', 'watch namespaces', 'watch configmaps', 'update configmaps', 'create secrets', 'watch secrets']) {
+    for (const expected of ['create tokenreviews', 'list pods', 'watch pods', 'list namespaces', 'watch namespaces', 'watch configmaps', 'update configmaps', 'create secrets', 'watch secrets']) {
       assert.ok(seen.has(expected), `expected the run to exercise "${expected}"; saw ${[...seen].sort().join(', ')}`);
     }
   });

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, cpSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { cleanEnv, createCertificate, caClient, opensslKeyAndCsr, startCa } from './ca-helpers.js';
@@ -19,11 +19,43 @@ import { DEV_ISSUER, DevTokenIssuer } from '../src/authn/dev-issuer.js';
 
 const NOBODY = 65534;
 
+/** True when every directory from / down to `dir` lets other users through (o+x), i.e. uid 65534 can reach it. */
+function traversableByOthers(dir: string): boolean {
+  for (let current = dir; ; current = path.dirname(current)) {
+    if ((statSync(current).mode & 0o001) === 0) return false;
+    if (current === path.dirname(current)) return true;
+  }
+}
+
+/**
+ * The built CLI where an unprivileged user can run it. The repository may sit in a private directory (a clone in
+ * `mktemp -d` is mode 0700), which uid 65534 cannot enter: then every refusal would be "cannot find module", not
+ * the file error under test. So dist/, proto/ and package.json are copied to a world-traversable directory, and
+ * node_modules is linked there (or copied, when its real path is private too).
+ */
+function unprivilegedCli(base: string): string {
+  const root = path.join(base, 'cli-copy');
+  mkdirSync(root, { mode: 0o755 });
+  for (const entry of ['dist', 'proto', 'package.json']) cpSync(path.join(REPO_ROOT, entry), path.join(root, entry), { recursive: true });
+  const modules = realpathSync(path.join(REPO_ROOT, 'node_modules'));
+  const target = path.join(root, 'node_modules');
+  if (traversableByOthers(modules)) symlinkSync(modules, target);
+  else cpSync(modules, target, { recursive: true });
+  // Readable by all (the copy keeps the repository's modes, which a private clone may have narrowed).
+  const opened = spawnSync('chmod', ['-R', 'a+rX', root], { encoding: 'utf8' });
+  assert.equal(opened.status, 0, opened.stderr);
+  return path.join(root, path.relative(REPO_ROOT, CLI));
+}
+
+let unprivilegedCliPath: string | undefined;
+
 /** Runs `meshca ca` as an unprivileged user until it exits; resolves with the exit code and stderr. */
 function runCaAs(uid: number, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stderr: string; stdout: string }> {
+  const cli = unprivilegedCliPath;
+  assert.ok(cli, 'unprivilegedCli() runs in before()');
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...args], {
-      cwd: REPO_ROOT,
+    const child = spawn(process.execPath, [cli, 'ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...args], {
+      cwd: path.dirname(path.dirname(cli)),
       env: cleanEnv(env),
       uid,
       gid: uid,
@@ -61,6 +93,8 @@ describe('broken files at start-up', () => {
   before(async () => {
     // The unprivileged CA must be able to reach its files: open the temp directory for traversal.
     chmodSync(temp.dir, 0o711);
+    assert.ok(traversableByOthers(temp.dir), `${temp.dir} must be reachable by uid ${NOBODY}: TMPDIR sits in a private directory`);
+    unprivilegedCliPath = unprivilegedCli(temp.dir);
     const issuer = await DevTokenIssuer.loadOrCreate(path.join(temp.dir, 'issuer'));
     chmodSync(path.join(temp.dir, 'issuer'), 0o755);
     jwtRule = JSON.stringify({ issuer: DEV_ISSUER, jwks_file: issuer.jwksPath, audiences: ['istio-ca'] });

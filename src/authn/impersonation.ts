@@ -3,9 +3,9 @@
  * as ztunnel): a trusted node agent may ask for another workload's certificate, but only for a service account that
  * has a pod on the agent's own node, so a compromised node cannot mint identities of workloads running elsewhere.
  */
-import type { V1Pod } from '@kubernetes/client-node';
 import { WorkloadId } from '../pki/index.js';
-import { callWithDeadline, describeKubeError, type KubeClusters } from './kube-clusters.js';
+import type { KubeClusters } from './kube-clusters.js';
+import { kubePodSource, PodCache, podIsLive, whyPodIsNotLive, type Clock, type PodSource } from './pod-cache.js';
 import type { Caller } from './types.js';
 
 export interface NodeAccount {
@@ -23,7 +23,118 @@ export interface NodeImpersonationOptions {
   /** CA_TRUSTED_NODE_ACCOUNTS. */
   trustedNodeAccounts: readonly NodeAccount[];
   trustDomain: string;
+  /** How long a request waits for a pod cache that has not synced yet before it is answered UNAVAILABLE. */
   timeoutSeconds: number;
+  /**
+   * Where the node check runs. Absent: here, on pod caches this object starts (when impersonation is enabled).
+   * A `--workers` worker passes its primary's, so the caches exist once.
+   */
+  nodeCheck?: NodeCheck;
+  /** For the pod caches: their clock, how long they answer without a watch, and where their errors go. */
+  caches?: Omit<PodCachesOptions, 'syncWaitSeconds'>;
+}
+
+/** The node check of one impersonation request, in plain data (it crosses from a worker to the primary). */
+export interface NodeCheckRequest {
+  /** The cluster ID the caller's token was reviewed in ('' for the local cluster). */
+  clusterId: string;
+  caller: { namespace: string; serviceAccount: string; podName: string; podUid: string };
+  target: { namespace: string; serviceAccount: string };
+}
+
+export type NodeCheckVerdict = { kind: 'ok'; node: string } | { kind: 'denied'; reason: string } | { kind: 'unavailable'; reason: string };
+
+export type NodeCheck = (request: NodeCheckRequest) => Promise<NodeCheckVerdict>;
+
+export interface PodCachesOptions {
+  /** How long a check waits for a cache that is not ready (first sync, or back from a lost watch). */
+  syncWaitSeconds: number;
+  clock?: Clock;
+  /** How long a cache whose watch was lost still answers (default 60 s). */
+  maxStaleSeconds?: number;
+  onError?: (clusterId: string, message: string) => void;
+  /** Where a cluster's pods come from (default: its API server); tests may pass another. */
+  source?: (cluster: { id: string }) => PodSource;
+}
+
+/**
+ * One pod cache per trusted cluster, and the node check on them: the caller's own pod (by the UID its token is
+ * bound to) must be live and match the token, and a live pod of the target service account must be on its node.
+ */
+export class PodCaches {
+  private readonly caches = new Map<string, PodCache>();
+  private readonly broken = new Map<string, string>();
+
+  constructor(
+    private readonly clusters: KubeClusters,
+    private readonly options: PodCachesOptions,
+  ) {
+    for (const id of clusters.ids()) {
+      const resolved = clusters.resolve(id);
+      if (!('cluster' in resolved)) continue;
+      const { cluster } = resolved;
+      let source: PodSource;
+      if (options.source) source = options.source(cluster);
+      else if (cluster.kubeConfig) source = kubePodSource(cluster.core, cluster.kubeConfig);
+      else {
+        this.broken.set(id, `cluster "${id}" has no kubeconfig to watch pods with`);
+        continue;
+      }
+      this.caches.set(
+        id,
+        new PodCache({
+          source,
+          clusterId: id,
+          ...(options.clock ? { clock: options.clock } : {}),
+          ...(options.maxStaleSeconds !== undefined ? { maxStaleMs: options.maxStaleSeconds * 1000 } : {}),
+          ...(options.onError ? { onError: (message: string) => options.onError!(id, message) } : {}),
+        }),
+      );
+    }
+  }
+
+  start(): this {
+    for (const cache of this.caches.values()) cache.start();
+    return this;
+  }
+
+  close(): void {
+    for (const cache of this.caches.values()) cache.stop();
+  }
+
+  /** The cache of a cluster (by its ID as configured). */
+  cache(clusterId: string): PodCache | undefined {
+    return this.caches.get(clusterId);
+  }
+
+  readonly check: NodeCheck = async (request) => {
+    const resolved = this.clusters.resolve(request.clusterId);
+    if ('error' in resolved) return { kind: 'denied', reason: resolved.error };
+    const id = resolved.cluster.id;
+    const cache = this.caches.get(id);
+    if (!cache) return { kind: 'unavailable', reason: this.broken.get(id) ?? `no pod cache for cluster "${id}"` };
+    const readiness = await cache.whenReady(this.options.syncWaitSeconds * 1000);
+    if (!readiness.ready) return { kind: 'unavailable', reason: `${readiness.reason}; retry later (the CA needs list and watch on pods)` };
+
+    const { caller, target } = request;
+    const callerPod = cache.byUid(caller.podUid);
+    const callerName = `${caller.namespace}/${caller.podName}`;
+    if (!callerPod) {
+      return { kind: 'denied', reason: `the caller's pod ${callerName} does not match its token: no pod has UID ${caller.podUid} (deleted, or re-created under that name)` };
+    }
+    if (callerPod.namespace !== caller.namespace || callerPod.name !== caller.podName || callerPod.serviceAccount !== caller.serviceAccount) {
+      return { kind: 'denied', reason: `the caller's pod ${callerName} does not match its token (UID or service account differ)` };
+    }
+    const callerNotLive = whyPodIsNotLive(callerPod);
+    if (callerNotLive) return { kind: 'denied', reason: `the caller's pod ${callerName} ${callerNotLive}` };
+    const node = callerPod.nodeName;
+    if (!node) return { kind: 'denied', reason: `the caller's pod ${callerName} is not scheduled on a node` };
+
+    for (const pod of cache.onNode(node)) {
+      if (pod.namespace === target.namespace && pod.serviceAccount === target.serviceAccount && podIsLive(pod)) return { kind: 'ok', node };
+    }
+    return { kind: 'denied', reason: `no pod of service account ${target.namespace}/${target.serviceAccount} runs on node ${node} (finished pods and pods being deleted do not count)` };
+  };
 }
 
 /** Parses CA_TRUSTED_NODE_ACCOUNTS entries `namespace/serviceaccount`; returns the bad entry's text on error. */
@@ -37,15 +148,31 @@ export function parseNodeAccounts(entries: readonly string[]): NodeAccount[] | {
   return accounts;
 }
 
-function serviceAccountOf(pod: V1Pod): string {
-  return pod.spec?.serviceAccountName || 'default';
-}
-
 export class NodeImpersonation {
-  constructor(private readonly options: NodeImpersonationOptions) {}
+  private readonly caches: PodCaches | undefined;
+  private readonly nodeCheck: NodeCheck;
+
+  constructor(private readonly options: NodeImpersonationOptions) {
+    if (options.nodeCheck) this.nodeCheck = options.nodeCheck;
+    else {
+      // Pods are watched only when impersonation can be used at all.
+      this.caches = this.enabled ? new PodCaches(options.clusters, { ...options.caches, syncWaitSeconds: options.timeoutSeconds }).start() : undefined;
+      const caches = this.caches;
+      this.nodeCheck = caches ? caches.check : () => Promise.resolve({ kind: 'denied', reason: 'node impersonation is not enabled' });
+    }
+  }
 
   get enabled(): boolean {
     return this.options.trustedNodeAccounts.length > 0;
+  }
+
+  /** The pod caches this object runs (none when another process checks nodes, or impersonation is off). */
+  get podCaches(): PodCaches | undefined {
+    return this.caches;
+  }
+
+  close(): void {
+    this.caches?.close();
   }
 
   async authorize(caller: Caller, impersonated: string): Promise<ImpersonationVerdict> {
@@ -65,40 +192,12 @@ export class NodeImpersonation {
     if (!k8s.podName || !k8s.podUid) return { kind: 'denied', reason: "the caller's token is not bound to a pod, so its node is unknown" };
     const resolved = this.options.clusters.resolve(k8s.clusterId);
     if ('error' in resolved) return { kind: 'denied', reason: resolved.error };
-    const { cluster } = resolved;
-    const timeoutMs = this.options.timeoutSeconds * 1000;
-
-    let callerPod: V1Pod;
-    try {
-      const podName = k8s.podName;
-      callerPod = await callWithDeadline((options) => cluster.core.readNamespacedPod({ name: podName, namespace: k8s.namespace }, options), timeoutMs);
-    } catch (error) {
-      const { status, detail } = describeKubeError(error);
-      if (status === 404) return { kind: 'denied', reason: `the caller's pod ${k8s.namespace}/${k8s.podName} does not exist` };
-      return { kind: 'unavailable', reason: `could not read the caller's pod from the Kubernetes API server of cluster "${cluster.id}": ${detail}` };
-    }
-    if (callerPod.metadata?.uid !== k8s.podUid || serviceAccountOf(callerPod) !== k8s.serviceAccount) {
-      return { kind: 'denied', reason: `the caller's pod ${k8s.namespace}/${k8s.podName} does not match its token (UID or service account differ)` };
-    }
-    const node = callerPod.spec?.nodeName;
-    if (!node) return { kind: 'denied', reason: `the caller's pod ${k8s.namespace}/${k8s.podName} is not scheduled on a node` };
-
-    let pods: V1Pod[];
-    try {
-      const list = await callWithDeadline(
-        (options) => cluster.core.listNamespacedPod({ namespace: target.namespace, fieldSelector: `spec.nodeName=${node}` }, options),
-        timeoutMs,
-      );
-      pods = list.items;
-    } catch (error) {
-      const { detail } = describeKubeError(error);
-      return { kind: 'unavailable', reason: `could not list pods from the Kubernetes API server of cluster "${cluster.id}": ${detail}` };
-    }
-    // Filter again locally: the field selector is an optimisation, not something to rely on for a security check.
-    const match = pods.find((p) => p.spec?.nodeName === node && serviceAccountOf(p) === target.serviceAccount);
-    if (!match) {
-      return { kind: 'denied', reason: `no pod of service account ${target.namespace}/${target.serviceAccount} runs on node ${node}` };
-    }
-    return { kind: 'ok', identity: impersonated, node };
+    const verdict = await this.nodeCheck({
+      clusterId: resolved.cluster.id,
+      caller: { namespace: k8s.namespace, serviceAccount: k8s.serviceAccount, podName: k8s.podName, podUid: k8s.podUid },
+      target: { namespace: target.namespace, serviceAccount: target.serviceAccount },
+    });
+    if (verdict.kind !== 'ok') return verdict;
+    return { kind: 'ok', identity: impersonated, node: verdict.node };
   }
 }

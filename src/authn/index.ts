@@ -16,7 +16,17 @@ export {
   type TokenReviewObserver,
 } from './tokenreview.js';
 export { JwtAuthenticator, parseJwtRules, type JwtRule } from './jwt.js';
-export { NodeImpersonation, parseNodeAccounts, type NodeAccount, type ImpersonationVerdict } from './impersonation.js';
+export {
+  NodeImpersonation,
+  PodCaches,
+  parseNodeAccounts,
+  type NodeAccount,
+  type ImpersonationVerdict,
+  type NodeCheck,
+  type NodeCheckRequest,
+  type NodeCheckVerdict,
+} from './impersonation.js';
+export { PodCache, podIsLive, systemClock, type CachedPod, type Clock, type PodSource } from './pod-cache.js';
 export { KubeClusters, callWithDeadline, type KubeCluster } from './kube-clusters.js';
 export * from './types.js';
 

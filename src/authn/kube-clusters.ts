@@ -26,6 +26,8 @@ export interface KubeCluster {
   core: CoreV1Api;
   /** The kept-alive connections its API calls share (absent for clusters built by hand, e.g. in tests). */
   connections?: ApiConnectionPool;
+  /** Its configuration, for watches (which stream outside the pool); absent for clusters built by hand. */
+  kubeConfig?: KubeConfig;
 }
 
 export class KubeClusters {
@@ -61,6 +63,7 @@ export class KubeClusters {
           authentication: new AuthenticationV1Api(configuration),
           core: new CoreV1Api(configuration),
           connections,
+          kubeConfig,
         };
       }),
     );

@@ -3,7 +3,8 @@
  * single Node event loop cannot.
  *
  * The primary owns everything that must happen once: the key source (files, watches, rotation, Vault, the
- * Kubernetes Secret and ConfigMap), the TokenReview calls with their cache and in-flight limit, the monitoring
+ * Kubernetes Secret and ConfigMap), the TokenReview calls with their cache and in-flight limit, the pod caches
+ * of node impersonation (one list + watch per cluster, not one per worker), the monitoring
  * server (metrics summed over all processes, /ready, /debug/ca) and the shutdown. The workers share the gRPC
  * port (Node's cluster module hands each new connection to the next worker) and sign in-process from a
  * snapshot of the primary's material, which the primary re-sends on every change. A worker that dies is
@@ -12,7 +13,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
-import type { AuthOutcome } from '../authn/index.js';
+import { PodCaches, type AuthOutcome, type NodeCheckRequest, type NodeCheckVerdict } from '../authn/index.js';
 import { CertificateAuthority, type WorkloadSigner, type WorkloadSignRequest } from '../ca/index.js';
 import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
@@ -20,7 +21,7 @@ import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
 import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
 import { NOTICES, PRIMARY_CALLS, WORKER_CALLS, type ReviewParams } from './cluster-worker.js';
-import { buildKubeClusters, describeCa, formatHostPort, logReady, startMonitoring, tokenReviewAuthenticator } from './index.js';
+import { buildKubeClusters, describeCa, formatHostPort, logReady, podCacheOptions, startMonitoring, tokenReviewAuthenticator } from './index.js';
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
@@ -66,6 +67,9 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
 
   const clusters = buildKubeClusters(config, env, logger);
   const tokenReviews = clusters.size > 0 ? tokenReviewAuthenticator(config, clusters, metrics) : undefined;
+  // Node impersonation: workers ask here, so every cluster's pods are watched once.
+  const podCaches =
+    config.trustedNodeAccounts.length > 0 ? new PodCaches(clusters, { ...podCacheOptions(logger), syncWaitSeconds: config.tokenReviewTimeoutSeconds }).start() : undefined;
   const authenticators = [...(config.plaintext ? [] : ['client-cert']), ...(clusters.size > 0 ? ['tokenreview'] : []), ...(config.jwtRules.length > 0 ? ['jwt'] : [])];
 
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index, worker: undefined, peer: undefined, listening: false }));
@@ -83,6 +87,10 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
         const { clusterId, token } = params as ReviewParams;
         if (!tokenReviews) return { kind: 'denied', reason: 'no Kubernetes cluster is configured for TokenReview' } satisfies AuthOutcome;
         return await tokenReviews.reviewToken(clusterId, token);
+      }
+      case WORKER_CALLS.checkNode: {
+        if (!podCaches) return { kind: 'denied', reason: 'node impersonation is not enabled (CA_TRUSTED_NODE_ACCOUNTS is empty)' } satisfies NodeCheckVerdict;
+        return await podCaches.check(params as NodeCheckRequest);
       }
       default:
         throw new Error(`unknown call ${method}`);
@@ -152,6 +160,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   };
   // Kept-alive API-server connections end last (workers may still be asking for reviews while they drain).
   cleanups.push(() => clusters.close());
+  cleanups.push(() => podCaches?.close());
   cleanups.push(stopWorkers);
 
   try {

@@ -1,11 +1,12 @@
 /**
  * One worker of `meshca ca --workers N`: serves the gRPC API on the port the primary process shares with all
  * workers. It signs in-process with the material the primary sends (or forwards to the primary when the key
- * source signs remotely), asks the primary to review tokens it has not cached, and answers the primary's
+ * source signs remotely), asks the primary to review tokens it has not cached and to check impersonation
+ * requests against its pod caches, and answers the primary's
  * requests for its metrics. It lives as long as the primary: when the channel closes, it stops.
  */
 import type { Registry } from 'prom-client';
-import type { AuthOutcome } from '../authn/index.js';
+import type { AuthOutcome, NodeCheckRequest, NodeCheckVerdict } from '../authn/index.js';
 import { SnapshotSigner, type SignerSnapshot } from '../ca/snapshot-signer.js';
 import type { SignedChain, WorkloadSignRequest } from '../ca/signer.js';
 import type { CaServerConfig } from '../config/ca.js';
@@ -14,7 +15,7 @@ import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
 import { startCaServer, type CaServer } from './index.js';
 
 /** What a worker tells the primary, and the primary asks of a worker. */
-export const WORKER_CALLS = { snapshot: 'snapshot', sign: 'sign', review: 'review' } as const;
+export const WORKER_CALLS = { snapshot: 'snapshot', sign: 'sign', review: 'review', checkNode: 'checkNode' } as const;
 export const PRIMARY_CALLS = { metrics: 'metrics' } as const;
 export const NOTICES = { listening: 'listening', fatal: 'fatal', snapshot: 'snapshot', shutdown: 'shutdown' } as const;
 
@@ -80,6 +81,10 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
         reviewToken: (clusterId: string, token: string) =>
           peer.call<AuthOutcome>(WORKER_CALLS.review, { clusterId, token } satisfies ReviewParams).catch(
             (error: unknown): AuthOutcome => ({ kind: 'unavailable', reason: `the token could not be reviewed: ${(error as Error).message}` }),
+          ),
+        checkNode: (request: NodeCheckRequest) =>
+          peer.call<NodeCheckVerdict>(WORKER_CALLS.checkNode, request).catch(
+            (error: unknown): NodeCheckVerdict => ({ kind: 'unavailable', reason: `the node check could not be made: ${(error as Error).message}` }),
           ),
       },
     });

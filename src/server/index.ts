@@ -15,6 +15,7 @@ import {
   TokenReviewAuthenticator,
   type Authenticator,
   type AuthOutcome,
+  type NodeCheck,
 } from '../authn/index.js';
 import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/index.js';
 import { IssuedChainChecker } from '../ca/issued-check.js';
@@ -52,6 +53,8 @@ export interface CaServerOptions {
    */
   worker?: {
     reviewToken(clusterId: string, token: string): Promise<AuthOutcome>;
+    /** Node impersonation's pod check, answered by the primary from its pod caches. */
+    checkNode: NodeCheck;
   };
 }
 
@@ -159,6 +162,11 @@ export async function startMonitoring(config: CaServerConfig, options: Monitorin
   return monitoring;
 }
 
+/** How the CA's pod caches (node impersonation) report trouble. */
+export function podCacheOptions(logger: Logger): { onError: (clusterId: string, message: string) => void } {
+  return { onError: (clusterId, message) => logger.warn({ clusterId, reason: message }, 'pod cache for node impersonation: retrying') };
+}
+
 /** The TokenReview authenticator of a CA server; `reviewer` set: a `--workers` worker asking its primary. */
 export function tokenReviewAuthenticator(
   config: CaServerConfig,
@@ -215,12 +223,14 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     trustedNodeAccounts: config.trustedNodeAccounts,
     trustDomain: config.trustDomain,
     timeoutSeconds: config.tokenReviewTimeoutSeconds,
+    // A worker's primary holds the pod caches (one watch per cluster, however many workers).
+    ...(options.worker ? { nodeCheck: options.worker.checkNode } : { caches: podCacheOptions(logger) }),
   });
 
   const cleanups = new CleanupStack(logger);
-
-  // Kept-alive API-server connections end with the server.
   cleanups.push(() => clusters.close());
+  cleanups.push(() => impersonation.close());
+
   try {
     metrics.publishSignerExpiries(signer);
 

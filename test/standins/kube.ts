@@ -20,6 +20,7 @@
  *    410 Expired after `state.compact()`. Secrets honour `stringData` and base64-validate `data`.
  *  - `GET /.well-known/openid-configuration`, `GET /openid/v1/jwks` (anonymous unless `state.oidcRequiresAuth`),
  *    `/version`, `/healthz`, `/readyz`, `/livez`.
+ *  - Pod helpers for node checks: `setPodPhase()` and `markPodDeleting()` (deletionTimestamp set, pod kept).
  *  - Fault/observation knobs: `state.down` (drops every connection), `state.delayMs`, `state.requests`,
  *    `state.tokenReviewCount`, `state.forbidden` ("<verb> <resource>" ⇒ 403), `state.closeWatches()`.
  *
@@ -627,6 +628,20 @@ export class KubeStandinState {
       },
       status: { phase: opts.phase ?? 'Running', podIP: opts.podIP ?? '10.0.0.1', hostIP: '192.168.0.1' },
     });
+  }
+
+  /** Sets a pod's status.phase (Pending, Running, Succeeded, Failed), as the kubelet reports it. */
+  setPodPhase(namespace: string, name: string, phase: string): KubeObject {
+    const pod = this.get('pods', namespace, name);
+    if (!pod) throw new Error(`setPodPhase: no pod ${namespace}/${name}`);
+    return this.put('pods', { ...pod, status: { ...(isRecord(pod.status) ? pod.status : {}), phase } });
+  }
+
+  /** Starts a graceful deletion: sets metadata.deletionTimestamp, leaving the pod in place (as while it terminates). */
+  markPodDeleting(namespace: string, name: string): KubeObject {
+    const pod = this.get('pods', namespace, name);
+    if (!pod) throw new Error(`markPodDeleting: no pod ${namespace}/${name}`);
+    return this.put('pods', { ...pod, metadata: { ...pod.metadata, deletionTimestamp: isoSeconds(new Date()), deletionGracePeriodSeconds: 30 } });
   }
 
   deletePod(namespace: string, name: string): boolean {
