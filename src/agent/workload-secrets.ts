@@ -234,6 +234,7 @@ export class WorkloadSecrets {
       if (credential.expiresAt !== null && credential.expiresAt <= this.now()) {
         // The token proves nothing any more: it no longer leads to the identity (its streams end at renewal).
         this.credentialIdentity.delete(credential.key);
+        this.options.metrics.refusedTokens.inc({ reason: 'expired_token' });
         throw new SdsError(
           GrpcStatus.UNAUTHENTICATED,
           `the workload token (${credential.label}) expired at ${new Date(credential.expiresAt).toISOString()}; send a fresh token`,
@@ -408,6 +409,8 @@ export class WorkloadSecrets {
     } catch (error) {
       const code = error instanceof CaCallError ? (GrpcStatus[error.code] ?? String(error.code)) : 'UNKNOWN';
       metrics.failedOutgoingRequests.inc({ request_type: 'csr', error_code: code });
+      // Back before the slot is released, so that the request the slot goes to next gets this key, not a new one.
+      if (isRefusal(error)) this.releaseKey(holder, error);
       throw error;
     } finally {
       this.csrSlots.release();
@@ -654,13 +657,6 @@ export class WorkloadSecrets {
         usable.push(use);
       }
     }
-    // A stream whose credential is no longer known here (forgotten when it expired) has nothing left to prove it.
-    for (const lease of [...entry.leases]) {
-      if (!entry.credentials.has(lease.credentialKey)) {
-        const error = new SdsError(GrpcStatus.UNAUTHENTICATED, 'the workload token of this stream is no longer valid; reconnect with a fresh token');
-        for (const listener of lease.revokeListeners) listener(error);
-      }
-    }
     return usable;
   }
 
@@ -673,6 +669,8 @@ export class WorkloadSecrets {
     for (const lease of [...entry.leases]) {
       if (lease.credentialKey !== credential.key) continue;
       streams++;
+      // Detached first: whatever the stream does with the error, it gets no later secret of this identity.
+      entry.leases.delete(lease);
       for (const listener of lease.revokeListeners) listener(error);
     }
     this.log.warn({ identity: entry.identity, credential: credential.label, streams }, 'workload token no longer valid; ending its streams');
