@@ -205,15 +205,43 @@ describe('keys only inside a CA request slot, and never spent on a refused token
     }
   });
 
-  it('a certified key is never handed out again, and one whose CSR timed out is not either', async () => {
+  it('a key whose CSR was certified, or whose fate is unknown (CA unreachable), is never handed out again', async () => {
     const pool = new KeyPool(KEY, 0);
     const a = await pool.take();
     pool.giveBack(a);
     assert.equal(await pool.take(), a, 'a refused key comes back');
     pool.spent(a);
-    const b = await pool.take();
-    assert.notEqual(b, a, 'a spent key never comes back');
+    assert.notEqual(await pool.take(), a, 'a spent key never comes back');
     pool.close();
+
+    const ca = new InProcessCa();
+    let generated = 0;
+    const keys = new KeyPool(KEY, 0, { generated: () => generated++ });
+    const secrets = new WorkloadSecrets({
+      ca,
+      keys,
+      key: KEY,
+      ttlSeconds: 3600,
+      grace: { ratio: 0.5, jitter: 0 },
+      idleTtlMs: 60_000,
+      trustDomain: 'cluster.local',
+      log: memoryLogger().log,
+      metrics: new AgentMetrics({ defaultMetrics: false }),
+      initialIssueTimeoutMs: 1,
+      random: () => 0,
+    });
+    try {
+      ca.down = true;
+      await assert.rejects(secrets.acquire(tokenCredential(workloadJwt('tok-unlucky'))), (error: unknown) => error instanceof SdsError && error.code === grpc.status.UNAVAILABLE);
+      ca.down = false;
+      await assert.rejects(secrets.acquire(tokenCredential(workloadJwt('stranger-1'))), (error: unknown) => error instanceof SdsError && error.code === grpc.status.UNAUTHENTICATED);
+      assert.equal(generated, 2, 'the key sent while the CA was unreachable was not reused');
+      await assert.rejects(secrets.acquire(tokenCredential(workloadJwt('stranger-2'))), (error: unknown) => error instanceof SdsError && error.code === grpc.status.UNAUTHENTICATED);
+      assert.equal(generated, 2, "the refused CSR's key was");
+    } finally {
+      secrets.close();
+      keys.close();
+    }
   });
 });
 
