@@ -13,7 +13,7 @@ import { KeyPool } from '../src/agent/keys.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { WorkloadSecrets } from '../src/agent/workload-secrets.js';
 import { parseCsr } from '../src/pki/index.js';
-import { InProcessCa, memoryLogger } from './agent-helpers.js';
+import { InProcessCa, memoryLogger, tokenLabel, wireToken } from './agent-helpers.js';
 
 /** Wraps the in-process CA: counts concurrent calls, refuses each token's first CSR as overloaded, records CSRs. */
 class BusyCa implements CaClient {
@@ -29,9 +29,9 @@ class BusyCa implements CaClient {
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     try {
       await new Promise((resolve) => setTimeout(resolve, 5));
-      const seen = this.csrsByToken.get(request.token ?? '') ?? [];
+      const seen = this.csrsByToken.get(tokenLabel(request.token ?? '')) ?? [];
       seen.push(request.csrPem);
-      this.csrsByToken.set(request.token ?? '', seen);
+      this.csrsByToken.set(tokenLabel(request.token ?? ''), seen);
       if (seen.length === 1) throw new CaCallError(grpc.status.UNAVAILABLE, 'too many TokenReviews in flight');
       return await this.inner.createCertificate(request);
     } finally {
@@ -69,7 +69,7 @@ describe('CSRs from many new workloads at once', () => {
         const token = `token-${i}`;
         return { token, identity: inner.addWorkload(token, 'default', `sa-${i}`) };
       });
-      const leases = await Promise.all(workloads.map(({ token }) => secrets.acquire(tokenCredential(token))));
+      const leases = await Promise.all(workloads.map(({ token }) => secrets.acquire(tokenCredential(wireToken(token)))));
       for (const [i, lease] of leases.entries()) {
         assert.equal(lease.identity, workloads[i]!.identity, `workload ${i} got its own identity`);
         const secret = lease.current();

@@ -37,6 +37,7 @@ import {
   RawSotwStream,
   startAgentProcess,
   tempDir,
+  tokenLabel,
   type AgentProcess,
 } from './agent-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -256,7 +257,7 @@ class SkewedCa implements CaClient {
 
   async createCertificate(request: CertificateRequest): Promise<string[]> {
     this.calls++;
-    if (request.token !== 'tok-skew') throw new CaCallError(grpc.status.UNAUTHENTICATED, 'request authenticate failure');
+    if (request.token === undefined || tokenLabel(request.token) !== 'tok-skew') throw new CaCallError(grpc.status.UNAUTHENTICATED, 'request authenticate failure');
     const csr = parseCsr(request.csrPem);
     verifyCsr(csr);
     const leaf = this.issuer.issue({ spkiDer: csr.spkiDer, uris: ['spiffe://cluster.local/ns/clock/sa/skewed'], ttlSeconds: request.ttlSeconds, now: this.now() });

@@ -48,6 +48,47 @@ import {
 
 export { SECRET_TYPE_URL };
 
+/** 2100-01-01: the exp of the JWTs that stand for test token labels. */
+const FAR_FUTURE_EXP = 4_102_444_800;
+const LABEL_CLAIM = 'meshca_test_label';
+
+function jwtPart(value: object): string {
+  return Buffer.from(JSON.stringify(value)).toString('base64url');
+}
+
+/**
+ * A JWT-shaped workload token (unsigned: the in-process CA does not check signatures) carrying `label`, so it passes
+ * the agent's shape check; InProcessCa maps it back to the label. `exp` is in seconds.
+ */
+export function workloadJwt(label: string, exp: number = FAR_FUTURE_EXP, extraClaims: Record<string, unknown> = {}): string {
+  return `${jwtPart({ alg: 'RS256', typ: 'JWT' })}.${jwtPart({ [LABEL_CLAIM]: label, exp, ...extraClaims })}.${Buffer.from(`sig:${label}`).toString('base64url')}`;
+}
+
+/**
+ * Tests name tokens by short labels ('tok-frontend'); on the wire each label is sent as workloadJwt(label). A token
+ * that already has a JWT's three parts is sent as it is.
+ */
+export function wireToken(token: string): string {
+  return token.split('.').length === 3 ? token : workloadJwt(token);
+}
+
+/** The label a workloadJwt carries; any other token is its own label. */
+export function tokenLabel(token: string): string {
+  const parts = token.split('.');
+  if (parts.length !== 3) return token;
+  try {
+    const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8')) as Record<string, unknown>;
+    return typeof claims[LABEL_CLAIM] === 'string' ? claims[LABEL_CLAIM] : token;
+  } catch {
+    return token;
+  }
+}
+
+/** The metadata of a stream presenting the token labelled `token` (see wireToken). */
+export function tokenMetadata(token: string | undefined): grpc.Metadata {
+  return workloadTokenMetadata(token === undefined ? undefined : wireToken(token));
+}
+
 export function tempDir(prefix = 'meshca-agent-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(path.join(tmpdir(), prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
@@ -84,7 +125,7 @@ function newRoot(name: string): CaGeneration {
 }
 
 /**
- * A CA in the test process. Tokens are registered with `addWorkload`; an unknown token is refused like istiod
+ * A CA in the test process. Tokens (labels, see wireToken) are registered with `addWorkload`; an unknown token is refused like istiod
  * refuses one (UNAUTHENTICATED "request authenticate failure"). `down` makes every call UNAVAILABLE.
  */
 export class InProcessCa implements CaClient {
@@ -120,8 +161,9 @@ export class InProcessCa implements CaClient {
     this.calls++;
     await new Promise((resolve) => setImmediate(resolve));
     if (this.down) throw new CaCallError(grpc.status.UNAVAILABLE, 'connect ECONNREFUSED (CA stopped)');
-    if (request.token !== undefined) this.tokensSeen.push(request.token);
-    const account = request.token === undefined ? undefined : this.accounts.get(request.token);
+    const label = request.token === undefined ? undefined : tokenLabel(request.token);
+    if (label !== undefined) this.tokensSeen.push(label);
+    const account = label === undefined ? undefined : this.accounts.get(label);
     if (!account) throw new CaCallError(grpc.status.UNAUTHENTICATED, 'request authenticate failure');
     const csr = parseCsr(request.csrPem);
     verifyCsr(csr);
@@ -274,7 +316,7 @@ export class RawSotwStream {
   readonly call: grpc.ClientDuplexStream<Init<DiscoveryRequest>, DiscoveryResponse>;
 
   constructor(client: SdsClient, token: string | undefined, metadata?: grpc.Metadata) {
-    this.call = client.StreamSecrets(metadata ?? workloadTokenMetadata(token));
+    this.call = client.StreamSecrets(metadata ?? tokenMetadata(token));
     this.call.on('data', (response: DiscoveryResponse) => this.inbox.push(response));
     this.call.on('error', (error: grpc.ServiceError) => this.inbox.finish(error));
     this.call.on('end', () => this.inbox.finish(null));
@@ -316,7 +358,7 @@ export class RawDeltaStream {
   readonly call: grpc.ClientDuplexStream<Init<DeltaDiscoveryRequest>, DeltaDiscoveryResponse>;
 
   constructor(client: SdsClient, token: string | undefined) {
-    this.call = client.DeltaSecrets(workloadTokenMetadata(token));
+    this.call = client.DeltaSecrets(tokenMetadata(token));
     this.call.on('data', (response: DeltaDiscoveryResponse) => this.inbox.push(response));
     this.call.on('error', (error: grpc.ServiceError) => this.inbox.finish(error));
     this.call.on('end', () => this.inbox.finish(null));

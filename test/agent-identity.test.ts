@@ -27,6 +27,7 @@ import {
   RawSotwStream,
   startTestAgent,
   tempDir,
+  wireToken,
   type TestAgent,
 } from './agent-helpers.js';
 
@@ -85,7 +86,7 @@ describe('workload identities on one socket', () => {
   it('accepts the token as authorization: Bearer too', async () => {
     const id = t.ca.addWorkload('tok-bearer', 'shop', 'bearer');
     const metadata = new grpc.Metadata();
-    metadata.set('authorization', 'Bearer tok-bearer');
+    metadata.set('authorization', `Bearer ${wireToken('tok-bearer')}`);
     const stream = new RawSotwStream(t.client, undefined, metadata);
     stream.subscribe(['default']);
     assert.equal(decodeSecret((await stream.next()).resources[0]!).spiffeId, id);

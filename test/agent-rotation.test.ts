@@ -153,7 +153,7 @@ describe('renewal', () => {
     const t = await startTestAgent({ flags: { secretTtl: '6s' } });
     try {
       const jwtPart = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url');
-      const shortLived = `${jwtPart({ alg: 'none' })}.${jwtPart({ sub: 'system:serviceaccount:shop:brief', exp: Math.floor(Date.now() / 1000) + 2 })}.x`;
+      const shortLived = `${jwtPart({ alg: 'none' })}.${jwtPart({ sub: 'system:serviceaccount:shop:brief', exp: Math.floor(Date.now() / 1000) + 2 })}.c2ln`;
       t.ca.addWorkload(shortLived, 'shop', 'brief');
       const stream = new RawSotwStream(t.client, shortLived);
       stream.subscribe(['default']);

@@ -32,6 +32,7 @@ import {
   startTestAgent,
   tempDir,
   type AgentProcess,
+  wireToken,
   type TestAgent,
 } from './agent-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -147,7 +148,7 @@ describe('SDS clients that misbehave (in-process agent)', () => {
     const fileName = `file-root:${bundle}`;
     const metricsBefore = await metricsText(t.agent);
 
-    const stalled = await StalledSdsStream.open(t.socket, TOKEN, {
+    const stalled = await StalledSdsStream.open(t.socket, wireToken(TOKEN), {
       node: { id: 'sidecar~10.0.0.9~stuck.shop~shop.svc.cluster.local' },
       resource_names: [fileName],
       type_url: SECRET_TYPE_URL,

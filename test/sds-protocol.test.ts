@@ -10,7 +10,6 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { workloadTokenMetadata } from '../src/agent/sds-client.js';
 import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
 import {
   decodeSecret,
@@ -23,6 +22,7 @@ import {
   RawSotwStream,
   SECRET_TYPE_URL,
   startTestAgent,
+  tokenMetadata,
   type TestAgent,
 } from './agent-helpers.js';
 
@@ -76,7 +76,7 @@ describe('FetchSecrets and DeltaSecrets', () => {
   it('FetchSecrets returns the named secrets, and UNAUTHENTICATED without a token', async () => {
     const fetchSecrets = (token: string | undefined) =>
       new Promise<{ error: grpc.ServiceError | null; names: string[] }>((resolve) => {
-        t.client.FetchSecrets({ type_url: SECRET_TYPE_URL, resource_names: ['default', 'ROOTCA'] }, workloadTokenMetadata(token), (error, response) =>
+        t.client.FetchSecrets({ type_url: SECRET_TYPE_URL, resource_names: ['default', 'ROOTCA'] }, tokenMetadata(token), (error, response) =>
           resolve({ error, names: response ? namesIn(response) : [] }),
         );
       });

@@ -116,7 +116,11 @@ async function start(
   cleanups.push(() => ca.close());
   if (rootWatch) cleanups.push(() => rootWatch.close());
 
-  const keys = new KeyPool(config.key, config.keyPoolSize, (error) => log.error({ err: (error as Error).message }, 'key generation failed'));
+  const keys = new KeyPool(config.key, config.keyPoolSize, {
+    error: (error) => log.error({ err: (error as Error).message }, 'key generation failed'),
+    generated: () => metrics.keysGenerated.inc(),
+    reused: () => metrics.keysReused.inc(),
+  });
   cleanups.push(() => keys.close());
   const secrets = new WorkloadSecrets({
     ca,
@@ -140,6 +144,7 @@ async function start(
     sidecarCredential,
     fileResourceDirs: config.fileResourceDirs,
     log,
+    metrics,
   });
   metrics.setExpirySource(() => secrets.expiryReadings());
 

@@ -26,6 +26,9 @@ export class AgentMetrics {
   readonly coalescedPushes: Counter<'api' | 'resource_type'>;
   readonly secretsCached: Gauge;
   readonly rotations: Counter<'result'>;
+  readonly keysGenerated: Counter;
+  readonly keysReused: Counter;
+  readonly refusedTokens: Counter<'reason'>;
   private expirySource: () => ExpiryReading[] = () => [];
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
@@ -123,6 +126,22 @@ export class AgentMetrics {
       name: 'meshca_agent_rotations_total',
       help: 'Certificate renewals, by result',
       labelNames: ['result'],
+      registers,
+    });
+    this.keysGenerated = new Counter({
+      name: 'meshca_agent_workload_keys_generated_total',
+      help: 'Workload private keys generated (pool refills and on demand)',
+      registers,
+    });
+    this.keysReused = new Counter({
+      name: 'meshca_agent_workload_keys_reused_total',
+      help: 'Workload keys handed out again after the CA refused the token of the CSR they were made for (no certificate exists for them)',
+      registers,
+    });
+    this.refusedTokens = new Counter({
+      name: 'meshca_agent_refused_tokens_total',
+      help: 'SDS calls refused by the agent itself before any key or CA call: malformed metadata or token, expired token, a token the CA refused moments ago, too many new tokens from one connection',
+      labelNames: ['reason'],
       registers,
     });
   }

@@ -14,9 +14,10 @@ import type { AgentMode } from '../config/agent.js';
 import type { Logger } from '../log.js';
 import { certificatesFromPem, keysMatch, loadPrivateKey, parseCertificate, certificatePublicKey } from '../pki/index.js';
 import { encodeSecretAny, type Init, type SecretMessage } from '../wire/protos.js';
-import { SDS_TOKEN_HEADER, tokenCredential, tokenFromMetadata, type WorkloadCredential } from './credentials.js';
+import { checkWorkloadToken, SDS_TOKEN_HEADER, tokenFromMetadata, type WorkloadCredential } from './credentials.js';
 import { SdsError } from './errors.js';
 import type { FileContent, FileWatch, FileWatcher } from './files.js';
+import type { AgentMetrics } from './metrics.js';
 import type { IdentityLease, IdentitySecret, TrustBundle, WorkloadSecrets } from './workload-secrets.js';
 
 export interface ResourceSnapshot {
@@ -131,10 +132,14 @@ export class StreamSession {
   private lease: IdentityLease | null = null;
   private readonly revokeListeners = new Set<(error: SdsError) => void>();
   private closed = false;
+  /** Aborted when the stream ends, so that a proof still waiting for its turn is given up. */
+  private readonly ended = new AbortController();
 
   constructor(
     private readonly secrets: WorkloadSecrets,
     private readonly credential: WorkloadCredential | SdsError,
+    /** The client connection the stream came on (bounds and fairness of new-token proofs). */
+    private readonly connection?: object,
   ) {}
 
   /** The identity this stream proved, once it has. */
@@ -145,7 +150,7 @@ export class StreamSession {
   proveIdentity(): Promise<IdentityLease> {
     if (this.credential instanceof SdsError) return Promise.reject(this.credential);
     const credential = this.credential;
-    this.leasePromise ??= this.secrets.acquire(credential).then((lease) => {
+    this.leasePromise ??= this.secrets.acquire(credential, { connection: this.connection, signal: this.ended.signal }).then((lease) => {
       if (this.closed) {
         lease.release();
         throw new SdsError(GrpcStatus.CANCELLED, 'the stream ended');
@@ -165,6 +170,7 @@ export class StreamSession {
 
   close(): void {
     this.closed = true;
+    this.ended.abort();
     this.revokeListeners.clear();
     this.lease?.release();
     this.lease = null;
@@ -180,6 +186,9 @@ export interface ResourceProviderOptions {
   /** null: anywhere; []: file resources disabled. */
   fileResourceDirs: string[] | null;
   log: Logger;
+  /** The clock a token's exp is checked against (epoch ms; default Date.now). */
+  clock?: () => number;
+  metrics?: AgentMetrics;
 }
 
 export class ResourceProvider {
@@ -189,15 +198,27 @@ export class ResourceProvider {
     this.allowedDirs = options.fileResourceDirs === null ? null : options.fileResourceDirs.map((dir) => resolveReal(dir));
   }
 
-  /** The session for a new stream, from its gRPC metadata. */
-  session(metadata: Metadata): StreamSession {
-    return new StreamSession(this.options.secrets, this.credentialFor(metadata));
+  /**
+   * The session for a new stream, from its gRPC metadata and the connection it came on. Everything the agent can
+   * check alone (metadata bounds, token shape and exp) is checked here, before any key or CA call is spent on it.
+   */
+  session(metadata: Metadata, connection?: object): StreamSession {
+    return new StreamSession(this.options.secrets, this.credentialFor(metadata), connection);
   }
 
   private credentialFor(metadata: Metadata): WorkloadCredential | SdsError {
     const found = tokenFromMetadata(metadata);
-    if (found !== null && 'problem' in found) return new SdsError(GrpcStatus.UNAUTHENTICATED, `bad workload token: ${found.problem}`);
-    if (found !== null) return tokenCredential(found.token);
+    const refused = this.options.metrics?.refusedTokens;
+    if (found !== null && 'problem' in found) {
+      refused?.inc({ reason: found.code === 'INVALID_ARGUMENT' ? 'metadata_too_large' : 'malformed_token' });
+      return new SdsError(GrpcStatus[found.code], `bad workload token: ${found.problem}`);
+    }
+    if (found !== null) {
+      const checked = checkWorkloadToken(found.token, (this.options.clock ?? Date.now)());
+      if ('credential' in checked) return checked.credential;
+      refused?.inc({ reason: checked.problem.includes(' expired at ') ? 'expired_token' : 'malformed_token' });
+      return new SdsError(GrpcStatus.UNAUTHENTICATED, `bad workload token: ${checked.problem}`);
+    }
     if (this.options.sidecarCredential) return this.options.sidecarCredential;
     return new SdsError(
       GrpcStatus.UNAUTHENTICATED,

@@ -51,6 +51,22 @@ function asSdsError(error: unknown): SdsError {
 
 type Api = 'sotw' | 'delta';
 
+/**
+ * The client connection (HTTP/2 session) a call arrived on, which bounds how many new tokens one client can have
+ * proven at once. grpc-js offers no public accessor (getPeer() says "unknown" on a Unix socket), so this follows its
+ * internal call object defensively; if a grpc-js release stores it elsewhere, every call counts as one shared
+ * connection (the total bound still applies) and test/agent-proof-first.test.ts fails.
+ */
+export function connectionOf(call: object): object | undefined {
+  let current: unknown = (call as { call?: unknown }).call;
+  for (let depth = 0; depth < 8 && current !== null && typeof current === 'object'; depth++) {
+    const session = (current as { stream?: { session?: unknown } }).stream?.session;
+    if (session !== null && typeof session === 'object') return session;
+    current = (current as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
+}
+
 /** What both stream kinds share: watches per subscribed name, NACKed versions, and a clean end. */
 abstract class SecretStream {
   protected readonly subscribed = new Set<string>();
@@ -441,19 +457,19 @@ export class SdsServer {
   handlers(): SdsHandlers {
     return {
       StreamSecrets: (call) => {
-        const stream = new SotwStream(call, this.provider.session(call.metadata), this.provider, this.metrics, this.log, (s) =>
+        const stream = new SotwStream(call, this.provider.session(call.metadata, connectionOf(call)), this.provider, this.metrics, this.log, (s) =>
           this.streams.delete(s),
         );
         this.attach(call, stream, (request: DiscoveryRequest) => stream.request(request));
       },
       DeltaSecrets: (call) => {
-        const stream = new DeltaStream(call, this.provider.session(call.metadata), this.provider, this.metrics, this.log, (s) =>
+        const stream = new DeltaStream(call, this.provider.session(call.metadata, connectionOf(call)), this.provider, this.metrics, this.log, (s) =>
           this.streams.delete(s),
         );
         this.attach(call, stream, (request: DeltaDiscoveryRequest) => stream.request(request));
       },
       FetchSecrets: (call, callback) => {
-        void this.fetch(call.metadata, call.request).then(
+        void this.fetch(call.metadata, call.request, connectionOf(call)).then(
           (response) => callback(null, response),
           (error: unknown) => callback(asSdsError(error).toServiceError()),
         );
@@ -473,13 +489,13 @@ export class SdsServer {
     call.on('error', () => stream.cleanup());
   }
 
-  private async fetch(metadata: grpc.Metadata, request: DiscoveryRequest): Promise<Init<DiscoveryResponse>> {
+  private async fetch(metadata: grpc.Metadata, request: DiscoveryRequest, connection: object | undefined): Promise<Init<DiscoveryResponse>> {
     if (request.type_url !== '' && request.type_url !== SECRET_TYPE_URL) {
       throw new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${request.type_url}"`);
     }
     const names = [...new Set(request.resource_names)];
     if (names.length === 0) throw new SdsError(grpc.status.INVALID_ARGUMENT, 'FetchSecrets needs at least one name in resource_names');
-    const session = this.provider.session(metadata);
+    const session = this.provider.session(metadata, connection);
     const watches: ResourceWatch[] = [];
     try {
       for (const name of names) watches.push(await this.provider.open(session, name));

@@ -27,6 +27,7 @@ import type { CaClient } from './ca-client.js';
 import type { WorkloadCredential } from './credentials.js';
 import { CaCallError, isRetryableCaError, SdsError } from './errors.js';
 import { encodeWorkloadKey, type KeySource } from './keys.js';
+import { AbandonedProof, DEFAULT_PROOF_LIMITS, ProofAdmission, RefusalCache, type ProofLimits } from './proof-limits.js';
 import type { AgentMetrics, ExpiryReading } from './metrics.js';
 import { drawGraceRatio, estimateLifetime, MAX_CLOCK_SKEW_MS, timerAt, verificationTime, type GracePeriod } from './rotation.js';
 
@@ -78,7 +79,24 @@ export interface WorkloadSecretsOptions {
   initialIssueTimeoutMs?: number;
   /** CSRs this agent has in flight to the CA at once (default DEFAULT_MAX_CONCURRENT_CSRS); the rest wait their turn. */
   maxConcurrentCsrs?: number;
+  /** Bounds on proving new tokens, per connection and in total (default DEFAULT_PROOF_LIMITS). */
+  proofLimits?: ProofLimits;
+  /** How long a token the CA refused is refused locally without asking again (default DEFAULT_REFUSAL_TTL_MS). */
+  refusalTtlMs?: number;
+  /** The clock for token expiry and the refusal cache (epoch ms; default Date.now). */
+  clock?: () => number;
   random?: () => number;
+}
+
+/** Where a request to prove a token comes from: its connection (for fairness) and its end (to stop waiting). */
+export interface AcquireContext {
+  connection?: object;
+  signal?: AbortSignal;
+}
+
+/** Holds the key of a CSR across retries; the key is taken only once a CA request slot is granted. */
+interface KeyHolder {
+  pendingKey?: KeyObject;
 }
 
 interface CredentialUse {
@@ -114,6 +132,16 @@ const DEFAULT_INITIAL_ISSUE_TIMEOUT_MS = 60_000;
  * on both sides. Queued here, they go out as fast as the CA answers.
  */
 export const DEFAULT_MAX_CONCURRENT_CSRS = 32;
+/** Long enough that a client retrying in a loop costs the CA one review per token per interval; short enough
+ * that a token refused by a passing fault (JWKS rotation, API server lag) works again soon. */
+export const DEFAULT_REFUSAL_TTL_MS = 10_000;
+/** Refused tokens remembered at once; an attacker cycling through more only evicts its own. */
+const MAX_REMEMBERED_REFUSALS = 4096;
+
+/** The CA refused the token itself: it issued nothing, so the CSR's key may serve another request. */
+function isRefusal(error: unknown): error is CaCallError {
+  return error instanceof CaCallError && (error.code === GrpcStatus.UNAUTHENTICATED || error.code === GrpcStatus.PERMISSION_DENIED);
+}
 
 /** A first-come, first-served limit on concurrent calls; a waiter leaves the queue when `signal` aborts. */
 class Slots {
@@ -178,21 +206,35 @@ export class WorkloadSecrets {
   /** Per workload key: the last CSR made with it (retries resend it) and the SPKI in it (the leaf must carry it). */
   private readonly csrs = new WeakMap<KeyObject, { uris: string; pem: string; spki: Buffer }>();
   private rootsMemo: RootsMemo | null = null;
+  private readonly now: () => number;
+  private readonly admission: ProofAdmission;
+  private readonly refusals: RefusalCache;
 
   constructor(private readonly options: WorkloadSecretsOptions) {
     this.random = options.random ?? Math.random;
     this.log = options.log;
+    this.now = options.clock ?? Date.now;
     this.csrSlots = new Slots(options.maxConcurrentCsrs ?? DEFAULT_MAX_CONCURRENT_CSRS);
+    this.admission = new ProofAdmission(options.proofLimits ?? DEFAULT_PROOF_LIMITS);
+    this.refusals = new RefusalCache(options.refusalTtlMs ?? DEFAULT_REFUSAL_TTL_MS, MAX_REMEMBERED_REFUSALS, this.now);
+  }
+
+  /** New tokens being proven now, and waiting for their turn. */
+  get proofs(): { running: number; queued: number } {
+    return { running: this.admission.running, queued: this.admission.queued };
   }
 
   /**
    * Proves `credential` (a CSR to the CA on first sight) and returns a lease on the identity the CA granted.
    * Rejects with an SdsError naming the cause: no/refused token, CA unreachable, unusable CA answer.
    */
-  async acquire(credential: WorkloadCredential): Promise<IdentityLease> {
+  async acquire(credential: WorkloadCredential, context: AcquireContext = {}): Promise<IdentityLease> {
     for (;;) {
       if (this.closing.signal.aborted) throw new SdsError(GrpcStatus.UNAVAILABLE, 'the agent is shutting down');
-      if (credential.expiresAt !== null && credential.expiresAt <= Date.now()) {
+      if (credential.expiresAt !== null && credential.expiresAt <= this.now()) {
+        // The token proves nothing any more: it no longer leads to the identity (its streams end at renewal).
+        this.credentialIdentity.delete(credential.key);
+        this.options.metrics.refusedTokens.inc({ reason: 'expired_token' });
         throw new SdsError(
           GrpcStatus.UNAUTHENTICATED,
           `the workload token (${credential.label}) expired at ${new Date(credential.expiresAt).toISOString()}; send a fresh token`,
@@ -202,17 +244,29 @@ export class WorkloadSecrets {
       const entry = known === undefined ? undefined : this.entries.get(known);
       if (entry) {
         const use = entry.credentials.get(credential.key);
-        if (use) use.lastUsed = Date.now();
+        if (use) use.lastUsed = this.now();
         return this.lease(entry, credential.key);
       }
       let proof = this.proving.get(credential.key);
       if (!proof) {
-        proof = this.prove(credential);
+        const refusal = this.refusals.get(credential.key);
+        if (refusal) {
+          this.options.metrics.refusedTokens.inc({ reason: 'refused_by_ca_recently' });
+          throw new SdsError(refusal.code, `${refusal.message} (not asked again until ${new Date(refusal.until).toISOString()})`);
+        }
+        proof = this.admitAndProve(credential, context);
         this.proving.set(credential.key, proof);
         const clear = (): void => void this.proving.delete(credential.key);
         proof.then(clear, clear);
       }
-      const identity = await proof;
+      let identity: string;
+      try {
+        identity = await proof;
+      } catch (error) {
+        // The stream that started this proof ended while it waited; this one did not: start over.
+        if (error instanceof AbandonedProof && !context.signal?.aborted) continue;
+        throw error;
+      }
       const proven = this.entries.get(identity);
       // The entry can only be gone if it was dropped between proof and now; prove again.
       if (proven && this.credentialIdentity.get(credential.key) === identity) return this.lease(proven, credential.key);
@@ -254,17 +308,38 @@ export class WorkloadSecrets {
 
   // --- proof and issuance --------------------------------------------------------------------------------------
 
+  /** Waits for this connection's turn (bounded), then proves the token. */
+  private async admitAndProve(credential: WorkloadCredential, context: AcquireContext): Promise<string> {
+    let release: () => void;
+    try {
+      release = await this.admission.enter(context.connection, context.signal);
+    } catch (error) {
+      if (error instanceof SdsError && error.code === GrpcStatus.RESOURCE_EXHAUSTED) this.options.metrics.refusedTokens.inc({ reason: 'connection_busy' });
+      throw error;
+    }
+    try {
+      return await this.prove(credential);
+    } finally {
+      release();
+    }
+  }
+
   private async prove(credential: WorkloadCredential): Promise<string> {
     const deadline = Date.now() + (this.options.initialIssueTimeoutMs ?? DEFAULT_INITIAL_ISSUE_TIMEOUT_MS);
-    const key = await this.options.keys.take();
+    const holder: KeyHolder = {};
     let lastError: unknown;
     for (let attempt = 0; ; attempt++) {
       try {
-        const secret = await this.requestSecret(credential, key);
+        const secret = await this.requestSecret(credential, holder);
         return this.adopt(secret, credential);
       } catch (error) {
         lastError = error;
-        if (!isRetryableCaError(error) || this.closing.signal.aborted) throw this.streamError(error, credential);
+        if (!isRetryableCaError(error) || this.closing.signal.aborted) {
+          this.releaseKey(holder, error);
+          const streamError = this.streamError(error, credential);
+          if (isRefusal(error)) this.refusals.add(credential.key, streamError.code, streamError.message);
+          throw streamError;
+        }
       }
       const delay = backoffDelayMs(attempt, this.random);
       if (Date.now() + delay > deadline) break;
@@ -272,6 +347,7 @@ export class WorkloadSecrets {
       this.log.warn({ caAddress: this.options.ca.address, err: (lastError as Error).message, retryInMs: delay }, 'CA request failed; retrying');
       await sleep(delay, this.closing.signal).catch(() => undefined);
     }
+    this.releaseKey(holder, lastError);
     throw new SdsError(
       GrpcStatus.UNAVAILABLE,
       `the CA at ${this.options.ca.address} could not issue a certificate: ${(lastError as Error).message} (gave up after retrying)`,
@@ -292,8 +368,24 @@ export class WorkloadSecrets {
     return new SdsError(GrpcStatus.INTERNAL, `could not get a certificate: ${(error as Error).message}`);
   }
 
-  /** One CSR to the CA with `key`, counted in the metrics; the answer is checked before anything uses it. */
-  private async requestSecret(credential: WorkloadCredential, key: KeyObject): Promise<IdentitySecret> {
+  /**
+   * After a failed CSR: the key goes back to the pool only when the CA refused the token (it issued nothing);
+   * after any other failure it may have certified the key, so the key is never handed to anyone else.
+   */
+  private releaseKey(holder: KeyHolder, error: unknown): void {
+    const key = holder.pendingKey;
+    if (!key) return;
+    holder.pendingKey = undefined;
+    if (isRefusal(error) && !this.closing.signal.aborted) this.options.keys.giveBack(key);
+    else this.options.keys.spent(key);
+  }
+
+  /**
+   * One CSR to the CA, counted in the metrics; the answer is checked before anything uses it. The key is taken
+   * only once a CA request slot is granted (and kept in `holder` for retries), so requests waiting for the CA
+   * cost no key generation.
+   */
+  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder): Promise<IdentitySecret> {
     const token = await credential.read();
     const claimed = credential.claimedAccount;
     let uris: string[] = [];
@@ -304,23 +396,35 @@ export class WorkloadSecrets {
         uris = []; // Only a hint for the CA; it writes the identity it verified.
       }
     }
-    const csrPem = this.csrFor(key, uris);
     await this.csrSlots.acquire(this.closing.signal);
     const metrics = this.options.metrics;
-    metrics.outgoingRequests.inc({ request_type: 'csr' });
     const started = performance.now();
     let chain: string[];
+    let key: KeyObject;
     try {
+      key = holder.pendingKey ??= await this.options.keys.take();
+      const csrPem = this.csrFor(key, uris);
+      metrics.outgoingRequests.inc({ request_type: 'csr' });
       chain = await this.options.ca.createCertificate({ csrPem, token, ttlSeconds: this.options.ttlSeconds }, this.closing.signal);
     } catch (error) {
       const code = error instanceof CaCallError ? (GrpcStatus[error.code] ?? String(error.code)) : 'UNKNOWN';
       metrics.failedOutgoingRequests.inc({ request_type: 'csr', error_code: code });
+      // Back before the slot is released, so that the request the slot goes to next gets this key, not a new one.
+      if (isRefusal(error)) this.releaseKey(holder, error);
       throw error;
     } finally {
       this.csrSlots.release();
       metrics.outgoingLatency.inc({ request_type: 'csr' }, performance.now() - started);
     }
-    return this.checkChain(chain, key);
+    let secret: IdentitySecret;
+    try {
+      secret = this.checkChain(chain, key);
+    } finally {
+      // Certified (or answered with something unusable): this key is never handed out again.
+      holder.pendingKey = undefined;
+      this.options.keys.spent(key);
+    }
+    return secret;
   }
 
   /** The CSR for `key` and `uris`: made once and sent again on retries (a CSR proves the key, not the moment). */
@@ -412,7 +516,10 @@ export class WorkloadSecrets {
     let entry = this.entries.get(secret.identity);
     if (entry) {
       // Another workload of the same identity is already served; keep its secret unless it is due for renewal.
-      if (now >= entry.secret.renewAt) this.replaceSecret(entry, secret, 'renewed by a new workload');
+      if (now >= entry.secret.renewAt) {
+        this.revokeExpired(entry);
+        this.replaceSecret(entry, secret, 'renewed by a new workload');
+      }
     } else {
       entry = {
         identity: secret.identity,
@@ -484,28 +591,20 @@ export class WorkloadSecrets {
     if (entry.renewing || entry.dropped) return;
     entry.renewing = true;
     try {
-      const now = Date.now();
-      const usable: CredentialUse[] = [];
-      for (const use of entry.credentials.values()) {
-        if (use.credential.revocable && use.credential.expiresAt !== null && use.credential.expiresAt <= now) {
-          this.revoke(entry, use.credential, `the workload token (${use.credential.label}) expired; reconnect with a fresh token`);
-        } else {
-          usable.push(use);
-        }
-      }
-      usable.sort((a, b) => b.lastUsed - a.lastUsed);
+      const usable = this.revokeExpired(entry);
+      // The token that stays valid longest first (a token file is re-read, so it is always fresh).
+      const validUntil = (use: CredentialUse): number => use.credential.expiresAt ?? Number.POSITIVE_INFINITY;
+      usable.sort((a, b) => validUntil(b) - validUntil(a) || b.lastUsed - a.lastUsed);
       let lastError: unknown = null;
       for (const use of usable) {
         if (entry.dropped) return;
-        entry.pendingKey ??= await this.options.keys.take();
         try {
-          const secret = await this.requestSecret(use.credential, entry.pendingKey);
+          const secret = await this.requestSecret(use.credential, entry);
           if (secret.identity !== entry.identity) {
             // Never let a token's answer land in another identity's entry.
             this.revoke(entry, use.credential, `the CA now grants this token ${secret.identity}, not ${entry.identity}; reconnect`);
             continue;
           }
-          entry.pendingKey = undefined;
           if (entry.dropped) return;
           this.options.metrics.rotations.inc({ result: 'success' });
           this.replaceSecret(entry, secret, reason === 'scheduled' ? 'renewed certificate' : `renewed certificate (${reason})`);
@@ -513,8 +612,8 @@ export class WorkloadSecrets {
           return;
         } catch (error) {
           lastError = error;
-          const refused = error instanceof CaCallError && (error.code === GrpcStatus.UNAUTHENTICATED || error.code === GrpcStatus.PERMISSION_DENIED);
-          if (refused && use.credential.revocable) {
+          if (isRefusal(error) && use.credential.revocable) {
+            this.refusals.add(use.credential.key, error.code, `the CA refused the workload token (${use.credential.label}): ${error.details}`);
             this.revoke(entry, use.credential, `the CA no longer accepts the workload token (${use.credential.label}): ${error.details}; reconnect with a fresh token`);
           }
         }
@@ -543,6 +642,24 @@ export class WorkloadSecrets {
     }
   }
 
+  /**
+   * A token proves an identity until its exp: streams that proved it only with an expired token keep the secret
+   * they have but get no renewed one; they end (UNAUTHENTICATED) so that the client reconnects with a fresh token.
+   * Returns the credentials still valid, which renewal may use.
+   */
+  private revokeExpired(entry: IdentityEntry): CredentialUse[] {
+    const now = this.now();
+    const usable: CredentialUse[] = [];
+    for (const use of [...entry.credentials.values()]) {
+      if (use.credential.revocable && use.credential.expiresAt !== null && use.credential.expiresAt <= now) {
+        this.revoke(entry, use.credential, `the workload token (${use.credential.label}) expired; reconnect with a fresh token`);
+      } else {
+        usable.push(use);
+      }
+    }
+    return usable;
+  }
+
   /** Forgets a credential and ends the streams that relied on it (clients reconnect with a fresh token). */
   private revoke(entry: IdentityEntry, credential: WorkloadCredential, message: string): void {
     entry.credentials.delete(credential.key);
@@ -552,6 +669,8 @@ export class WorkloadSecrets {
     for (const lease of [...entry.leases]) {
       if (lease.credentialKey !== credential.key) continue;
       streams++;
+      // Detached first: whatever the stream does with the error, it gets no later secret of this identity.
+      entry.leases.delete(lease);
       for (const listener of lease.revokeListeners) listener(error);
     }
     this.log.warn({ identity: entry.identity, credential: credential.label, streams }, 'workload token no longer valid; ending its streams');
@@ -597,6 +716,9 @@ export class WorkloadSecrets {
     entry.dropped = true;
     entry.cancelRenewal?.();
     entry.cancelIdle?.();
+    // A renewal key whose CSR may have been certified is never handed to anyone else.
+    if (entry.pendingKey) this.options.keys.spent(entry.pendingKey);
+    entry.pendingKey = undefined;
     for (const key of entry.credentials.keys()) {
       if (this.credentialIdentity.get(key) === entry.identity) this.credentialIdentity.delete(key);
     }

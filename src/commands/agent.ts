@@ -16,7 +16,11 @@ export function registerAgentCommand(program: Command): void {
     .description(COMMAND_DESCRIPTIONS.agent)
     .option('--mode <mode>', 'node (default): every workload sends its own token on the stream; sidecar: one workload, token from --token-file (env MESHCA_AGENT_MODE)')
     .option('--sds-socket <path>', `SDS Unix socket (default ${DEFAULT_SDS_SOCKET})`)
-    .option('--sds-socket-mode <mode>', 'file mode of the socket, octal (default 0666 like Istio)')
+    .option(
+      '--sds-socket-mode <mode>',
+      'file mode of the socket, octal (default 0666 like Istio: Envoys run as other users; every call proves a workload with its own token, ' +
+        'and a token that is not an unexpired JWT costs no key or CA call). 0660 narrows it to the agent\'s group, if every Envoy shares it',
+    )
     .option('--token-file <file>', `sidecar mode: the workload's service-account token, re-read for every CSR (default ${DEFAULT_TOKEN_FILE})`)
     .option('--idle-secret-ttl <duration>', 'drop a cached identity this long after its last stream ends (default 5m)')
     .option('--key-pool-size <n>', 'pre-generated keys kept ready (default 2)')

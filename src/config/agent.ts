@@ -92,6 +92,13 @@ export interface AgentFlags {
   trustDomain?: string;
 }
 
+/**
+ * 0666 by default, like Istio's agent: Envoys run as users of their own (one per workload image), so only a mode that
+ * lets any local user connect works without a shared group. Connecting grants nothing: every SDS call proves a
+ * workload with its own token, and the agent spends nothing costly on a token it can reject alone (not a JWT, no exp,
+ * expired); see src/agent/proof-limits.ts for what a token the CA refuses can cost. Operators who run every Envoy with
+ * one group can use 0660 and give the socket that group.
+ */
 function readSocketMode(flagValue: string | undefined, env: Env): number {
   const source = { flag: '--sds-socket-mode', env: 'MESHCA_SDS_SOCKET_MODE' };
   const value = raw(flagValue, env, source);
