@@ -40,6 +40,19 @@ async function refusal(read: Promise<unknown>): Promise<SdsError> {
   assert.fail('the read was expected to be refused');
 }
 
+/** A hang is the failure being tested for: fail with `what` after a generous bound instead of waiting forever. */
+async function settlesWithin<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms / 1000} s: the agent is waiting on the FIFO`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function mkfifo(file: string): void {
   execFileSync('mkfifo', [file]);
 }
@@ -87,7 +100,7 @@ describe('reading a file resource', () => {
     const fifos = [1, 2, 3, 4, 5].map((i) => path.join(allowed, `fifo-${i}.pem`));
     fifos.forEach(mkfifo);
     // More FIFOs than libuv has threads (4): a blocking open on each would leave no thread for the read below.
-    const errors = await Promise.all(fifos.map((fifo) => refusal(readFileResource(fifo, { allowedDirs: [allowed] }))));
+    const errors = await settlesWithin(Promise.all(fifos.map((fifo) => refusal(readFileResource(fifo, { allowedDirs: [allowed] })))), 'reading five FIFOs');
     for (const [i, error] of errors.entries()) {
       assert.equal(error.code, grpc.status.FAILED_PRECONDITION);
       assert.equal(error.message, `${fifos[i]} is a FIFO, not a regular file; file-cert:/file-root: serve regular files only`);
@@ -232,7 +245,7 @@ describe('the agent process with FIFOs requested', () => {
       stream.subscribe([`file-root:${fifo}`]);
       return stream;
     });
-    const errors = await Promise.all(streams.map((s) => s.ended()));
+    const errors = await settlesWithin(Promise.all(streams.map((s) => s.ended())), 'five file-root: streams on FIFOs');
     for (const [i, error] of errors.entries()) {
       assert.equal(error?.code, grpc.status.FAILED_PRECONDITION);
       assert.match(error!.details, new RegExp(`${fifos[i]} is a FIFO, not a regular file`));
