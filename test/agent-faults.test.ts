@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { readAgentConfig, startAgent, CaCallError, type CaClient, type CertificateRequest, type RunningAgent } from '../src/agent/index.js';
-import { estimateLifetime, MAX_CLOCK_SKEW_MS, verificationTime } from '../src/agent/rotation.js';
+import { MAX_CLOCK_SKEW_MS, renewalSchedule, verificationTime } from '../src/agent/rotation.js';
 import { connectSds, SecretWatch, workloadTokenMetadata, type SecretUpdate } from '../src/agent/sds-client.js';
 import {
   certificateToPem,
@@ -271,6 +271,10 @@ class SkewedCa implements CaClient {
 
 describe('a node clock 5 minutes off', () => {
   it('judges a fresh certificate by its own validity when the local clock disagrees', () => {
+    const estimateLifetime = (validity: { notBefore: number; notAfter: number }, receivedAt: number, requestedMs: number) => {
+      const { lifetimeMs, clock } = renewalSchedule(validity, receivedAt, requestedMs, 0.5);
+      return { lifetimeMs, clock };
+    };
     const issuedAt = 1_000_000_000_000;
     const cert = (ttlMs: number, caNow = issuedAt): { notBefore: number; notAfter: number } => ({ notBefore: caNow - 2 * MINUTE, notAfter: caNow + ttlMs });
     const day = 24 * 60 * MINUTE;

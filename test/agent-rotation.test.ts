@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { backoffDelayMs, BACKOFF_MAX_MS } from '../src/agent/backoff.js';
-import { drawGraceRatio, renewalTime } from '../src/agent/rotation.js';
+import { drawGraceRatio, renewalSchedule } from '../src/agent/rotation.js';
 import { opensslVerify } from './support/openssl.js';
 import { decodeSecret, eventually, metricsText, metricValue, namesIn, RawSotwStream, startTestAgent } from './agent-helpers.js';
 
@@ -26,10 +26,10 @@ describe('rotation arithmetic', () => {
     assert.equal(drawGraceRatio({ ratio: 0, jitter: 0.5 }, () => 0.9), 0);
   });
 
-  it('renews at NotAfter − r·(NotAfter − received)', () => {
-    assert.equal(renewalTime(20_000, 0, 0.5), 10_000);
-    assert.equal(renewalTime(1_000_000, 400_000, 0.25), 850_000);
-    assert.equal(renewalTime(5_000, 9_000, 0.5), 5_000, 'an already-expired certificate is renewed now');
+  it('renews at NotAfter − r·(NotAfter − received) when the clocks agree (more in test/renewal-schedule.test.ts)', () => {
+    const day = 86_400_000;
+    assert.equal(renewalSchedule({ notBefore: -120_000, notAfter: 20_000 }, 0, day, 0.5).renewAt, 10_000);
+    assert.equal(renewalSchedule({ notBefore: 280_000, notAfter: 1_000_000 }, 400_000, day, 0.25).renewAt, 850_000);
   });
 
   it('backs off exponentially from 100 ms to 30 s with jitter', () => {

@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connectSds } from '../src/agent/sds-client.js';
+import { MAX_FILE_RESOURCE_BYTES } from '../src/agent/files.js';
 import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
 import type { DiscoveryResponse, SdsClient } from '../src/wire/protos.js';
 import { startCa, type RunningCa } from './ca-helpers.js';
@@ -142,7 +143,8 @@ describe('SDS clients that misbehave (in-process agent)', () => {
 
   it('queues at most one response for a client that never reads, coalesces later pushes and sends the latest once it reads', async () => {
     const VERSIONS = 30;
-    const BUNDLE_BYTES = 1 * MiB;
+    // Near the largest file the agent reads (MAX_FILE_RESOURCE_BYTES, 1 MiB), leaving room for the root and header.
+    const BUNDLE_BYTES = MAX_FILE_RESOURCE_BYTES - 8 * 1024;
     const bundle = path.join(files.dir, 'large-bundle.pem');
     replaceFile(bundle, bundleText(0, BUNDLE_BYTES));
     const fileName = `file-root:${bundle}`;
@@ -159,7 +161,7 @@ describe('SDS clients that misbehave (in-process agent)', () => {
       let seen = await reader.next();
       reader.ack(seen, [fileName]);
       assert.equal(bundleVersion(decodeSecret(seen.resources[0]!).rootsPem!), 0);
-      // The stalled client's first response (1 MiB) cannot pass its 64 KiB flow-control window.
+      // The stalled client's first response (~1 MiB) cannot pass its 64 KiB flow-control window.
       await eventually(() => t.agent.sds.stats().streams === 2 && t.agent.sds.stats().unsentResponses === 1, 'the stalled response to be held');
 
       const memoryBefore = process.memoryUsage();

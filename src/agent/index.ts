@@ -134,7 +134,7 @@ async function start(
     metrics,
   });
   cleanups.push(() => secrets.close());
-  const files = new FileWatcher(log);
+  const files = new FileWatcher(log, { allowedDirs: config.fileResourceDirs });
   cleanups.push(() => files.close());
   const sidecarCredential = config.mode === 'sidecar' ? tokenFileCredential(config.tokenFile) : null;
   const provider = new ResourceProvider({
@@ -238,7 +238,8 @@ async function start(
 
 /** The mesh root file is a mounted ConfigMap: when it changes (root rotation) the CA channel trusts the new one. */
 function watchCaRoot(file: string, client: GrpcCaClient, log: Logger): { close(): void } {
-  const files = new FileWatcher(log);
+  // The operator's own setting, not a client's request: any path, read with the same care.
+  const files = new FileWatcher(log, { allowedDirs: null });
   let closed = false;
   void files.open(file).then(
     (watch) => {

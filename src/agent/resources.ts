@@ -7,7 +7,6 @@
  * Every stream first proves a workload identity with its token (node mode) or the pod's token file (sidecar
  * mode), whatever it asks for: nothing is served to a stream that proved nothing.
  */
-import { realpathSync } from 'node:fs';
 import * as path from 'node:path';
 import { status as GrpcStatus, type Metadata } from '@grpc/grpc-js';
 import type { AgentMode } from '../config/agent.js';
@@ -183,8 +182,8 @@ export interface ResourceProviderOptions {
   mode: AgentMode;
   /** Sidecar mode: the pod's token file, used when a stream carries no token. */
   sidecarCredential: WorkloadCredential | null;
-  /** null: anywhere; []: file resources disabled. */
-  fileResourceDirs: string[] | null;
+  /** Directories file resources may be read from (enforced by `files`); []: file resources disabled. */
+  fileResourceDirs: readonly string[];
   log: Logger;
   /** The clock a token's exp is checked against (epoch ms; default Date.now). */
   clock?: () => number;
@@ -192,11 +191,7 @@ export interface ResourceProviderOptions {
 }
 
 export class ResourceProvider {
-  private readonly allowedDirs: string[] | null;
-
-  constructor(private readonly options: ResourceProviderOptions) {
-    this.allowedDirs = options.fileResourceDirs === null ? null : options.fileResourceDirs.map((dir) => resolveReal(dir));
-  }
+  constructor(private readonly options: ResourceProviderOptions) {}
 
   /**
    * The session for a new stream, from its gRPC metadata and the connection it came on. Everything the agent can
@@ -274,24 +269,20 @@ export class ResourceProvider {
   }
 
   /**
-   * Throws unless `file` (after following symlinks) lies in an allowed directory. Returns the absolute path, not
-   * the resolved one: Kubernetes swaps mounted files by re-pointing a symlink, and the watch must follow it. The
-   * check is repeated on every reload for the same reason.
+   * The absolute path to watch, or a refusal when no directory is allowed at all. Which files may be read, and
+   * how, is the FileWatcher's to enforce (readFileResource), on every read: Kubernetes swaps mounted files by
+   * re-pointing a symlink, and each new target is checked again.
    */
   private checkAllowed(file: string): string {
-    const absolute = path.resolve(file);
-    if (this.allowedDirs === null) return absolute;
-    if (this.allowedDirs.length === 0) {
+    if (this.options.fileResourceDirs.length === 0) {
       throw new SdsError(
         GrpcStatus.PERMISSION_DENIED,
-        'file resources are disabled in node mode (any workload could read any file the agent can); allow directories with --file-resource-dirs',
+        this.options.mode === 'node'
+          ? 'file resources are disabled in node mode (any workload could read any file the agent can); allow directories with --file-resource-dirs'
+          : 'file resources are disabled: --file-resource-dirs (MESHCA_FILE_RESOURCE_DIRS) allows no directory',
       );
     }
-    const real = resolveReal(absolute);
-    if (!this.allowedDirs.some((dir) => real === dir || real.startsWith(dir.endsWith(path.sep) ? dir : dir + path.sep))) {
-      throw new SdsError(GrpcStatus.PERMISSION_DENIED, `${file} is outside the directories allowed by --file-resource-dirs`);
-    }
-    return absolute;
+    return path.resolve(file);
   }
 
   private async openFileCert(name: string, certPath: string, keyPath: string): Promise<ResourceWatch> {
@@ -306,20 +297,13 @@ export class ResourceProvider {
       cert.close();
       throw error;
     }
-    return this.combine(name, [cert, key], ([c, k]) => {
-      this.checkAllowed(certFile);
-      this.checkAllowed(keyFile);
-      return fileCertSnapshot(name, c!, k!);
-    });
+    return this.combine(name, [cert, key], ([c, k]) => fileCertSnapshot(name, c!, k!));
   }
 
   private async openFileRoot(name: string, rootPath: string): Promise<ResourceWatch> {
     const rootFile = this.checkAllowed(rootPath);
     const root = await this.options.files.open(rootFile);
-    return this.combine(name, [root], ([r]) => {
-      this.checkAllowed(rootFile);
-      return fileRootSnapshot(name, r!);
-    });
+    return this.combine(name, [root], ([r]) => fileRootSnapshot(name, r!));
   }
 
   /** A watch over files: rebuilt on any change; a change that does not validate is logged and not pushed. */
@@ -352,13 +336,3 @@ export class ResourceProvider {
     };
   }
 }
-
-function resolveReal(file: string): string {
-  const absolute = path.resolve(file);
-  try {
-    return realpathSync(absolute);
-  } catch {
-    return absolute;
-  }
-}
-

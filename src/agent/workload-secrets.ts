@@ -29,7 +29,7 @@ import { CaCallError, isRetryableCaError, SdsError } from './errors.js';
 import { encodeWorkloadKey, type KeySource } from './keys.js';
 import { AbandonedProof, DEFAULT_PROOF_LIMITS, ProofAdmission, RefusalCache, type ProofLimits } from './proof-limits.js';
 import type { AgentMetrics, ExpiryReading } from './metrics.js';
-import { drawGraceRatio, estimateLifetime, MAX_CLOCK_SKEW_MS, timerAt, verificationTime, type GracePeriod } from './rotation.js';
+import { drawGraceRatio, MAX_CLOCK_SKEW_MS, renewalSchedule, timerAt, verificationTime, type GracePeriod } from './rotation.js';
 
 export interface IdentitySecret {
   /** The SPIFFE ID(s) in the leaf's SAN, comma-joined when there are several. */
@@ -43,7 +43,7 @@ export interface IdentitySecret {
   /** Local clock, like renewAt and expiresAt. */
   receivedAt: number;
   renewAt: number;
-  /** When the certificate expires by the local clock: NotAfter, unless this node's clock is off (estimateLifetime). */
+  /** When the certificate expires by the local clock: NotAfter, unless this node's clock is off (renewalSchedule). */
   expiresAt: number;
   /** Content version (hash of the chain): equal versions are the same secret. */
   version: string;
@@ -482,17 +482,17 @@ export class WorkloadSecrets {
     }
     const chainPem = chain.map(withNewline).join('');
     const graceRatio = drawGraceRatio(this.options.grace, this.random);
-    const estimate = estimateLifetime(validity, receivedAt, this.options.ttlSeconds * 1000);
-    if (estimate.clock !== 'in-sync') {
+    const schedule = renewalSchedule(validity, receivedAt, this.options.ttlSeconds * 1000, graceRatio);
+    if (schedule.clock !== 'in-sync') {
       this.log.warn(
         {
-          clock: estimate.clock,
+          clock: schedule.clock,
           notBefore: leaf.notBefore.toISOString(),
           notAfter: leaf.notAfter.toISOString(),
           localTime: new Date(receivedAt).toISOString(),
-          lifetimeSeconds: Math.round(estimate.lifetimeMs / 1000),
+          lifetimeSeconds: Math.round(schedule.lifetimeMs / 1000),
         },
-        `this node's clock seems ${estimate.clock === 'behind' ? 'behind' : 'ahead of'} the CA's (a fresh certificate's validity does not fit the local time); ` +
+        `this node's clock seems ${schedule.clock === 'behind' ? 'behind' : 'ahead of'} the CA's (a fresh certificate's validity does not fit the local time); ` +
           "timing renewal from the certificate's own validity; check time sync (NTP) on this node",
       );
     }
@@ -503,9 +503,8 @@ export class WorkloadSecrets {
       rootsPem,
       leaf,
       receivedAt,
-      // NotAfter − r·L when the clocks agree; measured from receipt so that a skewed clock cannot shift it.
-      renewAt: receivedAt + (1 - graceRatio) * estimate.lifetimeMs,
-      expiresAt: receivedAt + estimate.lifetimeMs,
+      renewAt: schedule.renewAt,
+      expiresAt: schedule.expiresAt,
       version: hashVersion(chainPem),
     };
   }

@@ -1,7 +1,7 @@
 /** `meshca agent`: the per-node SDS agent (see src/agent). */
 import type { Command } from 'commander';
 import { readAgentConfig, startAgent, type AgentFlags } from '../agent/index.js';
-import { DEFAULT_SDS_SOCKET, DEFAULT_STATUS_ADDR, DEFAULT_TOKEN_FILE, DEFAULT_CA_ROOT_CERT, DEFAULT_CA_ADDR } from '../config/agent.js';
+import { DEFAULT_SDS_SOCKET, DEFAULT_STATUS_ADDR, DEFAULT_TOKEN_FILE, DEFAULT_CA_ROOT_CERT, DEFAULT_CA_ADDR, DEFAULT_SIDECAR_FILE_RESOURCE_DIRS } from '../config/agent.js';
 import { readEnum } from '../config/env.js';
 import { createLogger, LOG_LEVELS } from '../log.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
@@ -29,7 +29,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--secret-ttl <duration>', 'requested certificate lifetime (env SECRET_TTL, default 24h)')
     .option('--output-certs <dir>', 'sidecar mode: also write key.pem, cert-chain.pem, root-cert.pem here (env OUTPUT_CERTS)')
     .option('--status-addr <host:port>', `status HTTP server: /healthz/ready, /metrics (default ${DEFAULT_STATUS_ADDR})`)
-    .option('--file-resource-dirs <dirs>', 'comma list of directories file-cert:/file-root: resources may read (node mode default: none; sidecar: any)')
+    .option('--file-resource-dirs <dirs>', `comma list of directories file-cert:/file-root: resources may read (env MESHCA_FILE_RESOURCE_DIRS; node mode default: none; sidecar: ${DEFAULT_SIDECAR_FILE_RESOURCE_DIRS.join(',')})`)
     .option('--trust-domain <domain>', 'trust domain expected in CSRs (env TRUST_DOMAIN, default cluster.local)')
     .option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')} (env MESHCA_LOG_LEVEL)`)
     .action(async (flags: AgentCommandFlags) => {

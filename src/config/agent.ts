@@ -26,6 +26,20 @@ export const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
 export const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
 export const DEFAULT_CA_ADDR = 'localhost:15012';
 export const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
+/**
+ * Sidecar mode: where file-cert:/file-root: resources may be read from unless --file-resource-dirs says otherwise.
+ * The places Istio mounts certificates in a proxy container: /etc/certs (Istio's file-mounted workload certs and
+ * the usual userVolumeMount for DestinationRule client certs), /etc/istio (gateway certs such as
+ * /etc/istio/ingressgateway-certs), /var/run/secrets/istio (the mesh root) and
+ * /var/run/secrets/workload-spiffe-credentials (file-mounted workload identity). Not the service-account token,
+ * not the rest of the filesystem.
+ */
+export const DEFAULT_SIDECAR_FILE_RESOURCE_DIRS: readonly string[] = [
+  '/etc/certs',
+  '/etc/istio',
+  '/var/run/secrets/istio',
+  '/var/run/secrets/workload-spiffe-credentials',
+];
 
 export interface WorkloadKeyConfig {
   algorithm: 'RSA' | 'ECDSA';
@@ -66,11 +80,12 @@ export interface AgentConfig {
   outputCertsDir?: string;
   statusAddress: { host: string; port: number; text: string };
   /**
-   * Directories whose files may be served as file-cert:/file-root: resources. `null` means anywhere (sidecar
-   * mode default: the files are the pod's own); an empty list disables them (node mode default), because on a
-   * shared node any workload could otherwise read any file the agent can.
+   * Directories whose files may be served as file-cert:/file-root: resources. An empty list disables them (node
+   * mode default), because on a shared node any workload could otherwise read any file the agent can; sidecar
+   * mode defaults to DEFAULT_SIDECAR_FILE_RESOURCE_DIRS, so that a client needing no token still cannot read the
+   * agent's other files.
    */
-  fileResourceDirs: string[] | null;
+  fileResourceDirs: string[];
   /** Only used to put the expected SPIFFE ID into CSRs; the CA decides the identity. */
   trustDomain: string;
 }
@@ -163,7 +178,7 @@ export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
     graceRatioJitter,
     ...(outputCertsDir !== undefined ? { outputCertsDir } : {}),
     statusAddress: readAddress(flags.statusAddr, env, { flag: '--status-addr' }, DEFAULT_STATUS_ADDR),
-    fileResourceDirs: fileDirsGiven ? readList(flags.fileResourceDirs, env, fileDirsSource, []) : mode === 'sidecar' ? null : [],
+    fileResourceDirs: fileDirsGiven ? readList(flags.fileResourceDirs, env, fileDirsSource, []) : mode === 'sidecar' ? [...DEFAULT_SIDECAR_FILE_RESOURCE_DIRS] : [],
     trustDomain: readString(flags.trustDomain, env, { flag: '--trust-domain', env: 'TRUST_DOMAIN' }, 'cluster.local'),
   };
 }
