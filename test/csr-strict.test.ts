@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { buildCaMaterial, CaError, CertificateAuthority, LocalSigner } from '../src/ca/index.js';
-import { bitString, explicit, nullValue, oid, sequence, smallInteger, unsignedInteger } from '../src/pki/der.js';
+import { bitString, explicit, nullValue, oid, sequence, set, smallInteger, unsignedInteger } from '../src/pki/der.js';
 import { OID } from '../src/pki/oids.js';
 import {
   createCaCertificate,
@@ -199,6 +199,17 @@ describe('strict CSRs: DER only, no trailing bytes, version 0', () => {
   it('refuses version 1 and a non-minimal version 0', () => {
     expectRefused(csr(info(spkiDer(p256), { version: smallInteger(1) }), p256), 'ERR_CSR_MALFORMED', /CSR version must be v1 \(INTEGER 0 in DER\), got 1/);
     expectRefused(csr(info(spkiDer(p256), { version: Buffer.from([0x02, 0x02, 0x00, 0x00]) }), p256), 'ERR_CSR_MALFORMED', /CSR version must be v1/);
+  });
+
+  it('accepts subject names made of directory strings, and refuses other value types and malformed strings', () => {
+    const subject = (tag: number, value: Buffer): Buffer => sequence(VERSION_0, sequence(set(sequence(oid(OID.commonName), Buffer.concat([Buffer.from([tag, value.length]), value])))), spkiDer(p256), EMPTY_ATTRIBUTES);
+    assert.equal(parseCsr(csr(subject(0x0c, Buffer.from('wörkload')), p256)).subject, 'CN=wörkload');
+    verifyCsr(parseCsr(csr(subject(0x13, Buffer.from('Workload 1')), p256)));
+    // Found by the differential fuzz: OpenSSL cannot load a CSR whose name holds an OCTET STRING.
+    expectRefused(csr(subject(0x04, Buffer.from('w451')), p256), 'ERR_CSR_MALFORMED', /subject attribute 2\.5\.4\.3 is not a well-formed string/);
+    expectRefused(csr(subject(0x13, Buffer.from('a@b')), p256), 'ERR_CSR_MALFORMED', /not a well-formed string/);
+    expectRefused(csr(subject(0x0c, Buffer.from([0xc3, 0x28])), p256), 'ERR_CSR_MALFORMED', /not a well-formed string/);
+    expectRefused(csr(subject(0x1e, Buffer.from('abc')), p256), 'ERR_CSR_MALFORMED', /not a well-formed string/);
   });
 
   it('refuses missing attributes and an explicit critical FALSE in a requested extension', () => {

@@ -129,13 +129,48 @@ function readSignatureAlgorithm(element: DerElement | undefined): string {
   return text;
 }
 
-/** A Name: SEQUENCE OF SET (non-empty) OF SEQUENCE { OID, value }, strict DER throughout. */
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Whether a Name attribute value is a well-formed directory string (what OpenSSL and Go read in names). */
+function isDirectoryString(value: DerElement): boolean {
+  const bytes = value.contents;
+  switch (value.tag) {
+    case 0x0c: // UTF8String
+      try {
+        utf8.decode(bytes);
+        return true;
+      } catch {
+        return false;
+      }
+    case 0x12: // NumericString
+      return /^[0-9 ]*$/.test(bytes.toString('latin1'));
+    case 0x13: // PrintableString
+      return /^[A-Za-z0-9 '()+,\-./:=?]*$/.test(bytes.toString('latin1'));
+    case 0x14: // TeletexString
+      return true;
+    case 0x16: // IA5String
+      return bytes.every((byte) => byte < 0x80);
+    case 0x1c: // UniversalString
+      return bytes.length % 4 === 0;
+    case 0x1e: // BMPString
+      return bytes.length % 2 === 0;
+    default:
+      return false;
+  }
+}
+
+/** A Name: SEQUENCE OF SET (non-empty) OF SEQUENCE { OID, directory string }, strict DER throughout. */
 function checkName(name: DerElement): void {
-  assertDer(name, 'CSR subject');
   for (const rdn of children(name)) {
     const attributes = children(expectTag(rdn, Tag.SET, 'CSR subject RDN'));
     if (attributes.length === 0) throw malformed('CSR subject has an empty RDN');
-    for (const attribute of attributes) expectTag(exactChildren(expectTag(attribute, Tag.SEQUENCE, 'CSR subject attribute'), 2, 'CSR subject attribute')[0], Tag.OID, 'CSR subject attribute type');
+    for (const attribute of attributes) {
+      const [type, value] = exactChildren(expectTag(attribute, Tag.SEQUENCE, 'CSR subject attribute'), 2, 'CSR subject attribute');
+      const typeText = decodeOid(expectTag(type, Tag.OID, 'CSR subject attribute type').contents);
+      if (!isDirectoryString(value!)) {
+        throw malformed(`CSR subject attribute ${typeText} is not a well-formed string (UTF8String, PrintableString, IA5String, BMPString, ...)`);
+      }
+    }
   }
 }
 

@@ -522,7 +522,7 @@ export async function runDifferential(differential: Differential, runs: number, 
   const envSeed = process.env.MESHCA_FUZZ_SEED ? Number(process.env.MESHCA_FUZZ_SEED) : undefined;
   await fc.assert(
     fc.asyncProperty(mutationPlanArbitrary, (plan) => differential.check(plan)),
-    { numRuns: runs, seed: envSeed ?? seed, endOnFailure: true },
+    { numRuns: runs, seed: envSeed ?? seed, endOnFailure: true, includeErrorInReport: true },
   );
   return differential.stats;
 }
