@@ -212,9 +212,14 @@ describe('strict CSRs: DER only, no trailing bytes, version 0', () => {
     expectRefused(csr(subject(0x1e, Buffer.from('abc')), p256), 'ERR_CSR_MALFORMED', /not a well-formed string/);
   });
 
-  it('refuses missing attributes and an explicit critical FALSE in a requested extension', () => {
+  it('refuses missing attributes, non-DER attribute values and an explicit critical FALSE in a requested extension', () => {
     const noAttributes = sequence(VERSION_0, sequence(), spkiDer(p256));
     expectRefused(csr(noAttributes, p256), 'ERR_CSR_MALFORMED', /CertificationRequestInfo has 3 fields, expected 4/);
+    const challenge = (value: Buffer): Buffer => info(spkiDer(p256), { attributes: explicit(0, sequence(oid('1.2.840.113549.1.9.7'), set(value))) });
+    verifyCsr(parseCsr(csr(challenge(Buffer.from([0x0c, 0x02, 0x6f, 0x6b])), p256)));
+    expectRefused(csr(challenge(Buffer.from([0x0f, 0x01, 0x00])), p256), 'ERR_CSR_MALFORMED', /universal tag 15 that is reserved/);
+    expectRefused(csr(challenge(Buffer.from([0x24, 0x04, 0x04, 0x02, 0x6f, 0x6b])), p256), 'ERR_CSR_MALFORMED', /constructed encoding of universal tag 4 \(BER, not DER\)/);
+    expectRefused(csr(challenge(Buffer.from([0x02, 0x02, 0x00, 0x05])), p256), 'ERR_CSR_MALFORMED', /INTEGER that is not minimally encoded/);
     const withFalse = replaceBytes(goodInfo, Buffer.from([0x01, 0x01, 0xff]), Buffer.from([0x01, 0x01, 0x00]));
     expectRefused(csr(withFalse, p256), 'ERR_CSR_MALFORMED', /critical must be absent or DER TRUE/);
   });

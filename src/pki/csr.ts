@@ -150,8 +150,10 @@ function isDirectoryString(value: DerElement): boolean {
       return true;
     case 0x16: // IA5String
       return bytes.every((byte) => byte < 0x80);
-    case 0x1c: // UniversalString
-      return bytes.length % 4 === 0;
+    case 0x1c: // UniversalString: UCS-4 code points
+      if (bytes.length % 4 !== 0) return false;
+      for (let i = 0; i < bytes.length; i += 4) if (bytes.readUInt32BE(i) > 0x10ffff) return false;
+      return true;
     case 0x1e: // BMPString
       return bytes.length % 2 === 0;
     default:

@@ -250,6 +250,11 @@ export function readUnsignedInteger(element: DerElement | undefined, what: strin
 
 const MAX_DER_DEPTH = 32;
 
+// Universal types accepted in primitive form inside opaque values: BOOLEAN, INTEGER, BIT STRING, OCTET STRING, NULL,
+// OID, ENUMERATED, UTF8String, the character strings 18-22 and 25-30, UTCTime and GeneralizedTime. Not: 0 (end of
+// contents), 7-9, 11, 13-15 (rare or reserved types), 16-17 (SEQUENCE and SET are constructed).
+const PRIMITIVE_UNIVERSAL_TAGS = new Set([1, 2, 3, 4, 5, 6, 10, 12, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]);
+
 /**
  * Checks that an element we do not interpret (a name, an unknown attribute or extension) is strict DER all the way
  * down: constructed forms only for SEQUENCE, SET and tagged values (BER's constructed strings are refused), and
@@ -273,11 +278,10 @@ export function assertDer(element: DerElement, what: string, depth = 0): void {
     return;
   }
   const contents = element.contents;
+  if (!PRIMITIVE_UNIVERSAL_TAGS.has(tag)) {
+    throw new PkiError('ERR_DER_PARSE', `${what} has an element with universal tag ${tag} that is reserved, constructed-only or not accepted`);
+  }
   switch (tag) {
-    case 0x00:
-    case 0x10:
-    case 0x11:
-      throw new PkiError('ERR_DER_PARSE', `${what} has a malformed element (tag 0x${tag.toString(16).padStart(2, '0')})`);
     case Tag.BOOLEAN:
       if (contents.length !== 1 || (contents[0] !== 0 && contents[0] !== 0xff)) {
         throw new PkiError('ERR_DER_PARSE', `${what} has a BOOLEAN that is not DER (one byte, 0x00 or 0xff)`);
