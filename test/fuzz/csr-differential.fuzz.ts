@@ -15,6 +15,7 @@ after(() => differential.cleanup());
 it(`CSR differential: ${inputs} mutants, every accepted one independently valid and certified with exactly its key`, { timeout: inputs * 20 + 120_000 }, async () => {
   const stats = await runDifferential(differential, inputs, 1206);
   console.log(`csr differential (fuzz): ${formatStats(stats)}`);
+  for (const example of stats.stricterExamples) console.log(`  stricter than the independent checker: ${example}`);
   assert.equal(stats.inputs, inputs);
   assert.equal(stats.wrongCertificates, 0);
   assert.ok(stats.accepted > 0);
