@@ -123,19 +123,25 @@ export function oid(dotted: string): Buffer {
   return tlv(Tag.OID, Buffer.from(out));
 }
 
+/** Decodes OID contents; refuses non-minimal arcs (a leading 0x80 byte), an unterminated last arc and huge arcs. */
 export function decodeOid(contents: Buffer): string {
   if (contents.length === 0) throw new PkiError('ERR_DER_PARSE', 'empty OID');
-  const first = contents[0]!;
-  const parts: number[] = first < 80 ? [Math.floor(first / 40), first % 40] : [2, first - 80];
+  const parts: number[] = [];
   let value = 0;
-  for (let i = 1; i < contents.length; i++) {
+  let arcStart = true;
+  for (let i = 0; i < contents.length; i++) {
     const byte = contents[i]!;
+    if (arcStart && byte === 0x80) throw new PkiError('ERR_DER_PARSE', 'OID arc is not minimally encoded');
     value = value * 128 + (byte & 0x7f);
-    if ((byte & 0x80) === 0) {
-      parts.push(value);
+    if (value > Number.MAX_SAFE_INTEGER / 128) throw new PkiError('ERR_DER_PARSE', 'OID arc is too large');
+    arcStart = (byte & 0x80) === 0;
+    if (arcStart) {
+      if (parts.length === 0) parts.push(...(value < 80 ? [Math.floor(value / 40), value % 40] : [2, value - 80]));
+      else parts.push(value);
       value = 0;
     }
   }
+  if (!arcStart) throw new PkiError('ERR_DER_PARSE', 'OID ends inside an arc');
   return parts.join('.');
 }
 
@@ -176,7 +182,7 @@ export interface DerElement {
   contents: Buffer;
 }
 
-/** Reads the element at `offset`; throws PkiError on truncation or non-minimal forms we cannot handle. */
+/** Reads the element at `offset`; throws PkiError on truncation, indefinite or non-minimal lengths and multi-byte tags. */
 export function readElement(input: Buffer, offset = 0): DerElement {
   if (offset + 2 > input.length) throw new PkiError('ERR_DER_PARSE', 'truncated DER');
   const tag = input[offset]!;
@@ -191,8 +197,11 @@ export function readElement(input: Buffer, offset = 0): DerElement {
     if (lengthByte === 0) throw new PkiError('ERR_DER_PARSE', 'indefinite length is not DER');
     if (lengthByte > 4) throw new PkiError('ERR_DER_PARSE', 'DER length too large');
     if (offset + 2 + lengthByte > input.length) throw new PkiError('ERR_DER_PARSE', 'truncated DER length');
+    // DER (X.690 10.1): the long form only for lengths >= 128, and with no leading zero byte.
+    if (input[offset + 2] === 0) throw new PkiError('ERR_DER_PARSE', 'non-minimal DER length (leading zero byte)');
     length = 0;
     for (let i = 0; i < lengthByte; i++) length = length * 256 + input[offset + 2 + i]!;
+    if (length < 0x80) throw new PkiError('ERR_DER_PARSE', 'non-minimal DER length (long form for a short length)');
     headerLength += lengthByte;
   }
   const end = offset + headerLength + length;
@@ -225,4 +234,82 @@ export function expectTag(element: DerElement | undefined, tag: number, what: st
     throw new PkiError('ERR_DER_PARSE', `malformed ${what}`);
   }
   return element;
+}
+
+/** The magnitude of a non-negative INTEGER in minimal DER (X.690 8.3.2); throws on empty, negative or padded forms. */
+export function readUnsignedInteger(element: DerElement | undefined, what: string): Buffer {
+  const bytes = expectTag(element, Tag.INTEGER, what).contents;
+  if (bytes.length === 0) throw new PkiError('ERR_DER_PARSE', `${what} is an empty INTEGER`);
+  if ((bytes[0]! & 0x80) !== 0) throw new PkiError('ERR_DER_PARSE', `${what} is negative`);
+  if (bytes[0] === 0 && bytes.length > 1) {
+    if ((bytes[1]! & 0x80) === 0) throw new PkiError('ERR_DER_PARSE', `${what} is not a minimal INTEGER encoding`);
+    return bytes.subarray(1);
+  }
+  return bytes;
+}
+
+const MAX_DER_DEPTH = 32;
+
+// Universal types accepted in primitive form inside opaque values: BOOLEAN, INTEGER, BIT STRING, OCTET STRING, NULL,
+// OID, ENUMERATED, UTF8String, the character strings 18-22 and 25-30, UTCTime and GeneralizedTime. Not: 0 (end of
+// contents), 7-9, 11, 13-15 (rare or reserved types), 16-17 (SEQUENCE and SET are constructed).
+const PRIMITIVE_UNIVERSAL_TAGS = new Set([1, 2, 3, 4, 5, 6, 10, 12, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]);
+
+/**
+ * Checks that an element we do not interpret (a name, an unknown attribute or extension) is strict DER all the way
+ * down: constructed forms only for SEQUENCE, SET and tagged values (BER's constructed strings are refused), and
+ * BOOLEAN, INTEGER, ENUMERATED, NULL, OID and BIT STRING in their single DER form. Lengths and trailing bytes are
+ * already checked by `readElement`/`children`.
+ */
+export function assertDer(element: DerElement, what: string, depth = 0): void {
+  if (depth > MAX_DER_DEPTH) throw new PkiError('ERR_DER_PARSE', `${what} is nested too deeply`);
+  const tag = element.tag;
+  const constructed = (tag & 0x20) !== 0;
+  if ((tag & 0xc0) !== 0) {
+    // Context-specific, application or private: contents are opaque unless constructed.
+    if (constructed) for (const child of children(element)) assertDer(child, what, depth + 1);
+    return;
+  }
+  if (constructed) {
+    if (tag !== Tag.SEQUENCE && tag !== Tag.SET) {
+      throw new PkiError('ERR_DER_PARSE', `${what} has a constructed encoding of universal tag ${tag & 0x1f} (BER, not DER)`);
+    }
+    for (const child of children(element)) assertDer(child, what, depth + 1);
+    return;
+  }
+  const contents = element.contents;
+  if (!PRIMITIVE_UNIVERSAL_TAGS.has(tag)) {
+    throw new PkiError('ERR_DER_PARSE', `${what} has an element with universal tag ${tag} that is reserved, constructed-only or not accepted`);
+  }
+  switch (tag) {
+    case Tag.BOOLEAN:
+      if (contents.length !== 1 || (contents[0] !== 0 && contents[0] !== 0xff)) {
+        throw new PkiError('ERR_DER_PARSE', `${what} has a BOOLEAN that is not DER (one byte, 0x00 or 0xff)`);
+      }
+      return;
+    case Tag.INTEGER:
+    case 0x0a:
+      if (contents.length === 0 || (contents.length > 1 && ((contents[0] === 0 && (contents[1]! & 0x80) === 0) || (contents[0] === 0xff && (contents[1]! & 0x80) !== 0)))) {
+        throw new PkiError('ERR_DER_PARSE', `${what} has an INTEGER that is not minimally encoded`);
+      }
+      return;
+    case Tag.NULL:
+      if (contents.length !== 0) throw new PkiError('ERR_DER_PARSE', `${what} has a NULL with contents`);
+      return;
+    case Tag.OID:
+      decodeOid(contents);
+      return;
+    case Tag.BIT_STRING: {
+      const unused = contents[0];
+      if (unused === undefined || unused > 7 || (contents.length === 1 && unused !== 0)) {
+        throw new PkiError('ERR_DER_PARSE', `${what} has a malformed BIT STRING`);
+      }
+      if (unused !== 0 && (contents[contents.length - 1]! & ((1 << unused) - 1)) !== 0) {
+        throw new PkiError('ERR_DER_PARSE', `${what} has a BIT STRING whose unused bits are not zero`);
+      }
+      return;
+    }
+    default:
+      return;
+  }
 }
