@@ -14,7 +14,7 @@ export interface NodeAccount {
 }
 
 export type ImpersonationVerdict =
-  | { kind: 'ok'; identity: string; node: string }
+  | { kind: 'ok'; identity: WorkloadId; node: string }
   | { kind: 'denied'; reason: string }
   | { kind: 'unavailable'; reason: string };
 
@@ -51,7 +51,7 @@ export class NodeImpersonation {
   async authorize(caller: Caller, impersonated: string): Promise<ImpersonationVerdict> {
     const k8s = caller.kubernetes;
     if (!k8s || !this.options.trustedNodeAccounts.some((a) => a.namespace === k8s.namespace && a.serviceAccount === k8s.serviceAccount)) {
-      return { kind: 'denied', reason: `caller ${caller.identities[0] ?? caller.subject} is not a trusted node account (CA_TRUSTED_NODE_ACCOUNTS)` };
+      return { kind: 'denied', reason: `caller ${caller.identity.uri} is not a trusted node account (CA_TRUSTED_NODE_ACCOUNTS)` };
     }
     let target;
     try {
@@ -99,6 +99,6 @@ export class NodeImpersonation {
     if (!match) {
       return { kind: 'denied', reason: `no pod of service account ${target.namespace}/${target.serviceAccount} runs on node ${node}` };
     }
-    return { kind: 'ok', identity: impersonated, node };
+    return { kind: 'ok', identity: target, node };
   }
 }
