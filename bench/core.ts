@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import type { CertificateAuthority } from '../src/ca/authority.js';
 import { LocalSigner } from '../src/ca/local-signer.js';
 import { children, readSingle } from '../src/pki/der.js';
-import { certificateToPem, parseCsr, verifyCsr } from '../src/pki/index.js';
+import { certificateToPem, parseCsr, verifyCsr, WorkloadId } from '../src/pki/index.js';
 import { assertIssuedChain } from './check.js';
 import { authorityFromPems, CA_KINDS, DEFAULT_TTL_SECONDS, makeCaPems, makeWorkloadCsrs, type CaKind, type CaPems, type WorkloadCsr } from './fixtures.js';
 import { nextMessage, startTsWorker } from './workers.js';
@@ -47,6 +47,8 @@ export interface IssueLoopResult {
 
 /** Issues certificates back to back for `seconds`, cycling through `csrs`. Shared by the main thread and workers. */
 export async function issueLoop(authority: CertificateAuthority, csrs: readonly WorkloadCsr[], seconds: number): Promise<IssueLoopResult> {
+  // Parsed once, as an authenticator would: CSRs may have crossed to a worker thread as plain data.
+  const ids = csrs.map((csr) => WorkloadId.parse(csr.identity));
   const start = performance.now();
   const deadline = start + seconds * 1000;
   let certs = 0;
@@ -54,7 +56,7 @@ export async function issueLoop(authority: CertificateAuthority, csrs: readonly 
     // Check the clock every few certificates: performance.now() is cheap but not free.
     for (let batch = 0; batch < 16; batch++) {
       const csr = csrs[certs % csrs.length]!;
-      await authority.issue({ csrPem: csr.csrPem, identities: [csr.identity], requestedTtlSeconds: DEFAULT_TTL_SECONDS });
+      await authority.issue({ csrPem: csr.csrPem, identity: ids[certs % csrs.length]!, requestedTtlSeconds: DEFAULT_TTL_SECONDS });
       certs++;
     }
   } while (performance.now() < deadline);
@@ -85,6 +87,7 @@ async function measureSteps(authority: CertificateAuthority, csrs: readonly Work
   if (!(signer instanceof LocalSigner)) throw new Error('the core benchmark needs a LocalSigner');
   const issuer = signer.current().issuer;
   const parsed = csrs.map((c) => parseCsr(c.csrPem));
+  const ids = csrs.map((c) => WorkloadId.parse(c.identity));
   const request = (i: number) => ({ spkiDer: parsed[i % parsed.length]!.spkiDer, uris: [csrs[i % csrs.length]!.identity], ttlSeconds: DEFAULT_TTL_SECONDS });
   const leafDer = issuer.issue(request(0)).der;
   const tbs = children(readSingle(leafDer, 'certificate'))[0]!.raw;
@@ -96,7 +99,7 @@ async function measureSteps(authority: CertificateAuthority, csrs: readonly Work
     signOnly: await timeStep(seconds, () => sign(hash, tbs, issuer.privateKey)),
     pemChain: await timeStep(seconds, () => certificateToPem(leafDer)),
     issue: await timeStep(seconds, (i) =>
-      authority.issue({ csrPem: csrs[i % csrs.length]!.csrPem, identities: [csrs[i % csrs.length]!.identity], requestedTtlSeconds: DEFAULT_TTL_SECONDS }),
+      authority.issue({ csrPem: csrs[i % csrs.length]!.csrPem, identity: ids[i % ids.length]!, requestedTtlSeconds: DEFAULT_TTL_SECONDS }),
     ),
   };
 }
@@ -139,7 +142,7 @@ export async function runCoreBench(kind: CaKind, options: CoreOptions): Promise<
   const pems = await makeCaPems(kind);
   const csrs = await makeWorkloadCsrs(kind, { count: 256, workloads: 100, distinctKeys: kind === 'rsa' ? options.rsaKeys : 256 });
   const authority = authorityFromPems(pems);
-  const sample = await authority.issue({ csrPem: csrs[0]!.csrPem, identities: [csrs[0]!.identity], requestedTtlSeconds: 0 });
+  const sample = await authority.issue({ csrPem: csrs[0]!.csrPem, identity: WorkloadId.parse(csrs[0]!.identity), requestedTtlSeconds: 0 });
   assertIssuedChain(sample.chain, csrs[0]!.identity, csrs[0]!.csrPem);
 
   options.log(`core ${info.label}: step timings`);

@@ -26,6 +26,7 @@ import { DEV_ISSUER, DevIssuerError, DevTokenIssuer } from '../src/authn/dev-iss
 import { addCaServerOptions, readCaServerConfig, type CaServerFlags } from '../src/config/ca.js';
 import { ConfigError } from '../src/config/env.js';
 import { loadKubeConfig } from '../src/config/kube.js';
+import { WorkloadId } from '../src/pki/index.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { makeTempDir } from './support/process.js';
 
@@ -73,7 +74,7 @@ describe('TokenReview authenticator', () => {
     assert.equal(kube.state.tokenReviewCount - before, 1);
     assert.equal(hits.count, 19);
     const caller = okCaller(outcomes[0]!);
-    assert.deepEqual(caller.identities, ['spiffe://cluster.local/ns/default/sa/web']);
+    assert.equal(caller.identity.uri, 'spiffe://cluster.local/ns/default/sa/web');
     assert.equal(caller.subject, 'system:serviceaccount:default:web');
     assert.equal(caller.kubernetes?.podName, 'web-1');
     assert.equal(caller.kubernetes?.podUid, kube.state.get('pods', 'default', 'web-1')!.metadata.uid);
@@ -164,15 +165,16 @@ describe('TokenReview authenticator', () => {
       const agentUid = kube.state.get('pods', 'kube-system', 'agent-a')!.metadata.uid!;
       const caller = (podUid: string | undefined): Caller => ({
         authenticator: 'tokenreview',
-        identities: ['spiffe://cluster.local/ns/kube-system/sa/agent'],
+        identity: WorkloadId.parse('spiffe://cluster.local/ns/kube-system/sa/agent'),
         subject: 'system:serviceaccount:kube-system:agent',
         kubernetes: { clusterId: 'Kubernetes', namespace: 'kube-system', serviceAccount: 'agent', podName: 'agent-a', ...(podUid ? { podUid } : {}) },
       });
-      assert.deepEqual(await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart'), {
-        kind: 'ok',
-        identity: 'spiffe://cluster.local/ns/shop/sa/cart',
-        node: 'node-a',
-      });
+      const allowed = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
+      assert.equal(allowed.kind, 'ok');
+      if (allowed.kind === 'ok') {
+        assert.ok(allowed.identity.equals(WorkloadId.of({ trustDomain: 'cluster.local', namespace: 'shop', serviceAccount: 'cart' })));
+        assert.equal(allowed.node, 'node-a');
+      }
       const elsewhere = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/pay');
       assert.equal(elsewhere.kind, 'denied');
       const staleUid = await impersonation.authorize(caller('00000000-0000-0000-0000-000000000000'), 'spiffe://cluster.local/ns/shop/sa/cart');
@@ -299,14 +301,14 @@ describe('JWT authenticator', () => {
     const first = await DevTokenIssuer.loadOrCreate(dir);
     const auth = await JwtAuthenticator.create({ rules: [first.jwtRule(['istio-ca'])], defaultAudiences: ['istio-ca'], trustDomain: 'cluster.local', localClusterId: 'Kubernetes' });
     const oldToken = await first.mint({ namespace: 'a', serviceAccount: 'b', audiences: ['istio-ca'], ttlSeconds: 60 });
-    assert.deepEqual(okCaller(await auth.authenticate(bearer(oldToken))).identities, ['spiffe://cluster.local/ns/a/sa/b']);
+    assert.deepEqual(okCaller(await auth.authenticate(bearer(oldToken))).identity.uri, 'spiffe://cluster.local/ns/a/sa/b');
 
     await rm(first.keyPath);
     await new Promise((resolve) => setTimeout(resolve, 20));
     const second = await DevTokenIssuer.loadOrCreate(dir);
     assert.notEqual(second.kid, first.kid);
     const newToken = await second.mint({ namespace: 'a', serviceAccount: 'c', audiences: ['istio-ca'], ttlSeconds: 60 });
-    assert.deepEqual(okCaller(await auth.authenticate(bearer(newToken))).identities, ['spiffe://cluster.local/ns/a/sa/c']);
+    assert.deepEqual(okCaller(await auth.authenticate(bearer(newToken))).identity.uri, 'spiffe://cluster.local/ns/a/sa/c');
     const old = await auth.authenticate(bearer(oldToken));
     assert.equal(old.kind, 'denied');
   });
@@ -328,7 +330,7 @@ describe('JWT authenticator', () => {
       new jose.SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(issuer).setAudience(audience).setIssuedAt().setExpirationTime('5m').sign(privateKey);
 
     const caller = okCaller(await auth.authenticate(bearer(await sign({ 'kubernetes.io': { namespace: 'ns1', serviceaccount: { name: 'sa1' }, pod: { name: 'p', uid: 'u' } } }))));
-    assert.deepEqual(caller.identities, ['spiffe://example.org/ns/ns1/sa/sa1']);
+    assert.equal(caller.identity.uri, 'spiffe://example.org/ns/ns1/sa/sa1');
     assert.equal(caller.kubernetes?.podName, 'p');
 
     const noAccount = await auth.authenticate(bearer(await sign({ sub: 'alice' })));
@@ -360,7 +362,7 @@ describe('authenticator chain', () => {
       return outcome;
     },
   });
-  const caller: Caller = { authenticator: 'jwt', identities: ['spiffe://td/ns/a/sa/b'], subject: 's' };
+  const caller: Caller = { authenticator: 'jwt', identity: WorkloadId.parse('spiffe://td/ns/a/sa/b'), subject: 's' };
 
   test('first success wins, in order', async () => {
     const calls: string[] = [];

@@ -22,6 +22,7 @@ import {
   spkiDer,
   verifyCsr,
   type PkiErrorCode,
+  WorkloadId,
 } from '../src/pki/index.js';
 
 const SPIFFE = 'spiffe://cluster.local/ns/default/sa/strict';
@@ -102,7 +103,7 @@ describe('strict CSRs: what is accepted', () => {
       maxTtlSeconds: 86400,
     });
     for (const key of [rsa, p256, p384]) {
-      const issued = await authority.issue({ csrPem: createCsr({ privateKey: key, uris: [SPIFFE] }), identities: [SPIFFE], requestedTtlSeconds: 0 });
+      const issued = await authority.issue({ csrPem: createCsr({ privateKey: key, uris: [SPIFFE] }), identity: WorkloadId.parse(SPIFFE), requestedTtlSeconds: 0 });
       const leaf = parseCertificate(Buffer.from(issued.chain[0]!.replace(/-----[^-]+-----|\s/g, ''), 'base64'));
       assert.ok(leaf.spkiDer.equals(createPublicKey(key).export({ format: 'der', type: 'spki' })));
     }

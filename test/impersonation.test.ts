@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { KubeClusters, NodeImpersonation, type Caller, type Clock, type ImpersonationVerdict } from '../src/authn/index.js';
 import { loadKubeConfig } from '../src/config/kube.js';
+import { WorkloadId } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslFacts, opensslKeyAndCsr, startCa, type CallResult, type RunningCa } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { makeTempDir } from './support/process.js';
@@ -101,7 +102,7 @@ describe('node impersonation on the pod cache (Kubernetes stand-in over HTTPS)',
   /** The caller a TokenReview of the agent pod's bound token yields. */
   const agentCaller = (podName: string): Caller => ({
     authenticator: 'tokenreview',
-    identities: [id(AGENT.namespace, AGENT.serviceAccount)],
+    identity: WorkloadId.parse(id(AGENT.namespace, AGENT.serviceAccount)),
     subject: `system:serviceaccount:${AGENT.namespace}:${AGENT.serviceAccount}`,
     kubernetes: { clusterId: 'Kubernetes', ...AGENT, podName, podUid: kube.state.get('pods', AGENT.namespace, podName)!.metadata.uid! },
   });
@@ -124,7 +125,8 @@ describe('node impersonation on the pod cache (Kubernetes stand-in over HTTPS)',
     const impersonator = impersonation();
     const caller = agentCaller('ztunnel-a');
 
-    assert.deepEqual(await impersonator.authorize(caller, id('shop', 'cart')), { kind: 'ok', identity: id('shop', 'cart'), node: 'node-a' });
+    const allowed = await impersonator.authorize(caller, id('shop', 'cart'));
+    assert.deepEqual(allowed.kind === 'ok' ? { kind: allowed.kind, identity: allowed.identity.uri, node: allowed.node } : allowed, { kind: 'ok', identity: id('shop', 'cart'), node: 'node-a' });
     for (const [sa, why] of [
       ['batch', 'Succeeded'],
       ['crash', 'Failed'],

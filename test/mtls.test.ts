@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { connect, createServer, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { describe, test } from 'node:test';
 import { CertificateAuthority, createSelfSignedRoot, LocalSigner } from '../src/ca/index.js';
-import { createCsr, exportPrivateKeyPem, generateKeyPairFor, type KeySpec } from '../src/pki/index.js';
+import { createCsr, exportPrivateKeyPem, generateKeyPairFor, WorkloadId, type KeySpec } from '../src/pki/index.js';
 
 const TD = 'cluster.local';
 const SERVER_ID = `spiffe://${TD}/ns/default/sa/server`;
@@ -29,7 +29,7 @@ async function newAuthority(keySpec: KeySpec): Promise<CertificateAuthority> {
 async function issue(authority: CertificateAuthority, identity: string, keySpec: KeySpec): Promise<Workload> {
   const key = generateKeyPairFor(keySpec).privateKey;
   // The CSR asks for nothing in particular: the CA writes the identity it was told the caller proved.
-  const issued = await authority.issue({ csrPem: createCsr({ privateKey: key }), identities: [identity], requestedTtlSeconds: 600 });
+  const issued = await authority.issue({ csrPem: createCsr({ privateKey: key }), identity: WorkloadId.parse(identity), requestedTtlSeconds: 600 });
   return { keyPem: exportPrivateKeyPem(key), certPem: issued.chain.slice(0, -1).join(''), rootsPem: issued.chain[issued.chain.length - 1]! };
 }
 

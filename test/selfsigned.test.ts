@@ -4,7 +4,7 @@ import { promises as fs, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { CaConfigError, CertificateAuthority, fingerprint, loadOrCreateSelfSignedCa } from '../src/ca/index.js';
-import { createCsr, generateKeyPairFor, parseCertificate, certificatesFromPem } from '../src/pki/index.js';
+import { createCsr, generateKeyPairFor, parseCertificate, certificatesFromPem, WorkloadId } from '../src/pki/index.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
@@ -43,7 +43,7 @@ describe('self-signed CA', () => {
     const { signer } = await loadOrCreateSelfSignedCa(options(path.join(temp.dir, 'issue')));
     const authority = new CertificateAuthority({ signer, defaultTtlSeconds: 86400, maxTtlSeconds: 90 * 86400 });
     const csrPem = createCsr({ privateKey: generateKeyPairFor('ec-p256').privateKey });
-    const result = await authority.issue({ csrPem, identities: ['spiffe://cluster.local/ns/a/sa/b'], requestedTtlSeconds: 0 });
+    const result = await authority.issue({ csrPem, identity: WorkloadId.parse('spiffe://cluster.local/ns/a/sa/b'), requestedTtlSeconds: 0 });
     assert.equal(result.chain.length, 2);
     assert.ok(result.chain.every((pem) => pem.endsWith('\n')));
     assert.equal(result.ttlSeconds, 86400);

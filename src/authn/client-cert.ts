@@ -1,16 +1,33 @@
 /**
  * Renewal authentication: a workload presenting a client certificate that the TLS layer verified against our
- * current roots proves the SPIFFE IDs in its URI SANs. The TLS layer only hands over certificates it verified
- * (grpc-js exposes the peer certificate only for authorized sockets), so this checks what TLS does not: that the
- * certificate is a leaf, still valid now, and names SPIFFE IDs.
+ * current roots proves the workload identity in its URI SAN. The TLS layer only hands over certificates it
+ * verified (grpc-js exposes the peer certificate only for authorized sockets), so this checks what TLS does not:
+ * that the certificate is a leaf, still valid now, and names exactly one identity of the form this CA issues,
+ * spiffe://<our trust domain>/ns/<ns>/sa/<sa>. Roots are often shared between clusters and meshes, so a chain
+ * that verifies proves nothing about which trust domain the holder belongs to; the URI SAN must say ours.
  */
-import { isSpiffeId, parseCertificate, type ParsedCertificate } from '../pki/index.js';
+import { parseCertificate, validateTrustDomain, WorkloadId, type ParsedCertificate } from '../pki/index.js';
 import type { AuthOutcome, AuthRequest, Authenticator } from './types.js';
+
+export interface ClientCertAuthenticatorOptions {
+  /** The CA's trust domain: only certificates for it are renewed. */
+  trustDomain: string;
+  now?: () => number;
+}
+
+function limit(text: string, max = 200): string {
+  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+}
 
 export class ClientCertAuthenticator implements Authenticator {
   readonly name = 'client-cert' as const;
+  private readonly trustDomain: string;
+  private readonly now: () => number;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(options: ClientCertAuthenticatorOptions) {
+    this.trustDomain = validateTrustDomain(options.trustDomain);
+    this.now = options.now ?? Date.now;
+  }
 
   async authenticate(request: AuthRequest): Promise<AuthOutcome> {
     if (!request.peerCertificateDer) return { kind: 'skip', reason: 'no verified client certificate' };
@@ -25,8 +42,23 @@ export class ClientCertAuthenticator implements Authenticator {
       return { kind: 'denied', reason: 'client certificate is outside its validity period' };
     }
     if (cert.basicConstraints?.ca) return { kind: 'denied', reason: 'client certificate is a CA certificate' };
-    const identities = cert.sans.uris.filter((uri) => isSpiffeId(uri));
-    if (identities.length === 0) return { kind: 'denied', reason: 'client certificate has no SPIFFE ID URI SAN' };
-    return { kind: 'ok', caller: { authenticator: this.name, identities, subject: identities[0]! } };
+    const uris = cert.sans.uris;
+    if (uris.length === 0) return { kind: 'denied', reason: 'client certificate has no SPIFFE ID URI SAN' };
+    if (uris.length > 1) {
+      return { kind: 'denied', reason: `client certificate has ${uris.length} URI SANs; a workload certificate carries exactly one SPIFFE ID` };
+    }
+    let identity: WorkloadId;
+    try {
+      identity = WorkloadId.parse(uris[0]!);
+    } catch (error) {
+      return { kind: 'denied', reason: `client certificate URI SAN is not a workload identity: ${limit((error as Error).message)}` };
+    }
+    if (identity.trustDomain !== this.trustDomain) {
+      return {
+        kind: 'denied',
+        reason: `client certificate is for trust domain "${identity.trustDomain}"; this CA renews only spiffe://${this.trustDomain}/ns/<namespace>/sa/<service account>`,
+      };
+    }
+    return { kind: 'ok', caller: { authenticator: this.name, identity, subject: identity.uri } };
   }
 }

@@ -14,7 +14,7 @@ export interface NodeAccount {
 }
 
 export type ImpersonationVerdict =
-  | { kind: 'ok'; identity: string; node: string }
+  | { kind: 'ok'; identity: WorkloadId; node: string }
   | { kind: 'denied'; reason: string }
   | { kind: 'unavailable'; reason: string };
 
@@ -178,7 +178,7 @@ export class NodeImpersonation {
   async authorize(caller: Caller, impersonated: string): Promise<ImpersonationVerdict> {
     const k8s = caller.kubernetes;
     if (!k8s || !this.options.trustedNodeAccounts.some((a) => a.namespace === k8s.namespace && a.serviceAccount === k8s.serviceAccount)) {
-      return { kind: 'denied', reason: `caller ${caller.identities[0] ?? caller.subject} is not a trusted node account (CA_TRUSTED_NODE_ACCOUNTS)` };
+      return { kind: 'denied', reason: `caller ${caller.identity.uri} is not a trusted node account (CA_TRUSTED_NODE_ACCOUNTS)` };
     }
     let target;
     try {
@@ -198,6 +198,6 @@ export class NodeImpersonation {
       target: { namespace: target.namespace, serviceAccount: target.serviceAccount },
     });
     if (verdict.kind !== 'ok') return verdict;
-    return { kind: 'ok', identity: impersonated, node: verdict.node };
+    return { kind: 'ok', identity: target, node: verdict.node };
   }
 }

@@ -2,6 +2,9 @@
  * JWT / OIDC authentication (JWT_RULE): tokens from a trusted issuer are verified locally with `jose` against the
  * issuer's JWKS, from a URL (cached, refetched on an unknown `kid`) or a file (re-read when it changes).
  * The identity comes from `sub` = system:serviceaccount:<ns>:<sa>, or from the Kubernetes `kubernetes.io` claims.
+ * Like Istio's verifier (go-oidc treats a missing `exp` as long expired), a token must carry `exp`; its lifetime
+ * is also bounded (max_token_lifetime, default 366 days: Kubernetes' own "extended" projected tokens live exactly
+ * 365 days), so a leaked token minted to live for decades is not a permanent credential.
  */
 import { promises as fs } from 'node:fs';
 import {
@@ -14,9 +17,25 @@ import {
   type JWTPayload,
   type JWTVerifyGetKey,
 } from 'jose';
-import { ConfigError } from '../config/env.js';
+import { ConfigError, parseDurationSeconds } from '../config/env.js';
 import { WorkloadId } from '../pki/index.js';
-import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
+import {
+  extractBearerToken,
+  isServiceAccountUsername,
+  parseServiceAccountUsername,
+  type AuthOutcome,
+  type AuthRequest,
+  type Authenticator,
+} from './types.js';
+
+/**
+ * The longest lifetime (exp - iat, and exp - now) a JWT may have unless its rule says otherwise. Kubernetes
+ * extends kubelet's projected tokens to exactly 365 days (--service-account-extend-token-expiration, on by
+ * default), and a cluster's OIDC issuer is a common JWT_RULE; one day of slack keeps those working.
+ */
+export const DEFAULT_JWT_MAX_TOKEN_LIFETIME_SECONDS = 366 * 86400;
+/** Leeway for exp/nbf/iat, as for the clock check jose does. */
+const CLOCK_TOLERANCE_SECONDS = 5;
 
 export interface JwtRule {
   issuer: string;
@@ -25,6 +44,8 @@ export interface JwtRule {
   jwksFile?: string;
   /** Accepted `aud` values; empty means the CA's TOKEN_AUDIENCES. */
   audiences: string[];
+  /** max_token_lifetime: tokens living longer (exp - iat, or exp - now) are refused; default 366 days. */
+  maxTokenLifetimeSeconds?: number;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -33,7 +54,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 /**
  * Parses JWT_RULE: one JSON object or a list of them, each
- * `{"issuer": "...", "jwks_uri": "https://..." | "jwks_file": "/path", "audiences": ["..."]}`.
+ * `{"issuer": "...", "jwks_uri": "https://..." | "jwks_file": "/path", "audiences": ["..."], "max_token_lifetime": "24h"}`.
  */
 export function parseJwtRules(text: string, sourceName = 'JWT_RULE'): JwtRule[] {
   let parsed: unknown;
@@ -68,7 +89,22 @@ export function parseJwtRules(text: string, sourceName = 'JWT_RULE'): JwtRule[] 
     if (!Array.isArray(audiences) || !audiences.every((a): a is string => typeof a === 'string')) {
       throw new ConfigError(`invalid ${where}: "audiences" must be a list of strings`);
     }
-    return { issuer, ...(jwksUri !== undefined ? { jwksUri } : {}), ...(jwksFile !== undefined ? { jwksFile } : {}), audiences };
+    const lifetime = item.max_token_lifetime ?? item.maxTokenLifetime;
+    let maxTokenLifetimeSeconds: number | undefined;
+    if (lifetime !== undefined) {
+      const seconds = typeof lifetime === 'string' ? parseDurationSeconds(lifetime) : null;
+      if (seconds === null || seconds < 60) {
+        throw new ConfigError(`invalid ${where}: "max_token_lifetime" must be a duration of at least 60s such as "12h" or "366d"`);
+      }
+      maxTokenLifetimeSeconds = Math.floor(seconds);
+    }
+    return {
+      issuer,
+      ...(jwksUri !== undefined ? { jwksUri } : {}),
+      ...(jwksFile !== undefined ? { jwksFile } : {}),
+      audiences,
+      ...(maxTokenLifetimeSeconds !== undefined ? { maxTokenLifetimeSeconds } : {}),
+    };
   });
 }
 
@@ -134,6 +170,7 @@ export interface JwtAuthenticatorOptions {
   trustDomain: string;
   /** The cluster a JWT caller's pod is looked up in (for node impersonation). */
   localClusterId: string;
+  now?: () => number;
 }
 
 /** Whether a jose failure is the token's fault (denied) rather than the key source's (unavailable). */
@@ -172,13 +209,21 @@ function kubernetesClaims(payload: JWTPayload): { namespace?: string; serviceAcc
   return out;
 }
 
+/** A span of seconds for a message: whole days when it is long, seconds otherwise. */
+function describeSpan(seconds: number): string {
+  return seconds >= 86400 ? `${Math.floor(seconds / 86400)}d` : `${Math.floor(seconds)}s`;
+}
+
 export class JwtAuthenticator implements Authenticator {
   readonly name = 'jwt' as const;
+  private readonly now: () => number;
 
   private constructor(
     private readonly rules: PreparedRule[],
     private readonly options: JwtAuthenticatorOptions,
-  ) {}
+  ) {
+    this.now = options.now ?? Date.now;
+  }
 
   /** Opens every rule's key source; a missing or broken JWKS file is a ConfigError at start-up. */
   static async create(options: JwtAuthenticatorOptions): Promise<JwtAuthenticator> {
@@ -217,7 +262,8 @@ export class JwtAuthenticator implements Authenticator {
         ({ payload } = await jwtVerify(token, candidate.getKey, {
           issuer: candidate.rule.issuer,
           audience: candidate.audiences,
-          clockTolerance: 5,
+          clockTolerance: CLOCK_TOLERANCE_SECONDS,
+          currentDate: new Date(this.now()),
         }));
       } catch (error) {
         const reason = describeJoseError(error);
@@ -226,30 +272,58 @@ export class JwtAuthenticator implements Authenticator {
           : { kind: 'unavailable', reason: `could not get the signing keys of issuer ${candidate.rule.issuer}: ${reason}` };
         continue;
       }
+      const lifetimeProblem = this.lifetimeProblem(payload, candidate.rule);
+      if (lifetimeProblem) return { kind: 'denied', reason: lifetimeProblem };
       return this.callerFrom(payload);
     }
     return lastFailure;
   }
 
+  /** Why a verified token lives too long, if it does: no exp at all, or a lifetime beyond the rule's bound. */
+  private lifetimeProblem(payload: JWTPayload, rule: JwtRule): string | undefined {
+    if (payload.exp === undefined) return 'the token has no exp claim; tokens that never expire are not accepted';
+    // jose has checked exp (and iat, when present) are numbers and exp is not in the past.
+    const max = rule.maxTokenLifetimeSeconds ?? DEFAULT_JWT_MAX_TOKEN_LIFETIME_SECONDS;
+    const bound = `at most ${describeSpan(max)} is accepted for issuer ${rule.issuer} (max_token_lifetime in JWT_RULE)`;
+    if (typeof payload.iat === 'number' && payload.exp - payload.iat > max + CLOCK_TOLERANCE_SECONDS) {
+      return `the token's lifetime (exp - iat) is ${describeSpan(payload.exp - payload.iat)}; ${bound}`;
+    }
+    const remaining = payload.exp - this.now() / 1000;
+    if (remaining > max + CLOCK_TOLERANCE_SECONDS) return `the token is still valid for ${describeSpan(remaining)} (exp - now); ${bound}`;
+    return undefined;
+  }
+
   private callerFrom(payload: JWTPayload): AuthOutcome {
-    const fromSubject = typeof payload.sub === 'string' ? parseServiceAccountUsername(payload.sub) : null;
+    const subject = typeof payload.sub === 'string' ? payload.sub : undefined;
+    const fromSubject = subject === undefined ? null : parseServiceAccountUsername(subject);
+    if (subject !== undefined && !fromSubject && isServiceAccountUsername(subject)) {
+      // Claims to be a service account but is not one a cluster could issue: never fall back to other claims.
+      return { kind: 'denied', reason: `sub "${subject.slice(0, 100)}" is not system:serviceaccount:<namespace>:<service account> with valid Kubernetes names` };
+    }
     const claims = kubernetesClaims(payload);
+    if (
+      fromSubject &&
+      ((claims.namespace !== undefined && claims.namespace !== fromSubject.namespace) ||
+        (claims.serviceAccount !== undefined && claims.serviceAccount !== fromSubject.serviceAccount))
+    ) {
+      return { kind: 'denied', reason: 'sub and the kubernetes.io claims name different service accounts' };
+    }
     const namespace = fromSubject?.namespace ?? claims.namespace;
     const serviceAccount = fromSubject?.serviceAccount ?? claims.serviceAccount;
     if (!namespace || !serviceAccount) {
       return { kind: 'denied', reason: 'the token names no service account (sub is not system:serviceaccount:<ns>:<sa> and there are no kubernetes.io claims)' };
     }
-    let identity: string;
+    let identity: WorkloadId;
     try {
-      identity = WorkloadId.of({ trustDomain: this.options.trustDomain, namespace, serviceAccount }).uri;
+      identity = WorkloadId.of({ trustDomain: this.options.trustDomain, namespace, serviceAccount });
     } catch (error) {
-      return { kind: 'denied', reason: `the service account cannot be expressed as a SPIFFE ID: ${(error as Error).message}` };
+      return { kind: 'denied', reason: `the kubernetes.io claims name no valid service account: ${(error as Error).message}` };
     }
     return {
       kind: 'ok',
       caller: {
         authenticator: this.name,
-        identities: [identity],
+        identity,
         subject: typeof payload.sub === 'string' ? payload.sub : `system:serviceaccount:${namespace}:${serviceAccount}`,
         kubernetes: {
           clusterId: this.options.localClusterId,

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import type { V1TokenReview } from '@kubernetes/client-node';
 import { WorkloadId } from '../pki/index.js';
 import { callWithDeadline, describeKubeError, type KubeCluster, type KubeClusters } from './kube-clusters.js';
-import { extractBearerToken, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
+import { extractBearerToken, isServiceAccountUsername, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
 
 export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
 export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
@@ -228,7 +228,15 @@ export class TokenReviewAuthenticator implements Authenticator {
     }
     const username = status.user?.username ?? '';
     const account = parseServiceAccountUsername(username);
-    if (!account) return { kind: 'denied', reason: `the token does not belong to a service account (user "${limit(username, 100)}")` };
+    if (!account) {
+      if (isServiceAccountUsername(username)) {
+        return {
+          kind: 'denied',
+          reason: `the token's user "${limit(username, 100)}" is not system:serviceaccount:<namespace>:<service account> with valid Kubernetes names`,
+        };
+      }
+      return { kind: 'denied', reason: `the token does not belong to a service account (user "${limit(username, 100)}")` };
+    }
     const groups = status.user?.groups ?? [];
     if (!groups.includes(SERVICE_ACCOUNTS_GROUP)) {
       return { kind: 'denied', reason: `the token's user is not in the group ${SERVICE_ACCOUNTS_GROUP}` };
@@ -240,9 +248,9 @@ export class TokenReviewAuthenticator implements Authenticator {
         reason: `token audiences ${JSON.stringify(granted)} do not include any of the CA's audiences ${JSON.stringify(this.options.audiences)}`,
       };
     }
-    let identity: string;
+    let identity: WorkloadId;
     try {
-      identity = WorkloadId.of({ trustDomain: this.options.trustDomain, namespace: account.namespace, serviceAccount: account.serviceAccount }).uri;
+      identity = WorkloadId.of({ trustDomain: this.options.trustDomain, namespace: account.namespace, serviceAccount: account.serviceAccount });
     } catch (error) {
       return { kind: 'denied', reason: `the service account cannot be expressed as a SPIFFE ID: ${(error as Error).message}` };
     }
@@ -252,7 +260,7 @@ export class TokenReviewAuthenticator implements Authenticator {
       kind: 'ok',
       caller: {
         authenticator: this.name,
-        identities: [identity],
+        identity,
         subject: username,
         kubernetes: {
           clusterId: cluster.id,

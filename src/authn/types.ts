@@ -2,6 +2,7 @@
  * What every authenticator sees and returns. Transport details (gRPC metadata, TLS sockets) are reduced to a
  * small request view so the authenticators can be tested and reused without a server.
  */
+import { isNamespaceName, isServiceAccountName, type WorkloadId } from '../pki/index.js';
 
 export type AuthenticatorName = 'client-cert' | 'tokenreview' | 'jwt';
 
@@ -18,8 +19,11 @@ export interface KubernetesCaller {
 /** An authenticated caller. */
 export interface Caller {
   authenticator: AuthenticatorName;
-  /** SPIFFE IDs the caller proved; the issued certificate carries these. */
-  identities: string[];
+  /**
+   * The workload identity the caller proved; the issued certificate carries exactly this one URI SAN. A
+   * WorkloadId can only be made by WorkloadId.of/parse, so no authenticator can format one from a raw string.
+   */
+  identity: WorkloadId;
   /** Who the caller is, for the audit log: a Kubernetes username, a JWT subject, or the client cert's URI SAN. */
   subject: string;
   kubernetes?: KubernetesCaller;
@@ -64,12 +68,22 @@ export class AuthenticationError extends Error {
 
 const SERVICE_ACCOUNT_PREFIX = 'system:serviceaccount:';
 
-/** Splits `system:serviceaccount:<ns>:<sa>`; null for anything else (users, nodes, malformed names). */
+/** Whether a Kubernetes username claims to be a service account (and so must parse as one). */
+export function isServiceAccountUsername(username: string): boolean {
+  return username.startsWith(SERVICE_ACCOUNT_PREFIX);
+}
+
+/**
+ * Splits `system:serviceaccount:<ns>:<sa>`; null for anything else: users, nodes, and names whose parts are not
+ * Kubernetes names (a '/', an extra ':', upper case, empty or over-long parts), which no API server issues.
+ */
 export function parseServiceAccountUsername(username: string): { namespace: string; serviceAccount: string } | null {
-  if (!username.startsWith(SERVICE_ACCOUNT_PREFIX)) return null;
-  const parts = username.split(':');
-  if (parts.length !== 4 || !parts[2] || !parts[3]) return null;
-  return { namespace: parts[2], serviceAccount: parts[3] };
+  if (!isServiceAccountUsername(username)) return null;
+  const parts = username.slice(SERVICE_ACCOUNT_PREFIX.length).split(':');
+  if (parts.length !== 2) return null;
+  const [namespace, serviceAccount] = parts as [string, string];
+  if (!isNamespaceName(namespace) || !isServiceAccountName(serviceAccount)) return null;
+  return { namespace, serviceAccount };
 }
 
 /** Istio's ExtractBearerToken: the value must start with exactly "Bearer " (capital B, one space). */

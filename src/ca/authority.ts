@@ -1,8 +1,8 @@
 /**
  * Signing policy, independent of transport and key source: the CSR must parse, verify and not ask for a CA;
- * the TTL is defaulted and bounded; SANs are the caller's proven identities, never the CSR's.
+ * the TTL is defaulted and bounded; the one URI SAN is the caller's proven WorkloadId, never the CSR's.
  */
-import { isPkiError, parseCsr, parseSpiffeId, verifyCsr, type ParsedCsr } from '../pki/index.js';
+import { isPkiError, parseCsr, verifyCsr, type ParsedCsr, type WorkloadId } from '../pki/index.js';
 import { CaError } from './errors.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
 
@@ -17,14 +17,22 @@ export interface AuthorityOptions {
 
 export interface IssueRequest {
   csrPem: string;
-  /** SPIFFE IDs the caller proved (or was allowed to impersonate). */
-  identities: readonly string[];
+  /** The workload identity the caller proved (or was allowed to impersonate); the leaf's only URI SAN. */
+  identity: WorkloadId;
   /** validity_duration from the request, in seconds; <= 0 means the default. */
   requestedTtlSeconds: number;
+  /**
+   * Never issue for longer than DEFAULT_WORKLOAD_CERT_TTL (a longer request is shortened, not refused). Used for
+   * renewals authenticated by a client certificate: a certificate, stolen or not, buys at most one default
+   * lifetime per renewal instead of MAX_WORKLOAD_CERT_TTL.
+   */
+  capAtDefaultTtl?: boolean;
 }
 
 export interface IssueResult extends SignedChain {
   ttlSeconds: number;
+  /** Set when capAtDefaultTtl shortened the TTL: what the request would otherwise have got. */
+  ttlCappedFromSeconds?: number;
 }
 
 export function formatSeconds(seconds: number): string {
@@ -67,25 +75,19 @@ export class CertificateAuthority {
   }
 
   async issue(request: IssueRequest): Promise<IssueResult> {
-    if (request.identities.length === 0) throw new CaError('CSR_ERROR', 'no identity to issue a certificate for');
-    for (const identity of request.identities) {
-      try {
-        parseSpiffeId(identity);
-      } catch (error) {
-        throw new CaError('CSR_ERROR', `caller identity is not a valid SPIFFE ID: ${(error as Error).message}`);
-      }
-    }
-    const ttlSeconds = this.ttlFor(request.requestedTtlSeconds);
+    const wantedTtlSeconds = this.ttlFor(request.requestedTtlSeconds);
+    const capped = request.capAtDefaultTtl === true && wantedTtlSeconds > this.options.defaultTtlSeconds;
+    const ttlSeconds = capped ? this.options.defaultTtlSeconds : wantedTtlSeconds;
     const csr = this.checkCsr(request.csrPem);
     const maxNotAfter = this.signer.maxNotAfter();
     if (maxNotAfter && maxNotAfter.getTime() <= this.now()) throw new CaError('CA_NOT_READY', 'CA certificate has expired');
     let signed: SignedChain;
     try {
-      signed = await this.signer.sign({ csrPem: request.csrPem, spkiDer: csr.spkiDer, uris: request.identities, ttlSeconds });
+      signed = await this.signer.sign({ csrPem: request.csrPem, spkiDer: csr.spkiDer, uris: [request.identity.uri], ttlSeconds });
     } catch (error) {
       if (error instanceof CaError) throw error;
       throw new CaError('CERT_GEN_ERROR', `failed to sign the certificate: ${(error as Error).message}`, { cause: error });
     }
-    return { ...signed, ttlSeconds };
+    return { ...signed, ttlSeconds, ...(capped ? { ttlCappedFromSeconds: wantedTtlSeconds } : {}) };
   }
 }

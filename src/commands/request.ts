@@ -17,7 +17,9 @@ import {
   parseKeySpec,
   spkiDer,
   verifyChain,
+  WorkloadId,
 } from '../pki/index.js';
+import { parseServiceAccountUsername } from '../authn/types.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { caChannelCredentials } from '../wire/ca-credentials.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
@@ -43,8 +45,8 @@ interface RequestFlags {
 function identityFromToken(token: string, trustDomain: string): string | undefined {
   try {
     const claims = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { sub?: unknown };
-    const match = typeof claims.sub === 'string' ? /^system:serviceaccount:([^:]+):([^:]+)$/.exec(claims.sub) : null;
-    return match ? `spiffe://${trustDomain}/ns/${match[1]}/sa/${match[2]}` : undefined;
+    const account = typeof claims.sub === 'string' ? parseServiceAccountUsername(claims.sub) : null;
+    return account ? WorkloadId.of({ trustDomain, ...account }).uri : undefined;
   } catch {
     return undefined;
   }

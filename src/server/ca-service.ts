@@ -8,6 +8,7 @@ import { AuthenticationError, type AuthRequest, type AuthenticatorChain, type Ca
 import { CaError, formatSeconds, type CaErrorCode, type CertificateAuthority } from '../ca/index.js';
 import { csrPublicKeyInfo, type IssuedChainChecker } from '../ca/issued-check.js';
 import type { Logger } from '../log.js';
+import type { WorkloadId } from '../pki/index.js';
 import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
 import type { CaMetrics } from './metrics.js';
 import type { PerIdentityRateLimiter } from './rate-limit.js';
@@ -190,14 +191,14 @@ function checkTokenSize(call: grpc.ServerUnaryCall<IstioCertificateRequest, unkn
 export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): IstioCaHandlers {
   const { authority, authenticators, impersonation, metrics, logger, rateLimiter, issuedCheck } = deps;
 
-  async function authorizeIdentities(caller: Caller, metadata: Record<string, unknown>): Promise<{ identities: string[]; impersonated: boolean }> {
+  async function authorizeIdentity(caller: Caller, metadata: Record<string, unknown>): Promise<{ identity: WorkloadId; impersonated: boolean }> {
     const requested = metadata.ImpersonatedIdentity;
-    if (requested === undefined || requested === null || requested === '') return { identities: caller.identities, impersonated: false };
+    if (requested === undefined || requested === null || requested === '') return { identity: caller.identity, impersonated: false };
     if (typeof requested !== 'string') {
       throw new RequestError(grpc.status.UNAUTHENTICATED, `${IMPERSONATION_FAILURE}: ImpersonatedIdentity must be a string`);
     }
     const verdict = await impersonation.authorize(caller, requested);
-    if (verdict.kind === 'ok') return { identities: [verdict.identity], impersonated: true };
+    if (verdict.kind === 'ok') return { identity: verdict.identity, impersonated: true };
     const code = verdict.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED;
     throw new RequestError(code, `${IMPERSONATION_FAILURE}: ${verdict.reason}`);
   }
@@ -220,7 +221,7 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
       throw error;
     }
     // Limited per proven identity, before any further API call or signing is spent on the caller.
-    const rateKey = caller.identities.join(',') || caller.subject;
+    const rateKey = caller.identity.uri;
     if (rateLimiter && !rateLimiter.take(rateKey)) {
       metrics.rateLimited.inc();
       logger.info({ clientAddress, caller: rateKey, perMinute: rateLimiter.perMinute }, 'CSR request refused: rate limit');
@@ -235,10 +236,10 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
     if (typeof metadata.CertSigner === 'string' && metadata.CertSigner !== '') {
       logger.debug({ clientAddress, certSigner: metadata.CertSigner }, 'CertSigner metadata ignored: this CA signs itself');
     }
-    let identities: string[];
+    let identity: WorkloadId;
     let impersonated: boolean;
     try {
-      ({ identities, impersonated } = await authorizeIdentities(caller, metadata));
+      ({ identity, impersonated } = await authorizeIdentity(caller, metadata));
     } catch (error) {
       metrics.authenticationFailures.inc();
       logger.info({ clientAddress, caller: caller.subject, reason: (error as Error).message }, 'CSR request refused: impersonation not allowed');
@@ -247,11 +248,18 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
     const started = process.hrtime.bigint();
     try {
       const bundleBefore = authority.signer.trustBundlePem();
-      const issued = await authority.issue({ csrPem: request.csr, identities, requestedTtlSeconds: requestedTtl });
+      const issued = await authority.issue({
+        csrPem: request.csr,
+        identity,
+        requestedTtlSeconds: requestedTtl,
+        // A renewal by client certificate gets at most DEFAULT_WORKLOAD_CERT_TTL (shortened, not refused, so an
+        // istio-agent asking for a longer SECRET_TTL keeps working); tokens may ask up to MAX_WORKLOAD_CERT_TTL.
+        capAtDefaultTtl: caller.authenticator === 'client-cert',
+      });
       if (issuedCheck) {
         try {
           issuedCheck.check(issued, {
-            identities,
+            identities: [identity.uri],
             spkiDer: csrPublicKeyInfo(request.csr),
             advertisedBundles: [bundleBefore, authority.signer.trustBundlePem()],
             // Lets the check recognise the in-process LocalSigner, whose RSA leaves need no verify each.
@@ -260,7 +268,7 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
         } catch (error) {
           // Not the caller's fault: the key source produced something wrong. Say so loudly, hand out nothing.
           metrics.issuedChainRejected.inc();
-          logger.error({ clientAddress, caller: caller.subject, spiffeId: identities.join(','), err: (error as Error).message }, 'withholding a signed certificate that failed the final check');
+          logger.error({ clientAddress, caller: caller.subject, spiffeId: identity.uri, err: (error as Error).message }, 'withholding a signed certificate that failed the final check');
           throw error;
         }
       }
@@ -270,14 +278,15 @@ export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): 
         {
           audit: true,
           caller: caller.subject,
-          callerIdentities: caller.identities,
+          callerIdentity: caller.identity.uri,
           authenticator: caller.authenticator,
           ...(caller.kubernetes ? { cluster: caller.kubernetes.clusterId } : {}),
-          spiffeId: identities.join(','),
+          spiffeId: identity.uri,
           impersonated,
           serial: issued.serialHex,
           notAfter: issued.notAfter.toISOString(),
           ttlSeconds: issued.ttlSeconds,
+          ...(issued.ttlCappedFromSeconds !== undefined ? { ttlCappedFromSeconds: issued.ttlCappedFromSeconds } : {}),
           clientAddress,
         },
         'certificate issued',

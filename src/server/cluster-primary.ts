@@ -20,7 +20,7 @@ import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
 import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
-import { NOTICES, PRIMARY_CALLS, WORKER_CALLS, type ReviewParams } from './cluster-worker.js';
+import { encodeReviewOutcome, NOTICES, PRIMARY_CALLS, WORKER_CALLS, type ReviewParams } from './cluster-worker.js';
 import { buildKubeClusters, describeCa, formatHostPort, logReady, podCacheOptions, startMonitoring, tokenReviewAuthenticator } from './index.js';
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
@@ -86,7 +86,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
       case WORKER_CALLS.review: {
         const { clusterId, token } = params as ReviewParams;
         if (!tokenReviews) return { kind: 'denied', reason: 'no Kubernetes cluster is configured for TokenReview' } satisfies AuthOutcome;
-        return await tokenReviews.reviewToken(clusterId, token);
+        return encodeReviewOutcome(await tokenReviews.reviewToken(clusterId, token));
       }
       case WORKER_CALLS.checkNode: {
         if (!podCaches) return { kind: 'denied', reason: 'node impersonation is not enabled (CA_TRUSTED_NODE_ACCOUNTS is empty)' } satisfies NodeCheckVerdict;

@@ -6,11 +6,12 @@
  * requests for its metrics. It lives as long as the primary: when the channel closes, it stops.
  */
 import type { Registry } from 'prom-client';
-import type { AuthOutcome, NodeCheckRequest, NodeCheckVerdict } from '../authn/index.js';
+import type { AuthOutcome, AuthenticatorName, Caller, KubernetesCaller, NodeCheckRequest, NodeCheckVerdict } from '../authn/index.js';
 import { SnapshotSigner, type SignerSnapshot } from '../ca/snapshot-signer.js';
 import type { SignedChain, WorkloadSignRequest } from '../ca/signer.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Logger } from '../log.js';
+import { WorkloadId } from '../pki/index.js';
 import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
 import { startCaServer, type CaServer } from './index.js';
 
@@ -22,6 +23,61 @@ export const NOTICES = { listening: 'listening', fatal: 'fatal', snapshot: 'snap
 export interface ReviewParams {
   clusterId: string;
   token: string;
+}
+
+/**
+ * A TokenReview verdict as it crosses from the primary to a worker. A WorkloadId does not survive the structured
+ * clone of the IPC channel as one (only its fields would), so it travels as its URI and the worker parses it
+ * again with WorkloadId.parse: an identity is never rebuilt from a plain object.
+ */
+export type ReviewOutcomeMessage =
+  | { kind: 'ok'; caller: Omit<Caller, 'identity'> & { identity: string } }
+  | Exclude<AuthOutcome, { kind: 'ok' }>;
+
+export function encodeReviewOutcome(outcome: AuthOutcome): ReviewOutcomeMessage {
+  if (outcome.kind !== 'ok') return outcome;
+  return { kind: 'ok', caller: { ...outcome.caller, identity: outcome.caller.identity.uri } };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+const AUTHENTICATOR_NAMES: readonly AuthenticatorName[] = ['client-cert', 'tokenreview', 'jwt'];
+
+function decodeKubernetesCaller(value: unknown): KubernetesCaller | undefined {
+  if (!isRecord(value)) return undefined;
+  const { clusterId, namespace, serviceAccount, podName, podUid } = value;
+  if (typeof clusterId !== 'string' || typeof namespace !== 'string' || typeof serviceAccount !== 'string') return undefined;
+  if ((podName !== undefined && typeof podName !== 'string') || (podUid !== undefined && typeof podUid !== 'string')) return undefined;
+  return { clusterId, namespace, serviceAccount, ...(podName !== undefined ? { podName } : {}), ...(podUid !== undefined ? { podUid } : {}) };
+}
+
+/** Reads the primary's answer strictly; anything malformed fails closed as `unavailable`. */
+export function decodeReviewOutcome(value: unknown, trustDomain: string): AuthOutcome {
+  const malformed = (why: string): AuthOutcome => ({ kind: 'unavailable', reason: `the token could not be reviewed: the CA primary's answer ${why}` });
+  if (!isRecord(value)) return malformed('is not an object');
+  const { kind } = value;
+  if (kind === 'skip' || kind === 'denied' || kind === 'unavailable') {
+    return typeof value.reason === 'string' ? { kind, reason: value.reason } : malformed('has no reason');
+  }
+  if (kind !== 'ok' || !isRecord(value.caller)) return malformed('has no verdict');
+  const { authenticator, identity, subject, kubernetes } = value.caller;
+  if (typeof authenticator !== 'string' || !AUTHENTICATOR_NAMES.includes(authenticator as AuthenticatorName)) return malformed('names no authenticator');
+  if (typeof identity !== 'string' || typeof subject !== 'string') return malformed('has no identity or subject');
+  let workload: WorkloadId;
+  try {
+    workload = WorkloadId.parse(identity);
+  } catch (error) {
+    return malformed(`names no valid workload identity: ${(error as Error).message}`);
+  }
+  if (workload.trustDomain !== trustDomain) return malformed(`is for trust domain "${workload.trustDomain}", not "${trustDomain}"`);
+  const k8s = kubernetes === undefined ? undefined : decodeKubernetesCaller(kubernetes);
+  if (kubernetes !== undefined && !k8s) return malformed('has malformed Kubernetes facts');
+  return {
+    kind: 'ok',
+    caller: { authenticator: authenticator as AuthenticatorName, identity: workload, subject, ...(k8s ? { kubernetes: k8s } : {}) },
+  };
 }
 
 export async function runCaWorker(options: { config: CaServerConfig; logger: Logger; registry: Registry }): Promise<void> {
@@ -79,7 +135,8 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
       registry,
       worker: {
         reviewToken: (clusterId: string, token: string) =>
-          peer.call<AuthOutcome>(WORKER_CALLS.review, { clusterId, token } satisfies ReviewParams).catch(
+          peer.call<unknown>(WORKER_CALLS.review, { clusterId, token } satisfies ReviewParams).then(
+            (answer): AuthOutcome => decodeReviewOutcome(answer, config.trustDomain),
             (error: unknown): AuthOutcome => ({ kind: 'unavailable', reason: `the token could not be reviewed: ${(error as Error).message}` }),
           ),
         checkNode: (request: NodeCheckRequest) =>

@@ -202,7 +202,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const clusters = buildKubeClusters(config, env, logger);
   const authenticators: Authenticator[] = [];
-  if (!config.plaintext) authenticators.push(new ClientCertAuthenticator());
+  if (!config.plaintext) authenticators.push(new ClientCertAuthenticator({ trustDomain: config.trustDomain }));
   if (clusters.size > 0) {
     const worker = options.worker;
     authenticators.push(tokenReviewAuthenticator(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined));

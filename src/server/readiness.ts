@@ -29,19 +29,19 @@ export class ReadinessProbe {
   private lastError: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
-  private readonly identity: string;
+  private readonly identity: WorkloadId;
   private readonly intervalMs: number;
   private readonly freshnessMs: number;
 
   constructor(private readonly options: ReadinessOptions) {
-    this.identity = WorkloadId.of({ trustDomain: options.trustDomain, namespace: 'istio-system', serviceAccount: 'meshca-readiness-probe' }).uri;
+    this.identity = WorkloadId.of({ trustDomain: options.trustDomain, namespace: 'istio-system', serviceAccount: 'meshca-readiness-probe' });
     this.intervalMs = options.intervalMs ?? 3000;
     this.freshnessMs = options.freshnessMs ?? 10_000;
   }
 
   async start(): Promise<void> {
     const keys = await generateKeyPairForAsync('ec-p256');
-    this.csrPem = createCsr({ privateKey: keys.privateKey, uris: [this.identity] });
+    this.csrPem = createCsr({ privateKey: keys.privateKey, uris: [this.identity.uri] });
     await this.probe();
     this.timer = setInterval(() => void this.probe(), this.intervalMs);
     this.timer.unref();
@@ -62,7 +62,7 @@ export class ReadinessProbe {
   private async runProbe(): Promise<void> {
     if (!this.csrPem) return;
     try {
-      const issued = await this.options.authority.issue({ csrPem: this.csrPem, identities: [this.identity], requestedTtlSeconds: 60 });
+      const issued = await this.options.authority.issue({ csrPem: this.csrPem, identity: this.identity, requestedTtlSeconds: 60 });
       const chain = issued.chain;
       const leaf = parseCertificate(issued.leafDer);
       const intermediates = chain.slice(1, -1).flatMap((pem) => certificatesFromPem(pem)).map(parseCertificate);

@@ -326,7 +326,7 @@ export function registerIssuanceProperties(budget: FuzzBudget): void {
             const bundle = signer.trustBundlePem();
             let issued;
             try {
-              issued = await authority.issue({ csrPem, identities: [caller], requestedTtlSeconds: ttl });
+              issued = await authority.issue({ csrPem, identity: WorkloadId.parse(caller), requestedTtlSeconds: ttl });
             } catch (error) {
               assert.ok(error instanceof CaError, `expected a CaError, got ${String(error)}`);
               assert.ok(['CSR_ERROR', 'TTL_ERROR'].includes(error.code), error.message);
@@ -436,7 +436,7 @@ export function registerJwtProperties(budget: FuzzBudget): void {
           fc.asyncProperty(tokenArbitrary, async (candidate) => {
             const outcome = await authenticator.authenticate({ header: (name) => (name === 'authorization' ? `Bearer ${candidate}` : undefined) });
             if (outcome.kind === 'ok') {
-              assert.deepEqual(outcome.caller.identities, [owner], `token ${candidate} authenticated someone else`);
+              assert.equal(outcome.caller.identity.uri, owner, `token ${candidate} authenticated someone else`);
               return;
             }
             assert.ok(outcome.kind === 'denied' || outcome.kind === 'skip', `${outcome.kind}: ${'reason' in outcome ? outcome.reason : ''}`);

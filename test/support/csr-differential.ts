@@ -26,7 +26,7 @@ import { AsnConvert } from '@peculiar/asn1-schema';
 import { Certificate } from '@peculiar/asn1-x509';
 import fc from 'fast-check';
 import { buildCaMaterial, CaError, CertificateAuthority, LocalSigner } from '../../src/ca/index.js';
-import { createCaCertificate, createCsr, encodePem, generateKeyPairFor, isPkiError, parseCertificate } from '../../src/pki/index.js';
+import { createCaCertificate, createCsr, encodePem, generateKeyPairFor, isPkiError, parseCertificate, WorkloadId } from '../../src/pki/index.js';
 import { makeTempDir } from './process.js';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -440,6 +440,7 @@ export interface Differential {
 }
 
 const IDENTITY = 'spiffe://cluster.local/ns/default/sa/fuzz';
+const WORKLOAD = WorkloadId.parse(IDENTITY);
 
 export function createDifferential(options: { opensslSamples: number; refusalSamples: number }): Differential {
   const temp = makeTempDir('meshca-csr-diff-');
@@ -482,7 +483,7 @@ export function createDifferential(options: { opensslSamples: number; refusalSam
     stats.inputs++;
     let chain: string[] | undefined;
     try {
-      chain = (await authority.issue({ csrPem: encodePem('CERTIFICATE REQUEST', der), identities: [IDENTITY], requestedTtlSeconds: 0 })).chain;
+      chain = (await authority.issue({ csrPem: encodePem('CERTIFICATE REQUEST', der), identity: WORKLOAD, requestedTtlSeconds: 0 })).chain;
     } catch (error) {
       assert.ok(error instanceof CaError && error.code === 'CSR_ERROR' && isPkiError(error.cause), `refusal is not a CSR_ERROR from a PkiError (${(error as Error).message}) for ${what}`);
       stats.refused++;
