@@ -22,7 +22,7 @@ import {
   verifyCsr,
 } from '../src/pki/index.js';
 import { istioCaService, structToObject, type IstioCertificateRequest, type SdsClient } from '../src/wire/protos.js';
-import { decodeSecret, memoryLogger, metricValue, RawSotwStream, tempDir } from './agent-helpers.js';
+import { decodeSecret, memoryLogger, metricValue, RawSotwStream, tempDir, wireToken } from './agent-helpers.js';
 
 const SERVER_NAME = 'ca.meshca-test.svc';
 
@@ -102,7 +102,7 @@ describe('the agent as a CA client', () => {
     stream.close();
     assert.equal(secret.spiffeId, 'spiffe://cluster.local/ns/shop/sa/client-test');
     const call = seen.at(-1)!;
-    assert.equal(call.metadata.authorization, 'Bearer workload-token-1');
+    assert.equal(call.metadata.authorization, `Bearer ${wireToken('workload-token-1')}`);
     assert.equal(call.metadata.clusterid, 'Kubernetes');
     assert.equal(call.metadata['x_tenant'], 'blue');
     assert.equal(call.request.validity_duration, '3600');
