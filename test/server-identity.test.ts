@@ -157,7 +157,7 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     const run = (port: number): { status: number | null; stderr: string } => {
       const result = spawnSync(
         process.execPath,
-        [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), '--server-name', SERVER_NAME, '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '3s'],
+        [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), '--server-name', SERVER_NAME, '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '15s'],
         { encoding: 'utf8' },
       );
       return { status: result.status, stderr: result.stderr };
