@@ -27,7 +27,8 @@ export {
   type NodeCheckVerdict,
 } from './impersonation.js';
 export { PodCache, podIsLive, systemClock, type CachedPod, type Clock, type PodSource } from './pod-cache.js';
-export { KubeClusters, callWithDeadline, type KubeCluster } from './kube-clusters.js';
+export { KubeClusters, type KubeCluster } from './kube-clusters.js';
+export { callWithDeadline } from '../kube/api.js';
 export * from './types.js';
 
 /** Istio's message for a request no authenticator accepted. */

@@ -9,7 +9,7 @@
  * cache cut off from its API server stops vouching for pods instead of serving an ever older picture.
  */
 import { Watch, type CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
-import { callWithDeadline, describeKubeError } from './kube-clusters.js';
+import { callWithDeadline, describeKubeError } from '../kube/api.js';
 
 /** The fields of a pod that identity checks use. */
 export interface CachedPod {

@@ -33,7 +33,7 @@ import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
 import { LOG_LEVELS } from '../log.js';
 import { bad, ConfigError, raw, readAddress, readDuration, readEnum, readInteger, readList, readString, type Env } from './env.js';
-import { kubeConfigAvailable } from './kube.js';
+import { kubeConfigAvailable } from '../kube/config.js';
 
 export interface ListenAddress {
   host: string;

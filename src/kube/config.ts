@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { KubeConfig, type Watch } from '@kubernetes/client-node';
-import { ConfigError, type Env } from './env.js';
+import { ConfigError, type Env } from '../config/env.js';
 
 /** Where the configuration came from, for log lines and error messages. */
 export type KubeConfigOrigin = { kind: 'file'; path: string } | { kind: 'env'; path: string } | { kind: 'in-cluster' };
