@@ -12,9 +12,9 @@ import { fileURLToPath } from 'node:url';
 const SRC = fileURLToPath(new URL('../src/', import.meta.url));
 
 /**
- * Each part of src/ and the parts it may import. A part is a folder, except that `config/` is three: its readers
- * (`config/env.ts`, a leaf every layer may use) and the two command-level assemblies, which sit above what they
- * configure.
+ * Each part of src/ and the parts it may import. A part is a folder, except that each file of `config/` is a part of its own:
+ * its readers (`config/env.ts`, a leaf every layer may use), the flag definitions (`config/flags.ts`) and the two
+ * command-level assemblies (`config/ca.ts`, `config/agent.ts`), which sit above what they configure.
  */
 const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   util: [],
@@ -25,11 +25,12 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   kube: ['config/env'],
   authn: ['pki', 'kube', 'config/env', 'util', 'log'],
   ca: ['pki', 'kube', 'config/env', 'util', 'log'],
-  'config/agent': ['config/env'],
-  'config/ca': ['config/env', 'kube', 'authn', 'ca', 'log'],
+  'config/flags': ['config/env', 'log'],
+  'config/agent': ['config/env', 'config/flags'],
+  'config/ca': ['config/env', 'config/flags', 'kube', 'authn', 'ca', 'log'],
   agent: ['pki', 'wire', 'config/env', 'config/agent', 'util', 'log'],
   server: ['pki', 'wire', 'kube', 'authn', 'ca', 'config/env', 'config/ca', 'util', 'log'],
-  commands: ['pki', 'wire', 'kube', 'authn', 'ca', 'agent', 'server', 'config/env', 'config/agent', 'config/ca', 'util', 'log'],
+  commands: ['pki', 'wire', 'kube', 'authn', 'ca', 'agent', 'server', 'config/env', 'config/flags', 'config/agent', 'config/ca', 'util', 'log'],
   cli: ['commands', 'log', 'config/env'],
 };
 

@@ -9,7 +9,8 @@ import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readAgentConfig, startAgent } from '../agent/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
-import { addLogLevelOption, readCaServerConfig, readLogLevel, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { CA_SERVER_FLAGS, KEY_SOURCE_ENV_ONLY, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { addEnvOnlyHelp, addFlag, addLogLevelOption, readLogLevel } from '../config/flags.js';
 import type { Env } from '../config/env.js';
 import { createLogger, type Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
@@ -194,8 +195,9 @@ export function registerDevCommand(program: Command): void {
     .command('dev')
     .description(COMMAND_DESCRIPTIONS.dev);
   addKeySourceOptions(command);
-  if (!command.options.some((o) => o.long === '--trust-domain')) command.option('--trust-domain <domain>', 'SPIFFE trust domain (env TRUST_DOMAIN)');
+  if (!command.options.some((o) => o.long === '--trust-domain')) addFlag(command, CA_SERVER_FLAGS.trustDomain);
   addLogLevelOption(command);
+  addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')
     .option('--monitoring-addr <host:port>', 'monitoring HTTP listen address', '127.0.0.1:15014')
