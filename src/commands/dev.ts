@@ -63,7 +63,7 @@ function dialHost(host: string): string {
 }
 
 /** The CA with the self-signed root in the state directory, trusting the dev JWT issuer; no TokenReview. */
-export const devCaComponent: DevComponent = {
+const devCaComponent: DevComponent = {
   name: 'ca',
   async start(context) {
     const { logger, flags, stateDir } = context;
@@ -132,7 +132,7 @@ export const devCaComponent: DevComponent = {
 };
 
 /** The node agent, serving SDS on a socket in the state directory and getting certificates from the dev CA. */
-export const devAgentComponent: DevComponent = {
+const devAgentComponent: DevComponent = {
   name: 'agent',
   async start(context) {
     const ca = context.ca!;
@@ -161,14 +161,14 @@ export const devAgentComponent: DevComponent = {
 };
 
 /** Components in start order. */
-export const DEV_COMPONENTS: DevComponent[] = [devCaComponent, devAgentComponent];
+const DEV_COMPONENTS: DevComponent[] = [devCaComponent, devAgentComponent];
 
 function shellQuote(text: string): string {
   return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
 }
 
 /** The copy-paste example: a token from the dev issuer, a certificate for it, and a look at the result. */
-export function exampleCommands(context: DevContext, cli: string): string[] {
+function exampleCommands(context: DevContext, cli: string): string[] {
   const ca = context.ca!;
   const state = context.stateDir;
   const tokenFile = path.join(state, 'demo.jwt');
@@ -184,7 +184,7 @@ export function exampleCommands(context: DevContext, cli: string): string[] {
 }
 
 /** The same identity through the node agent, as an Envoy would get it over SDS. */
-export function sdsExampleCommands(context: DevContext, cli: string): string[] {
+function sdsExampleCommands(context: DevContext, cli: string): string[] {
   const socket = context.flags.sdsSocket ?? path.join(context.stateDir, 'sds.sock');
   const q = shellQuote;
   return [`${cli} fetch --sds-socket ${q(socket)} --token-file ${q(path.join(context.stateDir, 'demo.jwt'))} --resource default --resource ROOTCA`];

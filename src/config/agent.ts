@@ -19,14 +19,14 @@ import {
 } from './env.js';
 import { sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
 
-export const AGENT_MODES = ['node', 'sidecar'] as const;
+const AGENT_MODES = ['node', 'sidecar'] as const;
 export type AgentMode = (typeof AGENT_MODES)[number];
 
 export const DEFAULT_SDS_SOCKET = './var/run/secrets/workload-spiffe-uds/socket';
-export const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
-export const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
-export const DEFAULT_CA_ADDR = 'localhost:15012';
-export const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
+const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
+const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
+const DEFAULT_CA_ADDR = 'localhost:15012';
+const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
 /**
  * Sidecar mode: where file-cert:/file-root: resources may be read from unless --file-resource-dirs says otherwise.
  * The places Istio mounts certificates in a proxy container: /etc/certs (Istio's file-mounted workload certs and

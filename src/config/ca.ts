@@ -79,8 +79,8 @@ export interface CaServerFlags extends KeySourceFlags {
   workers?: string;
 }
 
-export const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
-export const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
+const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
+const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
 
 /** Every flag of `meshca ca` other than the key source's (those are the key source's own, see src/ca). */
 export const CA_SERVER_FLAGS = {
@@ -208,7 +208,7 @@ function readDnsNames(flags: readonly string[] | undefined, env: Env): string[] 
   return [...new Set(names.map((n) => n.toLowerCase()))];
 }
 
-export const MAX_CA_WORKERS = 64;
+const MAX_CA_WORKERS = 64;
 
 /** --workers / MESHCA_CA_WORKERS: a count, or `auto` for the CPUs this process may use (its cgroup quota, if any). */
 function readWorkers(flagValue: string | undefined, env: Env): number {

@@ -51,7 +51,7 @@ export function envOfOption(option: Option): readonly string[] | undefined {
 }
 
 /** A commander Option whose help line ends with `(env: NAME; default: X)`. */
-export function flagOption(spec: FlagSpec): Option {
+function flagOption(spec: FlagSpec): Option {
   const notes: string[] = [];
   if (spec.env && spec.env.length > 0) notes.push(`env: ${spec.env.join(', ')}`);
   if (spec.defaultText !== undefined) notes.push(`default: ${spec.defaultText}`);
@@ -77,7 +77,7 @@ export function addEnvOnlyHelp(command: Command, title: string, specs: readonly 
   return command.addHelpText('after', `\n${title}:\n${lines.join('\n')}`);
 }
 
-export const LOG_LEVEL_FLAG: FlagSpec = { flags: '--log-level <level>', description: `log level: ${LOG_LEVELS.join(' | ')}`, env: ['MESHCA_LOG_LEVEL'], defaultText: 'info' };
+const LOG_LEVEL_FLAG: FlagSpec = { flags: '--log-level <level>', description: `log level: ${LOG_LEVELS.join(' | ')}`, env: ['MESHCA_LOG_LEVEL'], defaultText: 'info' };
 
 function hasOption(command: Command, long: string): boolean {
   return command.options.some((o) => o.long === long);

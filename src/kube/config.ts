@@ -20,7 +20,7 @@ export interface LoadedKubeConfig {
 const IN_CLUSTER_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
 /** True when running in a pod that has the API server's address and a service-account token mounted. */
-export function inCluster(env: Env = process.env): boolean {
+function inCluster(env: Env = process.env): boolean {
   return Boolean(env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT && existsSync(IN_CLUSTER_TOKEN));
 }
 
