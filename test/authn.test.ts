@@ -25,7 +25,7 @@ import {
 import { DEV_ISSUER, DevIssuerError, DevTokenIssuer } from '../src/authn/dev-issuer.js';
 import { addCaServerOptions, readCaServerConfig, type CaServerFlags } from '../src/config/ca.js';
 import { ConfigError } from '../src/config/env.js';
-import { loadKubeConfig } from '../src/config/kube.js';
+import { loadKubeConfig } from '../src/kube/config.js';
 import { WorkloadId } from '../src/pki/index.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { makeTempDir } from './support/process.js';

@@ -30,7 +30,7 @@ import type { Registry } from 'prom-client';
 import type { Logger } from '../log.js';
 import { parseKeySpec, type KeySpec } from '../pki/index.js';
 import { ConfigError, readBoolean, readDuration, readEnum, readInteger, readString, type Env } from '../config/env.js';
-import { loadKubeConfig } from '../config/kube.js';
+import { loadKubeConfig } from '../kube/config.js';
 import { cacertsDirHoldsFiles, openCacertsSigner } from './cacerts.js';
 import { KubeSecretCaStore } from './kube-store.js';
 import { ManagedLocalSigner } from './managed-signer.js';

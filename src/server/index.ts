@@ -21,7 +21,7 @@ import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/
 import { IssuedChainChecker } from '../ca/issued-check.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
-import { loadKubeConfigWithOrigin } from '../config/kube.js';
+import { loadKubeConfigWithOrigin } from '../kube/config.js';
 import type { Logger } from '../log.js';
 import { istioCaService } from '../wire/protos.js';
 import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca-service.js';
