@@ -38,11 +38,11 @@ const LONGEST_FIRST = [
   'manifests.test.ts',
   'ca-dev.test.ts',
   'agent-security.test.ts',
-  'agent-rotation-e2e.test.ts',
   'authn.test.ts',
   'standins.test.ts',
   'cacerts-cli.test.ts',
   'cli.test.ts',
+  'agent-rotation-e2e.test.ts',
 ];
 
 function ordered(files: string[]): string[] {
