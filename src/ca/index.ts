@@ -42,7 +42,7 @@ import type { WorkloadSigner } from './signer.js';
 import { DEFAULT_VAULT_JWT_FILE, openVaultSigner, readVaultConfig, VaultRoleSigner, type VaultConfig, type VaultFlags } from './vault.js';
 
 export { CertificateAuthority, formatSeconds, type AuthorityOptions, type IssueRequest, type IssueResult } from './authority.js';
-export { CaError, CaConfigError, type CaErrorCode } from './errors.js';
+export { CaError, CaConfigError, WithheldChainError, type CaErrorCode } from './errors.js';
 export { LocalSigner } from './local-signer.js';
 export { ManagedLocalSigner } from './managed-signer.js';
 export { buildCaMaterial, fingerprint, type CaMaterial } from './material.js';

@@ -18,7 +18,6 @@ import {
   type NodeCheck,
 } from '../authn/index.js';
 import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/index.js';
-import { IssuedChainChecker } from '../ca/issued-check.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import { loadKubeConfigWithOrigin } from '../config/kube.js';
@@ -269,7 +268,6 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
           metrics,
           logger,
           rateLimiter,
-          issuedCheck: new IssuedChainChecker(),
           maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
         },
         inFlight,
