@@ -163,3 +163,17 @@ export class IpcPeer<Out extends CallMap, In extends CallMap, OutNotices extends
     }
   }
 }
+
+/** The primary's end of the channel to one worker. */
+export function primaryPeer(
+  send: (message: IpcMessage) => void,
+  handlers: CallHandlers<PrimaryMethods>,
+  onNotice: (notice: Notice<WorkerNotices>) => void,
+): PrimaryPeer {
+  return new IpcPeer(send, handlers, onNotice);
+}
+
+/** A worker's end of the channel to its primary. */
+export function workerPeer(send: (message: IpcMessage) => void, handlers: CallHandlers<WorkerMethods>, onNotice: (notice: Notice<PrimaryNotices>) => void): WorkerPeer {
+  return new IpcPeer(send, handlers, onNotice);
+}

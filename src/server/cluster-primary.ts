@@ -19,16 +19,7 @@ import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
-import {
-  IpcPeer,
-  type CallHandlers,
-  type IpcMessage,
-  type PrimaryMethods,
-  type PrimaryNotices,
-  type PrimaryPeer,
-  type WorkerMethods,
-  type WorkerNotices,
-} from './cluster-ipc.js';
+import { primaryPeer, type CallHandlers, type IpcMessage, type PrimaryMethods, type PrimaryPeer } from './cluster-ipc.js';
 import { encodeReviewOutcome } from './cluster-worker.js';
 import { authenticatorNames, createAuthority, tokenReviewAuthenticator } from './assembly.js';
 import { buildKubeClusters, describeCa, formatHostPort, logReady, podCacheOptions, startMonitoring } from './index.js';
@@ -104,7 +95,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   const fork = (slot: Slot): Promise<void> =>
     new Promise<void>((resolve, reject) => {
       const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(slot.index) });
-      const peer: PrimaryPeer = new IpcPeer<WorkerMethods, PrimaryMethods, PrimaryNotices, WorkerNotices>((message: IpcMessage) => worker.send(message), answerWorker, (notice) => {
+      const peer = primaryPeer((message: IpcMessage) => worker.send(message), answerWorker, (notice) => {
         switch (notice.name) {
           case 'listening':
             slot.listening = true;

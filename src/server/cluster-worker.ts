@@ -11,7 +11,7 @@ import { SnapshotSigner } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Logger } from '../log.js';
 import { WorkloadId } from '../pki/index.js';
-import { IpcPeer, type IpcMessage, type PrimaryMethods, type PrimaryNotices, type WorkerMethods, type WorkerNotices, type WorkerPeer } from './cluster-ipc.js';
+import { workerPeer, type IpcMessage } from './cluster-ipc.js';
 import { startCaServer, type CaServer } from './index.js';
 
 /**
@@ -85,7 +85,7 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
       process.exit(code);
     })());
 
-  const peer: WorkerPeer = new IpcPeer<PrimaryMethods, WorkerMethods, WorkerNotices, PrimaryNotices>((message: IpcMessage) => send(message), { metrics: () => registry.getMetricsAsJSON() }, (notice) => {
+  const peer = workerPeer((message: IpcMessage) => send(message), { metrics: () => registry.getMetricsAsJSON() }, (notice) => {
     switch (notice.name) {
       case 'snapshot':
         try {
