@@ -2,7 +2,8 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'bench/results/', '.meshca/'] },
+  // src/wire/generated/ is proto-loader-gen-types output (npm run gen:proto), checked by test/proto-generated.test.ts.
+  { ignores: ['dist/', 'node_modules/', 'bench/results/', '.meshca/', 'src/wire/generated/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -28,7 +28,7 @@ function isCommandName(name: string | undefined): name is CommandName {
  * The program for `argv`: the command being run is loaded whole; the others are only named (with their
  * descriptions, for `meshca --help`), so that a node agent does not carry the CA's modules in memory.
  */
-export async function buildProgram(argv: readonly string[] = process.argv): Promise<Command> {
+async function buildProgram(argv: readonly string[] = process.argv): Promise<Command> {
   const program = new Command();
   program
     .name('meshca')
@@ -46,7 +46,7 @@ export async function buildProgram(argv: readonly string[] = process.argv): Prom
 }
 
 /** Prints `meshca: <message>` and exits non-zero. Stack traces only with MESHCA_DEBUG=1. */
-export function exitWithError(error: unknown): never {
+function exitWithError(error: unknown): never {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`meshca: ${message}\n`);
   if (process.env.MESHCA_DEBUG === '1' && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);

@@ -19,7 +19,7 @@ export interface LoggerOptions {
 // Anything that looks like key material is cut from log records, whatever field it hides in.
 const KEY_PEM = /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)/g;
 
-export function redactKeyMaterial(text: string): string {
+function redactKeyMaterial(text: string): string {
   return text.includes('PRIVATE KEY-----') ? text.replace(KEY_PEM, '[redacted private key]') : text;
 }
 
@@ -83,7 +83,7 @@ function censorNested(value: unknown): unknown {
  * A log record (or a child logger's bindings) as it may be printed: credential fields censored by name and key
  * material cut from every string (`redactValue`), copying only what changes.
  */
-export function redactRecord(record: Record<string, unknown>): Record<string, unknown> {
+function redactRecord(record: Record<string, unknown>): Record<string, unknown> {
   let copy: Record<string, unknown> | undefined;
   for (const [key, value] of Object.entries(record)) {
     const redacted = CENSORED.has(key) && value !== undefined ? CENSOR : censorNested(redactValue(value, 1));

@@ -185,7 +185,9 @@ describe('agent and CA killed with SIGKILL (real binaries)', () => {
       }
     })();
     try {
-      await new Promise((resolve) => setTimeout(resolve, 1000));
+      // The kill comes once a new workload has been served by the live CA (an event, not a fixed second).
+      await eventually(() => arrivals.length > 0, 'the first new workload to ask', 20_000);
+      await arrivals[0];
       await ca!.proc.stop('SIGKILL');
       const killedAt = Date.now();
       ca = null;

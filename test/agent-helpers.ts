@@ -241,14 +241,13 @@ export interface DecodedSecret {
 export function decodeSecret(any: { type_url: string; value: Buffer }): DecodedSecret {
   const secret = decodeSecretAny(any);
   if (secret.type === 'tls_certificate') {
-    const chainPem = secret.tls_certificate.certificate_chain?.specifier === 'inline_bytes' ? secret.tls_certificate.certificate_chain.inline_bytes.toString() : '';
-    const keyPem = secret.tls_certificate.private_key?.specifier === 'inline_bytes' ? secret.tls_certificate.private_key.inline_bytes.toString() : '';
+    const chainPem = secret.tls_certificate?.certificate_chain?.inline_bytes?.toString() ?? '';
+    const keyPem = secret.tls_certificate?.private_key?.inline_bytes?.toString() ?? '';
     const leaf = parseCertificate(certificatesFromPem(chainPem)[0]!);
     return { secret, chainPem, keyPem, leaf, ...(leaf.sans.uris[0] ? { spiffeId: leaf.sans.uris[0] } : {}) };
   }
   if (secret.type === 'validation_context') {
-    const trusted = secret.validation_context.trusted_ca;
-    return { secret, rootsPem: trusted?.specifier === 'inline_bytes' ? trusted.inline_bytes.toString() : '' };
+    return { secret, rootsPem: secret.validation_context?.trusted_ca?.inline_bytes?.toString() ?? '' };
   }
   return { secret };
 }

@@ -25,7 +25,7 @@ import {
 import { DEV_ISSUER, DevIssuerError, DevTokenIssuer } from '../src/authn/dev-issuer.js';
 import { addCaServerOptions, readCaServerConfig, type CaServerFlags } from '../src/config/ca.js';
 import { ConfigError } from '../src/config/env.js';
-import { loadKubeConfig } from '../src/config/kube.js';
+import { loadKubeConfig } from '../src/kube/config.js';
 import { WorkloadId } from '../src/pki/index.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { makeTempDir } from './support/process.js';
@@ -186,8 +186,12 @@ describe('TokenReview authenticator', () => {
       assert.equal(otherDomain.kind, 'denied');
       kube.state.down = true;
       try {
-        await new Promise((resolve) => setTimeout(resolve, 600));
-        const down = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
+        // Polled, not slept on: the verdict changes once the cache notices its watch is gone.
+        let down = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
+        for (const deadline = Date.now() + 10_000; down.kind !== 'unavailable' && Date.now() < deadline; ) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          down = await impersonation.authorize(caller(agentUid), 'spiffe://cluster.local/ns/shop/sa/cart');
+        }
         assert.equal(down.kind, 'unavailable');
         if (down.kind === 'unavailable') assert.match(down.reason, /lost its watch .* out of date/);
       } finally {

@@ -33,7 +33,6 @@ import {
   makeChain,
   makeRoot,
   makeSubCa,
-  sleep,
   startCaProcess,
   writeFiles,
   writeSecretVolume,
@@ -260,7 +259,10 @@ describe('plugged-in CA certificates (cacerts)', () => {
     }, 10);
     let loadSeconds = 0;
     try {
-      await sleep(1500);
+      // Answers, not a fixed time, mark each phase: the load is under way when 50 requests have been answered.
+      const answered = (count: number, startedAfter = 0): Promise<true> =>
+        eventually(() => (results.filter((r) => r.startedAt > startedAfter).length >= count ? true : undefined), 60_000, `${count} answered requests`);
+      await answered(50);
       // A broken update first (key of another CA): refused, logged, the current material keeps signing.
       await writeSecretVolume(dir, { ...istioFiles(a), 'ca-key.pem': other.signing.keyPem });
       const refused = await ca.proc.waitForLog(/^refused to reload the plugged-in CA certificates/, 10_000);
@@ -268,12 +270,14 @@ describe('plugged-in CA certificates (cacerts)', () => {
       assert.equal(refused.problem, 'key-mismatch');
       const metrics = await getText(`http://${String(ca.ready.monitoringAddress)}/metrics`);
       assert.ok(metricValue(metrics.body, CACERTS_RELOAD_ERRORS_METRIC) >= 1, 'the refused reload is counted on /metrics');
-      await sleep(500);
+      // The old material keeps signing after the refusal: 25 more requests are answered.
+      const answeredAtRefusal = results.length;
+      await eventually(() => (results.length >= answeredAtRefusal + 25 ? true : undefined), 60_000, '25 answers after the refusal');
       await writeSecretVolume(dir, istioFiles(b));
       const reloaded = await ca.proc.waitForLog(/^reloaded the plugged-in CA certificates$/, 10_000);
       assert.equal(reloaded.issuerChanged, true);
       const swappedAt = Date.now();
-      await sleep(1500);
+      await answered(25, swappedAt);
       clearInterval(ticker);
       loadSeconds = (Date.now() - loadStarted) / 1000;
       await Promise.all(pending);

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { KubeClusters, NodeImpersonation, type Caller, type Clock, type ImpersonationVerdict } from '../src/authn/index.js';
-import { loadKubeConfig } from '../src/config/kube.js';
+import { loadKubeConfig } from '../src/kube/config.js';
 import { WorkloadId } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslFacts, opensslKeyAndCsr, startCa, type CallResult, type RunningCa } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';

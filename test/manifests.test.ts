@@ -206,8 +206,8 @@ const ALL_SOURCES = readSources(['src']);
 
 /** Modules whose environment variables each command reads. */
 const ENV_SOURCES: Record<'ca' | 'agent', string[]> = {
-  ca: ['src/config/ca.ts', 'src/config/kube.ts', 'src/config/env.ts', 'src/ca', 'src/authn', 'src/server', 'src/commands/ca.ts', 'src/cli.ts', 'src/log.ts'],
-  agent: ['src/config/agent.ts', 'src/config/env.ts', 'src/agent', 'src/commands/agent.ts', 'src/cli.ts', 'src/log.ts'],
+  ca: ['src/config/ca.ts', 'src/kube', 'src/config/env.ts', 'src/config/flags.ts', 'src/ca', 'src/authn', 'src/server', 'src/commands/ca.ts', 'src/cli.ts', 'src/log.ts'],
+  agent: ['src/config/agent.ts', 'src/config/env.ts', 'src/config/flags.ts', 'src/agent', 'src/commands/agent.ts', 'src/cli.ts', 'src/log.ts'],
 };
 
 /** Environment variable names (and NAME_* prefixes) read by the given modules. */
@@ -217,6 +217,10 @@ function envNamesRead(sources: string[]): { names: Set<string>; prefixes: string
   for (const { text } of readSources(sources)) {
     for (const pattern of [/\benv:\s*'([A-Z][A-Z0-9_]*)'/g, /\benv\.([A-Z][A-Z0-9_]*)\b/g, /\benv\[['"]([A-Z][A-Z0-9_]*)['"]\]/g]) {
       for (const match of text.matchAll(pattern)) names.add(match[1]!);
+    }
+    // A flag's definition (src/config/flags.ts FlagSpec) lists its variables: `env: ['CA_ADDR']`.
+    for (const list of text.matchAll(/\benv:\s*\[([^\]]*)\]/g)) {
+      for (const match of list[1]!.matchAll(/'([A-Z][A-Z0-9_]*)'/g)) names.add(match[1]!);
     }
     for (const match of text.matchAll(/\.startsWith\('([A-Z][A-Z0-9_]*_)'\)/g)) prefixes.push(match[1]!);
   }

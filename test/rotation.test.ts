@@ -182,13 +182,17 @@ describe('self-signed root rotation', () => {
     })();
 
     try {
-      await ca.proc.waitForLog(/^self-signed root rotation: created a new root/, 30_000);
+      // Each step is read from the state directory the CA commits it to (atomic renames), not from log wording.
+      const rootsOnDisk = (): number => certificatesFromPem(readFileSync(path.join(stateDir, SELF_SIGNED_FILES.roots), 'utf8')).length;
+      const firstRootDer = certificatesFromPem(initialRoot)[0]!;
+      const signingOnDisk = (): Buffer => certificatesFromPem(readFileSync(path.join(stateDir, SELF_SIGNED_FILES.cert), 'utf8'))[0]!;
+      await eventually(() => (rootsOnDisk() === 2 ? true : undefined), 30_000, 'the new root to be published');
       // Crash between "published" and "switched", then resume from the state directory.
       await ca.proc.stop('SIGKILL');
       ca = await startCaProcess(args, env);
-      assert.equal(certificatesFromPem(readFileSync(path.join(stateDir, 'root-cert.pem'), 'utf8')).length, 2, 'the new root is still published');
-      await ca.proc.waitForLog(/^self-signed root rotation: switched signing to the new root/, 25_000);
-      await ca.proc.waitForLog(/^self-signed root rotation: dropped expired roots/, 20_000);
+      assert.equal(rootsOnDisk(), 2, 'the new root is still published');
+      await eventually(() => (!signingOnDisk().equals(firstRootDer) ? true : undefined), 25_000, 'signing to switch to the new root');
+      await eventually(() => (rootsOnDisk() === 1 ? true : undefined), 20_000, 'the expired first root to be dropped');
       // Both workloads renew past the drop at least once more.
       const renewalsAtDrop = clientWorkload.renewals + serverWorkload.renewals;
       await eventually(() => (clientWorkload.renewals + serverWorkload.renewals >= renewalsAtDrop + 2 ? true : undefined), 30_000, 'renewals after the drop');

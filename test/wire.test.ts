@@ -305,11 +305,12 @@ describe('wire encoding', () => {
     assert.equal(secret.type, 'validation_context');
     if (secret.type !== 'validation_context') return;
     const vc = secret.validation_context;
+    assert.ok(vc);
     assert.equal(vc.trust_chain_verification, 'ACCEPT_UNTRUSTED');
     assert.equal(vc.allow_expired_certificate, false);
     assert.deepEqual(vc.verify_certificate_hash, []);
     assert.equal(vc.trusted_ca?.specifier, 'inline_bytes');
-    if (vc.trusted_ca?.specifier === 'inline_bytes') {
+    if (vc.trusted_ca?.specifier === 'inline_bytes' && vc.trusted_ca.inline_bytes) {
       assert.ok(Buffer.isBuffer(vc.trusted_ca.inline_bytes));
       assert.equal(vc.trusted_ca.inline_bytes.toString(), ROOT_PEM);
     }
@@ -502,18 +503,18 @@ describe('gRPC round-trip over a Unix socket', () => {
       assert.equal(def!.name, 'default');
       assert.equal(def!.type, 'tls_certificate');
       if (def!.type === 'tls_certificate') {
-        const chain = def!.tls_certificate.certificate_chain;
+        const chain = def!.tls_certificate?.certificate_chain;
         assert.equal(chain?.specifier, 'inline_bytes');
-        if (chain?.specifier === 'inline_bytes') assert.equal(chain.inline_bytes.toString(), CERT_PEM);
-        const key = def!.tls_certificate.private_key;
-        if (key?.specifier === 'inline_bytes') assert.equal(key.inline_bytes.toString(), KEY_PEM);
+        if (chain?.specifier === 'inline_bytes') assert.equal(chain.inline_bytes?.toString(), CERT_PEM);
+        const key = def!.tls_certificate?.private_key;
+        if (key?.specifier === 'inline_bytes') assert.equal(key.inline_bytes?.toString(), KEY_PEM);
         else assert.fail('private_key should be inline_bytes');
       }
       assert.equal(root!.name, 'ROOTCA');
       assert.equal(root!.type, 'validation_context');
       if (root!.type === 'validation_context') {
-        const ca = root!.validation_context.trusted_ca;
-        if (ca?.specifier === 'inline_bytes') assert.equal(ca.inline_bytes.toString(), ROOT_PEM);
+        const ca = root!.validation_context?.trusted_ca;
+        if (ca?.specifier === 'inline_bytes') assert.equal(ca.inline_bytes?.toString(), ROOT_PEM);
         else assert.fail('trusted_ca should be inline_bytes');
       }
 

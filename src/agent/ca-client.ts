@@ -1,7 +1,7 @@
 /**
  * The agent's only way to the CA: `istio.v1.auth.IstioCertificateService/CreateCertificate` over TLS, verified
  * against the mesh root and by a DNS SAN (never the CN), with the workload's token as `authorization: Bearer`. Retrying is the caller's business
- * (see workload-secrets.ts); this module makes exactly one attempt per call.
+ * (see cache/identity-cache.ts); this module makes exactly one attempt per call.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { AgentCaConfig } from '../config/agent.js';
@@ -9,25 +9,10 @@ import type { Logger } from '../log.js';
 import { caChannelCredentials } from '../wire/ca-credentials.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, backoffDelayMs, sleep } from './backoff.js';
+import type { CaClient, CertificateRequest } from './cache/ca.js';
 import { CaCallError } from './errors.js';
 
-export interface CertificateRequest {
-  csrPem: string;
-  /** The workload's JWT; undefined sends no authorization header. */
-  token: string | undefined;
-  ttlSeconds: number;
-}
-
-/** The narrow interface the agent needs from a CA. */
-export interface CaClient {
-  /** For logs and error messages. */
-  readonly address: string;
-  /** One attempt. Resolves with the PEM chain (leaf first, root bundle last); rejects with CaCallError. */
-  createCertificate(request: CertificateRequest, signal?: AbortSignal): Promise<string[]>;
-  /** Resolves once a connection to the CA succeeded. */
-  waitUntilReachable(signal: AbortSignal): Promise<void>;
-  close(): void;
-}
+export type { CaClient, CertificateRequest } from './cache/ca.js';
 
 /** Per-attempt deadline; the retry loop above decides how long to keep trying overall. */
 export const CA_REQUEST_TIMEOUT_MS = 10_000;

@@ -7,7 +7,6 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { Metadata } from '@grpc/grpc-js';
 
 export const SDS_TOKEN_HEADER = 'istio_sds_credentials_header-bin';
 
@@ -144,6 +143,12 @@ export function tokenFileCredential(file: string): WorkloadCredential {
   };
 }
 
+/** The part of a call's metadata the token lookup reads (grpc-js's Metadata has this shape). */
+export interface CallMetadata {
+  toJSON(): Record<string, (string | Buffer)[]>;
+  get(name: string): (string | Buffer)[];
+}
+
 export type TokenLookup = { token: string } | { problem: string; code: 'UNAUTHENTICATED' | 'INVALID_ARGUMENT' } | null;
 
 /** Bytes of one metadata value as received (binary values are Buffers), without copying it. */
@@ -155,7 +160,7 @@ function valueBytes(value: string | Buffer): number {
  * The workload token in a stream's metadata; null when there is none, `problem` when it is malformed. The metadata
  * is bounded first (entries, bytes, one token value), so an oversize header is refused before it is read.
  */
-export function tokenFromMetadata(metadata: Metadata): TokenLookup {
+export function tokenFromMetadata(metadata: CallMetadata): TokenLookup {
   const map = metadata.toJSON();
   let entries = 0;
   let bytes = 0;

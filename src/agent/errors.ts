@@ -1,5 +1,9 @@
-/** Errors that end an SDS call: each carries the gRPC status the client sees and a message that names the cause. */
+/**
+ * The gRPC side of the agent's errors: SdsError ends an SDS call with a status; CaCallError is what the gRPC CA
+ * client reports. The identity cache itself speaks in AgentError and CaFailure (cache/errors.ts), mapped here.
+ */
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import { AgentError, CaFailure, type AgentErrorCode, type CaFailureKind } from './cache/errors.js';
 
 export class SdsError extends Error {
   readonly code: GrpcStatus;
@@ -16,17 +20,20 @@ export class SdsError extends Error {
   }
 }
 
-/** A failed CA call: the gRPC status and details the CA (or the channel) reported. */
-export class CaCallError extends Error {
-  readonly code: GrpcStatus;
-  readonly details: string;
+const GRPC_STATUS_OF: Record<AgentErrorCode, GrpcStatus> = {
+  unauthenticated: GrpcStatus.UNAUTHENTICATED,
+  permission_denied: GrpcStatus.PERMISSION_DENIED,
+  unavailable: GrpcStatus.UNAVAILABLE,
+  resource_exhausted: GrpcStatus.RESOURCE_EXHAUSTED,
+  cancelled: GrpcStatus.CANCELLED,
+  internal: GrpcStatus.INTERNAL,
+};
 
-  constructor(code: GrpcStatus, details: string, options?: { cause?: unknown }) {
-    super(`${GrpcStatus[code] ?? code}: ${details}`, options);
-    this.name = 'CaCallError';
-    this.code = code;
-    this.details = details;
-  }
+/** Any error on its way to an SDS client, as the status it gets: cache errors by their code, others INTERNAL. */
+export function toSdsError(error: unknown): SdsError {
+  if (error instanceof SdsError) return error;
+  if (error instanceof AgentError) return new SdsError(GRPC_STATUS_OF[error.code], error.message, { cause: error });
+  return new SdsError(GrpcStatus.INTERNAL, (error as Error | undefined)?.message ?? String(error));
 }
 
 /** Istio's agent retries these; anything else is the CA's final word about this request. */
@@ -37,6 +44,23 @@ export const RETRYABLE_CA_CODES: ReadonlySet<GrpcStatus> = new Set([
   GrpcStatus.RESOURCE_EXHAUSTED,
 ]);
 
-export function isRetryableCaError(error: unknown): boolean {
-  return error instanceof CaCallError && RETRYABLE_CA_CODES.has(error.code);
+function kindOf(code: GrpcStatus): CaFailureKind {
+  if (code === GrpcStatus.UNAUTHENTICATED || code === GrpcStatus.PERMISSION_DENIED) return 'refused';
+  return RETRYABLE_CA_CODES.has(code) ? 'retryable' : 'final';
 }
+
+/** A failed gRPC CA call: the gRPC status and details the CA (or the channel) reported. */
+export class CaCallError extends CaFailure {
+  readonly code: GrpcStatus;
+
+  constructor(code: GrpcStatus, details: string, options?: { cause?: unknown }) {
+    super(kindOf(code), GrpcStatus[code] ?? String(code), details, {
+      ...options,
+      refusal: code === GrpcStatus.PERMISSION_DENIED ? 'permission_denied' : 'unauthenticated',
+    });
+    this.name = 'CaCallError';
+    this.code = code;
+  }
+}
+
+export { isRetryableCaError } from './cache/errors.js';

@@ -20,6 +20,7 @@ import { ResourceProvider } from './resources.js';
 import { SdsServer } from './sds-server.js';
 import { prepareSocketPath } from './socket.js';
 import { startStatusServer, type StatusServer } from './status-server.js';
+import { IdentityCache } from './cache/identity-cache.js';
 import { WorkloadSecrets, type IdentityLease } from './workload-secrets.js';
 
 export { readAgentConfig, type AgentConfig, type AgentFlags } from '../config/agent.js';
@@ -27,6 +28,9 @@ export type { CaClient, CertificateRequest } from './ca-client.js';
 export { CaCallError, SdsError } from './errors.js';
 export { AgentMetrics } from './metrics.js';
 export type { IdentitySecret, TrustBundle } from './workload-secrets.js';
+export { AgentError, CaFailure, type AgentErrorCode } from './cache/errors.js';
+export type { CachedIdentity, IdentityCache } from './cache/identity-cache.js';
+export type { Clock } from './cache/clock.js';
 
 export interface AgentDependencies {
   /** Replaces the gRPC CA client (tests use an in-process signer). */
@@ -39,6 +43,9 @@ export interface RunningAgent {
   /** Base URL of the status server. */
   statusUrl: string;
   metrics: AgentMetrics;
+  /** The transport-free identity cache. */
+  cache: IdentityCache;
+  /** Its PEM view with gRPC statuses, which SDS and OUTPUT_CERTS serve. */
   secrets: WorkloadSecrets;
   sds: SdsServer;
   close(): Promise<void>;
@@ -122,10 +129,9 @@ async function start(
     reused: () => metrics.keysReused.inc(),
   });
   cleanups.push(() => keys.close());
-  const secrets = new WorkloadSecrets({
+  const cache = new IdentityCache({
     ca,
     keys,
-    key: config.key,
     ttlSeconds: config.secretTtlSeconds,
     grace: { ratio: config.graceRatio, jitter: config.graceRatioJitter },
     idleTtlMs: config.idleSecretTtlSeconds * 1000,
@@ -133,7 +139,8 @@ async function start(
     log,
     metrics,
   });
-  cleanups.push(() => secrets.close());
+  cleanups.push(() => cache.close());
+  const secrets = new WorkloadSecrets({ cache, key: config.key });
   const files = new FileWatcher(log, { allowedDirs: config.fileResourceDirs });
   cleanups.push(() => files.close());
   const sidecarCredential = config.mode === 'sidecar' ? tokenFileCredential(config.tokenFile) : null;
@@ -230,6 +237,7 @@ async function start(
     socketPath,
     statusUrl: status.url,
     metrics,
+    cache,
     secrets,
     sds,
     close: closeAll,

@@ -7,9 +7,11 @@
  *  - a connection may have at most `queuedPerConnection` proofs waiting; beyond that its new tokens are refused
  *    (RESOURCE_EXHAUSTED) at once;
  *  - a token the CA refused is refused locally for a short while (RefusalCache), without asking the CA again.
+ * Transport-free: refusals are AgentErrors, which each API maps to its own status.
  */
-import { status as GrpcStatus } from '@grpc/grpc-js';
-import { SdsError } from './errors.js';
+import { AbandonedProof, AgentError } from './cache/errors.js';
+
+export { AbandonedProof } from './cache/errors.js';
 
 export interface ProofLimits {
   perConnection: number;
@@ -18,13 +20,6 @@ export interface ProofLimits {
 }
 
 export const DEFAULT_PROOF_LIMITS: ProofLimits = { perConnection: 4, total: 16, queuedPerConnection: 256 };
-
-/** A proof that stopped waiting because the stream that asked for it ended. */
-export class AbandonedProof extends SdsError {
-  constructor() {
-    super(GrpcStatus.CANCELLED, 'the stream ended while its token waited to be proven');
-  }
-}
 
 interface Waiter {
   grant: () => void;
@@ -75,8 +70,8 @@ export class ProofAdmission {
     if (state.waiting.length >= this.limits.queuedPerConnection) {
       this.forgetIfIdle(key, state);
       return Promise.reject(
-        new SdsError(
-          GrpcStatus.RESOURCE_EXHAUSTED,
+        new AgentError(
+          'resource_exhausted',
           `this connection already has ${state.active + state.waiting.length} new workload tokens waiting to be proven ` +
             `(at most ${this.limits.perConnection} at a time, ${this.limits.queuedPerConnection} waiting); retry later`,
         ),
@@ -138,8 +133,8 @@ export class ProofAdmission {
   }
 }
 
-export interface Refusal {
-  code: GrpcStatus;
+export interface Refusal<Code> {
+  code: Code;
   message: string;
   until: number;
 }
@@ -148,8 +143,8 @@ export interface Refusal {
  * Tokens the CA refused (UNAUTHENTICATED, PERMISSION_DENIED), by credential key (a hash of the token), for `ttlMs`
  * by `now`. At most `maxEntries` are kept; the oldest go first.
  */
-export class RefusalCache {
-  private readonly refusals = new Map<string, Refusal>();
+export class RefusalCache<Code = unknown> {
+  private readonly refusals = new Map<string, Refusal<Code>>();
 
   constructor(
     private readonly ttlMs: number,
@@ -161,14 +156,14 @@ export class RefusalCache {
     return this.refusals.size;
   }
 
-  add(key: string, code: GrpcStatus, message: string): void {
+  add(key: string, code: Code, message: string): void {
     if (this.ttlMs <= 0 || this.maxEntries <= 0) return;
     this.refusals.delete(key);
     while (this.refusals.size >= this.maxEntries) this.refusals.delete(this.refusals.keys().next().value!);
     this.refusals.set(key, { code, message, until: this.now() + this.ttlMs });
   }
 
-  get(key: string): Refusal | null {
+  get(key: string): Refusal<Code> | null {
     const refusal = this.refusals.get(key);
     if (!refusal) return null;
     if (refusal.until <= this.now()) {

@@ -87,30 +87,3 @@ export function verificationTime(validity: { notBefore: number; notAfter: number
   if (now > validity.notAfter && now - validity.notAfter <= MAX_CLOCK_SKEW_MS) return validity.notAfter;
   return now;
 }
-
-/** setTimeout holds at most 2^31-1 ms (~24.8 days); longer waits are chained. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/** A cancellable timer for an absolute time, robust to delays longer than setTimeout allows. */
-export function timerAt(when: number, callback: () => void, now: () => number = Date.now): () => void {
-  let timer: NodeJS.Timeout | undefined;
-  let cancelled = false;
-  const arm = (): void => {
-    const wait = when - now();
-    if (wait <= 0) {
-      timer = setTimeout(callback, 0);
-      return;
-    }
-    timer = setTimeout(() => {
-      if (!cancelled) {
-        if (wait > MAX_TIMER_MS) arm();
-        else callback();
-      }
-    }, Math.min(wait, MAX_TIMER_MS));
-  };
-  arm();
-  return () => {
-    cancelled = true;
-    if (timer) clearTimeout(timer);
-  };
-}

@@ -77,16 +77,16 @@ export interface SecretWatchHandlers {
 
 function dataSourceText(source: DataSource | null, what: string): string {
   if (!source || source.specifier === undefined) throw new Error(`${what} is empty`);
-  if (source.specifier === 'inline_bytes') return source.inline_bytes.toString('utf8');
-  if (source.specifier === 'inline_string') return source.inline_string;
+  if (source.specifier === 'inline_bytes' && source.inline_bytes) return source.inline_bytes.toString('utf8');
+  if (source.specifier === 'inline_string' && source.inline_string !== undefined) return source.inline_string;
   throw new Error(`${what} uses a ${source.specifier} data source, which this client does not read`);
 }
 
 /** Envoy's checks on a secret before applying it (E7): chain and key parse and belong together, roots parse. */
 function readSecret(secret: SecretMessage): Pick<SecretUpdate, 'certificateChain' | 'privateKey' | 'trustedCa'> {
   if (secret.type === 'tls_certificate') {
-    const chain = dataSourceText(secret.tls_certificate.certificate_chain, 'certificate_chain');
-    const key = dataSourceText(secret.tls_certificate.private_key, 'private_key');
+    const chain = dataSourceText(secret.tls_certificate?.certificate_chain ?? null, 'certificate_chain');
+    const key = dataSourceText(secret.tls_certificate?.private_key ?? null, 'private_key');
     const certs = certificatesFromPem(chain);
     if (certs.length === 0) throw new Error('Failed to load certificate chain: no certificate');
     if (!keysMatch(loadPrivateKey(key), certificatePublicKey(parseCertificate(certs[0]!)))) {
@@ -95,7 +95,7 @@ function readSecret(secret: SecretMessage): Pick<SecretUpdate, 'certificateChain
     return { certificateChain: chain, privateKey: key };
   }
   if (secret.type === 'validation_context') {
-    const roots = dataSourceText(secret.validation_context.trusted_ca, 'trusted_ca');
+    const roots = dataSourceText(secret.validation_context?.trusted_ca ?? null, 'trusted_ca');
     if (certificatesFromPem(roots).length === 0) throw new Error('Failed to load trusted CA certificates');
     return { trustedCa: roots };
   }

@@ -28,7 +28,7 @@ import {
   type Init,
   type SdsHandlers,
 } from '../wire/protos.js';
-import { SdsError } from './errors.js';
+import { SdsError, toSdsError } from './errors.js';
 import { resourceType, type AgentMetrics } from './metrics.js';
 import type { ResourceProvider, ResourceSnapshot, ResourceWatch, StreamSession } from './resources.js';
 
@@ -42,11 +42,6 @@ const MAX_LOGGED_NACK_CHARS = 512;
 /** Istio's form: RFC 3339 time (seconds) and a counter, new on every response. */
 function nextVersion(): string {
   return `${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}/${++responseCounter}`;
-}
-
-function asSdsError(error: unknown): SdsError {
-  if (error instanceof SdsError) return error;
-  return new SdsError(grpc.status.INTERNAL, (error as Error)?.message ?? String(error));
 }
 
 type Api = 'sotw' | 'delta';
@@ -168,7 +163,7 @@ abstract class SecretStream {
       (error: unknown) => {
         this.opening.delete(name);
         if (this.closed || !this.subscribed.has(name)) return;
-        this.openFailed(name, asSdsError(error));
+        this.openFailed(name, toSdsError(error));
       },
     );
   }
@@ -471,7 +466,7 @@ export class SdsServer {
       FetchSecrets: (call, callback) => {
         void this.fetch(call.metadata, call.request, connectionOf(call)).then(
           (response) => callback(null, response),
-          (error: unknown) => callback(asSdsError(error).toServiceError()),
+          (error: unknown) => callback(toSdsError(error).toServiceError()),
         );
       },
     };

@@ -1,35 +1,26 @@
 /**
- * The agent's secret cache: one key + certificate per workload identity, renewed at the grace-period ratio.
- *
- * Identity safety: the cache is keyed by the identity the CA wrote into the leaf's SAN, and a stream reaches an
- * entry only through a credential (token) that the CA accepted for exactly that identity. Streams that proved the
- * same identity share one entry, so a renewal costs one CSR however many Envoys watch it.
+ * The identity cache as PEM text with gRPC statuses: the form the SDS server (resources.ts) and OUTPUT_CERTS
+ * (output-certs.ts) serve. Everything about identities, proof and renewal lives in cache/identity-cache.ts; this
+ * view only encodes (each cached version once, shared by every stream that watches it) and maps errors to
+ * SdsError. Another API would be another such view over the same cache.
  */
-import { createHash, type KeyObject } from 'node:crypto';
-import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { WorkloadKeyConfig } from '../config/agent.js';
-import type { Logger } from '../log.js';
+import { certificateToPem, type ParsedCertificate } from '../pki/index.js';
+import { clockFrom } from './cache/clock.js';
 import {
-  certificatePublicKey,
-  certificatesFromPem,
-  certificateToPem,
-  createCsr,
-  WorkloadId,
-  keysMatch,
-  parseCertificate,
-  parseCsr,
-  parseSpiffeId,
-  verifyChain,
-  type ParsedCertificate,
-} from '../pki/index.js';
-import { backoffDelayMs, sleep } from './backoff.js';
-import type { CaClient } from './ca-client.js';
+  IdentityCache,
+  type AcquireContext,
+  type CachedIdentity,
+  type IdentityCacheOptions,
+  type IdentityLease as CacheLease,
+  type TrustBundle as CachedBundle,
+} from './cache/identity-cache.js';
 import type { WorkloadCredential } from './credentials.js';
-import { CaCallError, isRetryableCaError, SdsError } from './errors.js';
-import { encodeWorkloadKey, type KeySource } from './keys.js';
-import { AbandonedProof, DEFAULT_PROOF_LIMITS, ProofAdmission, RefusalCache, type ProofLimits } from './proof-limits.js';
-import type { AgentMetrics, ExpiryReading } from './metrics.js';
-import { drawGraceRatio, MAX_CLOCK_SKEW_MS, renewalSchedule, timerAt, verificationTime, type GracePeriod } from './rotation.js';
+import { SdsError, toSdsError } from './errors.js';
+import { encodeWorkloadKey } from './keys.js';
+import type { ExpiryReading } from './metrics.js';
+
+export { DEFAULT_MAX_CONCURRENT_CSRS, DEFAULT_REFUSAL_TTL_MS, type AcquireContext } from './cache/identity-cache.js';
 
 export interface IdentitySecret {
   /** The SPIFFE ID(s) in the leaf's SAN, comma-joined when there are several. */
@@ -45,14 +36,14 @@ export interface IdentitySecret {
   renewAt: number;
   /** When the certificate expires by the local clock: NotAfter, unless this node's clock is off (renewalSchedule). */
   expiresAt: number;
-  /** Content version (hash of the chain): equal versions are the same secret. */
+  /** Content version: equal versions are the same secret. */
   version: string;
 }
 
 export interface TrustBundle {
   pem: string;
   version: string;
-  roots: ParsedCertificate[];
+  roots: readonly ParsedCertificate[];
 }
 
 /** A stream's hold on one identity's secret. Released when the stream ends. */
@@ -65,163 +56,44 @@ export interface IdentityLease {
   release(): void;
 }
 
-export interface WorkloadSecretsOptions {
-  ca: CaClient;
-  keys: KeySource;
+export interface WorkloadSecretsOptions extends Omit<IdentityCacheOptions, 'clock'> {
+  /** How workload keys are written out (PKCS#1/SEC1 or PKCS#8). */
   key: WorkloadKeyConfig;
-  ttlSeconds: number;
-  grace: GracePeriod;
-  idleTtlMs: number;
-  trustDomain: string;
-  log: Logger;
-  metrics: AgentMetrics;
-  /** How long a first issuance keeps retrying an unreachable CA before the stream gets UNAVAILABLE. */
-  initialIssueTimeoutMs?: number;
-  /** CSRs this agent has in flight to the CA at once (default DEFAULT_MAX_CONCURRENT_CSRS); the rest wait their turn. */
-  maxConcurrentCsrs?: number;
-  /** Bounds on proving new tokens, per connection and in total (default DEFAULT_PROOF_LIMITS). */
-  proofLimits?: ProofLimits;
-  /** How long a token the CA refused is refused locally without asking again (default DEFAULT_REFUSAL_TTL_MS). */
-  refusalTtlMs?: number;
-  /** The clock for token expiry and the refusal cache (epoch ms; default Date.now). */
+  /** The clock for token expiry, renewal and the refusal cache (epoch ms; default Date.now). Timers stay real. */
   clock?: () => number;
-  random?: () => number;
 }
 
-/** Where a request to prove a token comes from: its connection (for fairness) and its end (to stop waiting). */
-export interface AcquireContext {
-  connection?: object;
-  signal?: AbortSignal;
-}
-
-/** Holds the key of a CSR across retries; the key is taken only once a CA request slot is granted. */
-interface KeyHolder {
-  pendingKey?: KeyObject;
-}
-
-interface CredentialUse {
-  credential: WorkloadCredential;
-  lastUsed: number;
-}
-
-interface LeaseRecord {
-  credentialKey: string;
-  changeListeners: Set<(secret: IdentitySecret) => void>;
-  revokeListeners: Set<(error: SdsError) => void>;
-}
-
-interface IdentityEntry {
-  identity: string;
-  secret: IdentitySecret;
-  credentials: Map<string, CredentialUse>;
-  leases: Set<LeaseRecord>;
-  cancelRenewal?: () => void;
-  cancelIdle?: () => void;
-  renewing: boolean;
-  renewAttempt: number;
-  /** Key kept across failed renewal attempts so an RSA key is not thrown away per retry. */
-  pendingKey?: KeyObject;
-  dropped: boolean;
-}
-
-const DEFAULT_INITIAL_ISSUE_TIMEOUT_MS = 60_000;
-/**
- * Many new workloads at once (a node starting, hundreds of pods scheduled) must not all hit the CA at the same
- * moment: it reviews each new token with the API server and refuses what exceeds its own limit (64 TokenReviews by
- * default) with UNAVAILABLE, and every refused CSR comes back later as a retry, after a backoff, as garbage and CPU
- * on both sides. Queued here, they go out as fast as the CA answers.
- */
-export const DEFAULT_MAX_CONCURRENT_CSRS = 32;
-/** Long enough that a client retrying in a loop costs the CA one review per token per interval; short enough
- * that a token refused by a passing fault (JWKS rotation, API server lag) works again soon. */
-export const DEFAULT_REFUSAL_TTL_MS = 10_000;
-/** Refused tokens remembered at once; an attacker cycling through more only evicts its own. */
-const MAX_REMEMBERED_REFUSALS = 4096;
-
-/** The CA refused the token itself: it issued nothing, so the CSR's key may serve another request. */
-function isRefusal(error: unknown): error is CaCallError {
-  return error instanceof CaCallError && (error.code === GrpcStatus.UNAUTHENTICATED || error.code === GrpcStatus.PERMISSION_DENIED);
-}
-
-/** A first-come, first-served limit on concurrent calls; a waiter leaves the queue when `signal` aborts. */
-class Slots {
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
-
-  constructor(private readonly limit: number) {}
-
-  acquire(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.reject(new CaCallError(GrpcStatus.CANCELLED, 'request abandoned'));
-    if (this.active < this.limit) {
-      this.active++;
-      return Promise.resolve();
-    }
-    return new Promise((resolve, reject) => {
-      const grant = (): void => {
-        signal.removeEventListener('abort', onAbort);
-        this.active++;
-        resolve();
-      };
-      const onAbort = (): void => {
-        const index = this.waiting.indexOf(grant);
-        if (index !== -1) this.waiting.splice(index, 1);
-        reject(new CaCallError(GrpcStatus.CANCELLED, 'request abandoned'));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.waiting.push(grant);
-    });
-  }
-
-  release(): void {
-    this.active--;
-    if (this.active < this.limit) this.waiting.shift()?.();
-  }
-}
-
-/** Parsed roots of the last bundle a CA answer carried, by its exact text: every answer carries the same one. */
-interface RootsMemo {
-  text: string;
-  roots: ParsedCertificate[];
-  pem: string;
-}
-
-function hashVersion(text: string): string {
-  return createHash('sha256').update(text).digest('hex').slice(0, 16);
-}
-
-function withNewline(pem: string): string {
-  return pem.endsWith('\n') ? pem : `${pem}\n`;
+function pemOf(ders: readonly Buffer[]): string {
+  return ders.map((der) => certificateToPem(der)).join('');
 }
 
 export class WorkloadSecrets {
-  private readonly entries = new Map<string, IdentityEntry>();
-  private readonly credentialIdentity = new Map<string, string>();
-  private readonly proving = new Map<string, Promise<string>>();
-  private bundle: TrustBundle | null = null;
-  private readonly bundleListeners = new Set<(bundle: TrustBundle) => void>();
-  private readonly closing = new AbortController();
-  private readonly random: () => number;
-  private readonly log: Logger;
-  private readonly csrSlots: Slots;
-  /** Per workload key: the last CSR made with it (retries resend it) and the SPKI in it (the leaf must carry it). */
-  private readonly csrs = new WeakMap<KeyObject, { uris: string; pem: string; spki: Buffer }>();
-  private rootsMemo: RootsMemo | null = null;
-  private readonly now: () => number;
-  private readonly admission: ProofAdmission;
-  private readonly refusals: RefusalCache;
+  /** PEM forms, made once per cached version (a renewal is a new CachedIdentity, a new bundle a new object). */
+  private readonly secrets = new WeakMap<CachedIdentity, IdentitySecret>();
+  private readonly bundles = new WeakMap<CachedBundle, TrustBundle>();
 
-  constructor(private readonly options: WorkloadSecretsOptions) {
-    this.random = options.random ?? Math.random;
-    this.log = options.log;
-    this.now = options.clock ?? Date.now;
-    this.csrSlots = new Slots(options.maxConcurrentCsrs ?? DEFAULT_MAX_CONCURRENT_CSRS);
-    this.admission = new ProofAdmission(options.proofLimits ?? DEFAULT_PROOF_LIMITS);
-    this.refusals = new RefusalCache(options.refusalTtlMs ?? DEFAULT_REFUSAL_TTL_MS, MAX_REMEMBERED_REFUSALS, this.now);
+  readonly cache: IdentityCache;
+  private readonly keyConfig: WorkloadKeyConfig;
+
+  /** A view over an existing cache (`{ cache, key }`), or a new cache with its view (the cache's options and `key`). */
+  constructor(options: WorkloadSecretsOptions | { cache: IdentityCache; key: WorkloadKeyConfig }) {
+    this.keyConfig = options.key;
+    if ('cache' in options) {
+      this.cache = options.cache;
+    } else {
+      const { key: _key, clock, ...cacheOptions } = options;
+      this.cache = new IdentityCache({ ...cacheOptions, ...(clock ? { clock: clockFrom(clock) } : {}) });
+    }
   }
 
   /** New tokens being proven now, and waiting for their turn. */
   get proofs(): { running: number; queued: number } {
-    return { running: this.admission.running, queued: this.admission.queued };
+    return this.cache.proofs;
+  }
+
+  /** Identities currently cached (for metrics and logs). */
+  get size(): number {
+    return this.cache.size;
   }
 
   /**
@@ -229,501 +101,74 @@ export class WorkloadSecrets {
    * Rejects with an SdsError naming the cause: no/refused token, CA unreachable, unusable CA answer.
    */
   async acquire(credential: WorkloadCredential, context: AcquireContext = {}): Promise<IdentityLease> {
-    for (;;) {
-      if (this.closing.signal.aborted) throw new SdsError(GrpcStatus.UNAVAILABLE, 'the agent is shutting down');
-      if (credential.expiresAt !== null && credential.expiresAt <= this.now()) {
-        // The token proves nothing any more: it no longer leads to the identity (its streams end at renewal).
-        this.credentialIdentity.delete(credential.key);
-        this.options.metrics.refusedTokens.inc({ reason: 'expired_token' });
-        throw new SdsError(
-          GrpcStatus.UNAUTHENTICATED,
-          `the workload token (${credential.label}) expired at ${new Date(credential.expiresAt).toISOString()}; send a fresh token`,
-        );
-      }
-      const known = this.credentialIdentity.get(credential.key);
-      const entry = known === undefined ? undefined : this.entries.get(known);
-      if (entry) {
-        const use = entry.credentials.get(credential.key);
-        if (use) use.lastUsed = this.now();
-        return this.lease(entry, credential.key);
-      }
-      let proof = this.proving.get(credential.key);
-      if (!proof) {
-        const refusal = this.refusals.get(credential.key);
-        if (refusal) {
-          this.options.metrics.refusedTokens.inc({ reason: 'refused_by_ca_recently' });
-          throw new SdsError(refusal.code, `${refusal.message} (not asked again until ${new Date(refusal.until).toISOString()})`);
-        }
-        proof = this.admitAndProve(credential, context);
-        this.proving.set(credential.key, proof);
-        const clear = (): void => void this.proving.delete(credential.key);
-        proof.then(clear, clear);
-      }
-      let identity: string;
-      try {
-        identity = await proof;
-      } catch (error) {
-        // The stream that started this proof ended while it waited; this one did not: start over.
-        if (error instanceof AbandonedProof && !context.signal?.aborted) continue;
-        throw error;
-      }
-      const proven = this.entries.get(identity);
-      // The entry can only be gone if it was dropped between proof and now; prove again.
-      if (proven && this.credentialIdentity.get(credential.key) === identity) return this.lease(proven, credential.key);
+    let lease: CacheLease;
+    try {
+      lease = await this.cache.acquire(credential, context);
+    } catch (error) {
+      throw toSdsError(error);
     }
+    return {
+      identity: lease.identity,
+      current: () => this.secretOf(lease.current()),
+      onChange: (listener) => lease.onChange((identity) => listener(this.secretOf(identity))),
+      onRevoked: (listener) => lease.onRevoked((error) => listener(toSdsError(error))),
+      release: () => lease.release(),
+    };
   }
 
   trustBundle(): TrustBundle | null {
-    return this.bundle;
+    const bundle = this.cache.trustBundle();
+    return bundle && this.bundleOf(bundle);
   }
 
   onTrustBundle(listener: (bundle: TrustBundle) => void): () => void {
-    this.bundleListeners.add(listener);
-    return () => this.bundleListeners.delete(listener);
-  }
-
-  /** Identities currently cached (for metrics and logs). */
-  get size(): number {
-    return this.entries.size;
+    return this.cache.onTrustBundle((bundle) => listener(this.bundleOf(bundle)));
   }
 
   expiryReadings(): ExpiryReading[] {
     const readings: ExpiryReading[] = [];
-    for (const entry of this.entries.values()) {
+    for (const cached of this.cache.identities()) {
       // By the local clock, so that the metrics count down to the real expiry even on a node with a skewed clock.
-      readings.push({ resourceName: 'default', identity: entry.identity, notAfter: new Date(entry.secret.expiresAt) });
+      readings.push({ resourceName: 'default', identity: cached.identity, notAfter: new Date(cached.expiresAt) });
     }
-    if (this.bundle && this.bundle.roots.length > 0) {
-      const earliest = this.bundle.roots.reduce((a, b) => (a.notAfter <= b.notAfter ? a : b));
+    const bundle = this.cache.trustBundle();
+    if (bundle && bundle.roots.length > 0) {
+      const earliest = bundle.roots.reduce((a, b) => (a.notAfter <= b.notAfter ? a : b));
       readings.push({ resourceName: 'ROOTCA', identity: '', notAfter: earliest.notAfter });
     }
     return readings;
   }
 
   close(): void {
-    this.closing.abort(new SdsError(GrpcStatus.UNAVAILABLE, 'the agent is shutting down'));
-    for (const entry of [...this.entries.values()]) this.drop(entry, 'agent shutting down');
-    this.bundleListeners.clear();
+    this.cache.close();
   }
 
-  // --- proof and issuance --------------------------------------------------------------------------------------
-
-  /** Waits for this connection's turn (bounded), then proves the token. */
-  private async admitAndProve(credential: WorkloadCredential, context: AcquireContext): Promise<string> {
-    let release: () => void;
-    try {
-      release = await this.admission.enter(context.connection, context.signal);
-    } catch (error) {
-      if (error instanceof SdsError && error.code === GrpcStatus.RESOURCE_EXHAUSTED) this.options.metrics.refusedTokens.inc({ reason: 'connection_busy' });
-      throw error;
+  private bundleOf(bundle: CachedBundle): TrustBundle {
+    let view = this.bundles.get(bundle);
+    if (!view) {
+      view = { pem: pemOf(bundle.roots.map((root) => root.der)), version: bundle.version, roots: bundle.roots };
+      this.bundles.set(bundle, view);
     }
-    try {
-      return await this.prove(credential);
-    } finally {
-      release();
-    }
+    return view;
   }
 
-  private async prove(credential: WorkloadCredential): Promise<string> {
-    const deadline = Date.now() + (this.options.initialIssueTimeoutMs ?? DEFAULT_INITIAL_ISSUE_TIMEOUT_MS);
-    const holder: KeyHolder = {};
-    let lastError: unknown;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const secret = await this.requestSecret(credential, holder);
-        return this.adopt(secret, credential);
-      } catch (error) {
-        lastError = error;
-        if (!isRetryableCaError(error) || this.closing.signal.aborted) {
-          this.releaseKey(holder, error);
-          const streamError = this.streamError(error, credential);
-          if (isRefusal(error)) this.refusals.add(credential.key, streamError.code, streamError.message);
-          throw streamError;
-        }
-      }
-      const delay = backoffDelayMs(attempt, this.random);
-      if (Date.now() + delay > deadline) break;
-      this.options.metrics.outgoingRetries.inc({ request_type: 'csr' });
-      this.log.warn({ caAddress: this.options.ca.address, err: (lastError as Error).message, retryInMs: delay }, 'CA request failed; retrying');
-      await sleep(delay, this.closing.signal).catch(() => undefined);
-    }
-    this.releaseKey(holder, lastError);
-    throw new SdsError(
-      GrpcStatus.UNAVAILABLE,
-      `the CA at ${this.options.ca.address} could not issue a certificate: ${(lastError as Error).message} (gave up after retrying)`,
-    );
-  }
-
-  private streamError(error: unknown, credential: WorkloadCredential): SdsError {
-    if (error instanceof SdsError) return error;
-    if (error instanceof CaCallError) {
-      if (error.code === GrpcStatus.UNAUTHENTICATED || error.code === GrpcStatus.PERMISSION_DENIED) {
-        return new SdsError(error.code, `the CA refused the workload token (${credential.label}): ${error.details}`);
-      }
-      if (isRetryableCaError(error)) {
-        return new SdsError(GrpcStatus.UNAVAILABLE, `the CA at ${this.options.ca.address} is unavailable: ${error.details}`);
-      }
-      return new SdsError(GrpcStatus.INTERNAL, `the CA rejected the certificate request: ${error.message}`);
-    }
-    return new SdsError(GrpcStatus.INTERNAL, `could not get a certificate: ${(error as Error).message}`);
-  }
-
-  /**
-   * After a failed CSR: the key goes back to the pool only when the CA refused the token (it issued nothing);
-   * after any other failure it may have certified the key, so the key is never handed to anyone else.
-   */
-  private releaseKey(holder: KeyHolder, error: unknown): void {
-    const key = holder.pendingKey;
-    if (!key) return;
-    holder.pendingKey = undefined;
-    if (isRefusal(error) && !this.closing.signal.aborted) this.options.keys.giveBack(key);
-    else this.options.keys.spent(key);
-  }
-
-  /**
-   * One CSR to the CA, counted in the metrics; the answer is checked before anything uses it. The key is taken
-   * only once a CA request slot is granted (and kept in `holder` for retries), so requests waiting for the CA
-   * cost no key generation.
-   */
-  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder): Promise<IdentitySecret> {
-    const token = await credential.read();
-    const claimed = credential.claimedAccount;
-    let uris: string[] = [];
-    if (claimed) {
-      try {
-        uris = [WorkloadId.of({ trustDomain: this.options.trustDomain, ...claimed }).uri];
-      } catch {
-        uris = []; // Only a hint for the CA; it writes the identity it verified.
-      }
-    }
-    await this.csrSlots.acquire(this.closing.signal);
-    const metrics = this.options.metrics;
-    const started = performance.now();
-    let chain: string[];
-    let key: KeyObject;
-    try {
-      key = holder.pendingKey ??= await this.options.keys.take();
-      const csrPem = this.csrFor(key, uris);
-      metrics.outgoingRequests.inc({ request_type: 'csr' });
-      chain = await this.options.ca.createCertificate({ csrPem, token, ttlSeconds: this.options.ttlSeconds }, this.closing.signal);
-    } catch (error) {
-      const code = error instanceof CaCallError ? (GrpcStatus[error.code] ?? String(error.code)) : 'UNKNOWN';
-      metrics.failedOutgoingRequests.inc({ request_type: 'csr', error_code: code });
-      // Back before the slot is released, so that the request the slot goes to next gets this key, not a new one.
-      if (isRefusal(error)) this.releaseKey(holder, error);
-      throw error;
-    } finally {
-      this.csrSlots.release();
-      metrics.outgoingLatency.inc({ request_type: 'csr' }, performance.now() - started);
-    }
-    let secret: IdentitySecret;
-    try {
-      secret = this.checkChain(chain, key);
-    } finally {
-      // Certified (or answered with something unusable): this key is never handed out again.
-      holder.pendingKey = undefined;
-      this.options.keys.spent(key);
+  private secretOf(cached: CachedIdentity): IdentitySecret {
+    let secret = this.secrets.get(cached);
+    if (!secret) {
+      const rootsPem = this.bundleOf(cached.bundle).pem;
+      secret = {
+        identity: cached.identity,
+        keyPem: encodeWorkloadKey(cached.key, this.keyConfig),
+        chainPem: pemOf(cached.chain) + rootsPem,
+        rootsPem,
+        leaf: cached.leaf,
+        receivedAt: cached.receivedAt,
+        renewAt: cached.renewAt,
+        expiresAt: cached.expiresAt,
+        version: cached.version,
+      };
+      this.secrets.set(cached, secret);
     }
     return secret;
-  }
-
-  /** The CSR for `key` and `uris`: made once and sent again on retries (a CSR proves the key, not the moment). */
-  private csrFor(key: KeyObject, uris: string[]): string {
-    const wanted = uris.join('\n');
-    let csr = this.csrs.get(key);
-    if (csr?.uris !== wanted) {
-      const pem = createCsr({ privateKey: key, uris });
-      // The SPKI the CSR carries is the key's own encoding (createCsr writes it from the key): reading it back
-      // costs microseconds where exporting the key again costs a decoder set-up in OpenSSL 3.
-      csr = { uris: wanted, pem, spki: parseCsr(pem).spkiDer };
-      this.csrs.set(key, csr);
-    }
-    return csr.pem;
-  }
-
-  /** True when the leaf certifies `key`: its SPKI bytes equal our CSR's, else (another encoding) by the decoded key. */
-  private leafIsForKey(leaf: ParsedCertificate, key: KeyObject): boolean {
-    const spki = this.csrs.get(key)?.spki;
-    return (spki !== undefined && leaf.spkiDer.equals(spki)) || keysMatch(key, certificatePublicKey(leaf));
-  }
-
-  /** The trust bundle element of an answer, parsed once per distinct text. */
-  private rootsOf(text: string): RootsMemo {
-    if (this.rootsMemo?.text === text) return this.rootsMemo;
-    const roots = certificatesFromPem(text).map(parseCertificate);
-    const pem = roots.map((r) => certificateToPem(r.der)).join('');
-    // Share the string with the current bundle when equal, so identities do not each hold a copy.
-    this.rootsMemo = { text, roots, pem: this.bundle?.pem === pem ? this.bundle.pem : pem };
-    return this.rootsMemo;
-  }
-
-  /** Fail closed: the leaf must be for our key, name a SPIFFE identity and chain to the bundle in the answer. */
-  private checkChain(chain: string[], key: KeyObject): IdentitySecret {
-    const unusable = (why: string): SdsError => new SdsError(GrpcStatus.INTERNAL, `the CA returned an unusable certificate chain: ${why}`);
-    if (chain.length < 2) throw unusable(`${chain.length} element(s), expected at least the leaf and the root`);
-    const leafDers = certificatesFromPem(chain[0]!);
-    if (leafDers.length !== 1) throw unusable(`the first element holds ${leafDers.length} certificates, expected the leaf alone`);
-    const leaf = parseCertificate(leafDers[0]!);
-    if (!this.leafIsForKey(leaf, key)) throw unusable("the leaf certificate is not for the key in the agent's CSR");
-    const ids = leaf.sans.uris.filter((uri) => uri.startsWith('spiffe://'));
-    if (ids.length === 0) throw unusable('the leaf certificate names no spiffe:// identity');
-    for (const id of ids) parseSpiffeId(id);
-    const { roots, pem: rootsPem } = this.rootsOf(chain[chain.length - 1]!);
-    if (roots.length === 0) throw unusable('the last element holds no root certificate');
-    const intermediates = chain.slice(1, -1).flatMap((pem) => certificatesFromPem(pem)).map(parseCertificate);
-    const validity = { notBefore: leaf.notBefore.getTime(), notAfter: leaf.notAfter.getTime() };
-    if (validity.notAfter <= validity.notBefore) throw unusable('the leaf certificate has an empty validity period');
-    const receivedAt = Date.now();
-    try {
-      // A node clock a few minutes off must not refuse what the CA just issued; beyond MAX_CLOCK_SKEW_MS it does.
-      verifyChain(leaf, { intermediates, roots, at: new Date(verificationTime(validity, receivedAt)) });
-    } catch (error) {
-      throw unusable(`${(error as Error).message} (checked at ${new Date(receivedAt).toISOString()} by this node's clock, allowing ${MAX_CLOCK_SKEW_MS / 60_000} min of clock skew)`);
-    }
-    const chainPem = chain.map(withNewline).join('');
-    const graceRatio = drawGraceRatio(this.options.grace, this.random);
-    const schedule = renewalSchedule(validity, receivedAt, this.options.ttlSeconds * 1000, graceRatio);
-    if (schedule.clock !== 'in-sync') {
-      this.log.warn(
-        {
-          clock: schedule.clock,
-          notBefore: leaf.notBefore.toISOString(),
-          notAfter: leaf.notAfter.toISOString(),
-          localTime: new Date(receivedAt).toISOString(),
-          lifetimeSeconds: Math.round(schedule.lifetimeMs / 1000),
-        },
-        `this node's clock seems ${schedule.clock === 'behind' ? 'behind' : 'ahead of'} the CA's (a fresh certificate's validity does not fit the local time); ` +
-          "timing renewal from the certificate's own validity; check time sync (NTP) on this node",
-      );
-    }
-    return {
-      identity: [...ids].sort().join(','),
-      keyPem: encodeWorkloadKey(key, this.options.key),
-      chainPem,
-      rootsPem,
-      leaf,
-      receivedAt,
-      renewAt: schedule.renewAt,
-      expiresAt: schedule.expiresAt,
-      version: hashVersion(chainPem),
-    };
-  }
-
-  /** Stores a freshly proven secret under the identity the CA granted, and maps the credential to it. */
-  private adopt(secret: IdentitySecret, credential: WorkloadCredential): string {
-    const now = Date.now();
-    let entry = this.entries.get(secret.identity);
-    if (entry) {
-      // Another workload of the same identity is already served; keep its secret unless it is due for renewal.
-      if (now >= entry.secret.renewAt) {
-        this.revokeExpired(entry);
-        this.replaceSecret(entry, secret, 'renewed by a new workload');
-      }
-    } else {
-      entry = {
-        identity: secret.identity,
-        secret,
-        credentials: new Map(),
-        leases: new Set(),
-        renewing: false,
-        renewAttempt: 0,
-        dropped: false,
-      };
-      this.entries.set(secret.identity, entry);
-      this.options.metrics.secretsCached.set(this.entries.size);
-      this.logIssued(entry, 'issued certificate');
-      this.scheduleRenewal(entry);
-      this.startIdleTimer(entry);
-    }
-    entry.credentials.set(credential.key, { credential, lastUsed: now });
-    this.credentialIdentity.set(credential.key, secret.identity);
-    this.observeTrustBundle(secret);
-    return secret.identity;
-  }
-
-  private logIssued(entry: IdentityEntry, message: string): void {
-    const s = entry.secret;
-    this.log.info(
-      {
-        identity: entry.identity,
-        serial: s.leaf.serialHex,
-        notAfter: s.leaf.notAfter.toISOString(),
-        renewAt: new Date(s.renewAt).toISOString(),
-      },
-      message,
-    );
-  }
-
-  private replaceSecret(entry: IdentityEntry, secret: IdentitySecret, message: string): void {
-    entry.secret = secret;
-    entry.renewAttempt = 0;
-    this.logIssued(entry, message);
-    this.scheduleRenewal(entry);
-    for (const lease of entry.leases) for (const listener of lease.changeListeners) listener(secret);
-  }
-
-  private observeTrustBundle(secret: IdentitySecret): void {
-    if (this.bundle?.pem === secret.rootsPem) return;
-    const previous = this.bundle;
-    this.bundle = {
-      pem: secret.rootsPem,
-      version: hashVersion(secret.rootsPem),
-      roots: certificatesFromPem(secret.rootsPem).map(parseCertificate),
-    };
-    if (previous) this.log.info({ roots: this.bundle.roots.map((r) => r.subject) }, 'trust bundle changed; re-issuing workload certificates');
-    for (const listener of this.bundleListeners) listener(this.bundle);
-    if (!previous) return;
-    // Certificates from the old chain are replaced so that every workload moves to the new signing chain.
-    for (const entry of this.entries.values()) {
-      if (entry.secret.rootsPem !== secret.rootsPem) void this.renew(entry, 'trust bundle changed');
-    }
-  }
-
-  // --- renewal -----------------------------------------------------------------------------------------------
-
-  private scheduleRenewal(entry: IdentityEntry, at = entry.secret.renewAt): void {
-    entry.cancelRenewal?.();
-    entry.cancelRenewal = timerAt(at, () => void this.renew(entry, 'scheduled'));
-  }
-
-  private async renew(entry: IdentityEntry, reason: string): Promise<void> {
-    if (entry.renewing || entry.dropped) return;
-    entry.renewing = true;
-    try {
-      const usable = this.revokeExpired(entry);
-      // The token that stays valid longest first (a token file is re-read, so it is always fresh).
-      const validUntil = (use: CredentialUse): number => use.credential.expiresAt ?? Number.POSITIVE_INFINITY;
-      usable.sort((a, b) => validUntil(b) - validUntil(a) || b.lastUsed - a.lastUsed);
-      let lastError: unknown = null;
-      for (const use of usable) {
-        if (entry.dropped) return;
-        try {
-          const secret = await this.requestSecret(use.credential, entry);
-          if (secret.identity !== entry.identity) {
-            // Never let a token's answer land in another identity's entry.
-            this.revoke(entry, use.credential, `the CA now grants this token ${secret.identity}, not ${entry.identity}; reconnect`);
-            continue;
-          }
-          if (entry.dropped) return;
-          this.options.metrics.rotations.inc({ result: 'success' });
-          this.replaceSecret(entry, secret, reason === 'scheduled' ? 'renewed certificate' : `renewed certificate (${reason})`);
-          this.observeTrustBundle(secret);
-          return;
-        } catch (error) {
-          lastError = error;
-          if (isRefusal(error) && use.credential.revocable) {
-            this.refusals.add(use.credential.key, error.code, `the CA refused the workload token (${use.credential.label}): ${error.details}`);
-            this.revoke(entry, use.credential, `the CA no longer accepts the workload token (${use.credential.label}): ${error.details}; reconnect with a fresh token`);
-          }
-        }
-      }
-      if (entry.dropped) return;
-      this.options.metrics.rotations.inc({ result: 'failure' });
-      if (entry.credentials.size === 0) {
-        this.log.warn({ identity: entry.identity }, 'no valid workload token left to renew this certificate; waiting for a workload to reconnect');
-        return;
-      }
-      const delay = backoffDelayMs(entry.renewAttempt++, this.random);
-      this.options.metrics.outgoingRetries.inc({ request_type: 'csr' });
-      const expired = Date.now() >= entry.secret.expiresAt;
-      const details = {
-        identity: entry.identity,
-        caAddress: this.options.ca.address,
-        err: lastError instanceof Error ? lastError.message : String(lastError),
-        notAfter: entry.secret.leaf.notAfter.toISOString(),
-        retryInMs: delay,
-      };
-      if (expired) this.log.error(details, 'certificate expired and the CA could not renew it; still serving it and retrying');
-      else this.log.warn(details, 'certificate renewal failed; serving the current certificate and retrying');
-      this.scheduleRenewal(entry, Date.now() + delay);
-    } finally {
-      entry.renewing = false;
-    }
-  }
-
-  /**
-   * A token proves an identity until its exp: streams that proved it only with an expired token keep the secret
-   * they have but get no renewed one; they end (UNAUTHENTICATED) so that the client reconnects with a fresh token.
-   * Returns the credentials still valid, which renewal may use.
-   */
-  private revokeExpired(entry: IdentityEntry): CredentialUse[] {
-    const now = this.now();
-    const usable: CredentialUse[] = [];
-    for (const use of [...entry.credentials.values()]) {
-      if (use.credential.revocable && use.credential.expiresAt !== null && use.credential.expiresAt <= now) {
-        this.revoke(entry, use.credential, `the workload token (${use.credential.label}) expired; reconnect with a fresh token`);
-      } else {
-        usable.push(use);
-      }
-    }
-    return usable;
-  }
-
-  /** Forgets a credential and ends the streams that relied on it (clients reconnect with a fresh token). */
-  private revoke(entry: IdentityEntry, credential: WorkloadCredential, message: string): void {
-    entry.credentials.delete(credential.key);
-    if (this.credentialIdentity.get(credential.key) === entry.identity) this.credentialIdentity.delete(credential.key);
-    const error = new SdsError(GrpcStatus.UNAUTHENTICATED, message);
-    let streams = 0;
-    for (const lease of [...entry.leases]) {
-      if (lease.credentialKey !== credential.key) continue;
-      streams++;
-      // Detached first: whatever the stream does with the error, it gets no later secret of this identity.
-      entry.leases.delete(lease);
-      for (const listener of lease.revokeListeners) listener(error);
-    }
-    this.log.warn({ identity: entry.identity, credential: credential.label, streams }, 'workload token no longer valid; ending its streams');
-  }
-
-  // --- leases and idle expiry ------------------------------------------------------------------------------
-
-  private lease(entry: IdentityEntry, credentialKey: string): IdentityLease {
-    const record: LeaseRecord = { credentialKey, changeListeners: new Set(), revokeListeners: new Set() };
-    entry.leases.add(record);
-    entry.cancelIdle?.();
-    entry.cancelIdle = undefined;
-    let released = false;
-    return {
-      identity: entry.identity,
-      current: () => entry.secret,
-      onChange: (listener) => {
-        record.changeListeners.add(listener);
-        return () => record.changeListeners.delete(listener);
-      },
-      onRevoked: (listener) => {
-        record.revokeListeners.add(listener);
-        return () => record.revokeListeners.delete(listener);
-      },
-      release: () => {
-        if (released) return;
-        released = true;
-        entry.leases.delete(record);
-        if (entry.leases.size === 0 && !entry.dropped) this.startIdleTimer(entry);
-      },
-    };
-  }
-
-  private startIdleTimer(entry: IdentityEntry): void {
-    entry.cancelIdle?.();
-    entry.cancelIdle = timerAt(Date.now() + this.options.idleTtlMs, () => {
-      if (entry.leases.size === 0) this.drop(entry, 'no stream watches it any more');
-    });
-  }
-
-  private drop(entry: IdentityEntry, why: string): void {
-    if (entry.dropped) return;
-    entry.dropped = true;
-    entry.cancelRenewal?.();
-    entry.cancelIdle?.();
-    // A renewal key whose CSR may have been certified is never handed to anyone else.
-    if (entry.pendingKey) this.options.keys.spent(entry.pendingKey);
-    entry.pendingKey = undefined;
-    for (const key of entry.credentials.keys()) {
-      if (this.credentialIdentity.get(key) === entry.identity) this.credentialIdentity.delete(key);
-    }
-    entry.credentials.clear();
-    this.entries.delete(entry.identity);
-    this.options.metrics.secretsCached.set(this.entries.size);
-    this.log.info({ identity: entry.identity, reason: why }, 'dropped cached secret');
   }
 }

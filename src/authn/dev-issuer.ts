@@ -12,8 +12,8 @@ import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
 import type { JwtRule } from './jwt.js';
 
 export const DEV_ISSUER = 'https://meshca.dev.local';
-export const DEV_JWT_KEY_FILE = 'dev-jwt-key.pem';
-export const DEV_JWKS_FILE = 'dev-jwks.json';
+const DEV_JWT_KEY_FILE = 'dev-jwt-key.pem';
+const DEV_JWKS_FILE = 'dev-jwks.json';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -37,7 +37,7 @@ export interface MintOptions {
 }
 
 /** Checks names the way Kubernetes does, so a dev token is never something a cluster could not issue. */
-export function validateServiceAccountRef(namespace: string, serviceAccount: string): void {
+function validateServiceAccountRef(namespace: string, serviceAccount: string): void {
   if (namespace.length > 63 || !DNS_LABEL.test(namespace)) {
     throw new DevIssuerError(`invalid namespace "${namespace}": use lowercase letters, digits and "-" (at most 63 characters)`);
   }

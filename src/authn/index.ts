@@ -27,11 +27,11 @@ export {
   type NodeCheckVerdict,
 } from './impersonation.js';
 export { PodCache, podIsLive, systemClock, type CachedPod, type Clock, type PodSource } from './pod-cache.js';
-export { KubeClusters, callWithDeadline, type KubeCluster } from './kube-clusters.js';
+export { KubeClusters, type KubeCluster } from './kube-clusters.js';
 export * from './types.js';
 
 /** Istio's message for a request no authenticator accepted. */
-export const AUTHENTICATE_FAILURE = 'request authenticate failure';
+const AUTHENTICATE_FAILURE = 'request authenticate failure';
 
 export class AuthenticatorChain {
   constructor(readonly authenticators: readonly Authenticator[]) {}

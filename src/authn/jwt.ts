@@ -33,7 +33,7 @@ import {
  * extends kubelet's projected tokens to exactly 365 days (--service-account-extend-token-expiration, on by
  * default), and a cluster's OIDC issuer is a common JWT_RULE; one day of slack keeps those working.
  */
-export const DEFAULT_JWT_MAX_TOKEN_LIFETIME_SECONDS = 366 * 86400;
+const DEFAULT_JWT_MAX_TOKEN_LIFETIME_SECONDS = 366 * 86400;
 /** Leeway for exp/nbf/iat, as for the clock check jose does. */
 const CLOCK_TOLERANCE_SECONDS = 5;
 

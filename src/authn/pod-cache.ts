@@ -9,7 +9,7 @@
  * cache cut off from its API server stops vouching for pods instead of serving an ever older picture.
  */
 import { Watch, type CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
-import { callWithDeadline, describeKubeError } from './kube-clusters.js';
+import { callWithDeadline, describeKubeError } from '../kube/api.js';
 
 /** The fields of a pod that identity checks use. */
 export interface CachedPod {
@@ -378,7 +378,7 @@ function stringField(record: Record<string, unknown> | undefined, key: string): 
 }
 
 /** The fields of a pod object from a list or a watch event; undefined when it lacks namespace, name or UID. */
-export function cachedPodOf(object: unknown): CachedPod | undefined {
+function cachedPodOf(object: unknown): CachedPod | undefined {
   if (!isRecord(object)) return undefined;
   const metadata = isRecord(object.metadata) ? object.metadata : undefined;
   const spec = isRecord(object.spec) ? object.spec : undefined;

@@ -13,7 +13,8 @@
 import { createHash } from 'node:crypto';
 import type { V1TokenReview } from '@kubernetes/client-node';
 import { WorkloadId } from '../pki/index.js';
-import { callWithDeadline, describeKubeError, type KubeCluster, type KubeClusters } from './kube-clusters.js';
+import { callWithDeadline, describeKubeError } from '../kube/api.js';
+import type { KubeCluster, KubeClusters } from './kube-clusters.js';
 import { extractBearerToken, isServiceAccountUsername, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
 
 export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';

@@ -6,7 +6,7 @@
  * never overwrite each other's rotation step.
  */
 import { ApiException, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
-import { watchWithBackoff } from '../config/kube.js';
+import { watchWithBackoff } from '../kube/config.js';
 import type { Logger } from '../log.js';
 import { CaConfigError } from './errors.js';
 import { CaStateConflictError, SELF_SIGNED_FILES, type CaStateStore, type StoredCaState } from './selfsigned.js';

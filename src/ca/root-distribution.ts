@@ -6,7 +6,7 @@
  */
 import { CoreV1Api, Watch, type KubeConfig, type V1ConfigMap } from '@kubernetes/client-node';
 import type { Logger } from '../log.js';
-import { watchWithBackoff } from '../config/kube.js';
+import { watchWithBackoff } from '../kube/config.js';
 import { kubeErrorMessage, kubeStatusCode } from './kube-store.js';
 
 export const ROOT_CONFIGMAP_NAME = 'istio-ca-root-cert';

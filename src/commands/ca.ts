@@ -16,7 +16,7 @@ import { COMMAND_DESCRIPTIONS } from './descriptions.js';
  * where or what to do: restate it as one line naming the state directory and the fix. Errors that already
  * explain themselves (configuration and key-source errors) pass through unchanged.
  */
-export function describeStateFailure(error: unknown, stateDir: string): unknown {
+function describeStateFailure(error: unknown, stateDir: string): unknown {
   if (!(error instanceof Error) || !('syscall' in error) || !('code' in error)) return error;
   const where = `the CA state directory ${stateDir}`;
   switch (error.code) {

@@ -30,7 +30,7 @@ import {
 import { ensurePrivateDirectory, fileExists, writeFileAtomic } from '../util/fs.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
-export const ROOT_FILES = { cert: 'root-cert.pem', key: 'root-key.pem' } as const;
+const ROOT_FILES = { cert: 'root-cert.pem', key: 'root-key.pem' } as const;
 
 class CacertsCommandError extends Error {}
 
@@ -99,7 +99,7 @@ interface IntermediateOptions extends RootOptions {
   cluster: string;
 }
 
-export async function createRootCa(options: RootOptions): Promise<{ certFile: string; keyFile: string; cert: ParsedCertificate }> {
+async function createRootCa(options: RootOptions): Promise<{ certFile: string; keyFile: string; cert: ParsedCertificate }> {
   const spec = keySpecOf(options.key);
   const ttlSeconds = ttlOf(options.ttl);
   await ensurePrivateDirectory(options.out);
@@ -117,7 +117,7 @@ export async function createRootCa(options: RootOptions): Promise<{ certFile: st
   return { certFile, keyFile, cert: parseCertificate(der) };
 }
 
-export async function createIntermediateCa(options: IntermediateOptions): Promise<{ dir: string; cert: ParsedCertificate; clamped: boolean }> {
+async function createIntermediateCa(options: IntermediateOptions): Promise<{ dir: string; cert: ParsedCertificate; clamped: boolean }> {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(options.cluster)) {
     throw new CacertsCommandError(`invalid --cluster "${options.cluster}": use letters, digits, '.', '_' and '-'`);
   }

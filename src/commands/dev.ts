@@ -9,7 +9,8 @@ import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readAgentConfig, startAgent } from '../agent/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
-import { addLogLevelOption, readCaServerConfig, readLogLevel, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { CA_SERVER_FLAGS, KEY_SOURCE_ENV_ONLY, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { addEnvOnlyHelp, addFlag, addLogLevelOption, readLogLevel } from '../config/flags.js';
 import type { Env } from '../config/env.js';
 import { createLogger, type Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
@@ -62,7 +63,7 @@ function dialHost(host: string): string {
 }
 
 /** The CA with the self-signed root in the state directory, trusting the dev JWT issuer; no TokenReview. */
-export const devCaComponent: DevComponent = {
+const devCaComponent: DevComponent = {
   name: 'ca',
   async start(context) {
     const { logger, flags, stateDir } = context;
@@ -131,7 +132,7 @@ export const devCaComponent: DevComponent = {
 };
 
 /** The node agent, serving SDS on a socket in the state directory and getting certificates from the dev CA. */
-export const devAgentComponent: DevComponent = {
+const devAgentComponent: DevComponent = {
   name: 'agent',
   async start(context) {
     const ca = context.ca!;
@@ -160,14 +161,14 @@ export const devAgentComponent: DevComponent = {
 };
 
 /** Components in start order. */
-export const DEV_COMPONENTS: DevComponent[] = [devCaComponent, devAgentComponent];
+const DEV_COMPONENTS: DevComponent[] = [devCaComponent, devAgentComponent];
 
 function shellQuote(text: string): string {
   return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
 }
 
 /** The copy-paste example: a token from the dev issuer, a certificate for it, and a look at the result. */
-export function exampleCommands(context: DevContext, cli: string): string[] {
+function exampleCommands(context: DevContext, cli: string): string[] {
   const ca = context.ca!;
   const state = context.stateDir;
   const tokenFile = path.join(state, 'demo.jwt');
@@ -183,7 +184,7 @@ export function exampleCommands(context: DevContext, cli: string): string[] {
 }
 
 /** The same identity through the node agent, as an Envoy would get it over SDS. */
-export function sdsExampleCommands(context: DevContext, cli: string): string[] {
+function sdsExampleCommands(context: DevContext, cli: string): string[] {
   const socket = context.flags.sdsSocket ?? path.join(context.stateDir, 'sds.sock');
   const q = shellQuote;
   return [`${cli} fetch --sds-socket ${q(socket)} --token-file ${q(path.join(context.stateDir, 'demo.jwt'))} --resource default --resource ROOTCA`];
@@ -194,8 +195,9 @@ export function registerDevCommand(program: Command): void {
     .command('dev')
     .description(COMMAND_DESCRIPTIONS.dev);
   addKeySourceOptions(command);
-  if (!command.options.some((o) => o.long === '--trust-domain')) command.option('--trust-domain <domain>', 'SPIFFE trust domain (env TRUST_DOMAIN)');
+  if (!command.options.some((o) => o.long === '--trust-domain')) addFlag(command, CA_SERVER_FLAGS.trustDomain);
   addLogLevelOption(command);
+  addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')
     .option('--monitoring-addr <host:port>', 'monitoring HTTP listen address', '127.0.0.1:15014')

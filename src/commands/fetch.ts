@@ -36,7 +36,7 @@ function readToken(file: string | undefined): string | undefined {
 }
 
 /** One line about what arrived, e.g. "default: spiffe://cluster.local/ns/a/sa/b serial … expires …". */
-export function describeUpdate(update: SecretUpdate): string {
+function describeUpdate(update: SecretUpdate): string {
   if (update.certificateChain) {
     const leaf = parseCertificate(certificatesFromPem(update.certificateChain)[0]!);
     const id = leaf.sans.uris[0] ?? leaf.subject;

@@ -108,7 +108,7 @@ function csrReport(der: Buffer): CsrReport {
  * Builds the report. The chain check treats the first certificate as the leaf, self-signed certificates
  * (and those in `rootsPem`) as trust anchors and the rest as intermediates.
  */
-export function inspectPem(text: string, options: { rootsPem?: string; now?: number } = {}): InspectReport {
+function inspectPem(text: string, options: { rootsPem?: string; now?: number } = {}): InspectReport {
   const now = options.now ?? Date.now();
   const blocks = decodePem(text);
   if (blocks.length === 0) throw new Error('no PEM block found in the input');
@@ -153,7 +153,7 @@ function formatSpan(seconds: number): string {
   return `${m}m${seconds % 60}s`;
 }
 
-export function formatReport(report: InspectReport): string {
+function formatReport(report: InspectReport): string {
   const lines: string[] = [];
   report.items.forEach((item, index) => {
     if (item.type === 'certificate') {

@@ -17,15 +17,16 @@ import {
   readString,
   type Env,
 } from './env.js';
+import { sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
 
-export const AGENT_MODES = ['node', 'sidecar'] as const;
+const AGENT_MODES = ['node', 'sidecar'] as const;
 export type AgentMode = (typeof AGENT_MODES)[number];
 
 export const DEFAULT_SDS_SOCKET = './var/run/secrets/workload-spiffe-uds/socket';
-export const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
-export const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
-export const DEFAULT_CA_ADDR = 'localhost:15012';
-export const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
+const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
+const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
+const DEFAULT_CA_ADDR = 'localhost:15012';
+const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
 /**
  * Sidecar mode: where file-cert:/file-root: resources may be read from unless --file-resource-dirs says otherwise.
  * The places Istio mounts certificates in a proxy container: /etc/certs (Istio's file-mounted workload certs and
@@ -40,6 +41,56 @@ export const DEFAULT_SIDECAR_FILE_RESOURCE_DIRS: readonly string[] = [
   '/var/run/secrets/istio',
   '/var/run/secrets/workload-spiffe-credentials',
 ];
+
+/** Every flag of `meshca agent` (README's agent table is checked against them by test/flags.test.ts). */
+export const AGENT_FLAGS = {
+  mode: {
+    flags: '--mode <mode>',
+    description: 'node: every workload sends its own token on the stream; sidecar: one workload, token from --token-file',
+    env: ['MESHCA_AGENT_MODE'],
+    defaultText: 'node',
+  },
+  sdsSocket: { flags: '--sds-socket <path>', description: 'SDS Unix socket', defaultText: DEFAULT_SDS_SOCKET },
+  sdsSocketMode: {
+    flags: '--sds-socket-mode <mode>',
+    description:
+      'file mode of the socket, octal (0666 like Istio: Envoys run as other users; every call proves a workload with its own token, ' +
+      "and a token that is not an unexpired JWT costs no key or CA call). 0660 narrows it to the agent's group, if every Envoy shares it",
+    env: ['MESHCA_SDS_SOCKET_MODE'],
+    defaultText: '0666',
+  },
+  tokenFile: { flags: '--token-file <file>', description: "sidecar mode: the workload's service-account token, re-read for every CSR", defaultText: DEFAULT_TOKEN_FILE },
+  idleSecretTtl: { flags: '--idle-secret-ttl <duration>', description: 'drop a cached identity this long after its last stream ends', defaultText: '5m' },
+  keyPoolSize: { flags: '--key-pool-size <n>', description: 'pre-generated keys kept ready', defaultText: '2' },
+  caAddr: { flags: '--ca-addr <host:port>', description: 'CA address', env: ['CA_ADDR'], defaultText: DEFAULT_CA_ADDR },
+  caRootCert: { flags: '--ca-root-cert <file>', description: "root certificate that verifies the CA's TLS", defaultText: DEFAULT_CA_ROOT_CERT },
+  secretTtl: { flags: '--secret-ttl <duration>', description: 'requested certificate lifetime', env: ['SECRET_TTL'], defaultText: '24h' },
+  outputCerts: { flags: '--output-certs <dir>', description: 'sidecar mode: also write key.pem, cert-chain.pem, root-cert.pem here', env: ['OUTPUT_CERTS'] },
+  statusAddr: { flags: '--status-addr <host:port>', description: 'status HTTP server: /healthz/ready, /metrics', defaultText: DEFAULT_STATUS_ADDR },
+  fileResourceDirs: {
+    flags: '--file-resource-dirs <dirs>',
+    description: 'comma list of directories file-cert:/file-root: resources may read',
+    env: ['MESHCA_FILE_RESOURCE_DIRS'],
+    defaultText: `none in node mode; sidecar: ${DEFAULT_SIDECAR_FILE_RESOURCE_DIRS.join(',')}`,
+  },
+  trustDomain: { flags: '--trust-domain <domain>', description: 'trust domain expected in CSRs', env: ['TRUST_DOMAIN'], defaultText: 'cluster.local' },
+} as const satisfies Record<string, FlagSpec>;
+
+/** The agent's variables that have no flag (Istio's names, so an istio-agent's settings carry over). */
+export const AGENT_ENV_ONLY: readonly EnvOnlySpec[] = [
+  { env: 'ISTIOD_SAN', description: 'TLS server name to verify instead of the host of CA_ADDR' },
+  { env: 'SECRET_GRACE_PERIOD_RATIO', description: 'renew when this fraction of the lifetime is left (default 0.5)' },
+  { env: 'SECRET_GRACE_PERIOD_RATIO_JITTER', description: 'random spread of that fraction (default 0.01)' },
+  { env: 'WORKLOAD_RSA_KEY_SIZE', description: 'RSA workload key size, 2048 to 8192 (default 2048)' },
+  { env: 'ECC_SIGNATURE_ALGORITHM', description: 'ECDSA for EC workload keys (default RSA)' },
+  { env: 'ECC_CURVE', description: 'P256 | P384 (default P256)' },
+  { env: 'PKCS8_KEY', description: 'true: write keys as PKCS#8 (default false)' },
+  { env: 'ISTIO_META_CERT_SIGNER', description: 'CertSigner metadata sent to the CA' },
+  { env: 'ISTIO_META_CLUSTER_ID', description: 'clusterid header sent to the CA' },
+  { env: 'CA_HEADER_<NAME>', description: 'extra gRPC header <name> sent to the CA' },
+];
+
+const F = AGENT_FLAGS;
 
 export interface WorkloadKeyConfig {
   algorithm: 'RSA' | 'ECDSA';
@@ -115,7 +166,7 @@ export interface AgentFlags {
  * one group can use 0660 and give the socket that group.
  */
 function readSocketMode(flagValue: string | undefined, env: Env): number {
-  const source = { flag: '--sds-socket-mode', env: 'MESHCA_SDS_SOCKET_MODE' };
+  const source = sourceOf(F.sdsSocketMode);
   const value = raw(flagValue, env, source);
   if (value === undefined) return 0o666;
   if (!/^0?[0-7]{3}$/.test(value.trim())) throw bad(source, value, 'an octal file mode such as 0666 or 0660');
@@ -136,9 +187,9 @@ function caHeaders(env: Env): Record<string, string> {
 }
 
 export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
-  const mode = readEnum(flags.mode, env, { flag: '--mode', env: 'MESHCA_AGENT_MODE' }, AGENT_MODES, 'node');
-  const tokenFileGiven = raw(flags.tokenFile, env, { flag: '--token-file' }) !== undefined;
-  const outputCertsDir = readOptionalString(flags.outputCerts, env, { flag: '--output-certs', env: 'OUTPUT_CERTS' });
+  const mode = readEnum(flags.mode, env, sourceOf(F.mode), AGENT_MODES, 'node');
+  const tokenFileGiven = raw(flags.tokenFile, env, sourceOf(F.tokenFile)) !== undefined;
+  const outputCertsDir = readOptionalString(flags.outputCerts, env, sourceOf(F.outputCerts));
   if (mode === 'node' && tokenFileGiven) {
     throw new ConfigError('--token-file is only used with --mode sidecar; in node mode each workload sends its own token on the SDS stream');
   }
@@ -148,43 +199,43 @@ export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
   const algorithm = readEnum(undefined, env, { env: 'ECC_SIGNATURE_ALGORITHM' }, ['RSA', 'ECDSA'] as const, 'RSA');
   const graceRatio = readNumber(undefined, env, { env: 'SECRET_GRACE_PERIOD_RATIO' }, 0.5, { min: 0, max: 1 });
   const graceRatioJitter = readNumber(undefined, env, { env: 'SECRET_GRACE_PERIOD_RATIO_JITTER' }, 0.01, { min: 0, max: 1 });
-  const fileDirsSource = { flag: '--file-resource-dirs', env: 'MESHCA_FILE_RESOURCE_DIRS' };
+  const fileDirsSource = sourceOf(F.fileResourceDirs);
   const fileDirsGiven = raw(flags.fileResourceDirs, env, fileDirsSource) !== undefined;
   const serverName = readOptionalString(undefined, env, { env: 'ISTIOD_SAN' });
   const clusterId = readOptionalString(undefined, env, { env: 'ISTIO_META_CLUSTER_ID' });
   return {
     mode,
-    sdsSocket: readString(flags.sdsSocket, env, { flag: '--sds-socket' }, DEFAULT_SDS_SOCKET),
+    sdsSocket: readString(flags.sdsSocket, env, sourceOf(F.sdsSocket), DEFAULT_SDS_SOCKET),
     sdsSocketMode: readSocketMode(flags.sdsSocketMode, env),
-    tokenFile: readString(flags.tokenFile, env, { flag: '--token-file' }, DEFAULT_TOKEN_FILE),
-    idleSecretTtlSeconds: readDuration(flags.idleSecretTtl, env, { flag: '--idle-secret-ttl' }, 300, { min: 0 }),
+    tokenFile: readString(flags.tokenFile, env, sourceOf(F.tokenFile), DEFAULT_TOKEN_FILE),
+    idleSecretTtlSeconds: readDuration(flags.idleSecretTtl, env, sourceOf(F.idleSecretTtl), 300, { min: 0 }),
     key: {
       algorithm,
       rsaBits: readInteger(undefined, env, { env: 'WORKLOAD_RSA_KEY_SIZE' }, 2048, { min: 2048, max: 8192 }),
       curve: readEnum(undefined, env, { env: 'ECC_CURVE' }, ['P256', 'P384'] as const, 'P256'),
       pkcs8: readBoolean(undefined, env, { env: 'PKCS8_KEY' }, false),
     },
-    keyPoolSize: readInteger(flags.keyPoolSize, env, { flag: '--key-pool-size' }, 2, { min: 0, max: 64 }),
+    keyPoolSize: readInteger(flags.keyPoolSize, env, sourceOf(F.keyPoolSize), 2, { min: 0, max: 64 }),
     ca: {
       address: readCaAddress(flags.caAddr, env),
-      rootCertPath: readString(flags.caRootCert, env, { flag: '--ca-root-cert' }, DEFAULT_CA_ROOT_CERT),
+      rootCertPath: readString(flags.caRootCert, env, sourceOf(F.caRootCert), DEFAULT_CA_ROOT_CERT),
       ...(serverName !== undefined ? { serverName } : {}),
       certSigner: readString(undefined, env, { env: 'ISTIO_META_CERT_SIGNER' }, ''),
       ...(clusterId !== undefined ? { clusterId } : {}),
       extraHeaders: caHeaders(env),
     },
-    secretTtlSeconds: readDuration(flags.secretTtl, env, { flag: '--secret-ttl', env: 'SECRET_TTL' }, 86400, { min: 1 }),
+    secretTtlSeconds: readDuration(flags.secretTtl, env, sourceOf(F.secretTtl), 86400, { min: 1 }),
     graceRatio,
     graceRatioJitter,
     ...(outputCertsDir !== undefined ? { outputCertsDir } : {}),
-    statusAddress: readAddress(flags.statusAddr, env, { flag: '--status-addr' }, DEFAULT_STATUS_ADDR),
+    statusAddress: readAddress(flags.statusAddr, env, sourceOf(F.statusAddr), DEFAULT_STATUS_ADDR),
     fileResourceDirs: fileDirsGiven ? readList(flags.fileResourceDirs, env, fileDirsSource, []) : mode === 'sidecar' ? [...DEFAULT_SIDECAR_FILE_RESOURCE_DIRS] : [],
-    trustDomain: readString(flags.trustDomain, env, { flag: '--trust-domain', env: 'TRUST_DOMAIN' }, 'cluster.local'),
+    trustDomain: readString(flags.trustDomain, env, sourceOf(F.trustDomain), 'cluster.local'),
   };
 }
 
 function readCaAddress(flagValue: string | undefined, env: Env): string {
-  const source = { flag: '--ca-addr', env: 'CA_ADDR' };
+  const source = sourceOf(F.caAddr);
   const value = readString(flagValue, env, source, DEFAULT_CA_ADDR);
   // A full URL or a bare host is a common slip; say what shape is wanted.
   if (!/^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$/.test(value.trim())) throw bad(source, value, 'host:port, e.g. istiod.istio-system.svc:15012');

@@ -1,28 +1,7 @@
 /**
  * Configuration of `meshca ca` (and the CA inside `meshca dev`): flags, Istio-named environment variables and
- * their defaults. Every bad value is a ConfigError naming the flag or variable.
- *
- * | flag                        | env                         | default                  |
- * |-----------------------------|-----------------------------|--------------------------|
- * | --grpc-addr                 |                             | 0.0.0.0:15012            |
- * | --monitoring-addr           |                             | 0.0.0.0:15014            |
- * | --plaintext                 |                             | off (TLS)                |
- * | --server-dns                | ISTIOD_CUSTOM_HOST (added)  | meshca.istio-system.svc  |
- * | --server-cert-ttl           |                             | 24h                      |
- * | --trust-domain              | TRUST_DOMAIN                | cluster.local            |
- * | --cluster-id                | CLUSTER_ID                  | Kubernetes               |
- * | --kubeconfig [id=]path      | KUBECONFIG                  | in-cluster if available  |
- * | --token-audiences           | TOKEN_AUDIENCES             | istio-ca                 |
- * | --tokenreview-cache-ttl     |                             | 60s                      |
- * | --tokenreview-timeout       |                             | 5s                       |
- * | --max-inflight-tokenreviews |                             | 64                       |
- * | --max-csr-per-identity-per-minute |                       | 600 (0: no limit)        |
- * | --jwt-rule                  | JWT_RULE                    | none                     |
- * | --trusted-node-accounts     | CA_TRUSTED_NODE_ACCOUNTS    | none                     |
- * | --default-workload-cert-ttl | DEFAULT_WORKLOAD_CERT_TTL   | 24h                      |
- * | --max-workload-cert-ttl     | MAX_WORKLOAD_CERT_TTL       | 90d                      |
- * | --log-level                 | MESHCA_LOG_LEVEL            | info                     |
- * | --workers                   | MESHCA_CA_WORKERS           | 1 (auto: the CPUs given) |
+ * their defaults, each defined once in CA_SERVER_FLAGS (README's tables are checked against the registered
+ * options by test/flags.test.ts). Every bad value is a ConfigError naming the flag or variable.
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -32,8 +11,9 @@ import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
 import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
 import { LOG_LEVELS } from '../log.js';
-import { bad, ConfigError, raw, readAddress, readDuration, readEnum, readInteger, readList, readString, type Env } from './env.js';
-import { kubeConfigAvailable } from './kube.js';
+import { addEnvOnlyHelp, addFlag, addLogLevelOption, collect, longFlag, readLogLevel, sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
+import { bad, ConfigError, raw, readAddress, readDuration, readInteger, readList, readString, type Env } from './env.js';
+import { kubeConfigAvailable } from '../kube/config.js';
 
 export interface ListenAddress {
   host: string;
@@ -99,58 +79,105 @@ export interface CaServerFlags extends KeySourceFlags {
   workers?: string;
 }
 
-export const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
-export const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
+const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
+const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
 
-const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+/** Every flag of `meshca ca` other than the key source's (those are the key source's own, see src/ca). */
+export const CA_SERVER_FLAGS = {
+  grpcAddr: { flags: '--grpc-addr <host:port>', description: 'gRPC (CA API) listen address', defaultText: '0.0.0.0:15012' },
+  monitoringAddr: { flags: '--monitoring-addr <host:port>', description: 'HTTP listen address for /metrics, /ready, /healthz, /debug/ca', defaultText: '0.0.0.0:15014' },
+  plaintext: { flags: '--plaintext', description: 'serve gRPC without TLS (local debugging only)' },
+  serverDns: {
+    flags: '--server-dns <names>',
+    description: 'DNS names of the serving certificate, comma-separated, repeatable; ISTIOD_CUSTOM_HOST adds more',
+    env: ['ISTIOD_CUSTOM_HOST'],
+    defaultText: DEFAULT_SERVER_DNS,
+  },
+  serverCertTtl: { flags: '--server-cert-ttl <duration>', description: 'lifetime of the serving certificate; renewed at half-life', defaultText: '24h' },
+  clusterId: { flags: '--cluster-id <id>', description: 'ID of the local cluster, matched against the clusterid header', env: ['CLUSTER_ID'], defaultText: 'Kubernetes' },
+  kubeconfig: {
+    flags: '--kubeconfig <[clusterID=]path>',
+    description: 'kubeconfig for TokenReview and pods; repeatable as clusterID=path; a bare path is the local cluster',
+    env: ['KUBECONFIG'],
+    defaultText: 'KUBECONFIG, else in-cluster',
+  },
+  tokenAudiences: { flags: '--token-audiences <list>', description: 'audiences required of bearer tokens, comma-separated', env: ['TOKEN_AUDIENCES'], defaultText: 'istio-ca' },
+  tokenreviewCacheTtl: {
+    flags: '--tokenreview-cache-ttl <duration>',
+    description: 'how long a successful TokenReview is cached, at most until the token expires',
+    defaultText: '60s',
+  },
+  tokenreviewTimeout: { flags: '--tokenreview-timeout <duration>', description: 'timeout of one TokenReview call', defaultText: '5s' },
+  maxInflightTokenreviews: {
+    flags: '--max-inflight-tokenreviews <n>',
+    description: 'TokenReview calls allowed at once; requests needing another one get UNAVAILABLE at once',
+    defaultText: String(DEFAULT_MAX_INFLIGHT_TOKENREVIEWS),
+  },
+  maxCsrPerIdentityPerMinute: {
+    flags: '--max-csr-per-identity-per-minute <n>',
+    description: 'certificate requests per minute per caller identity before RESOURCE_EXHAUSTED, 0 for no limit',
+    defaultText: String(DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE),
+  },
+  jwtRule: { flags: '--jwt-rule <json>', description: 'trusted JWT issuers: {"issuer","jwks_uri"|"jwks_file","audiences"} or a list', env: ['JWT_RULE'] },
+  trustedNodeAccounts: {
+    flags: '--trusted-node-accounts <list>',
+    description: 'namespace/serviceaccount,... allowed to use ImpersonatedIdentity',
+    env: ['CA_TRUSTED_NODE_ACCOUNTS'],
+  },
+  defaultWorkloadCertTtl: { flags: '--default-workload-cert-ttl <duration>', description: 'TTL when a request asks for none', env: ['DEFAULT_WORKLOAD_CERT_TTL'], defaultText: '24h' },
+  maxWorkloadCertTtl: { flags: '--max-workload-cert-ttl <duration>', description: 'longest TTL a request may ask for', env: ['MAX_WORKLOAD_CERT_TTL'], defaultText: '90d' },
+  workers: {
+    flags: '--workers <n|auto>',
+    description: 'processes serving the gRPC API (one per CPU core scales signing; auto = the CPUs this container may use)',
+    env: ['MESHCA_CA_WORKERS'],
+    defaultText: '1',
+  },
+  trustDomain: { flags: '--trust-domain <domain>', description: 'SPIFFE trust domain', env: ['TRUST_DOMAIN'], defaultText: 'cluster.local' },
+} as const satisfies Record<string, FlagSpec>;
+
+const F = CA_SERVER_FLAGS;
 
 function hasOption(command: Command, long: string): boolean {
   return command.options.some((o) => o.long === long);
 }
 
-/** Adds `--log-level` unless the command has it already. */
-export function addLogLevelOption(command: Command): Command {
-  if (!hasOption(command, '--log-level')) command.option('--log-level <level>', `log level: ${LOG_LEVELS.join(' | ')} (env MESHCA_LOG_LEVEL)`);
-  return command;
-}
-
-export function readLogLevel(flag: string | undefined, env: Env): LogLevel {
-  return readEnum(flag, env, { flag: '--log-level', env: 'MESHCA_LOG_LEVEL' }, LOG_LEVELS, 'info');
-}
-
 /** Registers every `ca` flag (including the key-source flags) on a command. */
-export function addCaServerOptions(command: Command, defaults: { grpcAddr?: string; monitoringAddr?: string } = {}): Command {
-  command
-    .option('--grpc-addr <host:port>', 'gRPC (CA API) listen address', defaults.grpcAddr ?? '0.0.0.0:15012')
-    .option('--monitoring-addr <host:port>', 'HTTP listen address for /metrics, /ready, /healthz, /debug/ca', defaults.monitoringAddr ?? '0.0.0.0:15014')
-    .option('--plaintext', 'serve gRPC without TLS (local debugging only)')
-    .option('--server-dns <names>', `DNS names of the serving certificate, comma-separated, repeatable (default ${DEFAULT_SERVER_DNS}; env ISTIOD_CUSTOM_HOST adds more)`, collect)
-    .option('--server-cert-ttl <duration>', 'lifetime of the serving certificate; renewed at half-life (default 24h)')
-    .option('--cluster-id <id>', 'ID of the local cluster, matched against the clusterid header (env CLUSTER_ID, default Kubernetes)')
-    .option('--kubeconfig <[clusterID=]path>', 'kubeconfig for TokenReview and pods; repeatable as clusterID=path; a bare path is the local cluster (default: KUBECONFIG, else in-cluster)', collect)
-    .option('--token-audiences <list>', 'audiences required of bearer tokens, comma-separated (env TOKEN_AUDIENCES, default istio-ca)')
-    .option('--tokenreview-cache-ttl <duration>', 'how long a successful TokenReview is cached, at most until the token expires (default 60s)')
-    .option('--tokenreview-timeout <duration>', 'timeout of one TokenReview call (default 5s)')
-    .option(
-      '--max-inflight-tokenreviews <n>',
-      `TokenReview calls allowed at once; requests needing another one get UNAVAILABLE at once (default ${DEFAULT_MAX_INFLIGHT_TOKENREVIEWS})`,
-    )
-    .option(
-      '--max-csr-per-identity-per-minute <n>',
-      `certificate requests per minute per caller identity before RESOURCE_EXHAUSTED, 0 for no limit (default ${DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE})`,
-    )
-    .option('--jwt-rule <json>', 'trusted JWT issuers: {"issuer","jwks_uri"|"jwks_file","audiences"} or a list (env JWT_RULE)')
-    .option('--trusted-node-accounts <list>', 'namespace/serviceaccount,... allowed to use ImpersonatedIdentity (env CA_TRUSTED_NODE_ACCOUNTS)')
-    .option('--default-workload-cert-ttl <duration>', 'TTL when a request asks for none (env DEFAULT_WORKLOAD_CERT_TTL, default 24h)')
-    .option('--max-workload-cert-ttl <duration>', 'longest TTL a request may ask for (env MAX_WORKLOAD_CERT_TTL, default 90d)')
-    .option('--workers <n|auto>', 'processes serving the gRPC API (one per CPU core scales signing; auto = the CPUs this container may use) (env MESHCA_CA_WORKERS, default 1)');
+export function addCaServerOptions(command: Command): Command {
+  addFlag(command, F.grpcAddr);
+  addFlag(command, F.monitoringAddr);
+  addFlag(command, F.plaintext);
+  addFlag(command, F.serverDns, collect);
+  addFlag(command, F.serverCertTtl);
+  addFlag(command, F.clusterId);
+  addFlag(command, F.kubeconfig, collect);
+  for (const spec of [F.tokenAudiences, F.tokenreviewCacheTtl, F.tokenreviewTimeout, F.maxInflightTokenreviews, F.maxCsrPerIdentityPerMinute]) addFlag(command, spec);
+  for (const spec of [F.jwtRule, F.trustedNodeAccounts, F.defaultWorkloadCertTtl, F.maxWorkloadCertTtl, F.workers]) addFlag(command, spec);
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);
   // The key-source options may grow a --trust-domain of their own; register it only once.
-  if (!hasOption(command, '--trust-domain')) command.option('--trust-domain <domain>', 'SPIFFE trust domain (env TRUST_DOMAIN)');
+  if (!hasOption(command, longFlag(F.trustDomain))) addFlag(command, F.trustDomain);
   addLogLevelOption(command);
+  addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   return command;
 }
+
+/**
+ * The key sources' variables that have no flag, for `--help`. They are read in src/ca; listed here until each key
+ * source declares its own.
+ */
+export const KEY_SOURCE_ENV_ONLY: readonly EnvOnlySpec[] = [
+  { env: 'CITADEL_SELF_SIGNED_CA_CERT_TTL', description: 'self-signed: lifetime of a new root (default 3650d)' },
+  { env: 'CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL', description: 'self-signed: how often the root is checked for rotation, 0 turns it off (default 1h)' },
+  { env: 'CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE', description: 'self-signed: rotate when this percentage of the root lifetime is left (default 20)' },
+  { env: 'VAULT_ADDR', description: 'vault: server URL' },
+  { env: 'VAULT_TLS_ROOT_CERT', description: "vault: PEM file of the roots that verify Vault's TLS" },
+  { env: 'VAULT_NAMESPACE', description: 'vault: Vault Enterprise namespace' },
+  { env: 'VAULT_TOKEN', description: 'vault: token (or --vault-token-file, or VAULT_ROLE for Kubernetes auth)' },
+  { env: 'VAULT_AUTH_PATH', description: 'vault: Kubernetes auth login path (default auth/kubernetes/login)' },
+  { env: 'VAULT_ROLE', description: 'vault: role for Kubernetes auth' },
+  { env: 'VAULT_SIGN_CSR_PATH', description: 'vault role mode: PKI path that signs workload CSRs' },
+  { env: 'VAULT_INTERMEDIATE_PATH', description: 'vault intermediate mode: PKI path that signs our intermediate' },
+];
 
 function readKubeconfigs(flags: readonly string[] | undefined, env: Env, localClusterId: string): KubeconfigEntry[] {
   if (!flags || flags.length === 0) {
@@ -181,11 +208,11 @@ function readDnsNames(flags: readonly string[] | undefined, env: Env): string[] 
   return [...new Set(names.map((n) => n.toLowerCase()))];
 }
 
-export const MAX_CA_WORKERS = 64;
+const MAX_CA_WORKERS = 64;
 
 /** --workers / MESHCA_CA_WORKERS: a count, or `auto` for the CPUs this process may use (its cgroup quota, if any). */
 function readWorkers(flagValue: string | undefined, env: Env): number {
-  const source = { flag: '--workers', env: 'MESHCA_CA_WORKERS' };
+  const source = sourceOf(F.workers);
   const value = raw(flagValue, env, source);
   if (value === undefined) return 1;
   if (value.trim().toLowerCase() === 'auto') return Math.min(usableCpus(), MAX_CA_WORKERS);
@@ -211,40 +238,40 @@ export function usableCpus(cpuMaxPath = '/sys/fs/cgroup/cpu.max'): number {
 /** Reads the whole `ca` configuration. Does not touch the network or the key files. */
 export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConfig {
   const keySource = readKeySourceConfig(flags, env);
-  const clusterId = readString(flags.clusterId, env, { flag: '--cluster-id', env: 'CLUSTER_ID' }, 'Kubernetes');
-  const tokenAudiences = readList(flags.tokenAudiences, env, { flag: '--token-audiences', env: 'TOKEN_AUDIENCES' }, ['istio-ca']);
-  if (tokenAudiences.length === 0) throw bad({ flag: '--token-audiences', env: 'TOKEN_AUDIENCES' }, '', 'at least one audience');
-  const jwtText = raw(flags.jwtRule, env, { flag: '--jwt-rule', env: 'JWT_RULE' });
+  const clusterId = readString(flags.clusterId, env, sourceOf(F.clusterId), 'Kubernetes');
+  const tokenAudiences = readList(flags.tokenAudiences, env, sourceOf(F.tokenAudiences), ['istio-ca']);
+  if (tokenAudiences.length === 0) throw bad(sourceOf(F.tokenAudiences), '', 'at least one audience');
+  const jwtText = raw(flags.jwtRule, env, sourceOf(F.jwtRule));
   const jwtRules = jwtText === undefined ? [] : parseJwtRules(jwtText, flags.jwtRule !== undefined ? '--jwt-rule' : 'JWT_RULE');
-  const nodeAccounts = parseNodeAccounts(readList(flags.trustedNodeAccounts, env, { flag: '--trusted-node-accounts', env: 'CA_TRUSTED_NODE_ACCOUNTS' }, []));
-  if ('bad' in nodeAccounts) throw bad({ flag: '--trusted-node-accounts', env: 'CA_TRUSTED_NODE_ACCOUNTS' }, nodeAccounts.bad, 'namespace/serviceaccount entries');
-  const maxWorkloadCertTtlSeconds = readDuration(flags.maxWorkloadCertTtl, env, { flag: '--max-workload-cert-ttl', env: 'MAX_WORKLOAD_CERT_TTL' }, 90 * 86400, { min: 60 });
-  const defaultWorkloadCertTtlSeconds = readDuration(flags.defaultWorkloadCertTtl, env, { flag: '--default-workload-cert-ttl', env: 'DEFAULT_WORKLOAD_CERT_TTL' }, 86400, { min: 60 });
+  const nodeAccounts = parseNodeAccounts(readList(flags.trustedNodeAccounts, env, sourceOf(F.trustedNodeAccounts), []));
+  if ('bad' in nodeAccounts) throw bad(sourceOf(F.trustedNodeAccounts), nodeAccounts.bad, 'namespace/serviceaccount entries');
+  const maxWorkloadCertTtlSeconds = readDuration(flags.maxWorkloadCertTtl, env, sourceOf(F.maxWorkloadCertTtl), 90 * 86400, { min: 60 });
+  const defaultWorkloadCertTtlSeconds = readDuration(flags.defaultWorkloadCertTtl, env, sourceOf(F.defaultWorkloadCertTtl), 86400, { min: 60 });
   if (defaultWorkloadCertTtlSeconds > maxWorkloadCertTtlSeconds) {
     throw new ConfigError(
       `DEFAULT_WORKLOAD_CERT_TTL (${defaultWorkloadCertTtlSeconds}s) is longer than MAX_WORKLOAD_CERT_TTL (${maxWorkloadCertTtlSeconds}s); lower the default or raise the maximum`,
     );
   }
   return {
-    grpcAddress: readAddress(flags.grpcAddr, env, { flag: '--grpc-addr' }, '0.0.0.0:15012'),
-    monitoringAddress: readAddress(flags.monitoringAddr, env, { flag: '--monitoring-addr' }, '0.0.0.0:15014'),
+    grpcAddress: readAddress(flags.grpcAddr, env, sourceOf(F.grpcAddr), '0.0.0.0:15012'),
+    monitoringAddress: readAddress(flags.monitoringAddr, env, sourceOf(F.monitoringAddr), '0.0.0.0:15014'),
     plaintext: flags.plaintext === true,
     serverDnsNames: readDnsNames(flags.serverDns, env),
-    serverCertTtlSeconds: readDuration(flags.serverCertTtl, env, { flag: '--server-cert-ttl' }, 86400, { min: 2 }),
+    serverCertTtlSeconds: readDuration(flags.serverCertTtl, env, sourceOf(F.serverCertTtl), 86400, { min: 2 }),
     trustDomain: keySource.trustDomain,
     clusterId,
     kubeconfigs: readKubeconfigs(flags.kubeconfig, env, clusterId),
     tokenAudiences,
-    tokenReviewCacheTtlSeconds: readDuration(flags.tokenreviewCacheTtl, env, { flag: '--tokenreview-cache-ttl' }, 60, { min: 0 }),
-    tokenReviewTimeoutSeconds: readDuration(flags.tokenreviewTimeout, env, { flag: '--tokenreview-timeout' }, 5, { min: 0.1, max: 300 }),
-    maxInflightTokenReviews: readInteger(flags.maxInflightTokenreviews, env, { flag: '--max-inflight-tokenreviews' }, DEFAULT_MAX_INFLIGHT_TOKENREVIEWS, {
+    tokenReviewCacheTtlSeconds: readDuration(flags.tokenreviewCacheTtl, env, sourceOf(F.tokenreviewCacheTtl), 60, { min: 0 }),
+    tokenReviewTimeoutSeconds: readDuration(flags.tokenreviewTimeout, env, sourceOf(F.tokenreviewTimeout), 5, { min: 0.1, max: 300 }),
+    maxInflightTokenReviews: readInteger(flags.maxInflightTokenreviews, env, sourceOf(F.maxInflightTokenreviews), DEFAULT_MAX_INFLIGHT_TOKENREVIEWS, {
       min: 1,
       max: 100_000,
     }),
     maxCsrPerIdentityPerMinute: readInteger(
       flags.maxCsrPerIdentityPerMinute,
       env,
-      { flag: '--max-csr-per-identity-per-minute' },
+      sourceOf(F.maxCsrPerIdentityPerMinute),
       DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE,
       { min: 0, max: 10_000_000 },
     ),

@@ -21,7 +21,7 @@ export const Tag = {
   SET: 0x31,
 } as const;
 
-export function encodeLength(length: number): Buffer {
+function encodeLength(length: number): Buffer {
   if (length < 0x80) return Buffer.from([length]);
   if (length < 0x100) return Buffer.from([0x81, length]);
   if (length < 0x10000) return Buffer.from([0x82, length >> 8, length & 0xff]);
@@ -65,7 +65,7 @@ export function writeHeader(target: Buffer, offset: number, tag: number, length:
 }
 
 /** Tag-length-value with the given contents concatenated. */
-export function tlv(tag: number, ...contents: Buffer[]): Buffer {
+function tlv(tag: number, ...contents: Buffer[]): Buffer {
   const body = contents.length === 1 ? contents[0]! : Buffer.concat(contents);
   return Buffer.concat([Buffer.from([tag]), encodeLength(body.length), body]);
 }
@@ -75,7 +75,6 @@ export const set = (...items: Buffer[]): Buffer => tlv(Tag.SET, ...items);
 export const octetString = (value: Buffer): Buffer => tlv(Tag.OCTET_STRING, value);
 export const bitString = (value: Buffer): Buffer => tlv(Tag.BIT_STRING, Buffer.from([0]), value);
 export const utf8String = (value: string): Buffer => tlv(Tag.UTF8_STRING, Buffer.from(value, 'utf8'));
-export const printableString = (value: string): Buffer => tlv(Tag.PRINTABLE_STRING, Buffer.from(value, 'ascii'));
 export const boolean = (value: boolean): Buffer => Buffer.from([Tag.BOOLEAN, 1, value ? 0xff : 0]);
 export const nullValue = (): Buffer => Buffer.from([Tag.NULL, 0]);
 /** Context-specific constructed tag [n] EXPLICIT. */

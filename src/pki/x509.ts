@@ -24,7 +24,7 @@ export interface BasicConstraints {
 }
 
 /** KeyUsage bit names in bit order (RFC 5280 4.2.1.3). */
-export const KEY_USAGE_NAMES = [
+const KEY_USAGE_NAMES = [
   'digitalSignature',
   'nonRepudiation',
   'keyEncipherment',
@@ -92,7 +92,7 @@ export function formatName(nameDer: Buffer): string {
   return parts.join(', ');
 }
 
-export function parseExtensions(extensionsSequence: DerElement): Extension[] {
+function parseExtensions(extensionsSequence: DerElement): Extension[] {
   return children(extensionsSequence).map((ext) => {
     const parts = children(ext);
     const id = expectTag(parts[0], Tag.OID, 'extension id');
@@ -143,7 +143,7 @@ export function parseBasicConstraints(value: Buffer): BasicConstraints {
   return pathLen === undefined ? { ca } : { ca, pathLen };
 }
 
-export function parseKeyUsage(value: Buffer): KeyUsageName[] {
+function parseKeyUsage(value: Buffer): KeyUsageName[] {
   const bits = expectTag(readSingle(value, 'keyUsage'), Tag.BIT_STRING, 'keyUsage').contents.subarray(1);
   const names: KeyUsageName[] = [];
   KEY_USAGE_NAMES.forEach((name, index) => {

@@ -10,7 +10,7 @@ import { KubeClusters, NodeImpersonation, type AuthOutcome, type NodeCheck } fro
 import { formatSeconds, type CertificateAuthority, type WorkloadSigner } from '../ca/index.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
-import { loadKubeConfigWithOrigin } from '../config/kube.js';
+import { loadKubeConfigWithOrigin } from '../kube/config.js';
 import type { Logger } from '../log.js';
 import { istioCaService } from '../wire/protos.js';
 import { buildAuthenticators, createAuthority } from './assembly.js';

@@ -1,5 +1,6 @@
 /** Process lifecycle for long-running commands: wait for SIGTERM/SIGINT, then exit once shutdown is done. */
 import type { Logger } from '../log.js';
+import { CleanupStack as GenericCleanupStack } from '../util/cleanup.js';
 
 /** Resolves with the first SIGTERM or SIGINT. A second signal during shutdown exits at once (status 1). */
 export function waitForShutdownSignal(logger: Logger): Promise<NodeJS.Signals> {
@@ -29,23 +30,9 @@ export function exitWhenIdle(code: number, maxWaitMs = 1000): void {
   setTimeout(() => process.exit(code), maxWaitMs).unref();
 }
 
-/** Shutdown steps registered as things start; `run` undoes them in reverse order, each failure logged, never thrown. */
-export class CleanupStack {
-  private readonly steps: (() => Promise<void> | void)[] = [];
-
-  constructor(private readonly logger: Logger) {}
-
-  push(step: () => Promise<void> | void): void {
-    this.steps.push(step);
-  }
-
-  async run(): Promise<void> {
-    for (const step of this.steps.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (error) {
-        this.logger.warn({ err: (error as Error).message }, 'error while stopping the CA server');
-      }
-    }
+/** The CA server's shutdown steps (see util/cleanup.ts), each failure logged as a warning, never thrown. */
+export class CleanupStack extends GenericCleanupStack {
+  constructor(logger: Logger) {
+    super((error) => logger.warn({ err: (error as Error).message }, 'error while stopping the CA server'));
   }
 }

@@ -9,8 +9,8 @@ import * as grpc from '@grpc/grpc-js';
 import type { WorkloadSigner } from '../ca/index.js';
 import type { Logger } from '../log.js';
 import { createCsr, exportPrivateKeyPem, generateKeyPairForAsync, parseCsr } from '../pki/index.js';
+import { MAX_TIMER_MS } from '../util/timers.js';
 
-const MAX_TIMER_MS = 2 ** 31 - 1;
 const RETRY_MS = 10_000;
 
 /** Oldest protocol the CA port accepts: TLS 1.0/1.1 handshakes are refused. */

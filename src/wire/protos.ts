@@ -3,9 +3,16 @@
  * (see `proto/`): the Istio CA API (`istio.v1.auth.IstioCertificateService`)
  * and Envoy SDS (`envoy.service.secret.v3.SecretDiscoveryService`).
  *
+ * The message, client and handler types are generated from `proto/` into
+ * ./generated/ by `npm run gen:proto` (proto-loader-gen-types);
+ * test/proto-generated.test.ts fails if they are stale. This module re-exports
+ * them under meshca's names: `X` is the *decoded* shape (the generated
+ * `X__Output`: what handlers receive and client callbacks get) and `Init<X>`
+ * the shape you build and send (the generated permissive `X`).
+ *
  * Messages are loaded with @grpc/proto-loader using
- * `{ keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }`,
- * so in JS:
+ * `{ keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }`
+ * (the generator is run with the same options), so in JS:
  *   - field names are the proto snake_case names;
  *   - int64/uint64 are decimal strings (default '0');
  *   - enums are their value names (e.g. 'NULL_VALUE', 'VERIFY_TRUST_CHAIN');
@@ -16,16 +23,61 @@
  *     of the member that is set (e.g. `secret.type === 'tls_certificate'`) and
  *     is absent when none is.
  *
- * The interfaces below describe *decoded* messages (what handlers receive and
- * what client callbacks get). For messages you build and send, use `Init<T>`:
- * every field is optional, bytes may be Uint8Array or base64 string.
+ * google.protobuf.Value members are camelCase (`stringValue`, not `string_value`):
+ * protobufjs serves google/protobuf/struct.proto from its bundled JSON descriptor,
+ * which names them so, and `keepCase` only affects .proto files it parses. Field
+ * numbers (and so the wire format) are unaffected.
  */
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import protobuf from 'protobufjs';
+
+import type { ProtoGrpcType as CaProtoGrpcType } from './generated/ca.js';
+import type { ProtoGrpcType as SdsProtoGrpcType } from './generated/sds.js';
+import type {
+  DataSource as DataSourceInit,
+  DataSource__Output,
+} from './generated/envoy/config/core/v3/DataSource.js';
+import type { Node as NodeInit, Node__Output } from './generated/envoy/config/core/v3/Node.js';
+import type { Secret as SecretInit, Secret__Output } from './generated/envoy/extensions/transport_sockets/tls/v3/Secret.js';
+import type {
+  DeltaDiscoveryRequest as DeltaDiscoveryRequestInit,
+  DeltaDiscoveryRequest__Output,
+} from './generated/envoy/service/discovery/v3/DeltaDiscoveryRequest.js';
+import type {
+  DeltaDiscoveryResponse as DeltaDiscoveryResponseInit,
+  DeltaDiscoveryResponse__Output,
+} from './generated/envoy/service/discovery/v3/DeltaDiscoveryResponse.js';
+import type {
+  DiscoveryRequest as DiscoveryRequestInit,
+  DiscoveryRequest__Output,
+} from './generated/envoy/service/discovery/v3/DiscoveryRequest.js';
+import type {
+  DiscoveryResponse as DiscoveryResponseInit,
+  DiscoveryResponse__Output,
+} from './generated/envoy/service/discovery/v3/DiscoveryResponse.js';
+import type {
+  SecretDiscoveryServiceClient,
+  SecretDiscoveryServiceDefinition,
+  SecretDiscoveryServiceHandlers,
+} from './generated/envoy/service/secret/v3/SecretDiscoveryService.js';
+import type { Any__Output } from './generated/google/protobuf/Any.js';
+import type { Struct as StructInit, Struct__Output } from './generated/google/protobuf/Struct.js';
+import type { Value as ValueInit, Value__Output } from './generated/google/protobuf/Value.js';
+import type {
+  IstioCertificateRequest as IstioCertificateRequestInit,
+  IstioCertificateRequest__Output,
+} from './generated/istio/v1/auth/IstioCertificateRequest.js';
+import type {
+  IstioCertificateResponse as IstioCertificateResponseInit,
+  IstioCertificateResponse__Output,
+} from './generated/istio/v1/auth/IstioCertificateResponse.js';
+import type {
+  IstioCertificateServiceClient,
+  IstioCertificateServiceDefinition,
+  IstioCertificateServiceHandlers,
+} from './generated/istio/v1/auth/IstioCertificateService.js';
 
 // ---------------------------------------------------------------------------
 // Proto location and load options
@@ -38,7 +90,7 @@ const CA_PROTO = 'istio/v1/auth/ca.proto';
 const SDS_PROTO = 'envoy/service/secret/v3/sds.proto';
 const SECRET_PROTO = 'envoy/extensions/transport_sockets/tls/v3/secret.proto';
 
-/** The proto-loader options every meshca gRPC endpoint uses. */
+/** The proto-loader options every meshca gRPC endpoint uses (scripts/gen-proto.ts generates types for these). */
 export const PROTO_LOADER_OPTIONS: Readonly<protoLoader.Options> = Object.freeze({
   keepCase: true,
   longs: String,
@@ -49,471 +101,84 @@ export const PROTO_LOADER_OPTIONS: Readonly<protoLoader.Options> = Object.freeze
 });
 
 // ---------------------------------------------------------------------------
-// Message types (decoded shapes)
+// Message types: decoded shapes, from ./generated
 // ---------------------------------------------------------------------------
-
-/** Input shape for a message you send: all fields optional; bytes may be Uint8Array or base64. */
-export type Init<T> = T extends Buffer
-  ? Uint8Array | string
-  : T extends readonly (infer U)[]
-    ? Init<U>[]
-    : T extends object
-      ? { [K in keyof T]?: Init<T[K]> }
-      : T;
 
 /** int64 values as they appear in JS with `longs: String` (decimal string). */
 export type Int64String = string;
 
-/** google.protobuf.NullValue. */
-export type NullValue = 'NULL_VALUE';
-
-/**
- * google.protobuf.Value: exactly one `kind` member is set (none when the value is empty on the wire).
- *
- * NOTE: the member names are camelCase (`stringValue`, not `string_value`) even though
- * everything else is snake_case: protobufjs serves google/protobuf/struct.proto from its
- * bundled JSON descriptor, which names these fields in camelCase, and `keepCase` only
- * affects .proto files it parses. Field numbers (and so the wire format) are unaffected.
- */
-export type Value =
-  | { kind: 'nullValue'; nullValue: NullValue }
-  | { kind: 'numberValue'; numberValue: number }
-  | { kind: 'stringValue'; stringValue: string }
-  | { kind: 'boolValue'; boolValue: boolean }
-  | { kind: 'structValue'; structValue: Struct }
-  | { kind: 'listValue'; listValue: ListValue }
-  | { kind?: undefined };
-
 /** google.protobuf.Struct. */
-export interface Struct {
-  fields: Record<string, Value>;
-}
-
-/** google.protobuf.ListValue. */
-export interface ListValue {
-  values: Value[];
-}
-
+export type Struct = Struct__Output;
 /** google.protobuf.Any. */
-export interface Any {
-  type_url: string;
-  value: Buffer;
-}
-
-/** google.protobuf.Duration. */
-export interface Duration {
-  seconds: Int64String;
-  nanos: number;
-}
-
-/** google.protobuf.BoolValue. */
-export interface BoolValue {
-  value: boolean;
-}
-
-/** google.protobuf.UInt32Value. */
-export interface UInt32Value {
-  value: number;
-}
-
-/** google.rpc.Status. */
-export interface Status {
-  code: number;
-  message: string;
-  details: Any[];
-}
-
-// --- istio.v1.auth ---------------------------------------------------------
-
-/** istio.v1.auth.IstioCertificateRequest. */
-export interface IstioCertificateRequest {
-  /** PEM CSR. */
-  csr: string;
-  /** Requested lifetime in seconds ('0' when unset; <= 0 means server default). */
-  validity_duration: Int64String;
-  /** null when the client sent no metadata (pre-1.8 clients never do). */
-  metadata: Struct | null;
-}
-
-/** istio.v1.auth.IstioCertificateResponse. */
-export interface IstioCertificateResponse {
-  /** PEM certificates, leaf first, root last. */
-  cert_chain: string[];
-}
-
-// --- envoy.config.core.v3 --------------------------------------------------
-
-/** envoy.config.core.v3.Locality. */
-export interface Locality {
-  region: string;
-  zone: string;
-  sub_zone: string;
-}
-
-/** envoy.config.core.v3.BuildVersion (subset: `version = 1` is not declared). */
-export interface BuildVersion {
-  /** null when absent. */
-  metadata: Struct | null;
-}
-
-/** envoy.config.core.v3.Extension. */
-export interface Extension {
-  name: string;
-  category: string;
-  type_descriptor: string;
-  /** null when absent. */
-  version: BuildVersion | null;
-  disabled: boolean;
-  type_urls: string[];
-}
-
-interface NodeBase {
-  id: string;
-  cluster: string;
-  /** null when absent. */
-  metadata: Struct | null;
-  /** null when absent. */
-  locality: Locality | null;
-  user_agent_name: string;
-  extensions: Extension[];
-  client_features: string[];
-}
-
-/**
- * envoy.config.core.v3.Node (subset: listening_addresses = 11 and
- * dynamic_parameters = 12 are not declared and are skipped when decoding).
- */
-export type Node = NodeBase &
-  (
-    | { user_agent_version_type: 'user_agent_version'; user_agent_version: string }
-    | { user_agent_version_type: 'user_agent_build_version'; user_agent_build_version: BuildVersion }
-    | { user_agent_version_type?: undefined }
-  );
-
-/** envoy.config.core.v3.Metadata. */
-export interface Metadata {
-  filter_metadata: Record<string, Struct>;
-  typed_filter_metadata: Record<string, Any>;
-}
-
-/** envoy.config.core.v3.ControlPlane. */
-export interface ControlPlane {
-  identifier: string;
-}
-
-/** envoy.config.core.v3.WatchedDirectory. */
-export interface WatchedDirectory {
-  path: string;
-}
-
+export type Any = Any__Output;
+/** istio.v1.auth.IstioCertificateRequest. `validity_duration` is '0' when unset; `metadata` null when absent. */
+export type IstioCertificateRequest = IstioCertificateRequest__Output;
+/** istio.v1.auth.IstioCertificateResponse: PEM certificates, leaf first, root last. */
+export type IstioCertificateResponse = IstioCertificateResponse__Output;
+/** envoy.config.core.v3.Node. */
+export type Node = Node__Output;
 /** envoy.config.core.v3.DataSource: `specifier` names the member that is set (absent when none). */
-export type DataSource = {
-  /** null when absent. */
-  watched_directory: WatchedDirectory | null;
-} & (
-  | { specifier: 'filename'; filename: string }
-  | { specifier: 'inline_bytes'; inline_bytes: Buffer }
-  | { specifier: 'inline_string'; inline_string: string }
-  | { specifier: 'environment_variable'; environment_variable: string }
-  | { specifier?: undefined }
-);
-
-// --- envoy.extensions.transport_sockets.tls.v3 -----------------------------
-
-/** envoy.extensions.transport_sockets.tls.v3.PrivateKeyProvider. */
-export interface PrivateKeyProvider {
-  provider_name: string;
-  /** null when absent. */
-  typed_config: Any | null;
-  fallback: boolean;
-}
-
-/** envoy.extensions.transport_sockets.tls.v3.TlsCertificate. All singular message fields are null when absent. */
-export interface TlsCertificate {
-  certificate_chain: DataSource | null;
-  private_key: DataSource | null;
-  password: DataSource | null;
-  ocsp_staple: DataSource | null;
-  signed_certificate_timestamp: DataSource[];
-  private_key_provider: PrivateKeyProvider | null;
-  watched_directory: WatchedDirectory | null;
-  pkcs12: DataSource | null;
-}
-
-/** envoy.extensions.transport_sockets.tls.v3.TlsSessionTicketKeys. */
-export interface TlsSessionTicketKeys {
-  keys: DataSource[];
-}
-
-/** envoy.extensions.transport_sockets.tls.v3.CertificateProviderPluginInstance. */
-export interface CertificateProviderPluginInstance {
-  instance_name: string;
-  certificate_name: string;
-}
-
-/** CertificateValidationContext.TrustChainVerification. */
-export type TrustChainVerification = 'VERIFY_TRUST_CHAIN' | 'ACCEPT_UNTRUSTED';
-
-/**
- * envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext
- * (subset: match_subject_alt_names = 9, custom_validator_config = 12 and
- * match_typed_subject_alt_names = 15 are not declared). All singular message
- * fields are null when absent.
- */
-export interface CertificateValidationContext {
-  trusted_ca: DataSource | null;
-  verify_certificate_hash: string[];
-  verify_certificate_spki: string[];
-  require_signed_certificate_timestamp: BoolValue | null;
-  crl: DataSource | null;
-  allow_expired_certificate: boolean;
-  trust_chain_verification: TrustChainVerification;
-  watched_directory: WatchedDirectory | null;
-  ca_certificate_provider_instance: CertificateProviderPluginInstance | null;
-  only_verify_leaf_cert_crl: boolean;
-  max_verify_depth: UInt32Value | null;
-  system_root_certs: Record<string, never> | null;
-}
-
-/** envoy.extensions.transport_sockets.tls.v3.GenericSecret. */
-export interface GenericSecret {
-  /** null when absent. */
-  secret: DataSource | null;
-  secrets: Record<string, DataSource>;
-}
-
-/**
- * envoy.extensions.transport_sockets.tls.v3.Secret (the SDS resource).
- * `type` names the member that is set (absent when none).
- */
-export type SecretMessage = { name: string } & (
-  | { type: 'tls_certificate'; tls_certificate: TlsCertificate }
-  | { type: 'session_ticket_keys'; session_ticket_keys: TlsSessionTicketKeys }
-  | { type: 'validation_context'; validation_context: CertificateValidationContext }
-  | { type: 'generic_secret'; generic_secret: GenericSecret }
-  | { type?: undefined }
-);
-
-// --- envoy.service.discovery.v3 --------------------------------------------
-
-/** envoy.service.discovery.v3.ResourceLocator. */
-export interface ResourceLocator {
-  name: string;
-  dynamic_parameters: Record<string, string>;
-}
-
-/** DynamicParameterConstraints.SingleConstraint: `constraint_type` names the member that is set. */
-export type SingleConstraint = { key: string } & (
-  | { constraint_type: 'value'; value: string }
-  | { constraint_type: 'exists'; exists: Record<string, never> }
-  | { constraint_type?: undefined }
-);
-
-/** DynamicParameterConstraints.ConstraintList. */
-export interface ConstraintList {
-  constraints: DynamicParameterConstraints[];
-}
-
-/** envoy.service.discovery.v3.DynamicParameterConstraints: `type` names the member that is set. */
-export type DynamicParameterConstraints =
-  | { type: 'constraint'; constraint: SingleConstraint }
-  | { type: 'or_constraints'; or_constraints: ConstraintList }
-  | { type: 'and_constraints'; and_constraints: ConstraintList }
-  | { type: 'not_constraints'; not_constraints: DynamicParameterConstraints }
-  | { type?: undefined };
-
-/** envoy.service.discovery.v3.ResourceName. */
-export interface ResourceName {
-  name: string;
-  /** null when absent. */
-  dynamic_parameter_constraints: DynamicParameterConstraints | null;
-}
-
-/** envoy.service.discovery.v3.ResourceError. */
-export interface ResourceError {
-  /** null when absent. */
-  resource_name: ResourceName | null;
-  /** null when absent. */
-  error_detail: Status | null;
-}
-
+export type DataSource = DataSource__Output;
+/** envoy.extensions.transport_sockets.tls.v3.Secret (the SDS resource): `type` names the member that is set. */
+export type SecretMessage = Secret__Output;
 /** envoy.service.discovery.v3.DiscoveryRequest (SotW). */
-export interface DiscoveryRequest {
-  /** '' on the first request of a stream; last applied version on ACK/NACK. */
-  version_info: string;
-  /** null when absent (only the first request of a stream is guaranteed to carry it). */
-  node: Node | null;
-  resource_names: string[];
-  type_url: string;
-  /** '' on the first request of a stream. */
-  response_nonce: string;
-  /** null unless the request is a NACK. */
-  error_detail: Status | null;
-  resource_locators: ResourceLocator[];
-}
-
+export type DiscoveryRequest = DiscoveryRequest__Output;
 /** envoy.service.discovery.v3.DiscoveryResponse (SotW). */
-export interface DiscoveryResponse {
-  version_info: string;
-  resources: Any[];
-  canary: boolean;
-  type_url: string;
-  nonce: string;
-  /** null when absent. */
-  control_plane: ControlPlane | null;
-  resource_errors: ResourceError[];
-}
-
+export type DiscoveryResponse = DiscoveryResponse__Output;
 /** envoy.service.discovery.v3.DeltaDiscoveryRequest. */
-export interface DeltaDiscoveryRequest {
-  /** null when absent (only guaranteed on the first request of a stream). */
-  node: Node | null;
-  type_url: string;
-  resource_names_subscribe: string[];
-  resource_names_unsubscribe: string[];
-  initial_resource_versions: Record<string, string>;
-  /** '' unless the request is an ACK/NACK. */
-  response_nonce: string;
-  /** null unless the request is a NACK. */
-  error_detail: Status | null;
-  resource_locators_subscribe: ResourceLocator[];
-  resource_locators_unsubscribe: ResourceLocator[];
-}
-
-/** envoy.service.discovery.v3.Resource.CacheControl. */
-export interface CacheControl {
-  do_not_cache: boolean;
-}
-
-/** envoy.service.discovery.v3.Resource. All singular message fields are null when absent. */
-export interface Resource {
-  version: string;
-  resource: Any | null;
-  name: string;
-  aliases: string[];
-  ttl: Duration | null;
-  cache_control: CacheControl | null;
-  resource_name: ResourceName | null;
-  metadata: Metadata | null;
-}
-
+export type DeltaDiscoveryRequest = DeltaDiscoveryRequest__Output;
 /** envoy.service.discovery.v3.DeltaDiscoveryResponse. */
-export interface DeltaDiscoveryResponse {
-  system_version_info: string;
-  resources: Resource[];
-  type_url: string;
-  nonce: string;
-  removed_resources: string[];
-  /** null when absent. */
-  control_plane: ControlPlane | null;
-  removed_resource_names: ResourceName[];
-  resource_errors: ResourceError[];
-}
+export type DeltaDiscoveryResponse = DeltaDiscoveryResponse__Output;
 
-// ---------------------------------------------------------------------------
-// Typed service definitions, handlers and clients
-// ---------------------------------------------------------------------------
+/** Decoded shape -> the generated permissive shape for building that message. */
+interface InitTable {
+  Struct: [Struct, StructInit];
+  IstioCertificateRequest: [IstioCertificateRequest, IstioCertificateRequestInit];
+  IstioCertificateResponse: [IstioCertificateResponse, IstioCertificateResponseInit];
+  Node: [Node, NodeInit];
+  DataSource: [DataSource, DataSourceInit];
+  Secret: [SecretMessage, SecretInit];
+  DiscoveryRequest: [DiscoveryRequest, DiscoveryRequestInit];
+  DiscoveryResponse: [DiscoveryResponse, DiscoveryResponseInit];
+  DeltaDiscoveryRequest: [DeltaDiscoveryRequest, DeltaDiscoveryRequestInit];
+  DeltaDiscoveryResponse: [DeltaDiscoveryResponse, DeltaDiscoveryResponseInit];
+}
 
 /**
- * A grpc-js method definition typed with meshca's message shapes: serializers
- * take `Init<…>`, deserializers return the decoded shape. Assignable to
- * grpc-js `MethodDefinition<any, any>`.
+ * Input shape for a message you send (the generated permissive type: fields
+ * optional; bytes may be Buffer, Uint8Array or base64; int64 number or string).
+ * Defined only for the messages in InitTable: any other T gives `never`.
  */
-export interface WireMethodDefinition<Req, Res> {
-  path: string;
-  requestStream: boolean;
-  responseStream: boolean;
-  originalName?: string;
-  requestSerialize: (value: Init<Req>) => Buffer;
-  requestDeserialize: (bytes: Buffer) => Req;
-  responseSerialize: (value: Init<Res>) => Buffer;
-  responseDeserialize: (bytes: Buffer) => Res;
-}
+export type Init<T> = {
+  [K in keyof InitTable]: [T] extends [InitTable[K][0]] ? ([InitTable[K][0]] extends [T] ? InitTable[K][1] : never) : never;
+}[keyof InitTable];
 
-export type IstioCaServiceDefinition = {
-  readonly CreateCertificate: WireMethodDefinition<IstioCertificateRequest, IstioCertificateResponse>;
-};
+// ---------------------------------------------------------------------------
+// Typed service definitions, handlers and clients, from ./generated
+// ---------------------------------------------------------------------------
 
-export type SdsServiceDefinition = {
-  readonly StreamSecrets: WireMethodDefinition<DiscoveryRequest, DiscoveryResponse>;
-  readonly DeltaSecrets: WireMethodDefinition<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
-  readonly FetchSecrets: WireMethodDefinition<DiscoveryRequest, DiscoveryResponse>;
-};
+export type IstioCaServiceDefinition = IstioCertificateServiceDefinition;
+export type SdsServiceDefinition = SecretDiscoveryServiceDefinition;
 
 /** Server implementation shape for `server.addService(istioCaService, impl)`. */
-export type IstioCaHandlers = {
-  CreateCertificate: grpc.handleUnaryCall<IstioCertificateRequest, Init<IstioCertificateResponse>>;
-};
-
+export type IstioCaHandlers = IstioCertificateServiceHandlers;
 /** Server implementation shape for `server.addService(sdsService, impl)`. */
-export type SdsHandlers = {
-  StreamSecrets: grpc.handleBidiStreamingCall<DiscoveryRequest, Init<DiscoveryResponse>>;
-  DeltaSecrets: grpc.handleBidiStreamingCall<DeltaDiscoveryRequest, Init<DeltaDiscoveryResponse>>;
-  FetchSecrets: grpc.handleUnaryCall<DiscoveryRequest, Init<DiscoveryResponse>>;
-};
+export type SdsHandlers = SecretDiscoveryServiceHandlers;
 
 /** Client for istio.v1.auth.IstioCertificateService. */
-export interface IstioCaClient extends grpc.Client {
-  CreateCertificate(
-    argument: Init<IstioCertificateRequest>,
-    metadata: grpc.Metadata,
-    options: grpc.CallOptions,
-    callback: grpc.requestCallback<IstioCertificateResponse>,
-  ): grpc.ClientUnaryCall;
-  CreateCertificate(
-    argument: Init<IstioCertificateRequest>,
-    metadata: grpc.Metadata,
-    callback: grpc.requestCallback<IstioCertificateResponse>,
-  ): grpc.ClientUnaryCall;
-  CreateCertificate(
-    argument: Init<IstioCertificateRequest>,
-    options: grpc.CallOptions,
-    callback: grpc.requestCallback<IstioCertificateResponse>,
-  ): grpc.ClientUnaryCall;
-  CreateCertificate(
-    argument: Init<IstioCertificateRequest>,
-    callback: grpc.requestCallback<IstioCertificateResponse>,
-  ): grpc.ClientUnaryCall;
-}
-
+export type IstioCaClient = IstioCertificateServiceClient;
 /** Client for envoy.service.secret.v3.SecretDiscoveryService. */
-export interface SdsClient extends grpc.Client {
-  StreamSecrets(
-    metadata?: grpc.Metadata,
-    options?: grpc.CallOptions,
-  ): grpc.ClientDuplexStream<Init<DiscoveryRequest>, DiscoveryResponse>;
-  StreamSecrets(options?: grpc.CallOptions): grpc.ClientDuplexStream<Init<DiscoveryRequest>, DiscoveryResponse>;
-  DeltaSecrets(
-    metadata?: grpc.Metadata,
-    options?: grpc.CallOptions,
-  ): grpc.ClientDuplexStream<Init<DeltaDiscoveryRequest>, DeltaDiscoveryResponse>;
-  DeltaSecrets(
-    options?: grpc.CallOptions,
-  ): grpc.ClientDuplexStream<Init<DeltaDiscoveryRequest>, DeltaDiscoveryResponse>;
-  FetchSecrets(
-    argument: Init<DiscoveryRequest>,
-    metadata: grpc.Metadata,
-    options: grpc.CallOptions,
-    callback: grpc.requestCallback<DiscoveryResponse>,
-  ): grpc.ClientUnaryCall;
-  FetchSecrets(
-    argument: Init<DiscoveryRequest>,
-    metadata: grpc.Metadata,
-    callback: grpc.requestCallback<DiscoveryResponse>,
-  ): grpc.ClientUnaryCall;
-  FetchSecrets(
-    argument: Init<DiscoveryRequest>,
-    options: grpc.CallOptions,
-    callback: grpc.requestCallback<DiscoveryResponse>,
-  ): grpc.ClientUnaryCall;
-  FetchSecrets(argument: Init<DiscoveryRequest>, callback: grpc.requestCallback<DiscoveryResponse>): grpc.ClientUnaryCall;
-}
+export type SdsClient = SecretDiscoveryServiceClient;
 
-/** Constructor shape of a loaded client class. */
-export interface WireClientConstructor<C, D> {
-  new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ClientOptions): C;
-  service: D;
-  serviceName: string;
+/** The Secret message (not part of either service's closure: SDS carries it inside google.protobuf.Any). */
+interface SecretPackage {
+  envoy: {
+    extensions: {
+      transport_sockets: {
+        tls: { v3: { Secret: protoLoader.MessageTypeDefinition<SecretInit, Secret__Output> } };
+      };
+    };
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -523,61 +188,34 @@ export interface WireClientConstructor<C, D> {
 export const ISTIO_CA_SERVICE_NAME = 'istio.v1.auth.IstioCertificateService';
 export const SDS_SERVICE_NAME = 'envoy.service.secret.v3.SecretDiscoveryService';
 
-/** The proto-loader package definition holding both services and all their messages. */
+/** The proto-loader package definition holding both services, the Secret resource and all their messages. */
 export const packageDefinition: protoLoader.PackageDefinition = protoLoader.loadSync(
-  [CA_PROTO, SDS_PROTO],
+  [CA_PROTO, SDS_PROTO, SECRET_PROTO],
   { ...PROTO_LOADER_OPTIONS, includeDirs: [PROTO_DIR] }, // fresh includeDirs array per load
 );
 
-function serviceDefinition<D>(name: string, methods: readonly string[]): D {
-  const def = packageDefinition[name];
-  if (def === undefined || 'format' in def) {
-    throw new Error(`proto service ${name} not found in ${PROTO_DIR}`);
-  }
-  for (const m of methods) {
-    const md = (def as protoLoader.ServiceDefinition)[m];
-    if (md === undefined || md.path !== `/${name}/${m}`) {
-      throw new Error(`proto service ${name} lacks method ${m}`);
-    }
-  }
-  return def as unknown as D;
-}
-
-const grpcObject: grpc.GrpcObject = grpc.loadPackageDefinition(packageDefinition);
-
-function clientConstructor<C>(name: string): C {
-  let node: unknown = grpcObject;
-  for (const part of name.split('.')) {
-    node = node != null && typeof node === 'object' ? (node as Record<string, unknown>)[part] : undefined;
-  }
-  if (typeof node !== 'function') {
-    throw new Error(`gRPC client for ${name} not found`);
-  }
-  return node as C;
-}
-
-/** grpc-js ServiceDefinition for istio.v1.auth.IstioCertificateService. */
-export const istioCaService: IstioCaServiceDefinition = serviceDefinition<IstioCaServiceDefinition>(
-  ISTIO_CA_SERVICE_NAME,
-  ['CreateCertificate'],
-);
-
-/** grpc-js ServiceDefinition for envoy.service.secret.v3.SecretDiscoveryService. */
-export const sdsService: SdsServiceDefinition = serviceDefinition<SdsServiceDefinition>(SDS_SERVICE_NAME, [
-  'StreamSecrets',
-  'DeltaSecrets',
-  'FetchSecrets',
-]);
+/**
+ * The loaded object tree. grpc-js types it as a generic index; the generated
+ * ProtoGrpcTypes describe what these very .proto files load into (kept current
+ * by test/proto-generated.test.ts), so this is the one place that narrows it.
+ */
+const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as CaProtoGrpcType &
+  SdsProtoGrpcType &
+  SecretPackage;
 
 /** Client class for the Istio CA API: `new IstioCaClient(address, credentials, options?)`. */
-export const IstioCaClient: WireClientConstructor<IstioCaClient, IstioCaServiceDefinition> = clientConstructor<
-  WireClientConstructor<IstioCaClient, IstioCaServiceDefinition>
->(ISTIO_CA_SERVICE_NAME);
+export const IstioCaClient = loaded.istio.v1.auth.IstioCertificateService;
 
 /** Client class for SDS: `new SdsClient(address, credentials, options?)`. */
-export const SdsClient: WireClientConstructor<SdsClient, SdsServiceDefinition> = clientConstructor<
-  WireClientConstructor<SdsClient, SdsServiceDefinition>
->(SDS_SERVICE_NAME);
+export const SdsClient = loaded.envoy.service.secret.v3.SecretDiscoveryService;
+
+/** grpc-js ServiceDefinition for istio.v1.auth.IstioCertificateService. */
+export const istioCaService: IstioCaServiceDefinition = IstioCaClient.service;
+
+/** grpc-js ServiceDefinition for envoy.service.secret.v3.SecretDiscoveryService. */
+export const sdsService: SdsServiceDefinition = SdsClient.service;
+
+const secretType = loaded.envoy.extensions.transport_sockets.tls.v3.Secret;
 
 // ---------------------------------------------------------------------------
 // Secret <-> google.protobuf.Any
@@ -589,30 +227,16 @@ export const SECRET_TYPE_URL = 'type.googleapis.com/envoy.extensions.transport_s
 /** Type URL of the SotW/Delta `Resource` wrapper. */
 export const RESOURCE_TYPE_URL = 'type.googleapis.com/envoy.service.discovery.v3.Resource';
 
-const CONVERSION_OPTIONS: protobuf.IConversionOptions = {
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-};
-
-const secretType: protobuf.Type = (() => {
-  const root = new protobuf.Root();
-  root.resolvePath = (_origin: string, target: string): string =>
-    path.isAbsolute(target) ? target : path.join(PROTO_DIR, target);
-  root.loadSync(SECRET_PROTO, { keepCase: true });
-  root.resolveAll();
-  return root.lookupType('envoy.extensions.transport_sockets.tls.v3.Secret');
-})();
-
 function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** Encode a Secret as a google.protobuf.Any for DiscoveryResponse.resources / Resource.resource. */
+/**
+ * Encode a Secret as a google.protobuf.Any for DiscoveryResponse.resources / Resource.resource.
+ * (proto-loader's serializer: protobufjs `fromObject` + `encode`, as for every gRPC message.)
+ */
 export function encodeSecretAny(secret: Init<SecretMessage>): { type_url: string; value: Buffer } {
-  const message = secretType.fromObject(secret as Record<string, unknown>);
-  return { type_url: SECRET_TYPE_URL, value: toBuffer(secretType.encode(message).finish()) };
+  return { type_url: SECRET_TYPE_URL, value: toBuffer(secretType.serialize(secret)) };
 }
 
 /** Decode a google.protobuf.Any holding a Secret. Throws if the type URL is not SECRET_TYPE_URL. */
@@ -620,8 +244,8 @@ export function decodeSecretAny(any: { type_url: string; value: Uint8Array | str
   if (any.type_url !== SECRET_TYPE_URL) {
     throw new TypeError(`expected Any of type ${SECRET_TYPE_URL}, got ${JSON.stringify(any.type_url)}`);
   }
-  const bytes = typeof any.value === 'string' ? Buffer.from(any.value, 'base64') : any.value;
-  return secretType.toObject(secretType.decode(bytes), CONVERSION_OPTIONS) as unknown as SecretMessage;
+  const bytes = typeof any.value === 'string' ? Buffer.from(any.value, 'base64') : toBuffer(any.value);
+  return secretType.deserialize(bytes);
 }
 
 // ---------------------------------------------------------------------------
@@ -636,7 +260,7 @@ function setOwn<V>(target: Record<string, V>, key: string, value: V): void {
   Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
-function valueToJson(value: Init<Value> | undefined): JsonValue {
+function valueToJson(value: ValueInit | undefined): JsonValue {
   if (value == null) return null;
   if ('structValue' in value && value.structValue != null) return structToObject(value.structValue);
   if ('listValue' in value && value.listValue != null) {
@@ -663,7 +287,7 @@ export function structToObject(struct: Init<Struct> | null | undefined): JsonObj
   return out;
 }
 
-function jsonToValue(v: unknown, seen: Set<object>): Value {
+function jsonToValue(v: unknown, seen: Set<object>): Value__Output {
   if (v === null) return { kind: 'nullValue', nullValue: 'NULL_VALUE' };
   switch (typeof v) {
     case 'string':
@@ -690,7 +314,7 @@ function jsonToValue(v: unknown, seen: Set<object>): Value {
 }
 
 function toStruct(obj: Readonly<Record<string, unknown>>, seen: Set<object>): Struct {
-  const fields: Record<string, Value> = {};
+  const fields: Record<string, Value__Output> = {};
   for (const key of Object.keys(obj)) {
     const v = obj[key];
     if (v === undefined) continue; // like JSON.stringify: undefined members are dropped

@@ -17,7 +17,7 @@ import type { Registry } from 'prom-client';
 import type { Logger } from '../../log.js';
 import { parseKeySpec, type KeySpec } from '../../pki/index.js';
 import { ConfigError, readBoolean, readEnum, readInteger, readString, type Env } from '../../config/env.js';
-import { loadKubeConfig } from '../../config/kube.js';
+import { loadKubeConfig } from '../../kube/config.js';
 import { startRootDistribution } from '../root-distribution.js';
 import type { WorkloadSigner } from '../signer.js';
 import { cacertsSource } from './cacerts/index.js';

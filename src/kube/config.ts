@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { KubeConfig, type Watch } from '@kubernetes/client-node';
-import { ConfigError, type Env } from './env.js';
+import { ConfigError, type Env } from '../config/env.js';
 
 /** Where the configuration came from, for log lines and error messages. */
 export type KubeConfigOrigin = { kind: 'file'; path: string } | { kind: 'env'; path: string } | { kind: 'in-cluster' };
@@ -20,7 +20,7 @@ export interface LoadedKubeConfig {
 const IN_CLUSTER_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
 /** True when running in a pod that has the API server's address and a service-account token mounted. */
-export function inCluster(env: Env = process.env): boolean {
+function inCluster(env: Env = process.env): boolean {
   return Boolean(env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT && existsSync(IN_CLUSTER_TOKEN));
 }
 

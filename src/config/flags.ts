@@ -1,0 +1,94 @@
+/**
+ * One definition of each flag: its commander syntax, what it does, the environment variables that set it and the
+ * default as shown to humans. The same definition registers the option (so `--help` shows `env: NAME` next to it)
+ * and gives the readers their `Source` (so error messages name the same flag and variable).
+ *
+ * Commander's own `Option.env()` is not used on purpose: it would copy the variable into the flag before our
+ * readers see it, which changes what they do (KUBECONFIG is a list of files, ISTIOD_CUSTOM_HOST adds names rather
+ * than replacing them, an empty variable counts as unset, and an error must name the variable, not the flag).
+ */
+import { Option, type Command } from 'commander';
+import { LOG_LEVELS } from '../log.js';
+import { readEnum, type Env, type Source } from './env.js';
+
+export interface FlagSpec {
+  /** Commander syntax, e.g. `--ca-addr <host:port>`. */
+  readonly flags: string;
+  readonly description: string;
+  /**
+   * The variables the code reads for this setting. The first is the one the reader falls back to when the flag
+   * is absent (see `sourceOf`); the others change the setting in their own way and are named in `--help` only.
+   */
+  readonly env?: readonly string[];
+  /** The default as `--help` shows it; the reader applies it (commander's default would hide an env value). */
+  readonly defaultText?: string;
+}
+
+/** An environment variable read without a flag, shown in `--help` after the options. */
+export interface EnvOnlySpec {
+  readonly env: string;
+  readonly description: string;
+}
+
+/** The `--long-name` of a spec. */
+export function longFlag(spec: FlagSpec): string {
+  const match = /--[a-z0-9-]+/.exec(spec.flags);
+  if (!match) throw new Error(`flag spec "${spec.flags}" has no --long name`);
+  return match[0];
+}
+
+/** The `Source` a reader passes along: the long flag and, when it has one, the variable it falls back to. */
+export function sourceOf(spec: FlagSpec): Source {
+  const env = spec.env?.[0];
+  return env === undefined ? { flag: longFlag(spec) } : { flag: longFlag(spec), env };
+}
+
+/** The variables `--help` shows for an option made by `flagOption`; undefined for options made otherwise. */
+const documentedEnv = new WeakMap<Option, readonly string[]>();
+
+export function envOfOption(option: Option): readonly string[] | undefined {
+  return documentedEnv.get(option);
+}
+
+/** A commander Option whose help line ends with `(env: NAME; default: X)`. */
+function flagOption(spec: FlagSpec): Option {
+  const notes: string[] = [];
+  if (spec.env && spec.env.length > 0) notes.push(`env: ${spec.env.join(', ')}`);
+  if (spec.defaultText !== undefined) notes.push(`default: ${spec.defaultText}`);
+  const option = new Option(spec.flags, notes.length > 0 ? `${spec.description} (${notes.join('; ')})` : spec.description);
+  documentedEnv.set(option, spec.env ?? []);
+  return option;
+}
+
+/** Registers `spec` on `command`, with an optional argument parser (e.g. to collect a repeatable flag). */
+export function addFlag(command: Command, spec: FlagSpec, parse?: (value: string, previous: string[] | undefined) => string[]): Command {
+  const option = flagOption(spec);
+  if (parse) option.argParser(parse);
+  return command.addOption(option);
+}
+
+/** Collects a repeatable flag's values in order. */
+export const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
+/** Adds a section listing the variables read without a flag to the command's `--help`. */
+export function addEnvOnlyHelp(command: Command, title: string, specs: readonly EnvOnlySpec[]): Command {
+  const width = Math.max(...specs.map((s) => s.env.length));
+  const lines = specs.map((s) => `  ${s.env.padEnd(width)}  ${s.description}`);
+  return command.addHelpText('after', `\n${title}:\n${lines.join('\n')}`);
+}
+
+const LOG_LEVEL_FLAG: FlagSpec = { flags: '--log-level <level>', description: `log level: ${LOG_LEVELS.join(' | ')}`, env: ['MESHCA_LOG_LEVEL'], defaultText: 'info' };
+
+function hasOption(command: Command, long: string): boolean {
+  return command.options.some((o) => o.long === long);
+}
+
+/** Adds `--log-level` unless the command has it already. */
+export function addLogLevelOption(command: Command): Command {
+  if (!hasOption(command, longFlag(LOG_LEVEL_FLAG))) addFlag(command, LOG_LEVEL_FLAG);
+  return command;
+}
+
+export function readLogLevel(flag: string | undefined, env: Env): (typeof LOG_LEVELS)[number] {
+  return readEnum(flag, env, sourceOf(LOG_LEVEL_FLAG), LOG_LEVELS, 'info');
+}
