@@ -46,7 +46,7 @@ describe('meshca command line', () => {
     cpSync(path.join(REPO_ROOT, 'package.json'), path.join(copy, 'package.json'));
     cpSync(path.join(REPO_ROOT, 'proto'), path.join(copy, 'proto'), { recursive: true });
     symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(copy, 'node_modules'));
-    for (const gone of ['commands/ca.js', 'commands/dev.js', 'ca/vault.js', 'ca/kube-store.js', 'server/index.js']) rmSync(path.join(copy, 'dist', gone));
+    for (const gone of ['commands/ca.js', 'commands/dev.js', 'ca/sources/vault/vault.js', 'ca/kube-store.js', 'server/index.js']) rmSync(path.join(copy, 'dist', gone));
     const run = (args: string[]) => spawnSync(process.execPath, [path.join(copy, 'dist/cli.js'), ...args], { encoding: 'utf8', timeout: 30_000 });
     const agent = run(['agent', '--help']);
     assert.equal(agent.status, 0, `meshca agent --help without the CA's modules: ${agent.stderr}`);

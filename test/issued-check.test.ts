@@ -1,7 +1,7 @@
 /**
- * The final issued-chain check when it is told the signer (`signer` in the expectation): RSA leaves of the
- * in-process LocalSigner are verified for the first leaf of each issuer certificate only, everything else on
- * every leaf. These tests pin what must still be refused on that path.
+ * The final issued-chain check when it is told the signer (`signer` in the expectation): RSA leaves of a signer
+ * declaring the issuer's own key as its in-process material are verified for the first leaf of each issuer
+ * certificate only, everything else on every leaf. These tests pin what must still be refused on that path.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -86,15 +86,16 @@ describe('issued-chain check with the signer given', () => {
     assertRefused(() => checker.check(withBadSignature(ec.sign(request)), expectation(ec)), /not signed by the next certificate/, 'a bad EC signature after good leaves');
   });
 
-  test('leaves of any other signer (a wrapper, an override, none given) are verified every time', () => {
-    class Overriding extends LocalSigner {
-      override sign(signRequest: WorkloadSignRequest): SignedChain {
-        return super.sign(signRequest);
+  test('leaves of a signer declaring no in-process material, or another key\'s, are verified every time', () => {
+    // Declares the material of a same-name CA with another key: the capability must name the issuer's own key.
+    class ClaimingAnotherKey extends LocalSigner {
+      override inProcessMaterial() {
+        return rsaIntermediateTwin.current();
       }
     }
-    const overriding = new Overriding('self-signed', rsaIntermediate.current());
+    const claiming = new ClaimingAnotherKey('self-signed', rsaIntermediate.current());
     const wrapper = { ...rsaIntermediate, sign: (r: WorkloadSignRequest) => rsaIntermediate.sign(r) } as unknown as LocalSigner;
-    for (const other of [overriding, wrapper, null]) {
+    for (const other of [claiming, wrapper, null]) {
       const checker = new IssuedChainChecker();
       for (let i = 0; i < 2; i++) checker.check(rsaIntermediate.sign(request), expectation(rsaIntermediate, other));
       assertRefused(

@@ -697,7 +697,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
         }
       }
     }
-    const exported = readSources(['src/server/metrics.ts', 'src/agent/metrics.ts', 'src/ca/cacerts.ts']).flatMap(({ text }) => [
+    const exported = readSources(['src/server/metrics.ts', 'src/agent/metrics.ts', 'src/ca/sources/cacerts/cacerts.ts']).flatMap(({ text }) => [
       ...[...text.matchAll(/new (?:Counter|Gauge|Histogram)(?:<[^>]*>)?\(\{\s*name:\s*'([a-z_:][a-z0-9_:]*)'/g)].map((m) => m[1]!),
       ...[...text.matchAll(/_METRIC\s*=\s*'([a-z_:][a-z0-9_:]*)'/g)].map((m) => m[1]!),
     ]);

@@ -52,7 +52,7 @@ describe('SnapshotSigner', () => {
   test('signs in the worker what the primary would: same issuer, same bundle, verified by openssl', () => {
     const primary = localSigner();
     const worker = new SnapshotSigner(overTheChannel(takeSignerSnapshot(primary)), noPrimary);
-    assert.ok(worker.inProcessSigner(), 'a snapshot of a local signer carries the material');
+    assert.ok(worker.inProcessMaterial(), 'a snapshot of a local signer carries the material');
     const signed = worker.sign(request) as SignedChain;
     const verified = opensslVerifyResponseChain(signed.chain);
     assert.equal(verified.ok, true, `openssl verify: ${verified.output}`);
@@ -96,7 +96,7 @@ describe('SnapshotSigner', () => {
       forwarded.push(r);
       return primary.sign(r);
     });
-    assert.equal(worker.inProcessSigner(), undefined);
+    assert.equal(worker.inProcessMaterial(), null);
     const signed = await worker.sign(request);
     assert.equal(forwarded.length, 1, 'the request went to the primary');
     assert.equal(opensslVerifyResponseChain(signed.chain).ok, true);

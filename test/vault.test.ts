@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { CaError, VaultRoleSigner, readVaultConfig } from '../src/ca/index.js';
-import { VaultSession } from '../src/ca/vault-client.js';
+import { VaultSession } from '../src/ca/sources/vault/vault-client.js';
 import { createLogger } from '../src/log.js';
 import { createCsr, exportPrivateKeyPem, generateKeyPairFor, spkiDer } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';

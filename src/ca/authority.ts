@@ -1,9 +1,12 @@
 /**
- * Signing policy, independent of transport and key source: the CSR must parse, verify and not ask for a CA;
- * the TTL is defaulted and bounded; the one URI SAN is the caller's proven WorkloadId, never the CSR's.
+ * Issuance, end to end and independent of transport and key source: the policy (the CSR must parse, verify and
+ * not ask for a CA; the TTL is defaulted and bounded; the one URI SAN is the caller's proven WorkloadId, never
+ * the CSR's), the key source's signature, then the final check of what was signed. What `issue` returns is a
+ * chain that has passed that check; anything else is a CaError.
  */
 import { isPkiError, parseCsr, verifyCsr, type ParsedCsr, type WorkloadId } from '../pki/index.js';
 import { CaError } from './errors.js';
+import { IssuedChainChecker } from './issued-check.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
 
 export interface AuthorityOptions {
@@ -42,25 +45,37 @@ export function formatSeconds(seconds: number): string {
   return `${seconds}s`;
 }
 
+/** Parses and checks a CSR once; throws CaError CSR_ERROR naming the reason. */
+function checkedCsr(csrPem: string): ParsedCsr {
+  try {
+    const csr = parseCsr(csrPem);
+    verifyCsr(csr);
+    return csr;
+  } catch (error) {
+    if (isPkiError(error)) throw new CaError('CSR_ERROR', `CSR error: ${error.message}`, { cause: error });
+    throw error;
+  }
+}
+
 export class CertificateAuthority {
   readonly signer: WorkloadSigner;
   private readonly now: () => number;
+  private readonly finalCheck: IssuedChainChecker;
 
   constructor(private readonly options: AuthorityOptions) {
     this.signer = options.signer;
     this.now = options.now ?? Date.now;
+    this.finalCheck = new IssuedChainChecker({ now: this.now });
+  }
+
+  /** The trust bundle workloads are told to trust (ROOTCA, the ConfigMap), from the key source. */
+  trustBundlePem(): string {
+    return this.signer.trustBundlePem();
   }
 
   /** Parses and checks a CSR; throws CaError CSR_ERROR naming the reason. */
   checkCsr(csrPem: string): ParsedCsr {
-    try {
-      const csr = parseCsr(csrPem);
-      verifyCsr(csr);
-      return csr;
-    } catch (error) {
-      if (isPkiError(error)) throw new CaError('CSR_ERROR', `CSR error: ${error.message}`, { cause: error });
-      throw error;
-    }
+    return checkedCsr(csrPem);
   }
 
   ttlFor(requestedTtlSeconds: number): number {
@@ -74,6 +89,10 @@ export class CertificateAuthority {
     return Math.floor(requestedTtlSeconds);
   }
 
+  /**
+   * Policy → key source → final check. Throws CaError: CSR_ERROR / TTL_ERROR for the request, CA_NOT_READY,
+   * CERT_GEN_ERROR (WithheldChainError when the signed chain failed the final check) or the source's UPSTREAM_*.
+   */
   async issue(request: IssueRequest): Promise<IssueResult> {
     const wantedTtlSeconds = this.ttlFor(request.requestedTtlSeconds);
     const capped = request.capAtDefaultTtl === true && wantedTtlSeconds > this.options.defaultTtlSeconds;
@@ -81,6 +100,7 @@ export class CertificateAuthority {
     const csr = this.checkCsr(request.csrPem);
     const maxNotAfter = this.signer.maxNotAfter();
     if (maxNotAfter && maxNotAfter.getTime() <= this.now()) throw new CaError('CA_NOT_READY', 'CA certificate has expired');
+    const bundleBefore = this.signer.trustBundlePem();
     let signed: SignedChain;
     try {
       signed = await this.signer.sign({ csrPem: request.csrPem, spkiDer: csr.spkiDer, uris: [request.identity.uri], ttlSeconds });
@@ -88,6 +108,13 @@ export class CertificateAuthority {
       if (error instanceof CaError) throw error;
       throw new CaError('CERT_GEN_ERROR', `failed to sign the certificate: ${(error as Error).message}`, { cause: error });
     }
+    this.finalCheck.check(signed, {
+      identities: [request.identity.uri],
+      spkiDer: csr.spkiDer,
+      // Both bundles: a material swap while the request was signed is not a fault.
+      advertisedBundles: [bundleBefore, this.signer.trustBundlePem()],
+      signer: this.signer,
+    });
     return { ...signed, ttlSeconds, ...(capped ? { ttlCappedFromSeconds: wantedTtlSeconds } : {}) };
   }
 }

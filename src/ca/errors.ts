@@ -22,6 +22,17 @@ export class CaError extends Error {
   }
 }
 
+/**
+ * The key source produced a chain that failed the final check (another key, identity or issuer, a broken chain):
+ * not the caller's fault, and nothing is handed out. A CERT_GEN_ERROR, told apart so the server can say so loudly.
+ */
+export class WithheldChainError extends CaError {
+  constructor(message: string) {
+    super('CERT_GEN_ERROR', message);
+    this.name = 'WithheldChainError';
+  }
+}
+
 /** Start-up / load problems of a key source: one line that names the file and the fix. */
 export class CaConfigError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -12,25 +12,16 @@
  * chain element. Chain elements are the signer's own PEM strings, which only change with the CA material, so the
  * links above the leaf are verified once per distinct pair and remembered.
  *
- * One exception to the per-leaf signature verification, see `mayTrustSignature`: RSA leaves made in this process
- * by `LocalSigner.sign` are verified for the first leaf of each issuer certificate only, then checked structurally.
+ * One exception to the per-leaf signature verification, see `mayTrustSignature`: RSA leaves of a key source that
+ * declares it signs in this process with the issuer certificate's own key (`inProcessMaterial`) are verified for the
+ * first leaf of each issuer certificate only, then checked structurally.
  */
-import { verify, type KeyObject } from 'node:crypto';
+import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { signatureAlgorithmFor, type SignatureAlgorithm } from '../pki/algorithms.js';
 import { children, decodeOid, decodeTime, expectTag, readSingle, Tag, type DerElement } from '../pki/der.js';
 import { parseBasicConstraints, parseSubjectAltNames, type SubjectAltNames } from '../pki/x509.js';
-import {
-  certificatePublicKey,
-  certificatesFromPem,
-  certificateToPem,
-  CSR_PEM_LABELS,
-  decodeSinglePem,
-  parseCertificate,
-  type ParsedCertificate,
-} from '../pki/index.js';
-import { CaError } from './errors.js';
-import { LocalSigner } from './local-signer.js';
-import { SnapshotSigner } from './snapshot-signer.js';
+import { certificatePublicKey, certificatesFromPem, certificateToPem, parseCertificate, type ParsedCertificate } from '../pki/index.js';
+import { WithheldChainError } from './errors.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
 
 export interface IssuedChainExpectation {
@@ -44,10 +35,11 @@ export interface IssuedChainExpectation {
    */
   advertisedBundles: readonly string[];
   /**
-   * The signer that produced the chain (`authority.signer`). Only used to recognise the in-process LocalSigner,
-   * whose RSA leaves need not each be verified (see `mayTrustSignature`); omitted, every leaf is verified.
+   * The key source that produced the chain. Only its declared capability is used: `inProcessMaterial()`, the key it
+   * signs with in this process, lets RSA leaves of an issuer with that very key skip the per-leaf verification
+   * (see `mayTrustSignature`); omitted, or declaring none, every leaf is verified.
    */
-  signer?: WorkloadSigner;
+  signer?: Pick<WorkloadSigner, 'inProcessMaterial'>;
 }
 
 interface CachedCertificate {
@@ -55,8 +47,10 @@ interface CachedCertificate {
   publicKey: KeyObject;
   /** RSA issuers: the modulus length in bytes, which every PKCS#1 v1.5 signature by this key has exactly. */
   rsaSignatureBytes: number | undefined;
-  /** The signature AlgorithmIdentifier of the first LocalSigner leaf verified against this certificate. */
+  /** The signature AlgorithmIdentifier of the first in-process leaf verified against this certificate. */
   verifiedLocalLeafAlgorithm?: Buffer;
+  /** The in-process private key last found to belong to this certificate (its public key equals the certificate's). */
+  matchingKey?: KeyObject;
 }
 
 interface CachedBundle {
@@ -66,8 +60,8 @@ interface CachedBundle {
 /** Material changes rarely; a few entries cover a rotation's overlap. Past this the caches start over. */
 const MAX_CACHE_ENTRIES = 64;
 
-function refuse(reason: string): CaError {
-  return new CaError('CERT_GEN_ERROR', `the issued certificate failed the final check and was not handed out: ${reason}`);
+function refuse(reason: string): WithheldChainError {
+  return new WithheldChainError(`the issued certificate failed the final check and was not handed out: ${reason}`);
 }
 
 /** What the check needs of a leaf. */
@@ -193,15 +187,16 @@ function verifies(algorithm: SignatureAlgorithm | undefined, tbs: Buffer, signat
 }
 
 /**
- * Whether the leaf's signature may be trusted without verifying it: only for an RSA issuer, a chain made by
- * `LocalSigner.sign` itself (not a subclass's or wrapper's override) in this process, and an issuer certificate
- * against which an earlier leaf of that signer, with the same signature AlgorithmIdentifier, has been verified.
+ * Whether the leaf's signature may be trusted without verifying it: only for an RSA issuer whose public key is that
+ * of the private key the key source declares it signs with in this process (`inProcessMaterial`), and against which an
+ * earlier leaf with the same signature AlgorithmIdentifier has been verified.
  *
  * Fault by fault, what verifying every leaf caught and what catches it on this path:
- * - A leaf signed by another key than the issuer certificate's (a mixed-up material, a stale key): LocalSigner
- *   reads one immutable CaMaterial per call and signs with its key, whose match with the signing certificate is
- *   asserted when the material is built (`buildCaMaterial` → `assertSigningMaterial`); the chain comes from the
- *   same material. Structurally the leaf must still name this issuer and use the verified algorithm.
+ * - A leaf signed by another key than the issuer certificate's (a mixed-up material, a stale key): the declared
+ *   key is compared with the issuer certificate here (and `buildCaMaterial` → `assertSigningMaterial` asserted the
+ *   match when the material was built); a key source swapping material between signing and this check makes the
+ *   key and the issuer differ, and the leaf is verified. Structurally the leaf must still name this issuer and use
+ *   the verified algorithm.
  * - A systematic encoding fault (wrong hash for the algorithm, signature or TBS bytes misplaced): the first leaf
  *   of every issuer certificate is verified, so the material's first certificate is refused, and LeafIssuer writes
  *   every RSA leaf the same way (the signature is always the modulus length, checked here).
@@ -211,12 +206,12 @@ function verifies(algorithm: SignatureAlgorithm | undefined, tbs: Buffer, signat
  *   Left unverified per leaf: the steps around it (hash, padding, unblinding, the copy into the certificate),
  *   deterministic code whose systematic faults the first-leaf verification catches; a random hardware fault there
  *   is of the kind the check never covered (bytes changed after it).
- * ECDSA has no such self-check in OpenSSL, so EC leaves are always verified; so are chains from any other signer
- * (Vault, wrappers, a worker forwarding to its primary), whose key this process cannot vouch for.
+ * ECDSA has no such self-check in OpenSSL, so EC leaves are always verified; so are chains from any key source that
+ * declares no in-process key (Vault, wrappers, a worker forwarding to its primary): this process cannot vouch for it.
  */
-function mayTrustSignature(leaf: LeafView, issuer: CachedCertificate, localSigner: boolean): boolean {
+function mayTrustSignature(leaf: LeafView, issuer: CachedCertificate, inProcess: boolean): boolean {
   return (
-    localSigner &&
+    inProcess &&
     issuer.rsaSignatureBytes !== undefined &&
     leaf.signature.length === issuer.rsaSignatureBytes &&
     issuer.verifiedLocalLeafAlgorithm !== undefined &&
@@ -225,24 +220,30 @@ function mayTrustSignature(leaf: LeafView, issuer: CachedCertificate, localSigne
 }
 
 /** The leaf against one issuer certificate: the name, then the signature, verified unless `mayTrustSignature`. */
-function leafSignedBy(leaf: LeafView, issuer: CachedCertificate, localSigner: boolean): boolean {
+function leafSignedBy(leaf: LeafView, issuer: CachedCertificate, inProcessKey: KeyObject | null): boolean {
   if (!leaf.issuerDer.equals(issuer.cert.subjectDer)) return false;
-  if (mayTrustSignature(leaf, issuer, localSigner)) return true;
+  const inProcess = inProcessKey !== null && keyBelongsTo(inProcessKey, issuer);
+  if (mayTrustSignature(leaf, issuer, inProcess)) return true;
   if (!verifies(leaf.algorithm, leaf.tbs, leaf.signature, issuer)) return false;
-  if (localSigner && issuer.rsaSignatureBytes !== undefined && leaf.signature.length === issuer.rsaSignatureBytes) {
+  if (inProcess && issuer.rsaSignatureBytes !== undefined && leaf.signature.length === issuer.rsaSignatureBytes) {
     issuer.verifiedLocalLeafAlgorithm = Buffer.from(leaf.algorithmRaw);
   }
   return true;
 }
 
-/**
- * True when `signer` signs with LocalSigner's own method, in this process: a LocalSigner, or the SnapshotSigner of
- * a `--workers` worker that holds the material itself (it signs through a LocalSigner built from it, whose key was
- * checked against the certificate again in this process).
- */
-function isLocalSigner(signer: WorkloadSigner | undefined): boolean {
-  const inner = signer instanceof SnapshotSigner && signer.sign === SnapshotSigner.prototype.sign ? signer.inProcessSigner() : signer;
-  return inner instanceof LocalSigner && inner.sign === LocalSigner.prototype.sign;
+/** True when `key` is the private key of the issuer certificate; remembered per certificate for the last key seen. */
+function keyBelongsTo(key: KeyObject, issuer: CachedCertificate): boolean {
+  if (issuer.matchingKey === key) return true;
+  let matches: boolean;
+  try {
+    matches = createPublicKey(key).equals(issuer.publicKey);
+  } catch {
+    matches = false;
+  }
+  if (!matches) return false;
+  if (issuer.matchingKey !== undefined) issuer.verifiedLocalLeafAlgorithm = undefined;
+  issuer.matchingKey = key;
+  return true;
 }
 
 /** An empty subject: a SEQUENCE with no RDN (DER 30 00). */
@@ -329,13 +330,13 @@ export class IssuedChainChecker {
     if (normalSerial(signed.serialHex) !== normalSerial(leaf.serialHex)) throw refuse("the reported serial number is not the leaf's");
 
     // The leaf's issuer is the element after it; with no intermediates, a root of the bundle.
-    const localSigner = isLocalSigner(expected.signer);
+    const inProcessKey = expected.signer?.inProcessMaterial?.()?.privateKey ?? null;
     if (chain.length === 2) {
-      if (!bundle.roots.some((root) => leafSignedBy(leaf, root, localSigner))) throw refuse('the leaf does not verify against any root of the trust bundle');
+      if (!bundle.roots.some((root) => leafSignedBy(leaf, root, inProcessKey))) throw refuse('the leaf does not verify against any root of the trust bundle');
       return;
     }
     const issuer = this.element(chain[1]!);
-    if (!leafSignedBy(leaf, issuer, localSigner)) throw refuse('the leaf is not signed by the next certificate of the chain');
+    if (!leafSignedBy(leaf, issuer, inProcessKey)) throw refuse('the leaf is not signed by the next certificate of the chain');
     for (let index = 1; index < chain.length - 1; index++) {
       const childPem = chain[index]!;
       const parentPem = chain[index + 1]!;
@@ -395,44 +396,5 @@ export class IssuedChainChecker {
     } catch (error) {
       throw refuse(`a CA certificate of the chain cannot be read: ${(error as Error).message}`);
     }
-  }
-}
-
-const PEM_BEGIN = '-----BEGIN ';
-const BASE64_BODY = /^[A-Za-z0-9+/=\s]*$/;
-
-/**
- * The DER of the one CSR block of `text`. A text holding exactly one PEM block, a CSR, is decoded here directly
- * (what `decodeSinglePem` would return, without its bookkeeping for bundles: a few microseconds per request);
- * anything else goes through `decodeSinglePem`.
- */
-function csrDer(text: string): Buffer {
-  const begin = text.indexOf(PEM_BEGIN);
-  if (begin !== -1 && text.indexOf(PEM_BEGIN, begin + 1) === -1) {
-    for (const label of CSR_PEM_LABELS) {
-      const header = `${PEM_BEGIN}${label}-----`;
-      if (!text.startsWith(header, begin)) continue;
-      const end = text.indexOf(`-----END ${label}-----`, begin + header.length);
-      if (end === -1) break;
-      const body = text.slice(begin + header.length, end);
-      if (!BASE64_BODY.test(body)) break;
-      return Buffer.from(body, 'base64');
-    }
-  }
-  return decodeSinglePem(text, CSR_PEM_LABELS, 'CSR');
-}
-
-/**
- * The SubjectPublicKeyInfo of a PEM CSR, read without the full parse and checks of `parseCsr` (which the policy
- * has already run on the same text): only to know which key the issued leaf must certify.
- */
-export function csrPublicKeyInfo(csrPem: string): Buffer {
-  try {
-    const der = csrDer(csrPem);
-    const [info] = children(readSingle(der, 'CSR'));
-    const spki = children(expectTag(info, Tag.SEQUENCE, 'CertificationRequestInfo'))[2];
-    return expectTag(spki, Tag.SEQUENCE, 'CSR public key').raw;
-  } catch (error) {
-    throw refuse(`the CSR's public key cannot be read: ${(error as Error).message}`);
   }
 }

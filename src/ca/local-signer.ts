@@ -11,7 +11,7 @@ export class LocalSigner implements WorkloadSigner {
   private readonly listeners = new Set<() => void>();
 
   constructor(
-    readonly source: SignerStatus['source'],
+    readonly source: string,
     material: CaMaterial,
     private readonly mode?: string,
   ) {
@@ -42,6 +42,11 @@ export class LocalSigner implements WorkloadSigner {
       serialHex: leaf.serialHex,
       notAfter: leaf.notAfter,
     };
+  }
+
+  /** Signs here, through LeafIssuer, with the current material. */
+  inProcessMaterial(): CaMaterial {
+    return this.material;
   }
 
   trustBundlePem(): string {

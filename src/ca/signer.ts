@@ -1,7 +1,9 @@
 /**
- * The narrow interface between the CA's policy (authority.ts) and where signing happens.
- * A key source is swapped by touching one file that implements `WorkloadSigner`.
+ * The narrow interface between issuance (authority.ts) and where signing happens. Key sources (sources/<name>/)
+ * open a `WorkloadSigner`; nothing outside the source knows its class.
  */
+import type { CaMaterial } from './material.js';
+
 export interface WorkloadSignRequest {
   /** The verified CSR, as PEM (remote signers forward it) and its SubjectPublicKeyInfo DER (local signers embed it). */
   csrPem: string;
@@ -22,7 +24,8 @@ export interface SignedChain {
 }
 
 export interface SignerStatus {
-  source: 'self-signed' | 'cacerts' | 'vault';
+  /** The key source's plugin name (`--ca-source`). */
+  source: string;
   mode?: string;
   signingCertSerial?: string;
   signingCertSubject?: string;
@@ -31,7 +34,7 @@ export interface SignerStatus {
 }
 
 export interface WorkloadSigner {
-  readonly source: SignerStatus['source'];
+  readonly source: string;
   sign(request: WorkloadSignRequest): Promise<SignedChain> | SignedChain;
   /** All trusted roots, PEM, for ROOTCA / the ConfigMap / the agent's trust bundle. */
   trustBundlePem(): string;
@@ -41,4 +44,11 @@ export interface WorkloadSigner {
   /** Called with no arguments whenever the material or bundle changes. Returns an unsubscribe function. */
   onChange(listener: () => void): () => void;
   close(): Promise<void>;
+  /**
+   * A capability, declared explicitly: the material (private key and certificates) with which `sign` signs, in
+   * this process, through meshca's own LeafIssuer. The final check then verifies RSA leaves only once per issuer
+   * certificate whose public key is this key's; `--workers` snapshots carry it so workers sign themselves.
+   * Absent or null (remote signers, wrappers, forwarding workers): every leaf is verified, nothing is copied.
+   */
+  inProcessMaterial?(): CaMaterial | null;
 }

@@ -12,7 +12,7 @@ import { createPrivateKey } from 'node:crypto';
 import { parseCertificate } from '../pki/index.js';
 import { CaError } from './errors.js';
 import { LocalSigner } from './local-signer.js';
-import { buildCaMaterial } from './material.js';
+import { buildCaMaterial, type CaMaterial } from './material.js';
 import type { SignedChain, SignerStatus, WorkloadSignRequest, WorkloadSigner } from './signer.js';
 
 export interface SnapshotMaterial {
@@ -35,8 +35,8 @@ export interface SignerSnapshot {
 /** Takes a snapshot of a signer; the material only when the signer signs in-process. */
 export function takeSignerSnapshot(signer: WorkloadSigner): SignerSnapshot {
   const snapshot: SignerSnapshot = { status: signer.status(), trustBundlePem: signer.trustBundlePem(), maxNotAfter: signer.maxNotAfter() };
-  if (signer instanceof LocalSigner) {
-    const material = signer.current();
+  const material = signer.inProcessMaterial?.() ?? null;
+  if (material) {
     snapshot.material = {
       privateKeyPkcs8Der: material.privateKey.export({ format: 'der', type: 'pkcs8' }),
       signingCertDer: material.signingCert.der,
@@ -69,7 +69,7 @@ export class SnapshotSigner implements WorkloadSigner {
     this.local = SnapshotSigner.localSigner(snapshot);
   }
 
-  get source(): SignerStatus['source'] {
+  get source(): string {
     return this.snapshot.status.source;
   }
 
@@ -102,9 +102,9 @@ export class SnapshotSigner implements WorkloadSigner {
     return new LocalSigner(snapshot.status.source, material, snapshot.status.mode);
   }
 
-  /** The LocalSigner this process signs with, while the snapshot carries the material; undefined when forwarding. */
-  inProcessSigner(): LocalSigner | undefined {
-    return this.local;
+  /** The material this worker signs with itself while the snapshot carries it; null when forwarding. */
+  inProcessMaterial(): CaMaterial | null {
+    return this.local?.inProcessMaterial() ?? null;
   }
 
   sign(request: WorkloadSignRequest): Promise<SignedChain> | SignedChain {

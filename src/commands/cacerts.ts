@@ -10,7 +10,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { loadCacerts } from '../ca/cacerts.js';
+import { loadCacerts } from '../ca/sources/cacerts/cacerts.js';
 import { fingerprint } from '../ca/material.js';
 import { parseDurationSeconds } from '../config/env.js';
 import {

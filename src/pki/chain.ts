@@ -12,6 +12,11 @@ export interface VerifyChainOptions {
   roots: readonly ParsedCertificate[];
   /** Validity is checked at this time (default: now). */
   at?: Date;
+  /**
+   * The leaf's own signature is verified by the caller (the CA's final check of what it issues): its issuer is
+   * found by name only, and everything above it is verified as usual. Not for chains that get no other check.
+   */
+  leafSignatureVerifiedElsewhere?: boolean;
 }
 
 export function describeCertificate(cert: ParsedCertificate): string {
@@ -61,7 +66,8 @@ export function verifyChain(leaf: ParsedCertificate, options: VerifyChainOptions
   checkValidity(current, at);
   for (let depth = 0; depth < MAX_DEPTH; depth++) {
     const caBelow = path.length - 1;
-    const root = options.roots.find((r) => r.subjectDer.equals(current.issuerDer) && signatureVerifies(current, r));
+    const verifies = (issuer: ParsedCertificate): boolean => (depth === 0 && options.leafSignatureVerifiedElsewhere === true) || signatureVerifies(current, issuer);
+    const root = options.roots.find((r) => r.subjectDer.equals(current.issuerDer) && verifies(r));
     if (root) {
       checkValidity(root, at);
       checkCanIssue(root, caBelow);
@@ -69,7 +75,7 @@ export function verifyChain(leaf: ParsedCertificate, options: VerifyChainOptions
       return path;
     }
     const candidates = intermediates.filter((c) => c.subjectDer.equals(current.issuerDer) && !path.includes(c));
-    const issuer = candidates.find((c) => signatureVerifies(current, c));
+    const issuer = candidates.find(verifies);
     if (!issuer) {
       if (candidates.length > 0) throw chainError(`the signature of ${describeCertificate(current)} does not verify with its issuer's key`);
       throw chainError(`no trusted issuer found for ${describeCertificate(current)} (issuer "${current.issuer}")`);

@@ -1,12 +1,12 @@
 /**
- * `istio.v1.auth.IstioCertificateService/CreateCertificate`: limits, authentication, per-identity rate limit,
- * optional node impersonation, signing policy, a final check of what was signed, metrics and the audit line.
+ * `istio.v1.auth.IstioCertificateService/CreateCertificate`: limits, authentication, optional node impersonation,
+ * per-identity rate limit, issuance (`CertificateAuthority.issue`: policy, signing, final check), metrics and the
+ * audit line.
  * Every failure is a gRPC status with a message a user can act on; the process never dies on a bad request.
  */
 import * as grpc from '@grpc/grpc-js';
 import { AuthenticationError, type AuthRequest, type AuthenticatorChain, type Caller, type NodeImpersonation } from '../authn/index.js';
-import { CaError, formatSeconds, type CaErrorCode, type CertificateAuthority } from '../ca/index.js';
-import { csrPublicKeyInfo, type IssuedChainChecker } from '../ca/issued-check.js';
+import { CaError, formatSeconds, WithheldChainError, type CaErrorCode, type CertificateAuthority, type IssueResult } from '../ca/index.js';
 import type { Logger } from '../log.js';
 import type { WorkloadId } from '../pki/index.js';
 import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
@@ -59,8 +59,6 @@ export interface CaServiceDeps {
   logger: Logger;
   /** --max-csr-per-identity-per-minute; no limit when omitted. */
   rateLimiter?: PerIdentityRateLimiter;
-  /** Checks every signed chain before it is returned; skipped when omitted. */
-  issuedCheck?: IssuedChainChecker;
   /** MAX_WORKLOAD_CERT_TTL, for the message about a validity_duration too large for a JS number. */
   maxTtlSeconds?: number;
 }
@@ -188,132 +186,130 @@ function checkTokenSize(call: grpc.ServerUnaryCall<IstioCertificateRequest, unkn
   }
 }
 
+/**
+ * CreateCertificate, in one direction: bounds, authentication, the per-identity rate limit (before any further API
+ * call or signing is spent on the caller), the identity asked for (impersonation), issuance (policy, key source and final check, all in `authority.issue`), then the
+ * answer, the metrics and the audit line. Resolves to the chain; rejects with a RequestError carrying the status.
+ */
+export async function createCertificate(call: IncomingCall, deps: CaServiceDeps): Promise<string[]> {
+  const { authority, metrics, logger } = deps;
+  const request = call.request;
+  const clientAddress = call.getPeer();
+  checkMetadataBounds(call);
+  checkLimits(request);
+  const requestedTtl = requestedTtlSeconds(String(request.validity_duration), deps.maxTtlSeconds);
+  const caller = await authenticate(call, deps, clientAddress);
+  takeRateToken(caller, deps, clientAddress);
+  const { identity, impersonated } = await authorizeIdentity(caller, structToObject(request.metadata), deps, clientAddress);
+  const started = process.hrtime.bigint();
+  let issued: IssueResult;
+  try {
+    // A renewal by client certificate gets at most DEFAULT_WORKLOAD_CERT_TTL (shortened, not refused, so an
+    // istio-agent asking for a longer SECRET_TTL keeps working); tokens may ask up to MAX_WORKLOAD_CERT_TTL.
+    issued = await authority.issue({ csrPem: request.csr, identity, requestedTtlSeconds: requestedTtl, capAtDefaultTtl: caller.authenticator === 'client-cert' });
+  } catch (error) {
+    throw issuanceRefused(error, caller, identity, deps, clientAddress);
+  }
+  metrics.signDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+  metrics.successfulIssuance.inc();
+  logger.info(
+    {
+      audit: true,
+      caller: caller.subject,
+      callerIdentity: caller.identity.uri,
+      authenticator: caller.authenticator,
+      ...(caller.kubernetes ? { cluster: caller.kubernetes.clusterId } : {}),
+      spiffeId: identity.uri,
+      impersonated,
+      serial: issued.serialHex,
+      notAfter: issued.notAfter.toISOString(),
+      ttlSeconds: issued.ttlSeconds,
+      ...(issued.ttlCappedFromSeconds !== undefined ? { ttlCappedFromSeconds: issued.ttlCappedFromSeconds } : {}),
+      clientAddress,
+    },
+    'certificate issued',
+  );
+  return issued.chain;
+}
+
+type IncomingCall = grpc.ServerUnaryCall<IstioCertificateRequest, unknown>;
+
+async function authenticate(call: IncomingCall, deps: CaServiceDeps, clientAddress: string): Promise<Caller> {
+  try {
+    return await deps.authenticators.authenticate(authRequestFrom(call));
+  } catch (error) {
+    if (!(error instanceof AuthenticationError)) throw error;
+    deps.metrics.authenticationFailures.inc();
+    deps.logger.info({ clientAddress, reason: error.message }, 'CSR request refused: authentication failed');
+    throw new RequestError(error.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED, error.message);
+  }
+}
+
+/** The identity to issue for: the caller's own, or one it may impersonate (a trusted node agent for its pods). */
+async function authorizeIdentity(
+  caller: Caller,
+  metadata: Record<string, unknown>,
+  deps: CaServiceDeps,
+  clientAddress: string,
+): Promise<{ identity: WorkloadId; impersonated: boolean }> {
+  // CertSigner (sent by every istio-agent, usually empty) names an external signer in istiod; like istiod's own
+  // CA, this CA signs every request itself, so the value is only logged.
+  if (typeof metadata.CertSigner === 'string' && metadata.CertSigner !== '') {
+    deps.logger.debug({ clientAddress, certSigner: metadata.CertSigner }, 'CertSigner metadata ignored: this CA signs itself');
+  }
+  const requested = metadata.ImpersonatedIdentity;
+  if (requested === undefined || requested === null || requested === '') return { identity: caller.identity, impersonated: false };
+  const refuse = (code: grpc.status, reason: string): RequestError => {
+    deps.metrics.authenticationFailures.inc();
+    const message = `${IMPERSONATION_FAILURE}: ${reason}`;
+    deps.logger.info({ clientAddress, caller: caller.subject, reason: message }, 'CSR request refused: impersonation not allowed');
+    return new RequestError(code, message);
+  };
+  if (typeof requested !== 'string') throw refuse(grpc.status.UNAUTHENTICATED, 'ImpersonatedIdentity must be a string');
+  const verdict = await deps.impersonation.authorize(caller, requested);
+  if (verdict.kind === 'ok') return { identity: verdict.identity, impersonated: true };
+  throw refuse(verdict.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED, verdict.reason);
+}
+
+/** Limited per proven identity. */
+function takeRateToken(caller: Caller, deps: CaServiceDeps, clientAddress: string): void {
+  const { rateLimiter } = deps;
+  const rateKey = caller.identity.uri;
+  if (!rateLimiter || rateLimiter.take(rateKey)) return;
+  deps.metrics.rateLimited.inc();
+  deps.logger.info({ clientAddress, caller: rateKey, perMinute: rateLimiter.perMinute }, 'CSR request refused: rate limit');
+  throw new RequestError(
+    grpc.status.RESOURCE_EXHAUSTED,
+    `rate limit exceeded for ${rateKey}: at most ${rateLimiter.perMinute} certificate requests per minute per identity (--max-csr-per-identity-per-minute); retry later`,
+  );
+}
+
+/** A CaError from issuance as the caller's status; a withheld chain is the key source's fault and said loudly. */
+function issuanceRefused(error: unknown, caller: Caller, identity: WorkloadId, deps: CaServiceDeps, clientAddress: string): unknown {
+  if (!(error instanceof CaError)) return error;
+  if (error instanceof WithheldChainError) {
+    deps.metrics.issuedChainRejected.inc();
+    deps.logger.error({ clientAddress, caller: caller.subject, spiffeId: identity.uri, err: error.message }, 'withholding a signed certificate that failed the final check');
+  }
+  deps.metrics.signErrors.inc({ error: error.code });
+  deps.logger.info({ clientAddress, caller: caller.subject, code: error.code, reason: error.message }, 'CSR request refused: signing failed');
+  return new RequestError(grpcStatusForCaError(error.code), error.message);
+}
+
+/** The gRPC service: CreateCertificate with the in-flight count (for shutdown) and the mapping of errors to statuses. */
 export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): IstioCaHandlers {
-  const { authority, authenticators, impersonation, metrics, logger, rateLimiter, issuedCheck } = deps;
-
-  async function authorizeIdentity(caller: Caller, metadata: Record<string, unknown>): Promise<{ identity: WorkloadId; impersonated: boolean }> {
-    const requested = metadata.ImpersonatedIdentity;
-    if (requested === undefined || requested === null || requested === '') return { identity: caller.identity, impersonated: false };
-    if (typeof requested !== 'string') {
-      throw new RequestError(grpc.status.UNAUTHENTICATED, `${IMPERSONATION_FAILURE}: ImpersonatedIdentity must be a string`);
-    }
-    const verdict = await impersonation.authorize(caller, requested);
-    if (verdict.kind === 'ok') return { identity: verdict.identity, impersonated: true };
-    const code = verdict.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED;
-    throw new RequestError(code, `${IMPERSONATION_FAILURE}: ${verdict.reason}`);
-  }
-
-  async function handle(call: grpc.ServerUnaryCall<IstioCertificateRequest, unknown>): Promise<string[]> {
-    const request = call.request;
-    const clientAddress = call.getPeer();
-    checkMetadataBounds(call);
-    checkLimits(request);
-    const requestedTtl = requestedTtlSeconds(String(request.validity_duration), deps.maxTtlSeconds);
-    let caller: Caller;
-    try {
-      caller = await authenticators.authenticate(authRequestFrom(call));
-    } catch (error) {
-      if (error instanceof AuthenticationError) {
-        metrics.authenticationFailures.inc();
-        logger.info({ clientAddress, reason: error.message }, 'CSR request refused: authentication failed');
-        throw new RequestError(error.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED, error.message);
-      }
-      throw error;
-    }
-    // Limited per proven identity, before any further API call or signing is spent on the caller.
-    const rateKey = caller.identity.uri;
-    if (rateLimiter && !rateLimiter.take(rateKey)) {
-      metrics.rateLimited.inc();
-      logger.info({ clientAddress, caller: rateKey, perMinute: rateLimiter.perMinute }, 'CSR request refused: rate limit');
-      throw new RequestError(
-        grpc.status.RESOURCE_EXHAUSTED,
-        `rate limit exceeded for ${rateKey}: at most ${rateLimiter.perMinute} certificate requests per minute per identity (--max-csr-per-identity-per-minute); retry later`,
-      );
-    }
-    const metadata = structToObject(request.metadata);
-    // CertSigner (sent by every istio-agent, usually empty) names an external signer in istiod; like istiod's own
-    // CA, this CA signs every request itself, so the value is only logged.
-    if (typeof metadata.CertSigner === 'string' && metadata.CertSigner !== '') {
-      logger.debug({ clientAddress, certSigner: metadata.CertSigner }, 'CertSigner metadata ignored: this CA signs itself');
-    }
-    let identity: WorkloadId;
-    let impersonated: boolean;
-    try {
-      ({ identity, impersonated } = await authorizeIdentity(caller, metadata));
-    } catch (error) {
-      metrics.authenticationFailures.inc();
-      logger.info({ clientAddress, caller: caller.subject, reason: (error as Error).message }, 'CSR request refused: impersonation not allowed');
-      throw error;
-    }
-    const started = process.hrtime.bigint();
-    try {
-      const bundleBefore = authority.signer.trustBundlePem();
-      const issued = await authority.issue({
-        csrPem: request.csr,
-        identity,
-        requestedTtlSeconds: requestedTtl,
-        // A renewal by client certificate gets at most DEFAULT_WORKLOAD_CERT_TTL (shortened, not refused, so an
-        // istio-agent asking for a longer SECRET_TTL keeps working); tokens may ask up to MAX_WORKLOAD_CERT_TTL.
-        capAtDefaultTtl: caller.authenticator === 'client-cert',
-      });
-      if (issuedCheck) {
-        try {
-          issuedCheck.check(issued, {
-            identities: [identity.uri],
-            spkiDer: csrPublicKeyInfo(request.csr),
-            advertisedBundles: [bundleBefore, authority.signer.trustBundlePem()],
-            // Lets the check recognise the in-process LocalSigner, whose RSA leaves need no verify each.
-            signer: authority.signer,
-          });
-        } catch (error) {
-          // Not the caller's fault: the key source produced something wrong. Say so loudly, hand out nothing.
-          metrics.issuedChainRejected.inc();
-          logger.error({ clientAddress, caller: caller.subject, spiffeId: identity.uri, err: (error as Error).message }, 'withholding a signed certificate that failed the final check');
-          throw error;
-        }
-      }
-      metrics.signDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
-      metrics.successfulIssuance.inc();
-      logger.info(
-        {
-          audit: true,
-          caller: caller.subject,
-          callerIdentity: caller.identity.uri,
-          authenticator: caller.authenticator,
-          ...(caller.kubernetes ? { cluster: caller.kubernetes.clusterId } : {}),
-          spiffeId: identity.uri,
-          impersonated,
-          serial: issued.serialHex,
-          notAfter: issued.notAfter.toISOString(),
-          ttlSeconds: issued.ttlSeconds,
-          ...(issued.ttlCappedFromSeconds !== undefined ? { ttlCappedFromSeconds: issued.ttlCappedFromSeconds } : {}),
-          clientAddress,
-        },
-        'certificate issued',
-      );
-      return issued.chain;
-    } catch (error) {
-      if (error instanceof CaError) {
-        metrics.signErrors.inc({ error: error.code });
-        logger.info({ clientAddress, caller: caller.subject, code: error.code, reason: error.message }, 'CSR request refused: signing failed');
-        throw new RequestError(grpcStatusForCaError(error.code), error.message);
-      }
-      throw error;
-    }
-  }
-
   return {
     CreateCertificate(call, callback) {
-      metrics.csrCount.inc();
+      deps.metrics.csrCount.inc();
       const leave = inFlight.enter();
-      handle(call)
+      createCertificate(call, deps)
         .then((chain) => callback(null, { cert_chain: chain }))
         .catch((error: unknown) => {
           if (error instanceof RequestError) {
             callback(serviceError(error.code, error.message));
             return;
           }
-          logger.error({ err: (error as Error)?.stack ?? String(error) }, 'unexpected error while handling CreateCertificate');
+          deps.logger.error({ err: (error as Error)?.stack ?? String(error) }, 'unexpected error while handling CreateCertificate');
           callback(serviceError(grpc.status.INTERNAL, 'internal error in the CA; see its logs'));
         })
         .finally(leave);

@@ -13,15 +13,16 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
-import { PodCaches, type AuthOutcome, type NodeCheckRequest, type NodeCheckVerdict } from '../authn/index.js';
-import { CertificateAuthority, type WorkloadSigner, type WorkloadSignRequest } from '../ca/index.js';
+import { PodCaches, type AuthOutcome } from '../authn/index.js';
+import type { WorkloadSigner } from '../ca/index.js';
 import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
-import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
-import { encodeReviewOutcome, NOTICES, PRIMARY_CALLS, WORKER_CALLS, type ReviewParams } from './cluster-worker.js';
-import { buildKubeClusters, describeCa, formatHostPort, logReady, podCacheOptions, startMonitoring, tokenReviewAuthenticator } from './index.js';
+import { primaryPeer, type CallHandlers, type IpcMessage, type PrimaryMethods, type PrimaryPeer } from './cluster-ipc.js';
+import { encodeReviewOutcome } from './cluster-worker.js';
+import { authenticatorNames, createAuthority, tokenReviewAuthenticator } from './assembly.js';
+import { buildKubeClusters, describeCa, formatHostPort, logReady, podCacheOptions, startMonitoring } from './index.js';
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
@@ -54,7 +55,7 @@ export interface CaCluster {
 interface Slot {
   index: number;
   worker: Worker | undefined;
-  peer: IpcPeer | undefined;
+  peer: PrimaryPeer | undefined;
   listening: boolean;
 }
 
@@ -70,51 +71,43 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   // Node impersonation: workers ask here, so every cluster's pods are watched once.
   const podCaches =
     config.trustedNodeAccounts.length > 0 ? new PodCaches(clusters, { ...podCacheOptions(logger), syncWaitSeconds: config.tokenReviewTimeoutSeconds }).start() : undefined;
-  const authenticators = [...(config.plaintext ? [] : ['client-cert']), ...(clusters.size > 0 ? ['tokenreview'] : []), ...(config.jwtRules.length > 0 ? ['jwt'] : [])];
+  const authenticators = authenticatorNames(config, clusters);
 
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index, worker: undefined, peer: undefined, listening: false }));
   let closing = false;
   let grpcPort = 0;
   const cleanups = new CleanupStack(logger);
 
-  const answerWorker = async (method: string, params: unknown): Promise<unknown> => {
-    switch (method) {
-      case WORKER_CALLS.snapshot:
-        return takeSignerSnapshot(signer);
-      case WORKER_CALLS.sign:
-        return await signer.sign(params as WorkloadSignRequest);
-      case WORKER_CALLS.review: {
-        const { clusterId, token } = params as ReviewParams;
-        if (!tokenReviews) return { kind: 'denied', reason: 'no Kubernetes cluster is configured for TokenReview' } satisfies AuthOutcome;
-        return encodeReviewOutcome(await tokenReviews.reviewToken(clusterId, token));
-      }
-      case WORKER_CALLS.checkNode: {
-        if (!podCaches) return { kind: 'denied', reason: 'node impersonation is not enabled (CA_TRUSTED_NODE_ACCOUNTS is empty)' } satisfies NodeCheckVerdict;
-        return await podCaches.check(params as NodeCheckRequest);
-      }
-      default:
-        throw new Error(`unknown call ${method}`);
-    }
+  const answerWorker: CallHandlers<PrimaryMethods> = {
+    snapshot: () => takeSignerSnapshot(signer),
+    sign: (request) => signer.sign(request),
+    review: async ({ clusterId, token }) => {
+      if (!tokenReviews) return { kind: 'denied', reason: 'no Kubernetes cluster is configured for TokenReview' } satisfies AuthOutcome;
+      return encodeReviewOutcome(await tokenReviews.reviewToken(clusterId, token));
+    },
+    checkNode: (request) => {
+      if (!podCaches) return { kind: 'denied', reason: 'node impersonation is not enabled (CA_TRUSTED_NODE_ACCOUNTS is empty)' };
+      return podCaches.check(request);
+    },
   };
 
   /** Forks the worker of a slot; resolves once it listens, rejects with its reason when it cannot start. */
   const fork = (slot: Slot): Promise<void> =>
     new Promise<void>((resolve, reject) => {
       const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(slot.index) });
-      const peer = new IpcPeer(
-        (message: IpcMessage) => worker.send(message),
-        answerWorker,
-        (name, params) => {
-          if (name === NOTICES.listening) {
+      const peer = primaryPeer((message: IpcMessage) => worker.send(message), answerWorker, (notice) => {
+        switch (notice.name) {
+          case 'listening':
             slot.listening = true;
-            grpcPort = (params as { grpcPort: number }).grpcPort;
+            grpcPort = notice.params.grpcPort;
             resolve();
-          } else if (name === NOTICES.fatal) {
-            reject(new Error((params as { message: string }).message));
+            return;
+          case 'fatal':
+            reject(new Error(notice.params.message));
             worker.kill();
-          }
-        },
-      );
+            return;
+        }
+      });
       slot.worker = worker;
       slot.peer = peer;
       slot.listening = false;
@@ -148,7 +141,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
     closing = true;
     const running = slots.map((s) => s.worker).filter((w): w is Worker => w !== undefined && !w.isDead());
     const exited = running.map((w) => new Promise<void>((resolve) => (w.isDead() ? resolve() : w.once('exit', () => resolve()))));
-    for (const slot of slots) slot.peer?.notify(NOTICES.shutdown, null);
+    for (const slot of slots) slot.peer?.notify('shutdown', null);
     // Each worker waits up to the grace period for its in-flight calls; allow a little more, then end them.
     const all = Promise.all(exited).then(() => true);
     const inTime = await Promise.race([all, new Promise<false>((resolve) => setTimeout(() => resolve(false), config.shutdownGraceSeconds * 1000 + 5000).unref())]);
@@ -164,18 +157,14 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   cleanups.push(stopWorkers);
 
   try {
-    const authority = new CertificateAuthority({
-      signer,
-      defaultTtlSeconds: config.defaultWorkloadCertTtlSeconds,
-      maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
-    });
+    const authority = createAuthority(config, signer);
     const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger });
     await readiness.start();
     cleanups.push(() => readiness.stop());
     const unsubscribe = signer.onChange(() => {
       metrics.publishSignerExpiries(signer);
       const snapshot = takeSignerSnapshot(signer);
-      for (const slot of slots) slot.peer?.notify(NOTICES.snapshot, snapshot);
+      for (const slot of slots) slot.peer?.notify('snapshot', snapshot);
       void readiness.probe();
     });
     cleanups.push(unsubscribe);
@@ -219,7 +208,7 @@ async function collectMetrics(registry: Registry, slots: readonly Slot[]): Promi
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), METRICS_TIMEOUT_MS)));
       try {
-        return await Promise.race([slot.peer.call<MetricObjectWithValues<MetricValue<string>>[]>(PRIMARY_CALLS.metrics, null), timeout]);
+        return await Promise.race([slot.peer.call('metrics', null), timeout]);
       } catch {
         return undefined;
       } finally {

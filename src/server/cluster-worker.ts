@@ -7,23 +7,12 @@
  */
 import type { Registry } from 'prom-client';
 import type { AuthOutcome, AuthenticatorName, Caller, KubernetesCaller, NodeCheckRequest, NodeCheckVerdict } from '../authn/index.js';
-import { SnapshotSigner, type SignerSnapshot } from '../ca/snapshot-signer.js';
-import type { SignedChain, WorkloadSignRequest } from '../ca/signer.js';
+import { SnapshotSigner } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Logger } from '../log.js';
 import { WorkloadId } from '../pki/index.js';
-import { IpcPeer, type IpcMessage } from './cluster-ipc.js';
+import { workerPeer, type IpcMessage } from './cluster-ipc.js';
 import { startCaServer, type CaServer } from './index.js';
-
-/** What a worker tells the primary, and the primary asks of a worker. */
-export const WORKER_CALLS = { snapshot: 'snapshot', sign: 'sign', review: 'review', checkNode: 'checkNode' } as const;
-export const PRIMARY_CALLS = { metrics: 'metrics' } as const;
-export const NOTICES = { listening: 'listening', fatal: 'fatal', snapshot: 'snapshot', shutdown: 'shutdown' } as const;
-
-export interface ReviewParams {
-  clusterId: string;
-  token: string;
-}
 
 /**
  * A TokenReview verdict as it crosses from the primary to a worker. A WorkloadId does not survive the structured
@@ -96,23 +85,21 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
       process.exit(code);
     })());
 
-  const peer = new IpcPeer(
-    (message: IpcMessage) => send(message),
-    async (method) => {
-      if (method === PRIMARY_CALLS.metrics) return registry.getMetricsAsJSON();
-      throw new Error(`unknown call ${method}`);
-    },
-    (name, params) => {
-      if (name === NOTICES.snapshot) {
+  const peer = workerPeer((message: IpcMessage) => send(message), { metrics: () => registry.getMetricsAsJSON() }, (notice) => {
+    switch (notice.name) {
+      case 'snapshot':
         try {
-          signer?.replace(params as SignerSnapshot);
+          signer?.replace(notice.params);
         } catch (error) {
           // Keep signing with what this worker has; the primary validated the new material, so this is a fault here.
           logger.error({ err: (error as Error).message }, 'could not take the new CA material from the primary; still signing with the previous one');
         }
-      } else if (name === NOTICES.shutdown) void stop(0);
-    },
-  );
+        return;
+      case 'shutdown':
+        void stop(0);
+        return;
+    }
+  });
   process.on('message', (message) => peer.receive(message));
   // The primary is gone (crashed or killed): nothing can be signed or reviewed any more.
   process.on('disconnect', () => {
@@ -125,9 +112,7 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
   process.on('SIGTERM', () => void stop(0));
 
   try {
-    signer = new SnapshotSigner(await peer.call<SignerSnapshot>(WORKER_CALLS.snapshot, null), (request: WorkloadSignRequest) =>
-      peer.call<SignedChain>(WORKER_CALLS.sign, request),
-    );
+    signer = new SnapshotSigner(await peer.call('snapshot', null), (request) => peer.call('sign', request));
     server = await startCaServer({
       config,
       signer,
@@ -135,12 +120,12 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
       registry,
       worker: {
         reviewToken: (clusterId: string, token: string) =>
-          peer.call<unknown>(WORKER_CALLS.review, { clusterId, token } satisfies ReviewParams).then(
+          peer.call('review', { clusterId, token }).then(
             (answer): AuthOutcome => decodeReviewOutcome(answer, config.trustDomain),
             (error: unknown): AuthOutcome => ({ kind: 'unavailable', reason: `the token could not be reviewed: ${(error as Error).message}` }),
           ),
         checkNode: (request: NodeCheckRequest) =>
-          peer.call<NodeCheckVerdict>(WORKER_CALLS.checkNode, request).catch(
+          peer.call('checkNode', request).catch(
             (error: unknown): NodeCheckVerdict => ({ kind: 'unavailable', reason: `the node check could not be made: ${(error as Error).message}` }),
           ),
       },
@@ -148,10 +133,10 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
   } catch (error) {
     // The primary prints the one line and exits; this worker only reports why it could not start.
     failedToStart = true;
-    peer.notify(NOTICES.fatal, { message: (error as Error).message });
+    peer.notify('fatal', { message: (error as Error).message });
     // The primary stops this worker once it has read why; exit anyway should that never happen.
     setTimeout(() => process.exit(1), 5000);
     return;
   }
-  peer.notify(NOTICES.listening, { grpcPort: server.grpcPort });
+  peer.notify('listening', { grpcPort: server.grpcPort });
 }

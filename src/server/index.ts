@@ -6,24 +6,14 @@
 import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import {
-  AuthenticatorChain,
-  ClientCertAuthenticator,
-  JwtAuthenticator,
-  KubeClusters,
-  NodeImpersonation,
-  TokenReviewAuthenticator,
-  type Authenticator,
-  type AuthOutcome,
-  type NodeCheck,
-} from '../authn/index.js';
-import { CertificateAuthority, formatSeconds, type WorkloadSigner } from '../ca/index.js';
-import { IssuedChainChecker } from '../ca/issued-check.js';
+import { KubeClusters, NodeImpersonation, type AuthOutcome, type NodeCheck } from '../authn/index.js';
+import { formatSeconds, type CertificateAuthority, type WorkloadSigner } from '../ca/index.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import { loadKubeConfigWithOrigin } from '../kube/config.js';
 import type { Logger } from '../log.js';
 import { istioCaService } from '../wire/protos.js';
+import { buildAuthenticators, createAuthority } from './assembly.js';
 import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca-service.js';
 import { formatHostPort, listenError } from './listen.js';
 import { CleanupStack } from './lifecycle.js';
@@ -167,24 +157,7 @@ export function podCacheOptions(logger: Logger): { onError: (clusterId: string, 
   return { onError: (clusterId, message) => logger.warn({ clusterId, reason: message }, 'pod cache for node impersonation: retrying') };
 }
 
-/** The TokenReview authenticator of a CA server; `reviewer` set: a `--workers` worker asking its primary. */
-export function tokenReviewAuthenticator(
-  config: CaServerConfig,
-  clusters: KubeClusters,
-  metrics: CaMetrics,
-  reviewer?: (clusterId: string, token: string) => Promise<AuthOutcome>,
-): TokenReviewAuthenticator {
-  return new TokenReviewAuthenticator({
-    clusters,
-    audiences: config.tokenAudiences,
-    trustDomain: config.trustDomain,
-    cacheTtlSeconds: config.tokenReviewCacheTtlSeconds,
-    timeoutSeconds: config.tokenReviewTimeoutSeconds,
-    maxInFlight: config.maxInflightTokenReviews,
-    observer: metrics,
-    ...(reviewer ? { reviewer } : {}),
-  });
-}
+export { tokenReviewAuthenticator, authenticatorNames } from './assembly.js';
 
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
   const { config, signer, logger } = options;
@@ -194,30 +167,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   // The process metrics may already be there when the registry is shared with the key source.
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
   const metrics = new CaMetrics(registry);
-  const authority = new CertificateAuthority({
-    signer,
-    defaultTtlSeconds: config.defaultWorkloadCertTtlSeconds,
-    maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
-  });
-
+  const authority = createAuthority(config, signer);
   const clusters = buildKubeClusters(config, env, logger);
-  const authenticators: Authenticator[] = [];
-  if (!config.plaintext) authenticators.push(new ClientCertAuthenticator({ trustDomain: config.trustDomain }));
-  if (clusters.size > 0) {
-    const worker = options.worker;
-    authenticators.push(tokenReviewAuthenticator(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined));
-  }
-  if (config.jwtRules.length > 0) {
-    authenticators.push(
-      await JwtAuthenticator.create({
-        rules: config.jwtRules,
-        defaultAudiences: config.tokenAudiences,
-        trustDomain: config.trustDomain,
-        localClusterId: config.clusterId,
-      }),
-    );
-  }
-  const chain = new AuthenticatorChain(authenticators);
+  const worker = options.worker;
+  const chain = await buildAuthenticators(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined);
   const impersonation = new NodeImpersonation({
     clusters,
     trustedNodeAccounts: config.trustedNodeAccounts,
@@ -269,7 +222,6 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
           metrics,
           logger,
           rateLimiter,
-          issuedCheck: new IssuedChainChecker(),
           maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
         },
         inFlight,

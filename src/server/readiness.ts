@@ -66,7 +66,7 @@ export class ReadinessProbe {
       const chain = issued.chain;
       const leaf = parseCertificate(issued.leafDer);
       const intermediates = chain.slice(1, -1).flatMap((pem) => certificatesFromPem(pem)).map(parseCertificate);
-      const roots = certificatesFromPem(this.options.authority.signer.trustBundlePem()).map(parseCertificate);
+      const roots = certificatesFromPem(this.options.authority.trustBundlePem()).map(parseCertificate);
       verifyChain(leaf, { intermediates, roots });
       if (this.lastError !== undefined) this.options.logger.info('readiness probe succeeds again');
       this.lastSuccessAt = Date.now();

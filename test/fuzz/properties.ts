@@ -22,7 +22,7 @@ import { JwtAuthenticator } from '../../src/authn/jwt.js';
 import { unverifiedExpiryMs } from '../../src/authn/tokenreview.js';
 import { extractBearerToken } from '../../src/authn/types.js';
 import { buildCaMaterial, CaError, CertificateAuthority, LocalSigner } from '../../src/ca/index.js';
-import { csrPublicKeyInfo, IssuedChainChecker } from '../../src/ca/issued-check.js';
+import { IssuedChainChecker } from '../../src/ca/issued-check.js';
 import { signatureAlgorithmFor } from '../../src/pki/algorithms.js';
 import { children, decodeTime, readElement } from '../../src/pki/der.js';
 import {
@@ -337,7 +337,7 @@ export function registerIssuanceProperties(budget: FuzzBudget): void {
             assert.deepEqual(leaf.sans.uris, [caller]);
             assert.deepEqual(leaf.sans.dnsNames, []);
             assert.notEqual(leaf.basicConstraints?.ca, true);
-            const spki = csrPublicKeyInfo(csrPem);
+            const spki = parseCsr(csrPem).spkiDer;
             assert.ok(leaf.spkiDer.equals(spki), 'the leaf certifies the CSR key');
             assert.ok(leaf.spkiDer.equals(parseCsr(createCsr({ privateKey })).spkiDer), "the CSR key is the requester's key");
             checker.check(issued, { identities: [caller], spkiDer: spki, advertisedBundles: [bundle] });

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, promises as fs, readdirSync, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import { Counter, type Registry } from 'prom-client';
-import type { Logger } from '../log.js';
+import type { Logger } from '../../../log.js';
 import {
   certificatePublicKey,
   decodePem,
@@ -18,11 +18,11 @@ import {
   parseCertificate,
   verifyChain,
   type ParsedCertificate,
-} from '../pki/index.js';
+} from '../../../pki/index.js';
 import type { KeyObject } from 'node:crypto';
-import { CaConfigError } from './errors.js';
-import { ManagedLocalSigner } from './managed-signer.js';
-import { buildCaMaterial, fingerprint, type CaMaterial } from './material.js';
+import { CaConfigError } from '../../errors.js';
+import { ManagedLocalSigner } from '../../managed-signer.js';
+import { buildCaMaterial, fingerprint, type CaMaterial } from '../../material.js';
 
 export const ISTIO_CACERTS_FILES = {
   cert: 'ca-cert.pem',

@@ -14,11 +14,11 @@
  * The trust bundle comes from GET /v1/<mount>/ca_chain (or /ca/pem) and is refreshed periodically.
  */
 import { promises as fs } from 'node:fs';
-import { children, decodeOid, expectTag, readSingle, Tag } from '../pki/der.js';
-import { OID } from '../pki/oids.js';
+import { children, decodeOid, expectTag, readSingle, Tag } from '../../../pki/der.js';
+import { OID } from '../../../pki/oids.js';
 import * as path from 'node:path';
-import type { Logger } from '../log.js';
-import { readDuration, readOptionalString, readString, ConfigError, type Env } from '../config/env.js';
+import type { Logger } from '../../../log.js';
+import { readDuration, readOptionalString, readString, ConfigError, type Env } from '../../../config/env.js';
 import {
   certificatesFromPem,
   certificateToPem,
@@ -32,13 +32,13 @@ import {
   verifyChain,
   type KeySpec,
   type ParsedCertificate,
-} from '../pki/index.js';
-import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
-import { ISTIO_CACERTS_FILES, loadCacerts } from './cacerts.js';
-import { CaConfigError, CaError } from './errors.js';
-import { ManagedLocalSigner } from './managed-signer.js';
-import { buildCaMaterial, dedupeCertificates, fingerprint, type CaMaterial } from './material.js';
-import type { SignedChain, SignerStatus, WorkloadSignRequest, WorkloadSigner } from './signer.js';
+} from '../../../pki/index.js';
+import { ensurePrivateDirectory, writeFileAtomic } from '../../../util/fs.js';
+import { ISTIO_CACERTS_FILES, loadCacerts } from '../cacerts/cacerts.js';
+import { CaConfigError, CaError } from '../../errors.js';
+import { ManagedLocalSigner } from '../../managed-signer.js';
+import { buildCaMaterial, dedupeCertificates, fingerprint, type CaMaterial } from '../../material.js';
+import type { SignedChain, SignerStatus, WorkloadSignRequest, WorkloadSigner } from '../../signer.js';
 import { VaultRequestError, VaultSession, toVaultError, type VaultAuthConfig } from './vault-client.js';
 
 export const DEFAULT_VAULT_JWT_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
@@ -251,8 +251,7 @@ interface BackgroundOptions {
 
 /** Role mode: a remote signer. */
 export class VaultRoleSigner implements WorkloadSigner {
-  readonly source = 'vault' as const;
-  private readonly cleanups: (() => void | Promise<void>)[] = [];
+  readonly source = 'vault';
   private bundle: VaultTrustBundle;
   private bundlePem: string;
   private readonly listeners = new Set<() => void>();
@@ -384,7 +383,8 @@ export class VaultRoleSigner implements WorkloadSigner {
 
   private verify(leaf: ParsedCertificate, intermediates: ParsedCertificate[]): { path?: ParsedCertificate[]; error?: string } {
     try {
-      return { path: verifyChain(leaf, { intermediates, roots: this.bundle.roots }) };
+      // The leaf's signature is verified once, by the final check of every issued chain (CertificateAuthority).
+      return { path: verifyChain(leaf, { intermediates, roots: this.bundle.roots, leafSignatureVerifiedElsewhere: true }) };
     } catch (error) {
       return { error: (error as Error).message };
     }
@@ -411,14 +411,8 @@ export class VaultRoleSigner implements WorkloadSigner {
     return () => this.listeners.delete(listener);
   }
 
-  /** Registers background work to stop on close (e.g. root distribution). */
-  addCleanup(cleanup: () => void | Promise<void>): void {
-    this.cleanups.push(cleanup);
-  }
-
   async close(): Promise<void> {
     if (this.refreshTimer) clearInterval(this.refreshTimer);
-    for (const cleanup of this.cleanups.splice(0).reverse()) await Promise.resolve().then(cleanup).catch(() => undefined);
     this.listeners.clear();
     this.session.close();
   }

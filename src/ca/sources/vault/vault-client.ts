@@ -6,9 +6,9 @@
  */
 import { promises as fs } from 'node:fs';
 import nodeVault from 'node-vault';
-import type { Logger } from '../log.js';
-import { certificatesFromPem } from '../pki/index.js';
-import { CaConfigError } from './errors.js';
+import type { Logger } from '../../../log.js';
+import { certificatesFromPem } from '../../../pki/index.js';
+import { CaConfigError } from '../../errors.js';
 
 export type VaultAuthConfig =
   | { kind: 'token'; token?: string; tokenFile?: string }

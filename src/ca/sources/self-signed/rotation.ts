@@ -9,11 +9,11 @@
  * resourceVersion check), and the plan is derived from the stored state alone, so a process that crashes between
  * steps, or a second replica, resumes at the right step.
  */
-import type { Logger } from '../log.js';
-import { certificatesFromPem, certificateToPem, CLOCK_SKEW_GRACE_MS, type ParsedCertificate } from '../pki/index.js';
-import type { LocalSigner } from './local-signer.js';
-import { ManagedLocalSigner } from './managed-signer.js';
-import { fingerprint, type CaMaterial } from './material.js';
+import type { Logger } from '../../../log.js';
+import { certificatesFromPem, certificateToPem, CLOCK_SKEW_GRACE_MS, type ParsedCertificate } from '../../../pki/index.js';
+import type { LocalSigner } from '../../local-signer.js';
+import { ManagedLocalSigner } from '../../managed-signer.js';
+import { fingerprint, type CaMaterial } from '../../material.js';
 import {
   CaStateConflictError,
   materialFromState,
@@ -21,7 +21,7 @@ import {
   type CaStateStore,
   type ParsedCaState,
   type StoredCaState,
-} from './selfsigned.js';
+} from '../../selfsigned.js';
 
 export interface RotationPolicy {
   /** CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL; 0 disables rotation. */
