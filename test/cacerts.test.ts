@@ -131,7 +131,8 @@ describe('plugged-in CA certificates (cacerts)', () => {
   });
 
   test('cert-manager layout (tls.crt with its chain, tls.key, ca.crt) issues chains openssl verifies', async () => {
-    const chain = await makeChain('rsa', 3, 'cm');
+    // EC keys: the layout is the point here (RSA signing CAs are covered by the Istio-layout test above).
+    const chain = await makeChain('ec', 3, 'cm');
     const dir = path.join(temp.dir, 'cert-manager');
     await writeFiles(dir, certManagerFiles(chain));
     const result = await issueThroughBinary(dir, ['--ca-source', 'cacerts'], chain.root.pem);
@@ -235,11 +236,13 @@ describe('plugged-in CA certificates (cacerts)', () => {
     const tokens = await Promise.all(Array.from({ length: 50 }, (_, i) => kube.mintToken({ namespace: 'default', serviceAccount: `load-${i}`, ttlSeconds: 3600 })));
     const results: { startedAt: number; result: CallResult }[] = [];
     const pending: Promise<void>[] = [];
-    // Open-loop load offered at 250 requests/s (the issue asks for at least 200): each tick catches up with the
-    // schedule, and a CA that falls behind makes requests queue, none of which may fail. At most MAX_IN_FLIGHT wait
-    // at once, so a machine too busy to keep up slows the schedule (reported below; throughput itself is measured
-    // by `npm run bench`, not asserted here) instead of timing requests out.
-    const RATE = 250;
+    // Open-loop load offered at a steady 50 requests/s, so requests are in flight throughout every phase (the
+    // swap included): each tick catches up with the schedule, and a CA that falls behind makes requests queue, none
+    // of which may fail. The phases are marked by answer counts, so the proof is the ≈ 100–200 requests around the
+    // refused update and the swap, whatever the rate; throughput (the issue's ≥ 200 req/s) is measured by
+    // `npm run bench`, not here, where every offered request only costs CPU. At most MAX_IN_FLIGHT wait at once, so
+    // a machine too busy to keep up slows the schedule (reported below) instead of timing requests out.
+    const RATE = 50;
     const MAX_IN_FLIGHT = 500;
     const loadStarted = Date.now();
     let offered = 0;
