@@ -87,8 +87,14 @@ describe('faults around meshca ca', () => {
     return ca;
   }
 
+  // One CA for the tests that neither kill it nor need their own key source (the slow-API test and the clock-skew
+  // test): started by whichever runs first, stopped in `after`. Its flags only matter to the slow-API test.
+  let shared: Promise<RunningCa> | undefined;
+  const sharedCa = (): Promise<RunningCa> =>
+    (shared ??= start(path.join(temp.dir, 'shared'), ['--tokenreview-timeout', '3s', '--max-inflight-tokenreviews', '3']));
+
   test('a TokenReview API taking 5 s: bounded waits, UNAVAILABLE, --max-inflight-tokenreviews, and recovery', async () => {
-    const ca = await start(path.join(temp.dir, 'slow-api'), ['--tokenreview-timeout', '3s', '--max-inflight-tokenreviews', '3']);
+    const ca = await sharedCa();
     const client = caClient(ca.grpcAddress, ca.rootPem);
     const metric = async (name: string): Promise<number> => metricValue((await getText(`${ca.monitoringUrl}/metrics`)).body, name);
     const tokens = await Promise.all(Array.from({ length: 6 }, (_, i) => kube.mintToken({ namespace: 'default', serviceAccount: `slow-${i}` })));
@@ -132,7 +138,6 @@ describe('faults around meshca ca', () => {
     }
     assert.equal(await metric('meshca_tokenreviews_in_flight'), 0);
     client.close();
-    await ca.proc.stop();
   });
 
   test('self-signed: SIGKILL under load and restart brings back the same root and key; old and new chains verify', async () => {
@@ -235,7 +240,7 @@ describe('faults around meshca ca', () => {
   });
 
   test('clock skew: NotBefore is 2 minutes before issuance, NotAfter the requested TTL after it', async () => {
-    const ca = await start(path.join(temp.dir, 'skew'));
+    const ca = await sharedCa();
     const client = caClient(ca.grpcAddress, ca.rootPem);
     try {
       const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'skew' });
@@ -248,7 +253,6 @@ describe('faults around meshca ca', () => {
       assert.equal(notAfter.getTime() - notBefore.getTime(), (3600 + 120) * 1000);
     } finally {
       client.close();
-      await ca.proc.stop();
     }
   });
 });
