@@ -14,7 +14,7 @@ import { IstioCaClient } from '../src/wire/protos.js';
 import { createCertificate, getText, metricValue, opensslKeyAndCsr, SERVER_NAME, type CallResult, type KeyAndCsr } from './ca-helpers.js';
 import { eventually, expectStartFailure, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
-import { ISTIO_WORKLOAD_ROLE, startVaultStandin } from './standins/vault.js';
+import { ISTIO_WORKLOAD_ROLE, startVaultStandin, type VaultStandin } from './standins/vault.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir, type LogRecord } from './support/process.js';
 
@@ -61,9 +61,12 @@ describe('meshca ca --workers', () => {
     workload = opensslKeyAndCsr(temp.dir, 'workload');
   });
 
+  let stopVault: (() => Promise<unknown>) | undefined;
+
   after(async () => {
     for (const client of clients) client.close();
     await Promise.all(running.map((ca) => ca.proc.stop('SIGKILL')));
+    await stopVault?.();
     await kube.close();
     temp.cleanup();
   });
@@ -162,9 +165,13 @@ describe('meshca ca --workers', () => {
     await eventually(() => (pids.every((pid) => !alive(pid)) ? true : undefined), 20_000, 'no worker outlives the primary');
   });
 
-  test('Vault role mode: workers forward each request to the primary, and Vault\'s statuses reach the caller unchanged', async () => {
-    const vault = await startVaultStandin({ keyType: 'ec' });
-    try {
+  // One Vault stand-in and one `--workers 2` CA in Vault role mode, shared by the Vault test and the killed-primary
+  // test (which only needs a primary with two workers, and ends it): started by whichever runs first.
+  let vaultCa: Promise<{ vault: VaultStandin; ca: StartedCa }> | undefined;
+  const startVaultCa = (): Promise<{ vault: VaultStandin; ca: StartedCa }> =>
+    (vaultCa ??= (async () => {
+      const vault = await startVaultStandin({ keyType: 'ec' });
+      stopVault = () => vault.close();
       vault.state.setRole('pki_int', 'istio', { ...ISTIO_WORKLOAD_ROLE });
       const ca = await startCaProcess(['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'vault', '--ca-key-type', 'ec-p256', '--workers', '2', '--state-dir', path.join(temp.dir, 'vault')], {
         VAULT_ADDR: vault.url,
@@ -172,6 +179,12 @@ describe('meshca ca --workers', () => {
         VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio',
       });
       running.push(ca);
+      return { vault, ca };
+    })());
+
+  test('Vault role mode: workers forward each request to the primary, and Vault\'s statuses reach the caller unchanged', async () => {
+    const { vault, ca } = await startVaultCa();
+    try {
       const conns = connect(ca, vault.state.chain('pki')[0]!, 4);
       const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'vaulted', ttlSeconds: 3600 });
       const signsBefore = vault.state.requests.filter((r) => r.path === '/v1/pki_int/sign/istio').length;
@@ -195,13 +208,11 @@ describe('meshca ca --workers', () => {
       assert.equal(refused.ok ? 'OK' : grpc.status[refused.code], 'INVALID_ARGUMENT', 'Vault\'s 400 stays INVALID_ARGUMENT');
     } finally {
       vault.state.down = false;
-      await vault.close();
     }
   });
 
   test('a killed primary takes its workers with it', async () => {
-    const ca = await startCaProcess(['--kubeconfig', kube.kubeconfigPath, '--workers', '2', '--ca-key-type', 'ec-p256', '--state-dir', path.join(temp.dir, 'killed')]);
-    running.push(ca);
+    const { ca } = await startVaultCa();
     const pids = await childPids(ca.proc.child.pid!);
     assert.equal(pids.length, 2, 'two workers');
     await ca.proc.stop('SIGKILL');
