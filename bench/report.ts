@@ -23,7 +23,7 @@ export interface MachineInfo {
 export interface CoreKindReport extends CoreKindResult {
   /** One thread against OpenSSL's rate per process (the -multi rate divided by the processes). */
   singleRatio: number;
-  /** All worker threads against OpenSSL's -multi rate. */
+  /** All worker threads against OpenSSL's rate per process times the threads (the -multi rate when they match). */
   allRatio: number;
 }
 
@@ -44,7 +44,7 @@ export interface PartProblem {
 export interface BenchResults {
   version: 1;
   date: string;
-  mode: 'full' | 'quick';
+  mode: 'full' | 'quick' | 'smoke';
   command: string;
   parts: PartName[];
   machine: MachineInfo;

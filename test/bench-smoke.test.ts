@@ -44,10 +44,10 @@ interface SmokeResults {
   problems: unknown[];
 }
 
-describe('npm run bench -- --quick --only core', () => {
+describe('npm run bench -- --smoke --only core', () => {
   it('measures the OpenSSL limit and the signing core on one and all threads, with ratios, and writes latest.json', async () => {
     const outDir = path.join(temp.dir, 'results');
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', '--only', 'core', '--out', outDir, '--no-markdown'], {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', '--only', 'core', '--out', outDir, '--no-markdown'], {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -62,7 +62,7 @@ describe('npm run bench -- --quick --only core', () => {
     assert.equal(code, 0, `bench exited ${code}:\n${stderr.slice(-3000)}`);
 
     const results = JSON.parse(readFileSync(path.join(outDir, 'latest.json'), 'utf8')) as SmokeResults;
-    assert.equal(results.mode, 'quick');
+    assert.equal(results.mode, 'smoke');
     assert.deepEqual(results.parts, ['limit', 'core']);
     assert.deepEqual(results.problems, []);
     assert.match(results.limit.command, /^openssl speed -seconds 1 -multi \d+ rsa2048 ecdsap256$/);

@@ -15,6 +15,7 @@ import { DEV_ISSUER, DevTokenIssuer } from '../src/authn/dev-issuer.js';
 import { certificateToPem, createCaCertificate, exportPrivateKeyPem, generateKeyPairFor } from '../src/pki/index.js';
 import { IstioCaClient } from '../src/wire/protos.js';
 import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, SERVER_NAME, startCa, waitForRecord } from './ca-helpers.js';
+import { caStartupError, cliOutcome } from './support/ca-startup.js';
 import { makeTempDir, runMeshca } from './support/process.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 
@@ -67,15 +68,28 @@ describe('start-up failures are one clear line and a non-zero exit', () => {
 
   test('configuration errors name the variable or flag', async () => {
     const state = ['--state-dir', path.join(temp.dir, 'config-errors'), '--ca-key-type', 'ec-p256'];
-    const cases: { args: string[]; env: NodeJS.ProcessEnv; message: RegExp }[] = [
+    // inProcess: the same start-up in this process (support/ca-startup.ts) instead of the real binary, which still
+    // runs the other cases: the exit code and the one line that every refusal of the configuration goes through.
+    const cases: { args: string[]; env: NodeJS.ProcessEnv; message: RegExp; inProcess?: true }[] = [
       { args: [], env: {}, message: /^meshca: no way to authenticate workloads: give --kubeconfig FILE/ },
-      { args: [], env: { JWT_RULE: '{"issuer": 1}' }, message: /^meshca: invalid JWT_RULE: "issuer" must be a non-empty string/ },
-      { args: [], env: { JWT_RULE: jwtRule, MAX_WORKLOAD_CERT_TTL: 'forever' }, message: /^meshca: invalid --max-workload-cert-ttl \(env MAX_WORKLOAD_CERT_TTL\)="forever"/ },
+      { args: [], env: { JWT_RULE: '{"issuer": 1}' }, message: /^meshca: invalid JWT_RULE: "issuer" must be a non-empty string/, inProcess: true },
+      {
+        args: [],
+        env: { JWT_RULE: jwtRule, MAX_WORKLOAD_CERT_TTL: 'forever' },
+        message: /^meshca: invalid --max-workload-cert-ttl \(env MAX_WORKLOAD_CERT_TTL\)="forever"/,
+        inProcess: true,
+      },
       { args: ['--kubeconfig', path.join(temp.dir, 'missing.yaml')], env: {}, message: /^meshca: kubeconfig .*missing\.yaml does not exist/ },
-      { args: ['--trusted-node-accounts', 'ztunnel'], env: { JWT_RULE: jwtRule }, message: /CA_TRUSTED_NODE_ACCOUNTS\)="ztunnel": expected namespace\/serviceaccount/ },
+      {
+        args: ['--trusted-node-accounts', 'ztunnel'],
+        env: { JWT_RULE: jwtRule },
+        message: /CA_TRUSTED_NODE_ACCOUNTS\)="ztunnel": expected namespace\/serviceaccount/,
+        inProcess: true,
+      },
     ];
     for (const c of cases) {
-      const result = await runMeshca(['ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...state, ...c.args], { env: cleanEnv(c.env) });
+      const args = ['ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...state, ...c.args];
+      const result = c.inProcess ? cliOutcome(await caStartupError(args.slice(1), c.env)) : await runMeshca(args, { env: cleanEnv(c.env) });
       assert.equal(result.code, 1, result.stderr);
       assert.match(result.stderr, c.message);
       assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);

@@ -100,6 +100,20 @@ describe('broken files at start-up', () => {
     jwtRule = JSON.stringify({ issuer: DEV_ISSUER, jwks_file: issuer.jwksPath, audiences: ['istio-ca'] });
   });
 
+  // One self-signed state, made by a real `meshca ca` that then stopped, copied wherever a test needs an existing CA.
+  let selfSignedTemplate: Promise<string> | undefined;
+  async function copySelfSignedState(dir: string): Promise<void> {
+    selfSignedTemplate ??= (async () => {
+      const template = path.join(temp.dir, 'self-signed-template');
+      const first = await startCa(template, [], { JWT_RULE: jwtRule });
+      await first.proc.stop();
+      return template;
+    })();
+    const template = await selfSignedTemplate;
+    mkdirSync(dir, { mode: 0o700 });
+    for (const name of readdirSync(template)) copyFileSync(path.join(template, name), path.join(dir, name));
+  }
+
   after(() => {
     for (const mount of mounts) spawnSync('umount', [mount]);
     temp.cleanup();
@@ -138,8 +152,7 @@ describe('broken files at start-up', () => {
 
     // A self-signed root whose key the CA's user cannot read: refused, and never replaced by a new root.
     const selfSigned = path.join(temp.dir, 'self-signed-state');
-    const first = await startCa(selfSigned, [], { JWT_RULE: jwtRule });
-    await first.proc.stop();
+    await copySelfSignedState(selfSigned);
     chmodSync(path.join(selfSigned, 'ca-key.pem'), 0o000);
     chownSync(selfSigned, NOBODY, NOBODY);
     const before = snapshot(selfSigned);
@@ -171,12 +184,8 @@ describe('broken files at start-up', () => {
     }
     mounts.push(disk);
     // An existing CA moved onto the disk before it fills up.
-    const existing = path.join(temp.dir, 'existing-state');
-    const first = await startCa(existing, [], { JWT_RULE: jwtRule });
-    await first.proc.stop();
     const moved = path.join(disk, 'existing');
-    mkdirSync(moved, { mode: 0o700 });
-    for (const name of readdirSync(existing)) copyFileSync(path.join(existing, name), path.join(moved, name));
+    await copySelfSignedState(moved);
     // Fill the disk.
     let filled = 0;
     try {

@@ -22,6 +22,7 @@ import { createCsr, exportPrivateKeyPem, generateKeyPairFor, spkiDer } from '../
 import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { caStartupError, cliOutcome } from './support/ca-startup.js';
 import { ISTIO_WORKLOAD_ROLE, startVaultStandin, type VaultStandin } from './standins/vault.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
@@ -241,7 +242,7 @@ describe('Vault PKI key source', () => {
       const until = Date.now() + 9000;
       while (Date.now() < until) {
         results.push(await createCertificate(client, { csr: csrPem, token, validitySeconds: 600 }));
-        await sleep(100);
+        await sleep(200);
       }
       await ca.proc.waitForLog(/^cannot renew the intermediate CA certificate from Vault; the current one keeps signing$/, 5000);
       assert.ok(results.length > 20);
@@ -299,29 +300,39 @@ describe('Vault PKI key source', () => {
 
   test('start-up problems end in one clear line and exit 1', async () => {
     const base = ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'vault', '--state-dir', path.join(temp.dir, 'bad')];
-    const cases: { args?: string[]; env: NodeJS.ProcessEnv; message: RegExp }[] = [
+    // inProcess: the same start-up in this process (support/ca-startup.ts) instead of the real binary. The real
+    // binary runs one refusal of the configuration and one of opening Vault: the exit code and the one line.
+    const cases: { args?: string[]; env: NodeJS.ProcessEnv; message: RegExp; inProcess?: true }[] = [
       { env: { VAULT_ADDR: 'vault.example:8200', VAULT_TOKEN: 't', VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' }, message: /invalid VAULT_ADDR="vault\.example:8200": expected an http:\/\/ or https:\/\/ URL/ },
       {
         args: ['--vault-token-file', path.join(temp.dir, 'missing-token')],
         env: { VAULT_ADDR: vault.url, VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },
         message: /cannot read the Vault token file .*missing-token: ENOENT.*\(set --vault-token-file/,
+        inProcess: true,
       },
       {
         args: ['--vault-jwt-file', path.join(temp.dir, 'missing-jwt')],
         env: { VAULT_ADDR: vault.url, VAULT_ROLE: 'meshca', VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },
         message: /cannot read the service-account token for Vault Kubernetes auth .*missing-jwt/,
+        inProcess: true,
       },
       {
         env: { VAULT_ADDR: 'http://127.0.0.1:1', VAULT_TOKEN: 't', VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },
         message: /cannot read the trust bundle from Vault at http:\/\/127\.0\.0\.1:1\/v1\/pki_int\/ca_chain: .*ECONNREFUSED/,
       },
-      { env: { VAULT_ADDR: vault.url, VAULT_TOKEN: 't' }, message: /needs VAULT_SIGN_CSR_PATH .* or VAULT_INTERMEDIATE_PATH/ },
+      { env: { VAULT_ADDR: vault.url, VAULT_TOKEN: 't' }, message: /needs VAULT_SIGN_CSR_PATH .* or VAULT_INTERMEDIATE_PATH/, inProcess: true },
     ];
-    const results = await Promise.all(cases.map((c) => expectStartFailure([...base, ...(c.args ?? [])], c.env)));
+    const results = await Promise.all(
+      cases.map(async (c) => {
+        const args = [...base, ...(c.args ?? [])];
+        return c.inProcess ? cliOutcome(await caStartupError(args, c.env)) : expectStartFailure(args, c.env);
+      }),
+    );
     results.forEach((result, index) => {
       assert.equal(result.code, 1, result.stderr);
       const lines = result.stderr.split('\n').filter((l) => l.startsWith('meshca: '));
       assert.equal(lines.length, 1, result.stderr);
+      if (cases[index]!.inProcess) assert.equal(result.stderr, `${lines[0]}\n`, 'the message is one line');
       assert.match(lines[0]!, cases[index]!.message);
     });
   });
