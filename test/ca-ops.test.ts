@@ -99,10 +99,11 @@ describe('start-up failures are one clear line and a non-zero exit', () => {
 
 describe('--plaintext and an expiring signing certificate', () => {
   test('plaintext warns; an expired CA certificate gives INTERNAL and readiness false', async () => {
-    // A root that expires a few seconds from now.
+    // A root that expires 15 s from now: long enough for the CA to start and sign once on a loaded machine (a CA
+    // start can take several seconds there), short enough to wait for. The wait costs wall time, not CPU.
     const stateDir = path.join(temp.dir, 'expiring');
     const key = generateKeyPairFor('ec-p256').privateKey;
-    const expiresAt = Date.now() + 5000;
+    const expiresAt = Date.now() + 15_000;
     const rootPem = certificateToPem(createCaCertificate({ subject: { organization: 'cluster.local' }, subjectKey: key, notAfter: new Date(expiresAt) }));
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     writeFileSync(path.join(stateDir, 'ca-key.pem'), exportPrivateKeyPem(key), { mode: 0o600 });
