@@ -3,16 +3,11 @@
  * client reports. The identity cache itself speaks in AgentError and CaFailure (cache/errors.ts), mapped here.
  */
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import { CodedError } from '../util/coded-error.js';
 import { AgentError, CaFailure, type AgentErrorCode, type CaFailureKind } from './cache/errors.js';
 
-export class SdsError extends Error {
-  readonly code: GrpcStatus;
-
-  constructor(code: GrpcStatus, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'SdsError';
-    this.code = code;
-  }
+export class SdsError extends CodedError<GrpcStatus> {
+  override name = 'SdsError';
 
   /** The shape grpc-js turns into a status when emitted as 'error' on a server call. */
   toServiceError(): Error & { code: GrpcStatus; details: string } {

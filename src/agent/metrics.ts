@@ -34,30 +34,10 @@ export class AgentMetrics {
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
-    this.outgoingRequests = new Counter({
-      name: 'num_outgoing_requests',
-      help: 'Number of requests sent to the CA',
-      labelNames: ['request_type'],
-      registers,
-    });
-    this.failedOutgoingRequests = new Counter({
-      name: 'num_failed_outgoing_requests',
-      help: 'Number of requests to the CA that failed',
-      labelNames: ['request_type', 'error_code'],
-      registers,
-    });
-    this.outgoingRetries = new Counter({
-      name: 'num_outgoing_retries',
-      help: 'Number of retried requests to the CA',
-      labelNames: ['request_type'],
-      registers,
-    });
-    this.outgoingLatency = new Counter({
-      name: 'outgoing_latency',
-      help: 'Total time spent in requests to the CA, in milliseconds',
-      labelNames: ['request_type'],
-      registers,
-    });
+    this.outgoingRequests = new Counter({ name: 'num_outgoing_requests', help: 'Number of requests sent to the CA', labelNames: ['request_type'], registers });
+    this.failedOutgoingRequests = new Counter({ name: 'num_failed_outgoing_requests', help: 'Number of requests to the CA that failed', labelNames: ['request_type', 'error_code'], registers });
+    this.outgoingRetries = new Counter({ name: 'num_outgoing_retries', help: 'Number of retried requests to the CA', labelNames: ['request_type'], registers });
+    this.outgoingLatency = new Counter({ name: 'outgoing_latency', help: 'Total time spent in requests to the CA, in milliseconds', labelNames: ['request_type'], registers });
     const source = (): ExpiryReading[] => this.expirySource();
     new Gauge({
       name: 'cert_expiry_seconds',
@@ -81,69 +61,17 @@ export class AgentMetrics {
         this.set(source().filter((r) => r.identity !== '' && r.notAfter.getTime() <= now).length);
       },
     });
-    this.connectedStreams = new Gauge({
-      name: 'meshca_sds_connected_streams',
-      help: 'Open SDS streams',
-      labelNames: ['api'],
-      registers,
-    });
-    this.pushes = new Counter({
-      name: 'meshca_sds_pushes_total',
-      help: 'SDS responses sent, per resource type (default, ROOTCA, file-cert, file-root)',
-      labelNames: ['api', 'resource_type'],
-      registers,
-    });
-    this.nacks = new Counter({
-      name: 'meshca_sds_nacks_total',
-      help: 'SDS responses the client rejected (NACK)',
-      labelNames: ['api', 'resource_type'],
-      registers,
-    });
-    this.ignoredRequests = new Counter({
-      name: 'meshca_sds_ignored_requests_total',
-      help: 'SDS requests that got no answer by the protocol rules: stale nonce, or a repeated NACK of a response already rejected',
-      labelNames: ['api', 'reason'],
-      registers,
-    });
-    this.unsentResponses = new Gauge({
-      name: 'meshca_sds_unsent_responses',
-      help: 'SDS responses written but not yet taken by a slow client; at most one per stream (later changes are coalesced)',
-      labelNames: ['api'],
-      registers,
-    });
-    this.coalescedPushes = new Counter({
-      name: 'meshca_sds_coalesced_pushes_total',
-      help: 'Resource versions never sent to a stream because a newer version replaced them while the client was not reading',
-      labelNames: ['api', 'resource_type'],
-      registers,
-    });
-    this.secretsCached = new Gauge({
-      name: 'meshca_agent_secrets_cached',
-      help: 'Workload identities with a cached key and certificate',
-      registers,
-    });
-    this.rotations = new Counter({
-      name: 'meshca_agent_rotations_total',
-      help: 'Certificate renewals, by result',
-      labelNames: ['result'],
-      registers,
-    });
-    this.keysGenerated = new Counter({
-      name: 'meshca_agent_workload_keys_generated_total',
-      help: 'Workload private keys generated (pool refills and on demand)',
-      registers,
-    });
-    this.keysReused = new Counter({
-      name: 'meshca_agent_workload_keys_reused_total',
-      help: 'Workload keys handed out again after the CA refused the token of the CSR they were made for (no certificate exists for them)',
-      registers,
-    });
-    this.refusedTokens = new Counter({
-      name: 'meshca_agent_refused_tokens_total',
-      help: 'SDS calls refused by the agent itself before any key or CA call: malformed metadata or token, expired token, a token the CA refused moments ago, too many new tokens from one connection',
-      labelNames: ['reason'],
-      registers,
-    });
+    this.connectedStreams = new Gauge({ name: 'meshca_sds_connected_streams', help: 'Open SDS streams', labelNames: ['api'], registers });
+    this.pushes = new Counter({ name: 'meshca_sds_pushes_total', help: 'SDS responses sent, per resource type (default, ROOTCA, file-cert, file-root)', labelNames: ['api', 'resource_type'], registers });
+    this.nacks = new Counter({ name: 'meshca_sds_nacks_total', help: 'SDS responses the client rejected (NACK)', labelNames: ['api', 'resource_type'], registers });
+    this.ignoredRequests = new Counter({ name: 'meshca_sds_ignored_requests_total', help: 'SDS requests that got no answer by the protocol rules: stale nonce, or a repeated NACK of a response already rejected', labelNames: ['api', 'reason'], registers });
+    this.unsentResponses = new Gauge({ name: 'meshca_sds_unsent_responses', help: 'SDS responses written but not yet taken by a slow client; at most one per stream (later changes are coalesced)', labelNames: ['api'], registers });
+    this.coalescedPushes = new Counter({ name: 'meshca_sds_coalesced_pushes_total', help: 'Resource versions never sent to a stream because a newer version replaced them while the client was not reading', labelNames: ['api', 'resource_type'], registers });
+    this.secretsCached = new Gauge({ name: 'meshca_agent_secrets_cached', help: 'Workload identities with a cached key and certificate', registers });
+    this.rotations = new Counter({ name: 'meshca_agent_rotations_total', help: 'Certificate renewals, by result', labelNames: ['result'], registers });
+    this.keysGenerated = new Counter({ name: 'meshca_agent_workload_keys_generated_total', help: 'Workload private keys generated (pool refills and on demand)', registers });
+    this.keysReused = new Counter({ name: 'meshca_agent_workload_keys_reused_total', help: 'Workload keys handed out again after the CA refused the token of the CSR they were made for (no certificate exists for them)', registers });
+    this.refusedTokens = new Counter({ name: 'meshca_agent_refused_tokens_total', help: 'SDS calls refused by the agent itself before any key or CA call: malformed metadata or token, expired token, a token the CA refused moments ago, too many new tokens from one connection', labelNames: ['reason'], registers });
   }
 
   setExpirySource(source: () => ExpiryReading[]): void {

@@ -9,6 +9,7 @@
  *  - a token the CA refused is refused locally for a short while (RefusalCache), without asking the CA again.
  * Transport-free: refusals are AgentErrors, which each API maps to its own status.
  */
+import { once } from '../util/once.js';
 import { AbandonedProof, AgentError } from './cache/errors.js';
 
 export { AbandonedProof } from './cache/errors.js';
@@ -100,15 +101,12 @@ export class ProofAdmission {
   private start(key: object, state: ConnectionState): () => void {
     state.active++;
     this.active++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
+    return once(() => {
       state.active--;
       this.active--;
       this.forgetIfIdle(key, state);
       this.dispatch();
-    };
+    });
   }
 
   /** Grants free places round robin: each connection with a waiter gets one before any gets a second. */

@@ -62,8 +62,22 @@ export function connectionOf(call: object): object | undefined {
   return undefined;
 }
 
+/** The error for a request of another type than secrets, or null ('' leaves the type to the server). */
+function typeError(typeUrl: string): SdsError | null {
+  if (typeUrl === '' || typeUrl === SECRET_TYPE_URL) return null;
+  return new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${typeUrl}"`);
+}
+
+/** All a stream needs of its call to end it with a status; each kind keeps its own call type for writing. */
+interface ErrorSink {
+  emit(event: 'error', error: Error): boolean;
+}
+
+/** A stream's constructor arguments after its call: the caller's session and what the server shares. */
+type StreamArgs = [session: StreamSession, provider: ResourceProvider, metrics: AgentMetrics, log: Logger, onClosed: (stream: SecretStream) => void];
+
 /** What both stream kinds share: watches per subscribed name, NACKed versions, and a clean end. */
-abstract class SecretStream {
+abstract class SecretStream<Call extends ErrorSink = ErrorSink> {
   protected readonly subscribed = new Set<string>();
   protected readonly watches = new Map<string, ResourceWatch>();
   private readonly opening = new Set<string>();
@@ -86,6 +100,7 @@ abstract class SecretStream {
 
   constructor(
     protected readonly api: Api,
+    protected readonly call: Call,
     protected readonly session: StreamSession,
     protected readonly provider: ResourceProvider,
     protected readonly metrics: AgentMetrics,
@@ -108,7 +123,21 @@ abstract class SecretStream {
     this.cleanup();
   }
 
-  protected abstract emitError(error: SdsError): void;
+  private emitError(error: SdsError): void {
+    this.call.emit('error', error.toServiceError());
+  }
+
+  /**
+   * What every request goes through first, whatever the protocol: false when the stream has ended, or when the
+   * client asks for another type than secrets (which ends it).
+   */
+  protected admit(names: string[], request: { type_url: string; response_nonce: string; error_detail: unknown }): boolean {
+    if (this.closed) return false;
+    this.traceRequest(names, request.response_nonce, request.error_detail !== null);
+    const wrongType = typeError(request.type_url);
+    if (wrongType) this.fail(wrongType);
+    return wrongType === null;
+  }
 
   get isClosed(): boolean {
     return this.closed;
@@ -244,7 +273,7 @@ abstract class SecretStream {
   }
 
   /** Names and nonces only: never the content, which holds keys. Client-sent strings are cut short. */
-  protected traceRequest(names: string[], nonce: string, nack: boolean): void {
+  private traceRequest(names: string[], nonce: string, nack: boolean): void {
     if (!this.log.isLevelEnabled('trace')) return;
     this.log.trace(
       { api: this.api, identity: this.session.identity, resources: names.slice(0, 16).map((n) => n.slice(0, 256)), nonce: nonce.slice(0, 64), nack },
@@ -277,31 +306,15 @@ abstract class SecretStream {
   }
 }
 
-class SotwStream extends SecretStream {
+class SotwStream extends SecretStream<grpc.ServerDuplexStream<DiscoveryRequest, Init<DiscoveryResponse>>> {
   private responded = false;
 
-  constructor(
-    private readonly call: grpc.ServerDuplexStream<DiscoveryRequest, Init<DiscoveryResponse>>,
-    session: StreamSession,
-    provider: ResourceProvider,
-    metrics: AgentMetrics,
-    log: Logger,
-    onClosed: (stream: SecretStream) => void,
-  ) {
-    super('sotw', session, provider, metrics, log, onClosed);
-  }
-
-  protected emitError(error: SdsError): void {
-    this.call.emit('error', error.toServiceError());
+  constructor(call: grpc.ServerDuplexStream<DiscoveryRequest, Init<DiscoveryResponse>>, ...rest: StreamArgs) {
+    super('sotw', call, ...rest);
   }
 
   request(request: DiscoveryRequest): void {
-    if (this.closed) return;
-    this.traceRequest(request.resource_names, request.response_nonce, request.error_detail !== null);
-    if (request.type_url !== '' && request.type_url !== SECRET_TYPE_URL) {
-      this.fail(new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${request.type_url}"`));
-      return;
-    }
+    if (!this.admit(request.resource_names, request)) return;
     const names = new Set(request.resource_names);
     const nonce = request.response_nonce;
     if (!this.responded || nonce === '') {
@@ -335,32 +348,16 @@ class SotwStream extends SecretStream {
   }
 }
 
-class DeltaStream extends SecretStream {
+class DeltaStream extends SecretStream<grpc.ServerDuplexStream<DeltaDiscoveryRequest, Init<DeltaDiscoveryResponse>>> {
   private readonly clientVersions = new Map<string, string>();
   private first = true;
 
-  constructor(
-    private readonly call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, Init<DeltaDiscoveryResponse>>,
-    session: StreamSession,
-    provider: ResourceProvider,
-    metrics: AgentMetrics,
-    log: Logger,
-    onClosed: (stream: SecretStream) => void,
-  ) {
-    super('delta', session, provider, metrics, log, onClosed);
-  }
-
-  protected emitError(error: SdsError): void {
-    this.call.emit('error', error.toServiceError());
+  constructor(call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, Init<DeltaDiscoveryResponse>>, ...rest: StreamArgs) {
+    super('delta', call, ...rest);
   }
 
   request(request: DeltaDiscoveryRequest): void {
-    if (this.closed) return;
-    this.traceRequest(request.resource_names_subscribe, request.response_nonce, request.error_detail !== null);
-    if (request.type_url !== '' && request.type_url !== SECRET_TYPE_URL) {
-      this.fail(new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${request.type_url}"`));
-      return;
-    }
+    if (!this.admit(request.resource_names_subscribe, request)) return;
     if (this.first) {
       this.first = false;
       for (const [name, version] of Object.entries(request.initial_resource_versions)) this.clientVersions.set(name, version);
@@ -452,15 +449,11 @@ export class SdsServer {
   handlers(): SdsHandlers {
     return {
       StreamSecrets: (call) => {
-        const stream = new SotwStream(call, this.provider.session(call.metadata, connectionOf(call)), this.provider, this.metrics, this.log, (s) =>
-          this.streams.delete(s),
-        );
+        const stream = new SotwStream(call, ...this.streamArgs(call));
         this.attach(call, stream, (request: DiscoveryRequest) => stream.request(request));
       },
       DeltaSecrets: (call) => {
-        const stream = new DeltaStream(call, this.provider.session(call.metadata, connectionOf(call)), this.provider, this.metrics, this.log, (s) =>
-          this.streams.delete(s),
-        );
+        const stream = new DeltaStream(call, ...this.streamArgs(call));
         this.attach(call, stream, (request: DeltaDiscoveryRequest) => stream.request(request));
       },
       FetchSecrets: (call, callback) => {
@@ -470,6 +463,10 @@ export class SdsServer {
         );
       },
     };
+  }
+
+  private streamArgs(call: grpc.ServerDuplexStream<unknown, unknown>): StreamArgs {
+    return [this.provider.session(call.metadata, connectionOf(call)), this.provider, this.metrics, this.log, (s) => this.streams.delete(s)];
   }
 
   private attach<Req, Res>(call: grpc.ServerDuplexStream<Req, Res>, stream: SecretStream, onRequest: (request: Req) => void): void {
@@ -485,9 +482,8 @@ export class SdsServer {
   }
 
   private async fetch(metadata: grpc.Metadata, request: DiscoveryRequest, connection: object | undefined): Promise<Init<DiscoveryResponse>> {
-    if (request.type_url !== '' && request.type_url !== SECRET_TYPE_URL) {
-      throw new SdsError(grpc.status.INVALID_ARGUMENT, `this server serves only ${SECRET_TYPE_URL}, not "${request.type_url}"`);
-    }
+    const wrongType = typeError(request.type_url);
+    if (wrongType) throw wrongType;
     const names = [...new Set(request.resource_names)];
     if (names.length === 0) throw new SdsError(grpc.status.INVALID_ARGUMENT, 'FetchSecrets needs at least one name in resource_names');
     const session = this.provider.session(metadata, connection);

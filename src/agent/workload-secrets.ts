@@ -13,6 +13,7 @@ import {
   type CachedIdentity,
   type IdentityCacheOptions,
   type IdentityLease as CacheLease,
+  type Lease,
   type TrustBundle as CachedBundle,
 } from './cache/identity-cache.js';
 import type { WorkloadCredential } from './credentials.js';
@@ -46,15 +47,8 @@ export interface TrustBundle {
   roots: readonly ParsedCertificate[];
 }
 
-/** A stream's hold on one identity's secret. Released when the stream ends. */
-export interface IdentityLease {
-  readonly identity: string;
-  current(): IdentitySecret;
-  onChange(listener: (secret: IdentitySecret) => void): () => void;
-  /** The CA no longer accepts the token this lease was proven with: the stream must end so the client reconnects. */
-  onRevoked(listener: (error: SdsError) => void): () => void;
-  release(): void;
-}
+/** A stream's hold on one identity's secret; a revocation ends the stream so the client reconnects. */
+export type IdentityLease = Lease<IdentitySecret, SdsError>;
 
 export interface WorkloadSecretsOptions extends Omit<IdentityCacheOptions, 'clock'> {
   /** How workload keys are written out (PKCS#1/SEC1 or PKCS#8). */

@@ -3,6 +3,8 @@
  * CSR_ERROR and TTL_ERROR -> INVALID_ARGUMENT, CA_NOT_READY and CERT_GEN_ERROR -> INTERNAL,
  * UPSTREAM_UNAVAILABLE -> UNAVAILABLE, UPSTREAM_DENIED -> PERMISSION_DENIED.
  */
+import { CodedError } from '../util/coded-error.js';
+
 export type CaErrorCode =
   | 'CSR_ERROR'
   | 'TTL_ERROR'
@@ -12,14 +14,8 @@ export type CaErrorCode =
   | 'UPSTREAM_DENIED'
   | 'UPSTREAM_REJECTED';
 
-export class CaError extends Error {
-  readonly code: CaErrorCode;
-
-  constructor(code: CaErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'CaError';
-    this.code = code;
-  }
+export class CaError extends CodedError<CaErrorCode> {
+  override name = 'CaError';
 }
 
 /**

@@ -154,46 +154,47 @@ async function createIntermediateCa(options: IntermediateOptions): Promise<{ dir
 
 const describe = (cert: ParsedCertificate): string => `${cert.subject}, expires ${cert.notAfter.toISOString()}, sha256 ${fingerprint(cert)}`;
 
+/** The options both kinds of CA take, after their own: the same key types, subject and overwrite rule. */
+function addCaOptions(command: Command, ttl: { help: string; default: string }): Command {
+  return command
+    .option('--key <type>', 'key type: rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384', 'rsa-4096')
+    .option('--ttl <duration>', ttl.help, ttl.default)
+    .option('--org <name>', 'organization in the subject', 'Istio')
+    .option('--force', 'replace existing files');
+}
+
 export function registerCacertsCommand(program: Command): void {
   const cacerts = program.command('cacerts').description(COMMAND_DESCRIPTIONS.cacerts);
-  cacerts
+  const root = cacerts
     .command('root')
     .description('create a root CA: root-cert.pem and root-key.pem (0600); keep the key offline')
-    .requiredOption('--out <dir>', 'output directory')
-    .option('--key <type>', 'key type: rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384', 'rsa-4096')
-    .option('--ttl <duration>', 'lifetime', '3650d')
-    .option('--org <name>', 'organization in the subject', 'Istio')
-    .option('--force', 'replace existing files')
-    .action(async (options: RootOptions) => {
-      const result = await createRootCa(options);
-      process.stdout.write(
-        [
-          `wrote ${result.certFile} and ${result.keyFile} (0600)`,
-          `  root: ${describe(result.cert)}`,
-          `  next: meshca cacerts intermediate --root ${options.out} --out <dir> --cluster <name>`,
-          '',
-        ].join('\n'),
-      );
-    });
-  cacerts
+    .requiredOption('--out <dir>', 'output directory');
+  addCaOptions(root, { help: 'lifetime', default: '3650d' }).action(async (options: RootOptions) => {
+    const result = await createRootCa(options);
+    process.stdout.write(
+      [
+        `wrote ${result.certFile} and ${result.keyFile} (0600)`,
+        `  root: ${describe(result.cert)}`,
+        `  next: meshca cacerts intermediate --root ${options.out} --out <dir> --cluster <name>`,
+        '',
+      ].join('\n'),
+    );
+  });
+  const intermediate = cacerts
     .command('intermediate')
     .description('create a cluster CA signed by the root: ca-cert.pem, ca-key.pem (0600), cert-chain.pem, root-cert.pem')
     .requiredOption('--root <dir>', 'directory holding root-cert.pem and root-key.pem')
     .requiredOption('--out <dir>', 'output directory (becomes the cacerts Secret)')
-    .requiredOption('--cluster <name>', 'cluster name, put in the subject')
-    .option('--key <type>', 'key type: rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384', 'rsa-4096')
-    .option('--ttl <duration>', 'lifetime (capped at the root expiry)', '730d')
-    .option('--org <name>', 'organization in the subject', 'Istio')
-    .option('--force', 'replace existing files')
-    .action(async (options: IntermediateOptions) => {
-      const result = await createIntermediateCa(options);
-      process.stdout.write(
-        [
-          `wrote ${path.join(result.dir, 'ca-cert.pem')}, ca-key.pem (0600), cert-chain.pem and root-cert.pem`,
-          `  signing CA: ${describe(result.cert)}${result.clamped ? ' (capped at the root expiry)' : ''}`,
-          `  next: kubectl create secret generic cacerts -n istio-system --from-file=${result.dir}`,
-          '',
-        ].join('\n'),
-      );
-    });
+    .requiredOption('--cluster <name>', 'cluster name, put in the subject');
+  addCaOptions(intermediate, { help: 'lifetime (capped at the root expiry)', default: '730d' }).action(async (options: IntermediateOptions) => {
+    const result = await createIntermediateCa(options);
+    process.stdout.write(
+      [
+        `wrote ${path.join(result.dir, 'ca-cert.pem')}, ca-key.pem (0600), cert-chain.pem and root-cert.pem`,
+        `  signing CA: ${describe(result.cert)}${result.clamped ? ' (capped at the root expiry)' : ''}`,
+        `  next: kubectl create secret generic cacerts -n istio-system --from-file=${result.dir}`,
+        '',
+      ].join('\n'),
+    );
+  });
 }

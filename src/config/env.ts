@@ -67,53 +67,63 @@ export function readOptionalString(flagValue: string | undefined, env: Env, sour
   return raw(flagValue, env, source);
 }
 
-export function readDuration(
-  flagValue: string | undefined,
-  env: Env,
-  source: Source,
-  fallbackSeconds: number,
-  limits: { min?: number; max?: number } = {},
-): number {
-  const value = raw(flagValue, env, source);
-  if (value === undefined) return fallbackSeconds;
-  const seconds = parseDurationSeconds(value);
-  if (seconds === null) throw bad(source, value, 'a duration such as 30s, 15m, 24h or 90d');
-  if (limits.min !== undefined && seconds < limits.min) throw bad(source, value, `a duration of at least ${limits.min}s`);
-  if (limits.max !== undefined && seconds > limits.max) throw bad(source, value, `a duration of at most ${limits.max}s`);
-  return seconds;
+/** Bounds a number read must fall within, inclusive. */
+export interface NumberLimits {
+  min?: number;
+  max?: number;
 }
 
-export function readInteger(
-  flagValue: string | undefined,
-  env: Env,
-  source: Source,
-  fallback: number,
-  limits: { min?: number; max?: number } = {},
-): number {
-  const value = raw(flagValue, env, source);
-  if (value === undefined) return fallback;
-  if (!/^-?\d+$/.test(value.trim())) throw bad(source, value, 'a whole number');
-  const number = Number(value);
-  if (limits.min !== undefined && number < limits.min) throw bad(source, value, `a whole number >= ${limits.min}`);
-  if (limits.max !== undefined && number > limits.max) throw bad(source, value, `a whole number <= ${limits.max}`);
-  return number;
+/** How one kind of number (duration, whole number, any number) is parsed and named in error messages. */
+interface NumberKind {
+  expected: string;
+  /** The value, or null when the text is not one of this kind. */
+  parse(text: string): number | null;
+  /** The expectation a value out of bounds is told, e.g. `a whole number >= 1`. */
+  bounded(relation: '>=' | '<=', bound: number): string;
 }
 
-export function readNumber(
-  flagValue: string | undefined,
-  env: Env,
-  source: Source,
-  fallback: number,
-  limits: { min?: number; max?: number } = {},
-): number {
-  const value = raw(flagValue, env, source);
-  if (value === undefined) return fallback;
-  const number = Number(value);
-  if (value.trim() === '' || !Number.isFinite(number)) throw bad(source, value, 'a number');
-  if (limits.min !== undefined && number < limits.min) throw bad(source, value, `a number >= ${limits.min}`);
-  if (limits.max !== undefined && number > limits.max) throw bad(source, value, `a number <= ${limits.max}`);
-  return number;
+export type NumberReader = (flagValue: string | undefined, env: Env, source: Source, fallback: number, limits?: NumberLimits) => number;
+
+/** The kinds differ only in parsing and wording; reading, the fallback and the bounds check are one function. */
+function numberReader(kind: NumberKind): NumberReader {
+  return (flagValue, env, source, fallback, limits = {}) => {
+    const value = raw(flagValue, env, source);
+    if (value === undefined) return fallback;
+    const number = kind.parse(value);
+    if (number === null) throw bad(source, value, kind.expected);
+    if (limits.min !== undefined && number < limits.min) throw bad(source, value, kind.bounded('>=', limits.min));
+    if (limits.max !== undefined && number > limits.max) throw bad(source, value, kind.bounded('<=', limits.max));
+    return number;
+  };
 }
+
+function parseWholeNumber(text: string): number | null {
+  return /^-?\d+$/.test(text.trim()) ? Number(text) : null;
+}
+
+function parseFiniteNumber(text: string): number | null {
+  const number = Number(text);
+  return text.trim() === '' || !Number.isFinite(number) ? null : number;
+}
+
+/** Seconds (fallback and limits too). */
+export const readDuration = numberReader({
+  expected: 'a duration such as 30s, 15m, 24h or 90d',
+  parse: parseDurationSeconds,
+  bounded: (relation, bound) => `a duration of ${relation === '>=' ? 'at least' : 'at most'} ${bound}s`,
+});
+
+export const readInteger = numberReader({
+  expected: 'a whole number',
+  parse: parseWholeNumber,
+  bounded: (relation, bound) => `a whole number ${relation} ${bound}`,
+});
+
+export const readNumber = numberReader({
+  expected: 'a number',
+  parse: parseFiniteNumber,
+  bounded: (relation, bound) => `a number ${relation} ${bound}`,
+});
 
 export function readBoolean(flagValue: string | boolean | undefined, env: Env, source: Source, fallback: boolean): boolean {
   if (typeof flagValue === 'boolean') return flagValue;

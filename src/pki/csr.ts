@@ -14,6 +14,7 @@ import {
   oid,
   octetString,
   readSingle,
+  readTopSequence,
   readUnsignedInteger,
   sequence,
   set,
@@ -179,12 +180,7 @@ function checkName(name: DerElement): void {
 /** Decodes a CSR from PEM (string) or DER (Buffer). Checks structure, strict DER and key encoding, not the signature. */
 export function parseCsr(input: string | Buffer): ParsedCsr {
   const der = typeof input === 'string' ? pemToDer(input) : input;
-  let top: DerElement;
-  try {
-    top = expectTag(readSingle(der, 'CSR'), Tag.SEQUENCE, 'CSR');
-  } catch (error) {
-    throw malformed(`CSR is not valid DER: ${(error as Error).message}`);
-  }
+  const top = readTopSequence(der, 'CSR', malformed);
   try {
     const [infoElement, algorithm, signatureElement] = exactChildren(top, 3, 'CSR');
     const info = expectTag(infoElement, Tag.SEQUENCE, 'CertificationRequestInfo');

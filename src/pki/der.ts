@@ -228,6 +228,18 @@ export function readSingle(input: Buffer, what: string): DerElement {
   return element;
 }
 
+/**
+ * The outer SEQUENCE of a signed structure (certificate, CSR). A fault this deep means the input is no such thing at
+ * all, so it is reported through the caller's `malformed` (its own code), not as a bare ERR_DER_PARSE.
+ */
+export function readTopSequence(der: Buffer, what: string, malformed: (message: string) => Error): DerElement {
+  try {
+    return expectTag(readSingle(der, what), Tag.SEQUENCE, what);
+  } catch (error) {
+    throw malformed(`${what} is not valid DER: ${(error as Error).message}`);
+  }
+}
+
 export function expectTag(element: DerElement | undefined, tag: number, what: string): DerElement {
   if (!element || element.tag !== tag) {
     throw new PkiError('ERR_DER_PARSE', `malformed ${what}`);

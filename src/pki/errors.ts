@@ -1,3 +1,5 @@
+import { CodedError } from '../util/coded-error.js';
+
 /** Typed errors with stable codes (in the manner of panva/jose): callers branch on `code`, humans read `message`. */
 export type PkiErrorCode =
   | 'ERR_DER_ENCODE'
@@ -13,14 +15,8 @@ export type PkiErrorCode =
   | 'ERR_KEY_MISMATCH'
   | 'ERR_CHAIN';
 
-export class PkiError extends Error {
-  readonly code: PkiErrorCode;
-
-  constructor(code: PkiErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'PkiError';
-    this.code = code;
-  }
+export class PkiError extends CodedError<PkiErrorCode> {
+  override name = 'PkiError';
 }
 
 export function isPkiError(error: unknown, code?: PkiErrorCode): error is PkiError {

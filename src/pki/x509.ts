@@ -1,6 +1,6 @@
 /** Reading X.509 certificates and the pieces shared with CSRs (names, extensions, SANs). */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { children, decodeOid, decodeTime, expectTag, readSingle, Tag, type DerElement } from './der.js';
+import { children, decodeOid, decodeTime, expectTag, readSingle, readTopSequence, Tag, type DerElement } from './der.js';
 import { PkiError } from './errors.js';
 import { OID } from './oids.js';
 
@@ -163,12 +163,7 @@ function parseAuthorityKeyId(value: Buffer): Buffer | null {
 }
 
 export function parseCertificate(der: Buffer): ParsedCertificate {
-  let top: DerElement;
-  try {
-    top = expectTag(readSingle(der, 'certificate'), Tag.SEQUENCE, 'certificate');
-  } catch (error) {
-    throw malformed(`certificate is not valid DER: ${(error as Error).message}`);
-  }
+  const top = readTopSequence(der, 'certificate', malformed);
   try {
     const [tbsElement, sigAlg, sigValue] = children(top);
     const tbs = expectTag(tbsElement, Tag.SEQUENCE, 'TBSCertificate');

@@ -10,6 +10,7 @@ import { CaError, formatSeconds, WithheldChainError, type CaErrorCode, type Cert
 import type { Logger } from '../log.js';
 import type { WorkloadId } from '../pki/index.js';
 import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
+import { once } from '../util/once.js';
 import type { CaMetrics } from './metrics.js';
 import type { PerIdentityRateLimiter } from './rate-limit.js';
 
@@ -74,13 +75,10 @@ export class InFlightCalls {
 
   enter(): () => void {
     this.count++;
-    let left = false;
-    return () => {
-      if (left) return;
-      left = true;
+    return once(() => {
       this.count--;
       if (this.count === 0) for (const resolve of this.waiters.splice(0)) resolve();
-    };
+    });
   }
 
   idle(): Promise<void> {

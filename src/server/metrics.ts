@@ -25,22 +25,9 @@ export class CaMetrics implements TokenReviewObserver {
   constructor(readonly registry: Registry) {
     const registers = [registry];
     this.csrCount = new Counter({ name: 'citadel_server_csr_count', help: 'The number of CSRs received by the CA server.', registers });
-    this.authenticationFailures = new Counter({
-      name: 'citadel_server_authentication_failure_count',
-      help: 'The number of authentication failures.',
-      registers,
-    });
-    this.signErrors = new Counter({
-      name: 'citadel_server_csr_sign_err_count',
-      help: 'The number of errors occurred when signing the CSR, by error type.',
-      labelNames: ['error'],
-      registers,
-    });
-    this.successfulIssuance = new Counter({
-      name: 'citadel_server_success_cert_issuance_count',
-      help: 'The number of certificates issuances that have succeeded.',
-      registers,
-    });
+    this.authenticationFailures = new Counter({ name: 'citadel_server_authentication_failure_count', help: 'The number of authentication failures.', registers });
+    this.signErrors = new Counter({ name: 'citadel_server_csr_sign_err_count', help: 'The number of errors occurred when signing the CSR, by error type.', labelNames: ['error'], registers });
+    this.successfulIssuance = new Counter({ name: 'citadel_server_success_cert_issuance_count', help: 'The number of certificates issuances that have succeeded.', registers });
     this.rootCertExpiry = new Gauge({
       name: 'citadel_server_root_cert_expiry_timestamp',
       help: 'The unix timestamp, in seconds, when the earliest-expiring trusted root certificate expires.',
@@ -61,37 +48,12 @@ export class CaMetrics implements TokenReviewObserver {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     });
-    this.tokenReviewRequests = new Counter({
-      name: 'meshca_tokenreview_requests_total',
-      help: 'TokenReview calls to the Kubernetes API server, by result (authenticated, rejected, error).',
-      labelNames: ['result'],
-      registers,
-    });
-    this.tokenReviewCacheHits = new Counter({
-      name: 'meshca_tokenreview_cache_hits_total',
-      help: 'Bearer tokens answered from the TokenReview cache (or by joining an identical review in flight) without an API call.',
-      registers,
-    });
-    this.tokenReviewsInFlight = new Gauge({
-      name: 'meshca_tokenreviews_in_flight',
-      help: 'TokenReview calls to the Kubernetes API servers that have not finished yet (bounded by --max-inflight-tokenreviews).',
-      registers,
-    });
-    this.tokenReviewOverloads = new Counter({
-      name: 'meshca_tokenreview_overload_total',
-      help: 'Requests refused with UNAVAILABLE because --max-inflight-tokenreviews TokenReview calls were already in flight.',
-      registers,
-    });
-    this.rateLimited = new Counter({
-      name: 'meshca_csr_rate_limited_total',
-      help: 'Certificate requests refused with RESOURCE_EXHAUSTED by --max-csr-per-identity-per-minute.',
-      registers,
-    });
-    this.issuedChainRejected = new Counter({
-      name: 'meshca_issued_chain_rejected_total',
-      help: 'Signed certificates withheld because they failed the final check against the request and the published trust bundle (a signing fault).',
-      registers,
-    });
+    this.tokenReviewRequests = new Counter({ name: 'meshca_tokenreview_requests_total', help: 'TokenReview calls to the Kubernetes API server, by result (authenticated, rejected, error).', labelNames: ['result'], registers });
+    this.tokenReviewCacheHits = new Counter({ name: 'meshca_tokenreview_cache_hits_total', help: 'Bearer tokens answered from the TokenReview cache (or by joining an identical review in flight) without an API call.', registers });
+    this.tokenReviewsInFlight = new Gauge({ name: 'meshca_tokenreviews_in_flight', help: 'TokenReview calls to the Kubernetes API servers that have not finished yet (bounded by --max-inflight-tokenreviews).', registers });
+    this.tokenReviewOverloads = new Counter({ name: 'meshca_tokenreview_overload_total', help: 'Requests refused with UNAVAILABLE because --max-inflight-tokenreviews TokenReview calls were already in flight.', registers });
+    this.rateLimited = new Counter({ name: 'meshca_csr_rate_limited_total', help: 'Certificate requests refused with RESOURCE_EXHAUSTED by --max-csr-per-identity-per-minute.', registers });
+    this.issuedChainRejected = new Counter({ name: 'meshca_issued_chain_rejected_total', help: 'Signed certificates withheld because they failed the final check against the request and the published trust bundle (a signing fault).', registers });
     // Export the TokenReview series from the start so a dashboard sees zeros rather than nothing.
     for (const result of ['authenticated', 'rejected', 'error'] as const) this.tokenReviewRequests.inc({ result }, 0);
   }

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { WorkloadSigner } from '../ca/index.js';
 import type { Logger } from '../log.js';
 import { createCsr, exportPrivateKeyPem, generateKeyPairForAsync, parseCsr } from '../pki/index.js';
-import { MAX_TIMER_MS } from '../util/timers.js';
+import { rearmTimer } from '../util/timers.js';
 
 const RETRY_MS = 10_000;
 
@@ -118,9 +118,7 @@ export class ServingCertificate {
 
   private schedule(delayMs: number): void {
     if (this.closed) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.renew(), Math.max(0, Math.min(delayMs, MAX_TIMER_MS)));
-    this.timer.unref();
+    this.timer = rearmTimer(this.timer, delayMs, () => void this.renew());
   }
 
   private async issue(): Promise<SecureContextOptions> {

@@ -5,3 +5,14 @@
  * it and re-arm when it fires early.
  */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Replaces `previous` (if any) with a timer that runs `run` after `delayMs`, clamped to [0, MAX_TIMER_MS]. The timer
+ * is unref'd: a pending renewal or check never keeps the process alive.
+ */
+export function rearmTimer(previous: NodeJS.Timeout | undefined, delayMs: number, run: () => void): NodeJS.Timeout {
+  if (previous) clearTimeout(previous);
+  const timer = setTimeout(run, Math.max(0, Math.min(delayMs, MAX_TIMER_MS)));
+  timer.unref();
+  return timer;
+}

@@ -2,6 +2,7 @@
  * Errors of the identity cache, in words any API can map to its own statuses (the SDS view maps them to gRPC
  * codes in errors.ts). Nothing here knows a transport.
  */
+import { CodedError } from '../../util/coded-error.js';
 
 export type AgentErrorCode =
   | 'unauthenticated'
@@ -12,14 +13,8 @@ export type AgentErrorCode =
   | 'internal';
 
 /** Why the cache could not serve a request; the message names the cause and the fix. */
-export class AgentError extends Error {
-  readonly code: AgentErrorCode;
-
-  constructor(code: AgentErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'AgentError';
-    this.code = code;
-  }
+export class AgentError extends CodedError<AgentErrorCode> {
+  override name = 'AgentError';
 }
 
 /** A proof that stopped waiting because the request that asked for it ended. */

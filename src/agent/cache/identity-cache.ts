@@ -25,6 +25,7 @@ import {
   verifyChain,
   type ParsedCertificate,
 } from '../../pki/index.js';
+import { once } from '../../util/once.js';
 import { backoffDelayMs } from '../backoff.js';
 import type { WorkloadCredential } from '../credentials.js';
 import type { KeySource } from '../keys.js';
@@ -63,16 +64,22 @@ export interface CachedIdentity {
   readonly version: string;
 }
 
-/** A caller's hold on one identity. Released when the caller (an SDS stream, a file writer) ends. */
-export interface IdentityLease {
+/**
+ * A caller's hold on one identity, as `Value` (what it is served) and `Revocation` (the error it is ended with);
+ * the cache's lease and the SDS view of it (workload-secrets.ts) differ only in those two. Released when the caller
+ * (an SDS stream, a file writer) ends.
+ */
+export interface Lease<Value, Revocation> {
   readonly identity: string;
-  current(): CachedIdentity;
-  /** Called with every renewed CachedIdentity. Returns an unsubscribe function. */
-  onChange(listener: (identity: CachedIdentity) => void): () => void;
+  current(): Value;
+  /** Called with every renewed value. Returns an unsubscribe function. */
+  onChange(listener: (value: Value) => void): () => void;
   /** The token this lease was proven with proves nothing any more: the caller must reconnect with a fresh one. */
-  onRevoked(listener: (error: AgentError) => void): () => void;
+  onRevoked(listener: (error: Revocation) => void): () => void;
   release(): void;
 }
+
+export type IdentityLease = Lease<CachedIdentity, AgentError>;
 
 export interface IdentityCacheOptions {
   ca: CaClient;
@@ -664,7 +671,6 @@ export class IdentityCache {
     entry.leases.add(record);
     entry.cancelIdle?.();
     entry.cancelIdle = undefined;
-    let released = false;
     return {
       identity: entry.identity,
       current: () => entry.secret,
@@ -676,12 +682,10 @@ export class IdentityCache {
         record.revokeListeners.add(listener);
         return () => record.revokeListeners.delete(listener);
       },
-      release: () => {
-        if (released) return;
-        released = true;
+      release: once(() => {
         entry.leases.delete(record);
         if (entry.leases.size === 0 && !entry.dropped) this.startIdleTimer(entry);
-      },
+      }),
     };
   }
 

@@ -22,6 +22,7 @@ import {
   type ParsedCaState,
   type StoredCaState,
 } from '../../selfsigned.js';
+import { rearmTimer } from '../../../util/timers.js';
 
 export interface RotationPolicy {
   /** CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL; 0 disables rotation. */
@@ -119,7 +120,6 @@ export interface RootRotatorOptions {
   now?: () => number;
 }
 
-const MAX_TIMER_MS = 2 ** 31 - 1;
 const RETRY_AFTER_ERROR_MS = 30_000;
 
 /** Drives rotation for one signer: loads, plans, persists, and swaps the signer's material after each step. */
@@ -185,9 +185,7 @@ export class RootRotator {
 
   private kick(delayMs: number): void {
     if (this.closed) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.tick(), Math.max(0, Math.min(delayMs, MAX_TIMER_MS)));
-    this.timer.unref();
+    this.timer = rearmTimer(this.timer, delayMs, () => void this.tick());
   }
 
   private async tick(): Promise<void> {
