@@ -1,18 +1,25 @@
 /**
  * Operating `meshca ca`: start-up failures end in one line naming what to fix, --plaintext warns, the serving
  * certificate renews without a restart, and an expired signing certificate turns requests into INTERNAL and
- * readiness false.
+ * readiness false (in process, on a fake clock: no test waits for a certificate to expire).
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
+import { Writable } from 'node:stream';
 import { connect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { Command } from 'commander';
+import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../src/authn/dev-issuer.js';
+import { openSigner } from '../src/ca/index.js';
+import { addCaServerOptions, assertCanAuthenticate, readCaServerConfig, type CaServerFlags } from '../src/config/ca.js';
+import { createLogger } from '../src/log.js';
 import { certificateToPem, createCaCertificate, exportPrivateKeyPem, generateKeyPairFor } from '../src/pki/index.js';
+import { startCaServer, type CaServer } from '../src/server/index.js';
 import { IstioCaClient } from '../src/wire/protos.js';
 import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, SERVER_NAME, startCa, waitForRecord } from './ca-helpers.js';
 import { caStartupError, cliOutcome } from './support/ca-startup.js';
@@ -98,50 +105,71 @@ describe('start-up failures are one clear line and a non-zero exit', () => {
 });
 
 describe('--plaintext and an expiring signing certificate', () => {
-  test('plaintext warns; an expired CA certificate gives INTERNAL and readiness false', async () => {
-    // A root that expires 15 s from now: long enough for the CA to start and sign once on a loaded machine (a CA
-    // start can take several seconds there), short enough to wait for. The wait costs wall time, not CPU.
+  test('plaintext warns; an expired CA certificate gives INTERNAL and readiness false (in process, on a fake clock)', async () => {
+    // `meshca ca --plaintext` in process: its own flags and configuration, the key source opened and the server
+    // started as src/commands/ca.ts does, but all of them on a clock the test moves. The root expires when the clock
+    // passes its NotAfter, not in real time. (The real binary's start-up, exit codes and one-line errors are checked
+    // above; the serving and signing paths are the same code in process.)
+    let offsetMs = 0;
+    const now = (): number => Date.now() + offsetMs;
     const stateDir = path.join(temp.dir, 'expiring');
     const key = generateKeyPairFor('ec-p256').privateKey;
-    const expiresAt = Date.now() + 15_000;
+    const expiresAt = now() + 3600_000;
     const rootPem = certificateToPem(createCaCertificate({ subject: { organization: 'cluster.local' }, subjectKey: key, notAfter: new Date(expiresAt) }));
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     writeFileSync(path.join(stateDir, 'ca-key.pem'), exportPrivateKeyPem(key), { mode: 0o600 });
     writeFileSync(path.join(stateDir, 'ca-cert.pem'), rootPem);
     writeFileSync(path.join(stateDir, 'root-cert.pem'), rootPem);
+
+    const command = addCaServerOptions(new Command('ca').exitOverride());
+    command.parse(['--plaintext', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', '--state-dir', stateDir], { from: 'user' });
     // Rotation off: with it on (the default), the CA would rotate this short-lived root instead of letting it expire.
-    const ca = await startCa(stateDir, ['--plaintext'], { JWT_RULE: jwtRule, CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL: '0' });
-    const client = new IstioCaClient(ca.grpcAddress, grpc.credentials.createInsecure());
+    const env = cleanEnv({ JWT_RULE: jwtRule, CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL: '0' });
+    const config = readCaServerConfig(command.opts<CaServerFlags>(), env);
+    assertCanAuthenticate(config);
+    const records: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) records.push(JSON.parse(line) as Record<string, unknown>);
+        callback();
+      },
+    });
+    const logger = createLogger({ level: 'info', pretty: false, name: 'meshca-ca', destination });
+    const registry = new Registry();
+    const signer = await openSigner(config.keySource, logger, { registry, env, now });
+    let server: CaServer | undefined;
+    let client: IstioCaClient | undefined;
     try {
-      const warning = await waitForRecord(ca.proc, (r) => typeof r.msg === 'string' && r.msg.includes('WITHOUT TLS'));
+      server = await startCaServer({ config, signer, logger, registry, env, now });
+      client = new IstioCaClient(server.grpcAddress, grpc.credentials.createInsecure());
+      const monitoringUrl = `http://${server.monitoringAddress}`;
+      const warning = records.find((r) => typeof r.msg === 'string' && r.msg.includes('WITHOUT TLS'));
+      assert.ok(warning, 'the --plaintext warning is logged');
       assert.equal(warning.level, 40);
-      assert.equal(ca.ready.tls, false);
+      assert.equal(records.find((r) => r.msg === 'CA server ready')?.tls, false);
       const csr = opensslKeyAndCsr(temp.dir, 'plain').csrPem;
       const token = await issuer.mint({ namespace: 'default', serviceAccount: 'plain', audiences: ['istio-ca'], ttlSeconds: 600 });
       const first = await createCertificate(client, { csr, token });
       assert.ok(first.ok, JSON.stringify(first));
       if (first.ok) assert.ok(opensslVerifyResponseChain(first.chain).ok);
-      assert.equal((await getText(`${ca.monitoringUrl}/ready`)).status, 200);
+      assert.equal((await getText(`${monitoringUrl}/ready`)).status, 200);
 
-      // Wait until the signing certificate has expired.
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, expiresAt + 1000 - Date.now())));
+      // The signing certificate expires: the clock moves past its NotAfter.
+      offsetMs = expiresAt + 60_000 - Date.now();
       const late = await createCertificate(client, { csr, token });
       assert.equal(late.ok, false);
       if (!late.ok) {
         assert.equal(grpc.status[late.code], 'INTERNAL');
         assert.equal(late.details, 'CA certificate has expired');
       }
-      // The self-probe notices within its interval.
-      let ready = await getText(`${ca.monitoringUrl}/ready`);
-      for (let i = 0; i < 50 && ready.status === 200; i++) {
-        await new Promise((resolve) => setTimeout(resolve, 200));
-        ready = await getText(`${ca.monitoringUrl}/ready`);
-      }
+      // The last good probe is older than the freshness window on this clock, so /ready probes again and fails.
+      const ready = await getText(`${monitoringUrl}/ready`);
       assert.equal(ready.status, 503);
       assert.match(ready.body, /CA certificate has expired/);
     } finally {
-      client.close();
-      await ca.proc.stop();
+      client?.close();
+      await server?.close();
+      await signer.close();
     }
   });
 });

@@ -1,9 +1,10 @@
 /**
  * Self-signed root rotation. End to end: the real `meshca ca` with a short-lived root rotates it (publish the new
- * root, switch after the overlap, drop the old root when it expires) while two workloads renew their certificates at
- * half-life and run an mTLS connection loop (node:tls) the whole time: no handshake may fail, even though the CA is
- * killed (SIGKILL) between rotation steps and restarted. In-process: the plan for each state, and resuming from
- * every crash point of the state-directory writes.
+ * root, switch after the overlap) while two workloads renew their certificates at half-life and run an mTLS
+ * connection loop (node:tls) the whole time: no handshake may fail, even though the CA is killed (SIGKILL) between
+ * rotation steps and restarted. In-process, on a fake clock: the plan for each state (including dropping the old
+ * root once it expires, which the end-to-end test does not wait for), and resuming from every crash point of the
+ * state-directory writes.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -114,16 +115,19 @@ describe('self-signed root rotation', () => {
     temp.cleanup();
   });
 
-  test('an mTLS loop between two renewing workloads sees no handshake failure across a whole rotation, with a CA crash between steps', async (t) => {
+  test('an mTLS loop between two renewing workloads sees no handshake failure across a root switch, with a CA crash between steps', async (t) => {
     const stateDir = path.join(temp.dir, 'e2e-state');
     // Workload certificates live 10 s (renewed at 5 s), which rides out a CA restart of several seconds on a busy
-    // machine; the 7 s overlap exceeds one renewal interval, so both workloads learn the new root before it signs.
+    // machine; the 8 s overlap exceeds one renewal interval plus such a restart, so both workloads learn the new root
+    // before it signs. The 26 s root is due for rotation at 25% of its life (6.5 s), switches 8 s later and expires
+    // 11.5 s after the switch: longer than a workload certificate, so no certificate from the first root is cut
+    // short by its expiry, and the test ends (two renewals after the switch) around when it expires.
     const env = {
-      CITADEL_SELF_SIGNED_CA_CERT_TTL: '30s',
-      CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE: '50',
+      CITADEL_SELF_SIGNED_CA_CERT_TTL: '26s',
+      CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE: '75',
       CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL: '1s',
     };
-    const args = ['--kubeconfig', kube.kubeconfigPath, '--state-dir', stateDir, '--ca-key-type', 'ec-p256', '--root-rotation-overlap', '7s'];
+    const args = ['--kubeconfig', kube.kubeconfigPath, '--state-dir', stateDir, '--ca-key-type', 'ec-p256', '--root-rotation-overlap', '8s'];
     let ca: StartedCa = await startCaProcess(args, env);
     const initialRoot = readFileSync(path.join(stateDir, 'root-cert.pem'), 'utf8');
     const caInfo = (): { address: string; trustPem: string } => ({ address: ca.grpcAddress, trustPem: initialRoot });
@@ -192,13 +196,17 @@ describe('self-signed root rotation', () => {
       ca = await startCaProcess(args, env);
       assert.equal(rootsOnDisk(), 2, 'the new root is still published');
       await eventually(() => (!signingOnDisk().equals(firstRootDer) ? true : undefined), 25_000, 'signing to switch to the new root');
-      // Not "one root left": with a 30 s root rotating at half-life, the next root may be published just as the
-      // first one expires, so the bundle can hold two roots again.
-      const bundleOnDisk = (): Buffer[] => certificatesFromPem(readFileSync(path.join(stateDir, SELF_SIGNED_FILES.roots), 'utf8'));
-      await eventually(() => (!bundleOnDisk().some((der) => der.equals(firstRootDer)) ? true : undefined), 30_000, 'the expired first root to be dropped');
-      // Both workloads renew past the drop at least once more.
-      const renewalsAtDrop = clientWorkload.renewals + serverWorkload.renewals;
-      await eventually(() => (clientWorkload.renewals + serverWorkload.renewals >= renewalsAtDrop + 2 ? true : undefined), 30_000, 'renewals after the drop');
+      // Each workload renews at least twice after the switch: the second renewal is surely signed by the new root
+      // and was asked for over TLS trusting what the first one advertised. Dropping the first root once it expires
+      // is not waited for here (it would cost the root's remaining lifetime in real time); the same file's
+      // "in process, with a fake clock" tests prove the drop and the bundle after it.
+      const clientAtSwitch = clientWorkload.renewals;
+      const serverAtSwitch = serverWorkload.renewals;
+      await eventually(
+        () => (clientWorkload.renewals >= clientAtSwitch + 2 && serverWorkload.renewals >= serverAtSwitch + 2 ? true : undefined),
+        30_000,
+        'two renewals of each workload after the switch',
+      );
     } finally {
       looping = false;
       await loop;
@@ -213,9 +221,6 @@ describe('self-signed root rotation', () => {
     // Both workloads held certificates from the old root and from the new one.
     assert.equal(clientWorkload.issuers.size, 2);
     assert.equal(serverWorkload.issuers.size, 2);
-    const finalBundle = certificatesFromPem(readFileSync(path.join(stateDir, 'root-cert.pem'), 'utf8'));
-    const first = certificatesFromPem(initialRoot)[0]!;
-    assert.ok(!finalBundle.some((der) => der.equals(first)), 'the expired first root left the bundle');
   });
 
   describe('in process, with a fake clock', () => {

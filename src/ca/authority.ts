@@ -15,6 +15,7 @@ export interface AuthorityOptions {
   defaultTtlSeconds: number;
   /** MAX_WORKLOAD_CERT_TTL; longer requests are refused. */
   maxTtlSeconds: number;
+  /** The clock issuance reads (epoch ms): expiry of the signing certificate, the leaf's validity, the final check. Default Date.now. */
   now?: () => number;
 }
 
@@ -98,12 +99,13 @@ export class CertificateAuthority {
     const capped = request.capAtDefaultTtl === true && wantedTtlSeconds > this.options.defaultTtlSeconds;
     const ttlSeconds = capped ? this.options.defaultTtlSeconds : wantedTtlSeconds;
     const csr = this.checkCsr(request.csrPem);
+    const now = this.now();
     const maxNotAfter = this.signer.maxNotAfter();
-    if (maxNotAfter && maxNotAfter.getTime() <= this.now()) throw new CaError('CA_NOT_READY', 'CA certificate has expired');
+    if (maxNotAfter && maxNotAfter.getTime() <= now) throw new CaError('CA_NOT_READY', 'CA certificate has expired');
     const bundleBefore = this.signer.trustBundlePem();
     let signed: SignedChain;
     try {
-      signed = await this.signer.sign({ csrPem: request.csrPem, spkiDer: csr.spkiDer, uris: [request.identity.uri], ttlSeconds });
+      signed = await this.signer.sign({ csrPem: request.csrPem, spkiDer: csr.spkiDer, uris: [request.identity.uri], ttlSeconds, now });
     } catch (error) {
       if (error instanceof CaError) throw error;
       throw new CaError('CERT_GEN_ERROR', `failed to sign the certificate: ${(error as Error).message}`, { cause: error });

@@ -35,6 +35,7 @@ export class LocalSigner implements WorkloadSigner {
       uris: request.uris,
       ...(request.dnsNames ? { dnsNames: request.dnsNames } : {}),
       ttlSeconds: request.ttlSeconds,
+      ...(request.now !== undefined ? { now: request.now } : {}),
     });
     return {
       chain: [certificateToPem(leaf.der), ...material.chainPems, material.rootsPem],

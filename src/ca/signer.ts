@@ -13,6 +13,8 @@ export interface WorkloadSignRequest {
   /** DNS SANs, for the CA's own serving certificate (workload certificates carry none). */
   dnsNames?: readonly string[];
   ttlSeconds: number;
+  /** Issue as of this time (epoch ms; default: the signer's clock). In-process signers honour it; remote ones sign at their own time. */
+  now?: number;
 }
 
 export interface SignedChain {

@@ -21,8 +21,14 @@ export function authenticatorNames(config: CaServerConfig, clusters: Pick<KubeCl
   return [...(config.plaintext ? [] : ['client-cert' as const]), ...(clusters.size > 0 ? ['tokenreview' as const] : []), ...(config.jwtRules.length > 0 ? ['jwt' as const] : [])];
 }
 
-export function createAuthority(config: CaServerConfig, signer: WorkloadSigner): CertificateAuthority {
-  return new CertificateAuthority({ signer, defaultTtlSeconds: config.defaultWorkloadCertTtlSeconds, maxTtlSeconds: config.maxWorkloadCertTtlSeconds });
+/** `now`: the clock issuance reads (epoch ms); Date.now unless a test injects one. */
+export function createAuthority(config: CaServerConfig, signer: WorkloadSigner, now?: () => number): CertificateAuthority {
+  return new CertificateAuthority({
+    signer,
+    defaultTtlSeconds: config.defaultWorkloadCertTtlSeconds,
+    maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
+    ...(now ? { now } : {}),
+  });
 }
 
 /** The TokenReview authenticator of a CA server; `reviewer` set: a `--workers` worker asking its primary. */

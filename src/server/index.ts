@@ -38,6 +38,12 @@ export interface CaServerOptions {
   registry?: Registry;
   env?: Env;
   /**
+   * The clock (epoch ms) for everything here that judges certificates by time: issuance (expiry of the signing
+   * certificate, the leaves' validity, the final check), the readiness probe and the serving certificate.
+   * Default Date.now; tests inject a fake one so that no certificate has to expire in real time.
+   */
+  now?: () => number;
+  /**
    * A worker of `meshca ca --workers N` serves only the gRPC API: the primary process serves monitoring, says
    * "CA server ready" once every worker listens, and reviews tokens for all of them (one cache, one limit).
    */
@@ -167,7 +173,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   // The process metrics may already be there when the registry is shared with the key source.
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
   const metrics = new CaMetrics(registry);
-  const authority = createAuthority(config, signer);
+  const authority = createAuthority(config, signer, options.now);
   const clusters = buildKubeClusters(config, env, logger);
   const worker = options.worker;
   const chain = await buildAuthenticators(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined);
@@ -193,13 +199,19 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       logger.warn({ grpcAddress: config.grpcAddress.text }, 'serving the CA API WITHOUT TLS (--plaintext): for local debugging only; tokens travel in the clear');
       credentials = grpc.ServerCredentials.createInsecure();
     } else {
-      serving = new ServingCertificate({ signer, dnsNames: config.serverDnsNames, ttlSeconds: config.serverCertTtlSeconds, logger });
+      serving = new ServingCertificate({
+        signer,
+        dnsNames: config.serverDnsNames,
+        ttlSeconds: config.serverCertTtlSeconds,
+        logger,
+        ...(options.now ? { now: options.now } : {}),
+      });
       await serving.start();
       cleanups.push(() => serving?.close());
       credentials = serving.credentials;
     }
 
-    const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger });
+    const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger, ...(options.now ? { now: options.now } : {}) });
     await readiness.start();
     cleanups.push(() => readiness.stop());
     const unsubscribe = signer.onChange(() => {

@@ -15,6 +15,8 @@ export interface ReadinessOptions {
   intervalMs?: number;
   /** How recent the last good probe must be (default 10 s). */
   freshnessMs?: number;
+  /** The clock (epoch ms) the freshness of the last good probe is judged by; default Date.now. */
+  now?: () => number;
 }
 
 export interface ReadinessStatus {
@@ -32,11 +34,13 @@ export class ReadinessProbe {
   private readonly identity: WorkloadId;
   private readonly intervalMs: number;
   private readonly freshnessMs: number;
+  private readonly now: () => number;
 
   constructor(private readonly options: ReadinessOptions) {
     this.identity = WorkloadId.of({ trustDomain: options.trustDomain, namespace: 'istio-system', serviceAccount: 'meshca-readiness-probe' });
     this.intervalMs = options.intervalMs ?? 3000;
     this.freshnessMs = options.freshnessMs ?? 10_000;
+    this.now = options.now ?? Date.now;
   }
 
   async start(): Promise<void> {
@@ -69,7 +73,7 @@ export class ReadinessProbe {
       const roots = certificatesFromPem(this.options.authority.trustBundlePem()).map(parseCertificate);
       verifyChain(leaf, { intermediates, roots });
       if (this.lastError !== undefined) this.options.logger.info('readiness probe succeeds again');
-      this.lastSuccessAt = Date.now();
+      this.lastSuccessAt = this.now();
       this.lastError = undefined;
     } catch (error) {
       const message = (error as Error).message;
@@ -82,8 +86,8 @@ export class ReadinessProbe {
 
   /** Current readiness; probes first when the last success is too old to count. */
   async check(): Promise<ReadinessStatus> {
-    if (Date.now() - this.lastSuccessAt >= this.freshnessMs) await this.probe();
-    const ready = Date.now() - this.lastSuccessAt < this.freshnessMs;
+    if (this.now() - this.lastSuccessAt >= this.freshnessMs) await this.probe();
+    const ready = this.now() - this.lastSuccessAt < this.freshnessMs;
     return {
       ready,
       ...(this.lastSuccessAt ? { lastSuccess: new Date(this.lastSuccessAt).toISOString() } : {}),

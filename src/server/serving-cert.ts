@@ -56,6 +56,8 @@ export interface ServingCertificateOptions {
   dnsNames: readonly string[];
   ttlSeconds: number;
   logger: Logger;
+  /** The clock (epoch ms) the certificate is issued at and its renewal planned from; default Date.now. */
+  now?: () => number;
 }
 
 export interface ServingCertificateState {
@@ -125,8 +127,8 @@ export class ServingCertificate {
     const { signer, dnsNames, ttlSeconds, logger } = this.options;
     const keys = await generateKeyPairForAsync('ec-p256');
     const csrPem = createCsr({ privateKey: keys.privateKey, dnsNames: [...dnsNames] });
-    const issuedAt = Date.now();
-    const signed = await signer.sign({ csrPem, spkiDer: parseCsr(csrPem).spkiDer, uris: [], dnsNames, ttlSeconds });
+    const issuedAt = (this.options.now ?? Date.now)();
+    const signed = await signer.sign({ csrPem, spkiDer: parseCsr(csrPem).spkiDer, uris: [], dnsNames, ttlSeconds, now: issuedAt });
     const certChainPem = signed.chain.slice(0, -1).join('');
     this.state = { serialHex: signed.serialHex, notAfter: signed.notAfter, dnsNames, certChainPem };
     // Renew at half of the remaining lifetime, like workload agents do.

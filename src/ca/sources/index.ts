@@ -95,6 +95,8 @@ export interface OpenSignerOptions {
   /** Gets the key sources' metrics (meshca_cacerts_reload_errors_total). */
   registry?: Registry;
   env?: Env;
+  /** The clock (epoch ms) the key source reads (expiry, rotation, new roots); default Date.now. For tests. */
+  now?: () => number;
 }
 
 function pluginNamed(name: string): KeySourcePlugin {
@@ -112,7 +114,7 @@ export async function openSigner(config: KeySourceConfig, logger: Logger, option
   const kube = (): KubeConfig => (kubeConfig ??= loadKubeConfig(config.kubeconfigPath, env));
   // Fail on a bad kubeconfig before any key material is created.
   if (config.distributeRootConfigMap || plugin.needsKubernetes?.(config)) kube();
-  const signer = await plugin.open(config, { logger, kube, ...(options.registry ? { registry: options.registry } : {}) });
+  const signer = await plugin.open(config, { logger, kube, ...(options.registry ? { registry: options.registry } : {}), ...(options.now ? { now: options.now } : {}) });
   if (!config.distributeRootConfigMap) return signer;
   try {
     const distribution = startRootDistribution({ kubeConfig: kube(), bundle: signer, logger });

@@ -64,6 +64,8 @@ export interface KeySourceContext {
   registry?: Registry;
   /** The local cluster's Kubernetes client configuration, loaded on first use. */
   kube(): KubeConfig;
+  /** The clock (epoch ms) the source judges and creates certificates by; default Date.now (tests inject a fake one). */
+  now?: () => number;
 }
 
 export interface KeySourcePlugin {

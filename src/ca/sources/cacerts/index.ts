@@ -25,5 +25,5 @@ export const cacertsSource: KeySourcePlugin = {
   // silently replaced by a self-signed root.
   chosenByDefault: (config) => config.rootCaDir !== undefined && cacertsDirHoldsFiles(config.rootCaDir),
 
-  open: (config, { logger, registry }) => openCacertsSigner({ dir: config.rootCaDir, logger, ...(registry ? { registry } : {}) }),
+  open: (config, { logger, registry, now }) => openCacertsSigner({ dir: config.rootCaDir, logger, ...(registry ? { registry } : {}), ...(now ? { now } : {}) }),
 };

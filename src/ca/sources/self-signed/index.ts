@@ -60,19 +60,21 @@ export const selfSignedSource: KeySourcePlugin = {
 
   needsKubernetes: (config) => config.store === 'kubernetes',
 
-  async open(config, { logger, kube }) {
+  async open(config, { logger, kube, now }) {
     const store: CaStateStore =
       config.store === 'kubernetes' ? new KubeSecretCaStore({ kubeConfig: kube(), namespace: config.caNamespace, logger }) : new FileCaStore(config.stateDir);
     const result = await openSelfSignedSigner({
       store,
       policy: config.rotation,
       logger,
+      ...(now ? { now } : {}),
       createRoot: async () => {
         const root = await createSelfSignedRoot({
           stateDir: config.stateDir,
           trustDomain: config.trustDomain,
           keySpec: config.selfSigned.keySpec,
           ttlSeconds: config.selfSigned.ttlSeconds,
+          ...(now ? { now } : {}),
         });
         return { certPem: root.certPem, keyPem: root.keyPem };
       },

@@ -30,8 +30,14 @@ export const vaultSource: KeySourcePlugin = {
   // VAULT_* must be set and valid only when Vault signs.
   readConfig: (flags, env, _common, chosen) => (chosen ? { vault: readVaultConfig(flags, env) } : {}),
 
-  async open(config, { logger }) {
+  async open(config, { logger, now }) {
     if (!config.vault) throw new ConfigError('--ca-source vault needs VAULT_ADDR and VAULT_SIGN_CSR_PATH or VAULT_INTERMEDIATE_PATH');
-    return openVaultSigner(config.vault, { logger, keySpec: config.selfSigned.keySpec, trustDomain: config.trustDomain, stateDir: config.stateDir });
+    return openVaultSigner(config.vault, {
+      logger,
+      keySpec: config.selfSigned.keySpec,
+      trustDomain: config.trustDomain,
+      stateDir: config.stateDir,
+      ...(now ? { now } : {}),
+    });
   },
 };
