@@ -30,6 +30,8 @@ export class AgentMetrics {
   readonly keysReused: Counter;
   readonly refusedTokens: Counter<'reason'>;
   private expirySource: () => ExpiryReading[] = () => [];
+  /** The clock the expiry gauges count down on (the identity cache's, so a test on virtual time sees them move). */
+  private now: () => number = () => Date.now();
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -59,6 +61,7 @@ export class AgentMetrics {
       registers,
     });
     const source = (): ExpiryReading[] => this.expirySource();
+    const now = (): number => this.now();
     new Gauge({
       name: 'cert_expiry_seconds',
       help: 'Seconds until the certificate served as this resource expires (negative once expired)',
@@ -66,9 +69,9 @@ export class AgentMetrics {
       registers,
       collect() {
         this.reset();
-        const now = Date.now();
+        const at = now();
         for (const reading of source()) {
-          this.set({ resource_name: reading.resourceName, identity: reading.identity }, Math.round((reading.notAfter.getTime() - now) / 1000));
+          this.set({ resource_name: reading.resourceName, identity: reading.identity }, Math.round((reading.notAfter.getTime() - at) / 1000));
         }
       },
     });
@@ -77,8 +80,8 @@ export class AgentMetrics {
       help: 'Cached workload certificates past their NotAfter (the CA could not renew them in time)',
       registers,
       collect() {
-        const now = Date.now();
-        this.set(source().filter((r) => r.identity !== '' && r.notAfter.getTime() <= now).length);
+        const at = now();
+        this.set(source().filter((r) => r.identity !== '' && r.notAfter.getTime() <= at).length);
       },
     });
     this.connectedStreams = new Gauge({
@@ -146,8 +149,10 @@ export class AgentMetrics {
     });
   }
 
-  setExpirySource(source: () => ExpiryReading[]): void {
+  /** Where the expiry gauges read certificates from, and the clock they count down on (default Date.now). */
+  setExpirySource(source: () => ExpiryReading[], now: () => number = () => Date.now()): void {
     this.expirySource = source;
+    this.now = now;
   }
 }
 
