@@ -5,7 +5,10 @@
  *  - the CA killed with SIGKILL while the agent renews and new workloads keep arriving, then restarted: the agent
  *    recovers by itself, renewals resume under the same root, and the workloads that arrived meanwhile are served;
  *  - a node clock 5 minutes slow or fast: certificates are accepted and renewed at the grace ratio of their real
- *    lifetime, never in a loop and never after they expire.
+ *    lifetime, never in a loop and never after they expire (on virtual time: the agent in process on a ManualClock).
+ * Real seconds: the SIGKILL tests run the real binaries, and the CA one waits for real renewals (SECRET_TTL=6s) to
+ * fail and then succeed; it waits for events (log records, metrics, pushes), never for a fixed number of seconds.
+ * It is one of the two agent tests on real seconds (the other: agent-rotation-e2e.test.ts).
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
@@ -13,7 +16,7 @@ import { existsSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { readAgentConfig, startAgent, CaCallError, type CaClient, type CertificateRequest, type RunningAgent } from '../src/agent/index.js';
+import { readAgentConfig, startAgent, CaCallError, type CaClient, type CertificateRequest } from '../src/agent/index.js';
 import { MAX_CLOCK_SKEW_MS, renewalSchedule, verificationTime } from '../src/agent/rotation.js';
 import { connectSds, SecretWatch, workloadTokenMetadata, type SecretUpdate } from '../src/agent/sds-client.js';
 import {
@@ -35,12 +38,14 @@ import {
   metricsText,
   metricValue,
   RawSotwStream,
+  ReadyKeys,
   startAgentProcess,
   tempDir,
   tokenLabel,
   type AgentProcess,
 } from './agent-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { ManualClock, wholeSecondNow } from './support/manual-clock.js';
 import { opensslVerify } from './support/openssl.js';
 
 const MINUTE = 60_000;
@@ -188,17 +193,29 @@ describe('agent and CA killed with SIGKILL (real binaries)', () => {
       // The kill comes once a new workload has been served by the live CA (an event, not a fixed second).
       await eventually(() => arrivals.length > 0, 'the first new workload to ask', 20_000);
       await arrivals[0];
+      const updatesAtKill = workloads.map((w) => w.updates.length);
+      const recordsAtKill = agent.proc.records.length;
       await ca!.proc.stop('SIGKILL');
-      const killedAt = Date.now();
       ca = null;
       await eventually(
         async () => metricValue(await metrics(agent), 'num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }) >= 3,
         'CSRs to fail while the CA is dead',
         20_000,
       );
-      // The renewals due meanwhile (every ~3 s with SECRET_TTL=6s) fail; workloads keep their current secret.
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, killedAt + 4000 - Date.now())));
+      // The CA stays dead until the renewal of every identity on the node (due every ~3 s with SECRET_TTL=6s) has
+      // failed at least once: an event in the agent's log, not a fixed number of seconds.
+      const identities = new Set(workloads.map((w) => w.spiffeId));
+      const failedRenewals = (): Set<unknown> =>
+        new Set(
+          agent.proc.records
+            .slice(recordsAtKill)
+            .filter((r) => r.msg === 'certificate renewal failed; serving the current certificate and retrying')
+            .map((r) => r.identity),
+        );
+      await eventually(() => [...identities].every((id) => failedRenewals().has(id)), 'the renewal of every identity to fail while the CA is dead', 20_000);
+      // Workloads keep their current secret meanwhile (a renewal due before the kill may have landed just after it).
       const updatesAtRestart = workloads.map((w) => w.updates.length);
+      workloads.forEach((w, i) => assert.ok(updatesAtRestart[i]! <= updatesAtKill[i]! + 1, `${w.spiffeId}: no renewal while the CA was dead`));
 
       ca = await startCa(caState.dir, ['--kubeconfig', kube.kubeconfigPath, '--grpc-addr', address]);
       const restartedAt = Date.now();
@@ -238,14 +255,17 @@ class SkewedCa implements CaClient {
   readonly rootPem: string;
   private readonly issuer: LeafIssuer;
 
-  constructor(private readonly offsetMs: number) {
+  constructor(
+    private readonly offsetMs: number,
+    private readonly nodeNow: () => number,
+  ) {
     const { privateKey }: { privateKey: KeyObject } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     const root = parseCertificate(
       createCaCertificate({
         subject: { organization: 'meshca-test', commonName: 'skewed root' },
         subjectKey: privateKey,
-        notBefore: new Date(Date.now() - 86400_000),
-        notAfter: new Date(Date.now() + 30 * 86400_000),
+        notBefore: new Date(nodeNow() - 86400_000),
+        notAfter: new Date(nodeNow() + 30 * 86400_000),
       }),
     );
     this.rootPem = certificateToPem(root.der);
@@ -254,7 +274,7 @@ class SkewedCa implements CaClient {
 
   /** The CA's clock. */
   now(): number {
-    return Date.now() + this.offsetMs;
+    return this.nodeNow() + this.offsetMs;
   }
 
   async createCertificate(request: CertificateRequest): Promise<string[]> {
@@ -299,73 +319,81 @@ describe('a node clock 5 minutes off', () => {
   });
 
   it('renews at the grace ratio of the real lifetime, once per rotation, whether the node is 5 minutes slow or fast', async () => {
+    // On virtual time: the agent's cache runs on a ManualClock (the node's clock), the CA's clock is that plus the
+    // skew, and SDS is real gRPC over a Unix socket. With SECRET_GRACE_PERIOD_RATIO_JITTER=0 the schedule is exact.
     const TTL_SECONDS = 8;
     const ROTATIONS = 2;
-    // CSR, signing and delivery between the agent's timer and this client, plus half a second: with a skewed clock
-    // the lifetime comes from NotAfter, which X.509 keeps in whole seconds.
-    const ALLOWANCE_MS = 150 + 500;
+    // The agent's lifetime estimate with a skewed clock: the requested one less half of X.509's one-second
+    // resolution (NotAfter may fall that much short); renewal comes at half of it.
+    const ESTIMATE_MS = TTL_SECONDS * 1000 - 500;
     const cases = [
-      { name: '5 minutes slow', ca: new SkewedCa(5 * MINUTE), warning: "this node's clock seems behind the CA's" },
-      { name: '5 minutes fast', ca: new SkewedCa(-5 * MINUTE), warning: "this node's clock seems ahead of the CA's" },
+      { name: '5 minutes slow', offset: 5 * MINUTE, warning: "this node's clock seems behind the CA's" },
+      { name: '5 minutes fast', offset: -5 * MINUTE, warning: "this node's clock seems ahead of the CA's" },
     ];
-    const dirs = cases.map(() => tempDir('meshca-skew-'));
-    const agents: { agent: RunningAgent; records: Record<string, unknown>[]; client: SdsClient }[] = [];
-    try {
-      for (const [i, c] of cases.entries()) {
-        const { log, records } = memoryLogger();
-        const config = readAgentConfig(
-          { sdsSocket: path.join(dirs[i]!.dir, 'socket'), statusAddr: '127.0.0.1:0', keyPoolSize: '0', secretTtl: `${TTL_SECONDS}s` },
-          { ECC_SIGNATURE_ALGORITHM: 'ECDSA' },
-        );
-        const agent = await startAgent(config, log, { caClient: c.ca });
-        agents.push({ agent, records, client: connectSds(agent.socketPath) });
-      }
-      await Promise.all(
-        cases.map(async (c, i) => {
-          const { agent, records, client } = agents[i]!;
-          const stream = new RawSotwStream(client, 'tok-skew');
-          try {
-            stream.subscribe(['default']);
-            let response = await stream.next();
-            let receivedAt = c.ca.now(); // Everything below is measured on the CA's clock, the one the certificate uses.
-            let leaf = decodeSecret(response.resources[0]!).leaf!;
-            stream.ack(response, ['default']);
-            assert.ok(records.some((r) => String(r.msg).startsWith(c.warning)), `${c.name}: the skew is reported`);
-            const ratios: number[] = [];
-            for (let rotation = 1; rotation <= ROTATIONS; rotation++) {
-              const notAfter = leaf.notAfter.getTime();
-              const lifetime = notAfter - receivedAt;
-              response = await stream.next(lifetime + 5000);
-              const pushedAt = c.ca.now();
-              stream.ack(response, ['default']);
-              const next = decodeSecret(response.resources[0]!);
-              assert.ok(pushedAt < notAfter, `${c.name}: rotation ${rotation} came before the previous certificate expired`);
-              const ratio = (notAfter - pushedAt) / lifetime;
-              ratios.push(ratio);
-              assert.ok(
-                Math.abs(ratio - 0.5) <= 0.01 + ALLOWANCE_MS / lifetime,
-                `${c.name}: rotation ${rotation} at r = ${ratio.toFixed(4)} of the real lifetime, expected 0.5 ± ${(0.01 + ALLOWANCE_MS / lifetime).toFixed(3)}`,
-              );
-              assert.equal(c.ca.calls, 1 + rotation, `${c.name}: one CSR per rotation, no renewal loop`);
-              leaf = next.leaf!;
-              receivedAt = pushedAt;
-            }
-            const metrics = await metricsText(agent);
-            assert.equal(metricValue(metrics, 'meshca_agent_expired_certificates'), 0, `${c.name}: nothing reported expired`);
-            const expiry = metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'default' });
-            assert.ok(expiry > 0 && expiry <= TTL_SECONDS, `${c.name}: cert_expiry_seconds ${expiry} counts down the real lifetime`);
-            console.log(`# ${c.name}: grace ratios ${ratios.map((r) => r.toFixed(4)).join(', ')} of the real lifetime`);
-          } finally {
-            stream.close();
-          }
-        }),
+    for (const c of cases) {
+      const clock = new ManualClock(wholeSecondNow());
+      const ca = new SkewedCa(c.offset, () => clock.now());
+      const dir = tempDir('meshca-skew-');
+      const { log, records } = memoryLogger();
+      const config = readAgentConfig(
+        { sdsSocket: path.join(dir.dir, 'socket'), statusAddr: '127.0.0.1:0', keyPoolSize: '0', secretTtl: `${TTL_SECONDS}s` },
+        { ECC_SIGNATURE_ALGORITHM: 'ECDSA', SECRET_GRACE_PERIOD_RATIO_JITTER: '0' },
       );
-    } finally {
-      for (const { agent, client } of agents) {
+      const keys = new ReadyKeys();
+      const agent = await startAgent(config, log, { caClient: ca, clock, keys });
+      const client = connectSds(agent.socketPath);
+      const stream = new RawSotwStream(client, 'tok-skew');
+      try {
+        stream.subscribe(['default']);
+        let response = await stream.next();
+        let receivedAt = clock.now();
+        let leaf = decodeSecret(response.resources[0]!).leaf!;
+        stream.ack(response, ['default']);
+        assert.ok(records.some((r) => String(r.msg).startsWith(c.warning)), `${c.name}: the skew is reported`);
+        const ratios: number[] = [];
+        for (let rotation = 1; rotation <= ROTATIONS; rotation++) {
+          const cached = agent.cache.identities()[0]!;
+          assert.equal(cached.renewAt, receivedAt + ESTIMATE_MS / 2, `${c.name}: rotation ${rotation} scheduled at half of the estimated lifetime`);
+          assert.equal(cached.expiresAt, receivedAt + ESTIMATE_MS, `${c.name}: expiry by the local clock`);
+          const takenBefore = keys.taken;
+          await clock.advanceTo(cached.renewAt - 1);
+          assert.equal(keys.taken, takenBefore, `${c.name}: rotation ${rotation} does not start a millisecond early`);
+          assert.equal(ca.calls, rotation, `${c.name}: no renewal loop`);
+          await clock.advanceTo(cached.renewAt);
+          response = await stream.next();
+          const pushedAt = clock.now();
+          assert.equal(pushedAt, cached.renewAt);
+          stream.ack(response, ['default']);
+          const next = decodeSecret(response.resources[0]!);
+          assert.notEqual(next.leaf!.serialHex, leaf.serialHex);
+          // Measured on the CA's clock, the one the certificate's validity uses.
+          const notAfter = leaf.notAfter.getTime();
+          const receivedOnCa = receivedAt + c.offset;
+          const pushedOnCa = pushedAt + c.offset;
+          assert.ok(pushedOnCa < notAfter, `${c.name}: rotation ${rotation} came before the previous certificate expired`);
+          const lifetime = notAfter - receivedOnCa;
+          const ratio = (notAfter - pushedOnCa) / lifetime;
+          ratios.push(ratio);
+          // The estimate (requested − 0.5 s) is off from the real lifetime by at most X.509's rounding: r within 0.5 ± 0.5 s / lifetime.
+          assert.ok(
+            Math.abs(ratio - 0.5) <= 500 / lifetime,
+            `${c.name}: rotation ${rotation} at r = ${ratio.toFixed(4)} of the real lifetime, expected 0.5 ± ${(500 / lifetime).toFixed(3)}`,
+          );
+          assert.equal(ca.calls, 1 + rotation, `${c.name}: one CSR per rotation, no renewal loop`);
+          leaf = next.leaf!;
+          receivedAt = pushedAt;
+        }
+        const metrics = await metricsText(agent);
+        assert.equal(metricValue(metrics, 'meshca_agent_expired_certificates'), 0, `${c.name}: nothing reported expired`);
+        const expiry = metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'default' });
+        assert.equal(expiry, Math.round(ESTIMATE_MS / 1000), `${c.name}: cert_expiry_seconds ${expiry} counts down the real lifetime`);
+        console.log(`# ${c.name}: grace ratios ${ratios.map((r) => r.toFixed(4)).join(', ')} of the real lifetime`);
+      } finally {
+        stream.close();
         client.close();
         await agent.close();
+        dir.cleanup();
       }
-      dirs.forEach((d) => d.cleanup());
     }
   });
 });

@@ -17,9 +17,11 @@ import {
   startAgent,
   type AgentFlags,
   type CaClient,
+  type Clock,
   type CertificateRequest,
   type RunningAgent,
 } from '../src/agent/index.js';
+import type { KeySource } from '../src/agent/keys.js';
 import { connectSds, workloadTokenMetadata } from '../src/agent/sds-client.js';
 import type { Logger } from '../src/log.js';
 import { SERVER_NAME } from './ca-helpers.js';
@@ -131,12 +133,18 @@ function newRoot(name: string): CaGeneration {
 export class InProcessCa implements CaClient {
   readonly address = 'in-process-ca';
   readonly trustDomain = 'cluster.local';
+  /** The CA's clock when it signs (a test on virtual time passes the agent's). */
+  private readonly now: () => number;
   down = false;
   calls = 0;
   readonly tokensSeen: string[] = [];
   private readonly accounts = new Map<string, { namespace: string; serviceAccount: string }>();
   private current: CaGeneration = newRoot('root-1');
   private roots: CaGeneration[] = [this.current];
+
+  constructor(options: { now?: () => number } = {}) {
+    this.now = options.now ?? (() => Date.now());
+  }
 
   addWorkload(token: string, namespace: string, serviceAccount: string): string {
     this.accounts.set(token, { namespace, serviceAccount });
@@ -171,6 +179,7 @@ export class InProcessCa implements CaClient {
       spkiDer: csr.spkiDer,
       uris: [`spiffe://${this.trustDomain}/ns/${account.namespace}/sa/${account.serviceAccount}`],
       ttlSeconds: request.ttlSeconds,
+      now: this.now(),
     });
     return [certificateToPem(leaf.der), this.rootsPem];
   }
@@ -178,6 +187,27 @@ export class InProcessCa implements CaClient {
   async waitUntilReachable(): Promise<void> {}
 
   close(): void {}
+}
+
+/**
+ * Workload keys ready at once (EC P-256, made synchronously): with them, a renewal on virtual time does its whole
+ * work within a few turns of the event loop, with no key generation on a worker thread to wait for.
+ * Counts the keys taken: a renewal starts by taking one.
+ */
+export class ReadyKeys implements KeySource {
+  taken = 0;
+  private readonly returned: KeyObject[] = [];
+
+  take(): Promise<KeyObject> {
+    this.taken++;
+    return Promise.resolve(this.returned.pop() ?? generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+  }
+
+  giveBack(key: KeyObject): void {
+    this.returned.push(key);
+  }
+
+  spent(): void {}
 }
 
 export interface TestAgent {
@@ -190,19 +220,24 @@ export interface TestAgent {
   close(): Promise<void>;
 }
 
-/** An agent in this process on a real Unix socket in a temp dir, talking to `ca`. */
+/**
+ * An agent in this process on a real Unix socket in a temp dir, talking to `ca`. With `clock` (virtual time), the
+ * agent's cache, token checks and expiry metrics run on it, the default CA signs on it, and keys are ReadyKeys.
+ */
 export async function startTestAgent(
-  options: { ca?: InProcessCa; flags?: AgentFlags; env?: Record<string, string> } = {},
+  options: { ca?: InProcessCa; flags?: AgentFlags; env?: Record<string, string>; clock?: Clock; keys?: KeySource } = {},
 ): Promise<TestAgent> {
   const { dir, cleanup } = tempDir();
   const socket = path.join(dir, 'sds', 'socket');
-  const ca = options.ca ?? new InProcessCa();
+  const clock = options.clock;
+  const ca = options.ca ?? new InProcessCa(clock ? { now: () => clock.now() } : {});
   const config = readAgentConfig(
     { sdsSocket: socket, statusAddr: '127.0.0.1:0', keyPoolSize: '0', ...options.flags },
     { ECC_SIGNATURE_ALGORITHM: 'ECDSA', ...options.env },
   );
   const { log, records } = memoryLogger();
-  const agent = await startAgent(config, log, { caClient: ca });
+  const keys = options.keys ?? (clock ? new ReadyKeys() : undefined);
+  const agent = await startAgent(config, log, { caClient: ca, ...(clock ? { clock } : {}), ...(keys ? { keys } : {}) });
   const client = connectSds(socket);
   return {
     agent,

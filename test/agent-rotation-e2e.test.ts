@@ -5,7 +5,12 @@
  *    renewal happens at exactly the computed millisecond, and not one millisecond before, over several rotations.
  *  - End to end, with the real `meshca ca` and `meshca agent` on real seconds, one rotation arrives as an SDS push
  *    no earlier than the upper end of the jitter allows, and well before expiry (a generous bound: the machine may
- *    be loaded, and this checks the wiring, not the timer's accuracy).
+ *    be loaded, and this checks the wiring, not the timer's accuracy). The ratio is set to 0.75 (renewal a quarter
+ *    into the 10 s lifetime), so the setting is seen to reach the agent and the wait is 2.5 s, not 5.
+ *
+ * Real seconds: the end-to-end test below is one of the two agent tests that wait for a real certificate's renewal
+ * (the other is the CA killed with SIGKILL in agent-faults.test.ts). Every other schedule is asserted on virtual
+ * time (here, identity-cache.test.ts, agent-rotation.test.ts, renewal-schedule.test.ts, agent-faults.test.ts).
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it, mock } from 'node:test';
@@ -110,7 +115,7 @@ describe('rotation at the grace-period ratio, on virtual time', () => {
   });
 });
 
-describe('rotation at the grace-period ratio, end to end on real seconds (SECRET_TTL=10s)', () => {
+describe('rotation at the grace-period ratio, end to end on real seconds (SECRET_TTL=10s, SECRET_GRACE_PERIOD_RATIO=0.75)', () => {
   let kube: KubeStandin;
   let ca: RunningCa;
   let agent: AgentProcess;
@@ -119,7 +124,7 @@ describe('rotation at the grace-period ratio, end to end on real seconds (SECRET
   before(async () => {
     kube = await startKubeStandin();
     ca = await startCa(caState.dir, ['--kubeconfig', kube.kubeconfigPath]);
-    agent = await startAgentProcess({ caAddress: ca.grpcAddress, caRootPem: ca.rootPem, env: { SECRET_TTL: '10s' } });
+    agent = await startAgentProcess({ caAddress: ca.grpcAddress, caRootPem: ca.rootPem, env: { SECRET_TTL: '10s', SECRET_GRACE_PERIOD_RATIO: '0.75' } });
   });
 
   after(async () => {
@@ -129,7 +134,7 @@ describe('rotation at the grace-period ratio, end to end on real seconds (SECRET
     caState.cleanup();
   });
 
-  it('pushes a renewed secret no earlier than 51% of its lifetime before expiry, and well before expiry', async () => {
+  it('pushes a renewed secret no earlier than 76% of its lifetime before expiry, and well before expiry', async () => {
     const token = await kube.mintToken({ namespace: 'shop', serviceAccount: 'rotating' });
     const stream = new RawSotwStream(agent.client, token);
     stream.subscribe(['default']);
@@ -149,8 +154,8 @@ describe('rotation at the grace-period ratio, end to end on real seconds (SECRET
     const ratio = (notAfter - pushedAt) / lifetime;
     console.log(`# observed grace ratio on real seconds: ${ratio.toFixed(4)}`);
     // Never early (the timer cannot fire before its time; 50 ms for the agent having received it first) ...
-    assert.ok(ratio <= 0.51 + 50 / lifetime, `pushed at r = ${ratio.toFixed(4)}: earlier than 0.5 + 0.01 allows`);
-    // ... and, however loaded the machine, with a good part of the lifetime left.
+    assert.ok(ratio <= 0.76 + 50 / lifetime, `pushed at r = ${ratio.toFixed(4)}: earlier than 0.75 + 0.01 allows`);
+    // ... and, however loaded the machine (a generous bound: up to 5.5 s late), with a good part of the lifetime left.
     assert.ok(ratio >= 0.2, `pushed at r = ${ratio.toFixed(4)}: too close to expiry`);
     stream.close();
   });

@@ -19,66 +19,13 @@ import type { KeySource } from '../src/agent/keys.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { renewalSchedule } from '../src/agent/rotation.js';
 import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr } from '../src/pki/index.js';
+import { ManualClock, settle } from './support/manual-clock.js';
 
 const ROOT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** A whole second, so the CA's whole-second validity lines up with the clock. */
 const START = Date.parse('2031-06-01T00:00:00Z');
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
-
-/** Virtual time: timers fire only when the test advances the clock, in order of their due time. */
-class ManualClock implements Clock {
-  private current: number;
-  private sequence = 0;
-  private readonly timers = new Map<number, { at: number; callback: () => void }>();
-
-  constructor(start: number) {
-    this.current = start;
-  }
-
-  now(): number {
-    return this.current;
-  }
-
-  setTimer(delayMs: number, callback: () => void): () => void {
-    const id = this.sequence++;
-    this.timers.set(id, { at: this.current + Math.max(0, delayMs), callback });
-    return () => this.timers.delete(id);
-  }
-
-  /** The earliest pending timer's due time. */
-  nextTimerAt(): number | undefined {
-    let next: number | undefined;
-    for (const timer of this.timers.values()) if (next === undefined || timer.at < next) next = timer.at;
-    return next;
-  }
-
-  /** Moves time to `when`, firing each due timer at its own due time and letting its async work settle. */
-  async advanceTo(when: number): Promise<void> {
-    for (;;) {
-      let dueId: number | undefined;
-      let due: { at: number; callback: () => void } | undefined;
-      for (const [id, timer] of this.timers) {
-        if (timer.at <= when && (due === undefined || timer.at < due.at)) {
-          dueId = id;
-          due = timer;
-        }
-      }
-      if (due === undefined) break;
-      this.timers.delete(dueId!);
-      this.current = Math.max(this.current, due.at);
-      due.callback();
-      await settle();
-    }
-    this.current = Math.max(this.current, when);
-    await settle();
-  }
-}
-
-/** Lets promise chains started by a timer run to their end (the fakes below answer without real I/O). */
-async function settle(): Promise<void> {
-  for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
-}
 
 const LABEL_CLAIM = 'test_label';
 

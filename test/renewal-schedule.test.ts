@@ -4,7 +4,8 @@
  * 24 h; a leaf cut short by an issuer about to expire (NotBefore backdated 2 minutes, NotAfter under 2 minutes
  * away), which used to be scheduled after its expiry with a false clock-skew warning; real clock skew (NotBefore
  * minutes in the future, or a leaf that looks expired on arrival); the margin before expiry; a property over any
- * in-sync issuance. Then the real agent with an issuer about to expire: the renewal reaches the stream in time.
+ * in-sync issuance. Then the agent (in process, on virtual time, real SDS over a Unix socket) with an issuer about
+ * to expire: the renewal reaches the stream at half of the cut-short lifetime. Nothing here waits real seconds.
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
@@ -16,7 +17,8 @@ import { readAgentConfig, startAgent, CaCallError, type CaClient, type Certifica
 import { RENEWAL_MARGIN_MS, renewalSchedule, type RenewalSchedule } from '../src/agent/rotation.js';
 import { connectSds } from '../src/agent/sds-client.js';
 import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr, CLOCK_SKEW_GRACE_MS } from '../src/pki/index.js';
-import { decodeSecret, memoryLogger, RawSotwStream, tempDir, tokenLabel } from './agent-helpers.js';
+import { decodeSecret, memoryLogger, RawSotwStream, ReadyKeys, tempDir, tokenLabel } from './agent-helpers.js';
+import { ManualClock, wholeSecondNow } from './support/manual-clock.js';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -149,14 +151,18 @@ class ExpiringIssuerCa implements CaClient {
   readonly issuerNotAfter: number;
   private readonly issuer: LeafIssuer;
 
-  constructor(issuerLeftMs: number) {
+  /** `now`: the clock the CA signs on (the agent's virtual clock here: the two agree). */
+  constructor(
+    issuerLeftMs: number,
+    private readonly now: () => number,
+  ) {
     const { privateKey }: { privateKey: KeyObject } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     const root = parseCertificate(
       createCaCertificate({
         subject: { organization: 'meshca-test', commonName: 'issuer about to expire' },
         subjectKey: privateKey,
-        notBefore: new Date(Date.now() - DAY),
-        notAfter: new Date(Date.now() + issuerLeftMs),
+        notBefore: new Date(now() - DAY),
+        notAfter: new Date(now() + issuerLeftMs),
       }),
     );
     this.issuerNotAfter = root.notAfter.getTime();
@@ -168,7 +174,7 @@ class ExpiringIssuerCa implements CaClient {
     if (tokenLabel(request.token ?? '') !== 'tok-short') throw new CaCallError(grpc.status.UNAUTHENTICATED, 'request authenticate failure');
     const csr = parseCsr(request.csrPem);
     verifyCsr(csr);
-    const issued = this.issuer.issue({ spkiDer: csr.spkiDer, uris: ['spiffe://cluster.local/ns/short/sa/lived'], ttlSeconds: request.ttlSeconds });
+    const issued = this.issuer.issue({ spkiDer: csr.spkiDer, uris: ['spiffe://cluster.local/ns/short/sa/lived'], ttlSeconds: request.ttlSeconds, now: this.now() });
     return [certificateToPem(issued.der), this.rootPem];
   }
 
@@ -178,13 +184,21 @@ class ExpiringIssuerCa implements CaClient {
 }
 
 describe('the agent with an issuer about to expire', () => {
-  it('logs no clock skew and pushes the renewal before the short leaf expires', async () => {
-    const ca = new ExpiringIssuerCa(8 * SECOND);
+  it('logs no clock skew and pushes the renewal at half of the cut-short lifetime, before the leaf expires', async () => {
+    // On virtual time: the agent's cache and the CA share a ManualClock; SDS is real gRPC over a Unix socket.
+    // SECRET_GRACE_PERIOD_RATIO_JITTER=0 makes the renewal time exact.
+    const start = wholeSecondNow();
+    const clock = new ManualClock(start);
+    const ca = new ExpiringIssuerCa(8 * SECOND, () => clock.now());
     const dir = tempDir('meshca-renewal-');
     const { log, records } = memoryLogger();
-    // The default 24 h request: the issuer cuts it to ~8 s, with NotBefore backdated by CLOCK_SKEW_GRACE_MS.
-    const config = readAgentConfig({ sdsSocket: path.join(dir.dir, 'socket'), statusAddr: '127.0.0.1:0', keyPoolSize: '0' }, { ECC_SIGNATURE_ALGORITHM: 'ECDSA' });
-    const agent = await startAgent(config, log, { caClient: ca });
+    // The default 24 h request: the issuer cuts it to 8 s, with NotBefore backdated by CLOCK_SKEW_GRACE_MS.
+    const config = readAgentConfig(
+      { sdsSocket: path.join(dir.dir, 'socket'), statusAddr: '127.0.0.1:0', keyPoolSize: '0' },
+      { ECC_SIGNATURE_ALGORITHM: 'ECDSA', SECRET_GRACE_PERIOD_RATIO_JITTER: '0' },
+    );
+    const keys = new ReadyKeys();
+    const agent = await startAgent(config, log, { caClient: ca, clock, keys });
     const client = connectSds(agent.socketPath);
     const stream = new RawSotwStream(client, 'tok-short');
     try {
@@ -194,14 +208,20 @@ describe('the agent with an issuer about to expire', () => {
       const firstLeaf = decodeSecret(first.resources[0]!).leaf!;
       const notAfter = firstLeaf.notAfter.getTime();
       assert.equal(notAfter, ca.issuerNotAfter, 'the leaf was cut short to the issuer');
+      assert.equal(notAfter, start + 8 * SECOND);
       assert.ok(notAfter - firstLeaf.notBefore.getTime() > CLOCK_SKEW_GRACE_MS, 'NotBefore is backdated');
       const issued = records.find((r) => r.msg === 'issued certificate');
       assert.ok(issued, 'the issuance is logged');
-      assert.ok(Date.parse(String(issued.renewAt)) < notAfter, `renewAt ${String(issued.renewAt)} before notAfter ${String(issued.notAfter)}`);
+      // 8 s were left on arrival: renew after half of them (it used to be scheduled after expiry).
+      assert.equal(Date.parse(String(issued.renewAt)), start + 4 * SECOND, `renewAt ${String(issued.renewAt)}, notAfter ${String(issued.notAfter)}`);
       assert.ok(!records.some((r) => String(r.msg).includes('clock seems')), 'no clock-skew warning');
-      // The renewal itself arrives while the first leaf is still valid (the wait is bounded by its expiry).
-      const renewed = await stream.next(Math.max(1, notAfter - Date.now()));
-      assert.ok(Date.now() < notAfter, 'renewed before the first leaf expired');
+      await clock.advanceTo(start + 4 * SECOND - 1);
+      assert.equal(keys.taken, 1, 'no renewal a millisecond early');
+      await clock.advanceTo(start + 4 * SECOND);
+      assert.equal(keys.taken, 2, 'the renewal started on time');
+      const renewed = await stream.next();
+      assert.equal(clock.now(), start + 4 * SECOND);
+      assert.ok(clock.now() < notAfter, 'renewed before the first leaf expired');
       assert.notEqual(decodeSecret(renewed.resources[0]!).leaf!.serialHex, firstLeaf.serialHex);
     } finally {
       stream.close();

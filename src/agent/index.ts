@@ -13,13 +13,14 @@ import { backoffDelayMs, sleep } from './backoff.js';
 import { GrpcCaClient, type CaClient } from './ca-client.js';
 import { tokenFileCredential } from './credentials.js';
 import { FileWatcher } from './files.js';
-import { describeKeyConfig, KeyPool } from './keys.js';
+import { describeKeyConfig, KeyPool, type KeySource } from './keys.js';
 import { AgentMetrics } from './metrics.js';
 import { OutputCertsWriter } from './output-certs.js';
 import { ResourceProvider } from './resources.js';
 import { SdsServer } from './sds-server.js';
 import { prepareSocketPath } from './socket.js';
 import { startStatusServer, type StatusServer } from './status-server.js';
+import { systemClock, type Clock } from './cache/clock.js';
 import { IdentityCache } from './cache/identity-cache.js';
 import { WorkloadSecrets, type IdentityLease } from './workload-secrets.js';
 
@@ -36,6 +37,13 @@ export interface AgentDependencies {
   /** Replaces the gRPC CA client (tests use an in-process signer). */
   caClient?: CaClient;
   metrics?: AgentMetrics;
+  /**
+   * The identity cache's clock (renewal, retries, idle expiry, token exp), also read by the token check and the
+   * expiry metrics; tests pass a virtual one and advance it. Default: the system clock.
+   */
+  clock?: Clock;
+  /** Replaces the key pool (tests use keys that are ready at once, so virtual time waits for no worker thread). */
+  keys?: KeySource;
 }
 
 export interface RunningAgent {
@@ -111,6 +119,7 @@ async function start(
   closeAll: () => Promise<void>,
 ): Promise<RunningAgent> {
   const metrics = deps.metrics ?? new AgentMetrics();
+  const clock = deps.clock ?? systemClock;
   let ca: CaClient;
   let rootWatch: { close(): void } | null = null;
   if (deps.caClient) {
@@ -123,12 +132,18 @@ async function start(
   cleanups.push(() => ca.close());
   if (rootWatch) cleanups.push(() => rootWatch.close());
 
-  const keys = new KeyPool(config.key, config.keyPoolSize, {
-    error: (error) => log.error({ err: (error as Error).message }, 'key generation failed'),
-    generated: () => metrics.keysGenerated.inc(),
-    reused: () => metrics.keysReused.inc(),
-  });
-  cleanups.push(() => keys.close());
+  let keys: KeySource;
+  if (deps.keys) {
+    keys = deps.keys;
+  } else {
+    const pool = new KeyPool(config.key, config.keyPoolSize, {
+      error: (error) => log.error({ err: (error as Error).message }, 'key generation failed'),
+      generated: () => metrics.keysGenerated.inc(),
+      reused: () => metrics.keysReused.inc(),
+    });
+    cleanups.push(() => pool.close());
+    keys = pool;
+  }
   const cache = new IdentityCache({
     ca,
     keys,
@@ -138,6 +153,7 @@ async function start(
     trustDomain: config.trustDomain,
     log,
     metrics,
+    clock,
   });
   cleanups.push(() => cache.close());
   const secrets = new WorkloadSecrets({ cache, key: config.key });
@@ -152,8 +168,9 @@ async function start(
     fileResourceDirs: config.fileResourceDirs,
     log,
     metrics,
+    clock: () => clock.now(),
   });
-  metrics.setExpirySource(() => secrets.expiryReadings());
+  metrics.setExpirySource(() => secrets.expiryReadings(), () => clock.now());
 
   let socketListening = false;
   let caReached = false;

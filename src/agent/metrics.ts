@@ -30,6 +30,8 @@ export class AgentMetrics {
   readonly keysReused: Counter;
   readonly refusedTokens: Counter<'reason'>;
   private expirySource: () => ExpiryReading[] = () => [];
+  /** The clock the expiry gauges count down on (the identity cache's, so a test on virtual time sees them move). */
+  private now: () => number = () => Date.now();
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -39,6 +41,7 @@ export class AgentMetrics {
     this.outgoingRetries = new Counter({ name: 'num_outgoing_retries', help: 'Number of retried requests to the CA', labelNames: ['request_type'], registers });
     this.outgoingLatency = new Counter({ name: 'outgoing_latency', help: 'Total time spent in requests to the CA, in milliseconds', labelNames: ['request_type'], registers });
     const source = (): ExpiryReading[] => this.expirySource();
+    const now = (): number => this.now();
     new Gauge({
       name: 'cert_expiry_seconds',
       help: 'Seconds until the certificate served as this resource expires (negative once expired)',
@@ -46,9 +49,9 @@ export class AgentMetrics {
       registers,
       collect() {
         this.reset();
-        const now = Date.now();
+        const at = now();
         for (const reading of source()) {
-          this.set({ resource_name: reading.resourceName, identity: reading.identity }, Math.round((reading.notAfter.getTime() - now) / 1000));
+          this.set({ resource_name: reading.resourceName, identity: reading.identity }, Math.round((reading.notAfter.getTime() - at) / 1000));
         }
       },
     });
@@ -57,8 +60,8 @@ export class AgentMetrics {
       help: 'Cached workload certificates past their NotAfter (the CA could not renew them in time)',
       registers,
       collect() {
-        const now = Date.now();
-        this.set(source().filter((r) => r.identity !== '' && r.notAfter.getTime() <= now).length);
+        const at = now();
+        this.set(source().filter((r) => r.identity !== '' && r.notAfter.getTime() <= at).length);
       },
     });
     this.connectedStreams = new Gauge({ name: 'meshca_sds_connected_streams', help: 'Open SDS streams', labelNames: ['api'], registers });
@@ -74,8 +77,10 @@ export class AgentMetrics {
     this.refusedTokens = new Counter({ name: 'meshca_agent_refused_tokens_total', help: 'SDS calls refused by the agent itself before any key or CA call: malformed metadata or token, expired token, a token the CA refused moments ago, too many new tokens from one connection', labelNames: ['reason'], registers });
   }
 
-  setExpirySource(source: () => ExpiryReading[]): void {
+  /** Where the expiry gauges read certificates from, and the clock they count down on (default Date.now). */
+  setExpirySource(source: () => ExpiryReading[], now: () => number = () => Date.now()): void {
     this.expirySource = source;
+    this.now = now;
   }
 }
 
