@@ -3,7 +3,7 @@ import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
   // src/wire/generated/ is proto-loader-gen-types output (npm run gen:proto), checked by test/proto-generated.test.ts.
-  { ignores: ['dist/', 'node_modules/', 'bench/results/', '.meshca/', 'src/wire/generated/'] },
+  { ignores: ['dist/', '.test-build/', 'node_modules/', 'bench/results/', '.meshca/', 'src/wire/generated/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -11,12 +11,19 @@
  * requires the committed files to match byte for byte.
  */
 import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** Repository root (this file lives in scripts/). */
-export const REPO_ROOT: string = fileURLToPath(new URL('..', import.meta.url));
+/** Repository root: the nearest directory above this file with a package.json (scripts/, or .test-build/scripts/ when compiled for the tests). */
+export const REPO_ROOT: string = (() => {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    if (path.dirname(dir) === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = path.dirname(dir);
+  }
+  return dir;
+})();
 
 /** Where the committed generated types live, relative to the repository root. */
 export const GENERATED_DIR = 'src/wire/generated';

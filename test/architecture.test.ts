@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from './support/process.js';
 
-const SRC = fileURLToPath(new URL('../src/', import.meta.url));
+const SRC = path.join(REPO_ROOT, 'src');
 
 /**
  * Each part of src/ and the parts it may import. A part is a folder, except that each file of `config/` is a part of its own:

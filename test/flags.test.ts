@@ -7,12 +7,14 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { Command, type Option } from 'commander';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
 import { registerDevCommand } from '../src/commands/dev.js';
 import { envOfOption } from '../src/config/flags.js';
+import { REPO_ROOT } from './support/process.js';
 
 interface Row {
   /** README line number, for messages. */
@@ -55,7 +57,7 @@ export function envOf(cell: string): string[] {
 
 /** Every row of the tables under "## Configuration" whose header is `flag | env | ... | default`. */
 function readmeRows(): Row[] {
-  const lines = readFileSync(new URL('../README.md', import.meta.url), 'utf8').split('\n');
+  const lines = readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8').split('\n');
   const start = lines.findIndex((l) => l.trim() === '## Configuration');
   assert.ok(start >= 0, 'README has a "## Configuration" section');
   const rows: Row[] = [];

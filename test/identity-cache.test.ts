@@ -8,7 +8,6 @@ import { execFileSync } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import type { CaClient, CertificateRequest } from '../src/agent/cache/ca.js';
 import type { Clock } from '../src/agent/cache/clock.js';
@@ -20,8 +19,9 @@ import { AgentMetrics } from '../src/agent/metrics.js';
 import { renewalSchedule } from '../src/agent/rotation.js';
 import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr } from '../src/pki/index.js';
 import { ManualClock, settle } from './support/manual-clock.js';
+import { REPO_ROOT } from './support/process.js';
 
-const ROOT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const ROOT_DIR = REPO_ROOT;
 /** A whole second, so the CA's whole-second validity lines up with the clock. */
 const START = Date.parse('2031-06-01T00:00:00Z');
 const MINUTE = 60_000;
