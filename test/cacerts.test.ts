@@ -41,6 +41,7 @@ import {
 } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { caStartupError, cliOutcome } from './support/ca-startup.js';
+import { ManualClock, wholeSecondNow } from './support/manual-clock.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
@@ -356,18 +357,25 @@ describe('plugged-in CA certificates (cacerts)', () => {
     });
 
     test('after a root swap the old root stays in the bundle until it expires; a root removed from a multi-root file goes at once', async () => {
-      const now = Date.now();
+      // Virtual time for validity and for the expiry timer; the reloads themselves follow real file events.
+      const clock = new ManualClock(wholeSecondNow());
+      const now = clock.now();
       const shortRoot = await makeRoot('short-lived root', 'ec', { notBefore: new Date(now - 3600_000), notAfter: new Date(now + 3000) });
       const shortChain: ChainFixture = { root: shortRoot, signing: await makeSubCa('short signing CA', 'ec', shortRoot, { notAfter: new Date(now + 3000) }) };
       const next = await makeChain('ec', 2, 'next');
       const dir = path.join(temp.dir, 'carry');
       await writeSecretVolume(dir, istioFiles(shortChain));
-      const signer = await openCacertsSigner({ dir, logger, pollIntervalMs: 500 });
+      const signer = await openCacertsSigner({ dir, logger, pollIntervalMs: 500, clock });
       try {
         await writeSecretVolume(dir, istioFiles(next));
         await eventually(async () => ((await signed(signer)).issuer === 'CN=next signing CA' ? true : undefined), 5000, 'the swap');
         assert.deepEqual(rootsIn(signer), ['CN=next root', 'CN=short-lived root']);
-        await eventually(() => (rootsIn(signer).length === 1 ? true : undefined), 8000, 'the old root to expire out of the bundle');
+        // The old root's expiry timer is due one second after its NotAfter, and not before.
+        assert.equal(clock.nextTimerAt(), now + 3000 + 1000);
+        await clock.advanceTo(now + 3999);
+        assert.deepEqual(rootsIn(signer), ['CN=next root', 'CN=short-lived root'], 'still carried a millisecond before');
+        await clock.advanceTo(now + 4000);
+        await eventually(() => (rootsIn(signer).length === 1 ? true : undefined), 5000, 'the old root to expire out of the bundle');
         assert.deepEqual(rootsIn(signer), ['CN=next root']);
 
         // Multi-root rotation the Istio way: root-cert.pem = old + new, then the old one is removed.

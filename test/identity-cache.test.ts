@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { pino } from 'pino';
 import type { CaClient, CertificateRequest } from '../src/agent/cache/ca.js';
-import type { Clock } from '../src/agent/cache/clock.js';
+import type { Clock } from '../src/util/clock.js';
 import { AgentError, CaFailure } from '../src/agent/cache/errors.js';
 import { IdentityCache, type CachedIdentity, type IdentityCacheOptions } from '../src/agent/cache/identity-cache.js';
 import { checkWorkloadToken, type WorkloadCredential } from '../src/agent/credentials.js';

@@ -20,7 +20,7 @@ import { ResourceProvider } from './resources.js';
 import { SdsServer } from './sds-server.js';
 import { prepareSocketPath } from './socket.js';
 import { startStatusServer, type StatusServer } from './status-server.js';
-import { systemClock, type Clock } from './cache/clock.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { IdentityCache } from './cache/identity-cache.js';
 import { WorkloadSecrets, type IdentityLease } from './workload-secrets.js';
 
@@ -31,7 +31,7 @@ export { AgentMetrics } from './metrics.js';
 export type { IdentitySecret, TrustBundle } from './workload-secrets.js';
 export { AgentError, CaFailure, type AgentErrorCode } from './cache/errors.js';
 export type { CachedIdentity, IdentityCache } from './cache/identity-cache.js';
-export type { Clock } from './cache/clock.js';
+export type { Clock } from '../util/clock.js';
 
 export interface AgentDependencies {
   /** Replaces the gRPC CA client (tests use an in-process signer). */

@@ -6,7 +6,7 @@
  */
 import type { WorkloadKeyConfig } from '../config/agent.js';
 import { certificateToPem, type ParsedCertificate } from '../pki/index.js';
-import { clockFrom } from './cache/clock.js';
+import { clockFrom } from '../util/clock.js';
 import {
   IdentityCache,
   type AcquireContext,

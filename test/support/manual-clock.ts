@@ -1,10 +1,10 @@
 /**
- * Virtual time for the agent's identity cache (src/agent/cache/clock.ts): timers fire only when a test advances
+ * Virtual time for the agent's identity cache (src/util/clock.ts): timers fire only when a test advances
  * the clock, each at its own due time, in order. The cache's work between timers runs in this process (an
  * in-process CA, keys that are ready at once), so it settles within a few turns of the event loop; what crosses
  * a socket (an SDS push) is awaited as an event by the test.
  */
-import type { Clock } from '../../src/agent/cache/clock.js';
+import type { Clock } from '../../src/util/clock.js';
 
 export class ManualClock implements Clock {
   private current: number;

@@ -33,7 +33,7 @@ import type { AgentMetrics } from '../metrics.js';
 import { DEFAULT_PROOF_LIMITS, ProofAdmission, RefusalCache, type ProofLimits } from '../proof-limits.js';
 import { drawGraceRatio, MAX_CLOCK_SKEW_MS, renewalSchedule, verificationTime, type GracePeriod } from '../rotation.js';
 import type { CaClient } from './ca.js';
-import { sleepOn, systemClock, timerAt, type Clock } from './clock.js';
+import { sleepOn, systemClock, timerAt, type Clock } from '../../util/clock.js';
 import { AbandonedProof, AgentError, CaFailure, isCaRefusal, isRetryableCaError, type AgentErrorCode } from './errors.js';
 
 /** The roots of a trust bundle, as the CA's answer carried them. */

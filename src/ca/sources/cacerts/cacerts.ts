@@ -20,6 +20,7 @@ import {
   type ParsedCertificate,
 } from '../../../pki/index.js';
 import type { KeyObject } from 'node:crypto';
+import { systemClock, timerAt, type Clock } from '../../../util/clock.js';
 import { CaConfigError } from '../../errors.js';
 import { ManagedLocalSigner } from '../../managed-signer.js';
 import { buildCaMaterial, fingerprint, type CaMaterial } from '../../material.js';
@@ -324,7 +325,8 @@ export interface CacertsSourceOptions {
   onReloadError?: (error: CacertsError) => void;
   /** Set false to load once without watching. */
   watch?: boolean;
-  now?: () => number;
+  /** Time for validity checks and for dropping old roots when they expire; the system clock by default. */
+  clock?: Clock;
 }
 
 function reloadErrorCounter(registry: Registry | undefined): Counter | undefined {
@@ -338,14 +340,12 @@ function reloadErrorCounter(registry: Registry | undefined): Counter | undefined
   });
 }
 
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** Keeps a signer in step with the directory. */
 class CacertsReloader {
   private watcher: FSWatcher | undefined;
   private debounceTimer: NodeJS.Timeout | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
-  private expiryTimer: NodeJS.Timeout | undefined;
+  private cancelExpiryTimer: (() => void) | undefined;
   private running: Promise<void> | undefined;
   private again = false;
   private lastFailed: string | undefined;
@@ -362,7 +362,7 @@ class CacertsReloader {
   }
 
   private now(): Date {
-    return new Date(this.options.now?.() ?? Date.now());
+    return new Date((this.options.clock ?? systemClock).now());
   }
 
   start(): void {
@@ -466,26 +466,20 @@ class CacertsReloader {
 
   /** Drops carried roots from the bundle when they expire. */
   private armExpiryTimer(): void {
-    if (this.expiryTimer) clearTimeout(this.expiryTimer);
-    this.expiryTimer = undefined;
+    this.cancelExpiryTimer?.();
+    this.cancelExpiryTimer = undefined;
     if (this.state.carried.length === 0 || this.closed) return;
     const earliest = Math.min(...this.state.carried.map((c) => c.notAfter.getTime()));
-    const delay = Math.max(0, earliest - this.now().getTime() + 1000);
-    this.expiryTimer = setTimeout(
-      () => {
-        if (delay > MAX_TIMER_MS) this.armExpiryTimer();
-        else void this.trigger(true);
-      },
-      Math.min(delay, MAX_TIMER_MS),
-    );
-    this.expiryTimer.unref();
+    // A second past NotAfter, so the reload sees the root as expired on the same clock.
+    this.cancelExpiryTimer = timerAt(this.options.clock ?? systemClock, earliest + 1000, () => void this.trigger(true));
   }
 
   async close(): Promise<void> {
     this.closed = true;
     this.watcher?.close();
     this.watcher = undefined;
-    for (const timer of [this.debounceTimer, this.expiryTimer]) if (timer) clearTimeout(timer);
+    if (this.debounceTimer) clearTimeout(this.debounceTimer);
+    this.cancelExpiryTimer?.();
     if (this.pollTimer) clearInterval(this.pollTimer);
     await this.running;
   }
@@ -496,7 +490,7 @@ class CacertsReloader {
  * one line naming the file and the problem when the directory cannot be used at start.
  */
 export async function openCacertsSigner(options: CacertsSourceOptions): Promise<ManagedLocalSigner> {
-  const now = new Date(options.now?.() ?? Date.now());
+  const now = new Date((options.clock ?? systemClock).now());
   const { validated, material, snapshot } = await loadCacerts(options.dir, now);
   const signer = new ManagedLocalSigner('cacerts', material, validated.layout);
   options.logger.info(

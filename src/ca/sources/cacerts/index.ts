@@ -7,6 +7,7 @@
  */
 import { Option } from 'commander';
 import { readString } from '../../../config/env.js';
+import { clockFrom } from '../../../util/clock.js';
 import type { KeySourcePlugin } from '../types.js';
 import { cacertsDirHoldsFiles, openCacertsSigner } from './cacerts.js';
 
@@ -25,5 +26,5 @@ export const cacertsSource: KeySourcePlugin = {
   // silently replaced by a self-signed root.
   chosenByDefault: (config) => config.rootCaDir !== undefined && cacertsDirHoldsFiles(config.rootCaDir),
 
-  open: (config, { logger, registry, now }) => openCacertsSigner({ dir: config.rootCaDir, logger, ...(registry ? { registry } : {}), ...(now ? { now } : {}) }),
+  open: (config, { logger, registry, now }) => openCacertsSigner({ dir: config.rootCaDir, logger, ...(registry ? { registry } : {}), ...(now ? { clock: clockFrom(now) } : {}) }),
 };

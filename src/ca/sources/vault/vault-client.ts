@@ -9,6 +9,7 @@ import nodeVault from 'node-vault';
 import type { Logger } from '../../../log.js';
 import { certificatesFromPem } from '../../../pki/index.js';
 import { CaConfigError } from '../../errors.js';
+import { MAX_TIMER_MS } from '../../../util/timers.js';
 
 export type VaultAuthConfig =
   | { kind: 'token'; token?: string; tokenFile?: string }
@@ -82,8 +83,6 @@ async function readSecretFile(file: string, what: string, fix: string): Promise<
   if (!text) throw new CaConfigError(`${what} ${file} is empty (${fix})`);
   return text;
 }
-
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class VaultSession {
   private readonly client: nodeVault.client;

@@ -34,6 +34,7 @@ import {
   type ParsedCertificate,
 } from '../../../pki/index.js';
 import { ensurePrivateDirectory, writeFileAtomic } from '../../../util/fs.js';
+import { MAX_TIMER_MS } from '../../../util/timers.js';
 import { ISTIO_CACERTS_FILES, loadCacerts } from '../cacerts/cacerts.js';
 import { CaConfigError, CaError } from '../../errors.js';
 import { ManagedLocalSigner } from '../../managed-signer.js';
@@ -424,8 +425,6 @@ export interface VaultIntermediateOptions extends BackgroundOptions {
   /** Where the current intermediate is kept (Istio cacerts layout), so a restart does not need Vault. */
   stateDir: string;
 }
-
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Intermediate mode: local signing with an intermediate that Vault signs and meshca renews. */
 export class VaultIntermediateSource {

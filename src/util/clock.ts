@@ -1,7 +1,9 @@
 /**
- * The agent cache's only source of time: renewal, idle expiry, retry backoff, token exp and the refusal cache all
- * read it, so tests drive them on virtual time and production uses the system clock.
+ * Time for what waits on certificate lifetimes: the agent cache (renewal, idle expiry, retry backoff, token exp,
+ * the refusal cache) and the cacerts source (old roots leaving the bundle) read it and arm their timers on it,
+ * so tests drive them on virtual time and production uses the system clock.
  */
+import { MAX_TIMER_MS } from './timers.js';
 
 export interface Clock {
   /** Epoch milliseconds. */
@@ -9,9 +11,6 @@ export interface Clock {
   /** Runs `callback` once `delayMs` has passed on this clock; returns a cancel function. */
   setTimer(delayMs: number, callback: () => void): () => void;
 }
-
-/** setTimeout holds at most 2^31-1 ms (~24.8 days); longer waits are chained. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Date.now and setTimeout, looked up at each call (so node:test's mock timers still apply to it). */
 export const systemClock: Clock = {
