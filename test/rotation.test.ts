@@ -218,9 +218,13 @@ describe('self-signed root rotation', () => {
     t.diagnostic(`${handshakes} handshakes, ${serverWorkload.renewals + clientWorkload.renewals} renewals, ${serverWorkload.renewalErrors + clientWorkload.renewalErrors} renewal retries while the CA restarted`);
     assert.deepEqual(handshakeErrors, []);
     assert.ok(handshakes > 100, `only ${handshakes} handshakes`);
-    // Both workloads held certificates from the old root and from the new one.
-    assert.equal(clientWorkload.issuers.size, 2);
-    assert.equal(serverWorkload.issuers.size, 2);
+    // Both workloads held certificates from the first root and from a later one. A root here is due for rotation
+    // 6.5 s into its own life, so on a slow run the root after the next may already have signed before the test ends.
+    const firstRoot = new X509Certificate(initialRoot).fingerprint256;
+    for (const workload of [clientWorkload, serverWorkload]) {
+      assert.ok(workload.issuers.has(firstRoot), 'a certificate from the first root');
+      assert.ok(workload.issuers.size >= 2, `certificates from ${workload.issuers.size} root(s)`);
+    }
   });
 
   describe('in process, with a fake clock', () => {
