@@ -191,6 +191,11 @@ describe('self-signed root rotation', () => {
       const firstRootDer = certificatesFromPem(initialRoot)[0]!;
       const signingOnDisk = (): Buffer => certificatesFromPem(readFileSync(path.join(stateDir, SELF_SIGNED_FILES.cert), 'utf8'))[0]!;
       await eventually(() => (rootsOnDisk() === 2 ? true : undefined), 30_000, 'the new root to be published');
+      // Both workloads renew once more first (they renew in step), so they trust the new root before it signs, and
+      // the CA is killed just after their renewals: each certificate then has nearly its whole lifetime (10 s) left
+      // for the CA to restart in, not what was left of it when the root happened to be published.
+      const trustsBothRoots = (workload: Workload): boolean => certificatesFromPem(workload.bundlePem).length === 2;
+      await eventually(() => (trustsBothRoots(clientWorkload) && trustsBothRoots(serverWorkload) ? true : undefined), 15_000, 'both workloads to trust the new root');
       // Crash between "published" and "switched", then resume from the state directory.
       await ca.proc.stop('SIGKILL');
       ca = await startCaProcess(args, env);
