@@ -31,11 +31,15 @@ function traversableByOthers(dir: string): boolean {
  * The built CLI where an unprivileged user can run it. The repository may sit in a private directory (a clone in
  * `mktemp -d` is mode 0700), which uid 65534 cannot enter: then every refusal would be "cannot find module", not
  * the file error under test. So dist/, proto/ and package.json are copied to a world-traversable directory, and
- * node_modules is linked there (or copied, when its real path is private too).
+ * node_modules is linked there (or copied, when its real path is private too). The same goes for the node binary:
+ * a Node.js 24 from scripts/node24.sh lives under ~/.cache, in root's private home.
  */
-function unprivilegedCli(base: string): string {
+function unprivilegedCli(base: string): { cli: string; node: string } {
   const root = path.join(base, 'cli-copy');
   mkdirSync(root, { mode: 0o755 });
+  const realNode = realpathSync(process.execPath);
+  const node = traversableByOthers(realNode) ? realNode : path.join(root, 'node');
+  if (node !== realNode) cpSync(realNode, node);
   for (const entry of ['dist', 'proto', 'package.json']) cpSync(path.join(REPO_ROOT, entry), path.join(root, entry), { recursive: true });
   const modules = realpathSync(path.join(REPO_ROOT, 'node_modules'));
   const target = path.join(root, 'node_modules');
@@ -44,17 +48,17 @@ function unprivilegedCli(base: string): string {
   // Readable by all (the copy keeps the repository's modes, which a private clone may have narrowed).
   const opened = spawnSync('chmod', ['-R', 'a+rX', root], { encoding: 'utf8' });
   assert.equal(opened.status, 0, opened.stderr);
-  return path.join(root, path.relative(REPO_ROOT, CLI));
+  return { cli: path.join(root, path.relative(REPO_ROOT, CLI)), node };
 }
 
-let unprivilegedCliPath: string | undefined;
+let unprivileged: { cli: string; node: string } | undefined;
 
 /** Runs `meshca ca` as an unprivileged user until it exits; resolves with the exit code and stderr. */
 function runCaAs(uid: number, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const cli = unprivilegedCliPath;
-  assert.ok(cli, 'unprivilegedCli() runs in before()');
+  assert.ok(unprivileged, 'unprivilegedCli() runs in before()');
+  const { cli, node } = unprivileged;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cli, 'ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...args], {
+    const child = spawn(node, [cli, 'ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...args], {
       cwd: path.dirname(path.dirname(cli)),
       env: cleanEnv(env),
       uid,
@@ -94,7 +98,7 @@ describe('broken files at start-up', () => {
     // The unprivileged CA must be able to reach its files: open the temp directory for traversal.
     chmodSync(temp.dir, 0o711);
     assert.ok(traversableByOthers(temp.dir), `${temp.dir} must be reachable by uid ${NOBODY}: TMPDIR sits in a private directory`);
-    unprivilegedCliPath = unprivilegedCli(temp.dir);
+    unprivileged = unprivilegedCli(temp.dir);
     const issuer = await DevTokenIssuer.loadOrCreate(path.join(temp.dir, 'issuer'));
     chmodSync(path.join(temp.dir, 'issuer'), 0o755);
     jwtRule = JSON.stringify({ issuer: DEV_ISSUER, jwks_file: issuer.jwksPath, audiences: ['istio-ca'] });
