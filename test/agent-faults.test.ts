@@ -16,7 +16,7 @@ import { existsSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { readAgentConfig, startAgent, CaCallError, type CaClient, type CertificateRequest } from '../src/agent/index.js';
+import { CaCallError, type CaClient, type CertificateRequest } from '../src/agent/index.js';
 import { MAX_CLOCK_SKEW_MS, renewalSchedule, verificationTime } from '../src/agent/rotation.js';
 import { connectSds, SecretWatch, workloadTokenMetadata, type SecretUpdate } from '../src/agent/sds-client.js';
 import {
@@ -34,12 +34,12 @@ import { startCa, type RunningCa } from './ca-helpers.js';
 import {
   decodeSecret,
   eventually,
-  memoryLogger,
   metricsText,
   metricValue,
   RawSotwStream,
   ReadyKeys,
   startAgentProcess,
+  startTestAgent,
   tempDir,
   tokenLabel,
   type AgentProcess,
@@ -333,15 +333,9 @@ describe('a node clock 5 minutes off', () => {
     for (const c of cases) {
       const clock = new ManualClock(wholeSecondNow());
       const ca = new SkewedCa(c.offset, () => clock.now());
-      const dir = tempDir('meshca-skew-');
-      const { log, records } = memoryLogger();
-      const config = readAgentConfig(
-        { sdsSocket: path.join(dir.dir, 'socket'), statusAddr: '127.0.0.1:0', keyPoolSize: '0', secretTtl: `${TTL_SECONDS}s` },
-        { ECC_SIGNATURE_ALGORITHM: 'ECDSA', SECRET_GRACE_PERIOD_RATIO_JITTER: '0' },
-      );
       const keys = new ReadyKeys();
-      const agent = await startAgent(config, log, { caClient: ca, clock, keys });
-      const client = connectSds(agent.socketPath);
+      const t = await startTestAgent({ ca, clock, keys, flags: { secretTtl: `${TTL_SECONDS}s` }, env: { SECRET_GRACE_PERIOD_RATIO_JITTER: '0' } });
+      const { agent, records, client } = t;
       const stream = new RawSotwStream(client, 'tok-skew');
       try {
         stream.subscribe(['default']);
@@ -390,9 +384,7 @@ describe('a node clock 5 minutes off', () => {
         console.log(`# ${c.name}: grace ratios ${ratios.map((r) => r.toFixed(4)).join(', ')} of the real lifetime`);
       } finally {
         stream.close();
-        client.close();
-        await agent.close();
-        dir.cleanup();
+        await t.close();
       }
     }
   });

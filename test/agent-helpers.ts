@@ -210,9 +210,9 @@ export class ReadyKeys implements KeySource {
   spent(): void {}
 }
 
-export interface TestAgent {
+export interface TestAgent<Ca extends CaClient = InProcessCa> {
   agent: RunningAgent;
-  ca: InProcessCa;
+  ca: Ca;
   dir: string;
   socket: string;
   records: Record<string, unknown>[];
@@ -224,13 +224,14 @@ export interface TestAgent {
  * An agent in this process on a real Unix socket in a temp dir, talking to `ca`. With `clock` (virtual time), the
  * agent's cache, token checks and expiry metrics run on it, the default CA signs on it, and keys are ReadyKeys.
  */
-export async function startTestAgent(
-  options: { ca?: InProcessCa; flags?: AgentFlags; env?: Record<string, string>; clock?: Clock; keys?: KeySource } = {},
-): Promise<TestAgent> {
+export async function startTestAgent<Ca extends CaClient = InProcessCa>(
+  options: { ca?: Ca; flags?: AgentFlags; env?: Record<string, string>; clock?: Clock; keys?: KeySource } = {},
+): Promise<TestAgent<Ca>> {
   const { dir, cleanup } = tempDir();
   const socket = path.join(dir, 'sds', 'socket');
   const clock = options.clock;
-  const ca = options.ca ?? new InProcessCa(clock ? { now: () => clock.now() } : {});
+  // Without a CA given, Ca is its default, InProcessCa.
+  const ca = options.ca ?? (new InProcessCa(clock ? { now: () => clock.now() } : {}) as CaClient as Ca);
   const config = readAgentConfig(
     { sdsSocket: socket, statusAddr: '127.0.0.1:0', keyPoolSize: '0', ...options.flags },
     { ECC_SIGNATURE_ALGORITHM: 'ECDSA', ...options.env },

@@ -9,15 +9,13 @@
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
-import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
-import { readAgentConfig, startAgent, CaCallError, type CaClient, type CertificateRequest } from '../src/agent/index.js';
+import { CaCallError, type CaClient, type CertificateRequest } from '../src/agent/index.js';
 import { RENEWAL_MARGIN_MS, renewalSchedule, type RenewalSchedule } from '../src/agent/rotation.js';
-import { connectSds } from '../src/agent/sds-client.js';
 import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr, CLOCK_SKEW_GRACE_MS } from '../src/pki/index.js';
-import { decodeSecret, memoryLogger, RawSotwStream, ReadyKeys, tempDir, tokenLabel } from './agent-helpers.js';
+import { decodeSecret, RawSotwStream, ReadyKeys, startTestAgent, tokenLabel } from './agent-helpers.js';
 import { ManualClock, wholeSecondNow } from './support/manual-clock.js';
 
 const SECOND = 1000;
@@ -190,16 +188,10 @@ describe('the agent with an issuer about to expire', () => {
     const start = wholeSecondNow();
     const clock = new ManualClock(start);
     const ca = new ExpiringIssuerCa(8 * SECOND, () => clock.now());
-    const dir = tempDir('meshca-renewal-');
-    const { log, records } = memoryLogger();
-    // The default 24 h request: the issuer cuts it to 8 s, with NotBefore backdated by CLOCK_SKEW_GRACE_MS.
-    const config = readAgentConfig(
-      { sdsSocket: path.join(dir.dir, 'socket'), statusAddr: '127.0.0.1:0', keyPoolSize: '0' },
-      { ECC_SIGNATURE_ALGORITHM: 'ECDSA', SECRET_GRACE_PERIOD_RATIO_JITTER: '0' },
-    );
     const keys = new ReadyKeys();
-    const agent = await startAgent(config, log, { caClient: ca, clock, keys });
-    const client = connectSds(agent.socketPath);
+    // The default 24 h request: the issuer cuts it to 8 s, with NotBefore backdated by CLOCK_SKEW_GRACE_MS.
+    const t = await startTestAgent({ ca, clock, keys, env: { SECRET_GRACE_PERIOD_RATIO_JITTER: '0' } });
+    const { records, client } = t;
     const stream = new RawSotwStream(client, 'tok-short');
     try {
       stream.subscribe(['default']);
@@ -225,9 +217,7 @@ describe('the agent with an issuer about to expire', () => {
       assert.notEqual(decodeSecret(renewed.resources[0]!).leaf!.serialHex, firstLeaf.serialHex);
     } finally {
       stream.close();
-      client.close();
-      await agent.close();
-      dir.cleanup();
+      await t.close();
     }
   });
 });
