@@ -1,17 +1,20 @@
 /**
- * Structured logging with pino: JSON lines by default, human-readable when stdout is a terminal.
+ * Structured logging with pino, in one of two formats (--log-format): `json`, one JSON object per line with an
+ * ISO-8601 `time` and the level as a word (`"level":"info"`), or `text`, one line per event for humans
+ * (`2026-12-06T21:00:00.000Z INFO  msg key=value`). JSON by default, text when stdout is a terminal.
  * The logger is created once in the CLI and passed in to every component (never imported globally).
  */
-import { pino, type Logger, type LevelWithSilent } from 'pino';
-import pretty from 'pino-pretty';
+import { pino, type DestinationStream, type Logger, type LevelWithSilent } from 'pino';
 
 export type { Logger };
 export const LOG_LEVELS: readonly LevelWithSilent[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+export const LOG_FORMATS = ['json', 'text'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
 
 export interface LoggerOptions {
   level?: LevelWithSilent;
-  /** Default: pretty when stdout is a TTY. */
-  pretty?: boolean;
+  /** Default: text when stdout is a TTY, else json. */
+  format?: LogFormat;
   name?: string;
   destination?: NodeJS.WritableStream;
 }
@@ -92,16 +95,58 @@ function redactRecord(record: Record<string, unknown>): Record<string, unknown> 
   return copy ?? record;
 }
 
+/** The default format: text for a human at a terminal, JSON for a log collector. */
+export function defaultLogFormat(): LogFormat {
+  return process.stdout.isTTY ? 'text' : 'json';
+}
+
+/** Fields of a JSON record that the text line shows in its own place (or not at all). */
+const TEXT_OMITTED = new Set(['time', 'level', 'msg', 'pid', 'hostname']);
+
+/** A value in a `key=value` pair: bare when it is a plain word, else JSON (quoted, escaped: never a line break). */
+function textValue(value: unknown): string {
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null) return String(value);
+  if (typeof value === 'string') return /^[\w.:/@+-]+$/.test(value) ? value : JSON.stringify(value);
+  if (typeof value === 'object' && typeof (value as { message?: unknown }).message === 'string') {
+    // An error as pino's serializer wrote it: its type and message; the stack would take many lines.
+    const error = value as { type?: unknown; message: string };
+    return JSON.stringify(typeof error.type === 'string' ? `${error.type}: ${error.message}` : error.message);
+  }
+  return JSON.stringify(value) ?? 'undefined';
+}
+
+/** One JSON record (a line pino wrote) as one line of text: time, LEVEL, message, then every other field. */
+export function textLine(json: string): string {
+  let record: Record<string, unknown>;
+  try {
+    record = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return json.endsWith('\n') ? json : `${json}\n`;
+  }
+  const level = typeof record.level === 'string' ? record.level.toUpperCase() : String(record.level);
+  const parts = [String(record.time), level.padEnd(5)];
+  if (typeof record.msg === 'string') parts.push(record.msg.replace(/[\r\n]+/g, ' '));
+  for (const [key, value] of Object.entries(record)) if (!TEXT_OMITTED.has(key) && value !== undefined) parts.push(`${key}=${textValue(value)}`);
+  return `${parts.join(' ')}\n`;
+}
+
+/** A pino destination that turns each JSON line into a text line before writing it to `out`. */
+function textDestination(out: { write(chunk: string): unknown }): DestinationStream {
+  return { write: (line: string) => void out.write(textLine(line)) };
+}
+
 export function createLogger(options: LoggerOptions = {}): Logger {
-  const usePretty = options.pretty ?? Boolean(process.stdout.isTTY);
+  const format = options.format ?? defaultLogFormat();
   const base = {
     level: options.level ?? 'info',
     ...(options.name ? { name: options.name } : {}),
-    formatters: { log: redactRecord, bindings: redactRecord },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    formatters: { level: (label: string) => ({ level: label }), log: redactRecord, bindings: redactRecord },
   };
   let logger: Logger;
-  if (usePretty) {
-    logger = pino(base, pretty({ colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', destination: 1, sync: true }));
+  if (format === 'text') {
+    // Written synchronously, in the process's own thread (no transport worker): a line is never lost at exit.
+    logger = pino(base, textDestination(options.destination ?? pino.destination({ dest: 1, sync: true })));
   } else {
     // Without a destination pino writes to stdout through an asynchronous sonic-boom (sync: false) that it flushes
     // synchronously on process exit: a line is never lost on a graceful exit or a fatal start-up error.

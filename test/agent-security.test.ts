@@ -118,7 +118,7 @@ describe('meshca agent security properties (real binaries)', () => {
       // The NACK that quoted a key was logged, with the key cut out.
       await eventually(() => agent.proc.lines.some((line) => line.includes('(NACK)') && line.includes('bad key [redacted private key]')), 'the NACKs to be logged');
       const output = agent.proc.lines.join('\n');
-      assert.ok(agent.proc.records.some((r) => r.level === 10), 'trace-level records were written');
+      assert.ok(agent.proc.records.some((r) => r.level === 'trace'), 'trace-level records were written');
       assert.equal(new Set(keys).size, keys.length, 'every key is distinct');
       for (const [where, text] of [['agent output', output], ['/metrics', metrics], ['/healthz/ready', ready]] as const) {
         assert.doesNotMatch(text, /PRIVATE KEY-----/, `${where} holds no PEM private key`);

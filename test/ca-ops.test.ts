@@ -134,7 +134,7 @@ describe('--plaintext and an expiring signing certificate', () => {
         callback();
       },
     });
-    const logger = createLogger({ level: 'info', pretty: false, name: 'meshca-ca', destination });
+    const logger = createLogger({ level: 'info', format: 'json', name: 'meshca-ca', destination });
     const registry = new Registry();
     const signer = await openSigner(config.keySource, logger, { registry, env, now });
     let server: CaServer | undefined;
@@ -145,7 +145,7 @@ describe('--plaintext and an expiring signing certificate', () => {
       const monitoringUrl = `http://${server.monitoringAddress}`;
       const warning = records.find((r) => typeof r.msg === 'string' && r.msg.includes('WITHOUT TLS'));
       assert.ok(warning, 'the --plaintext warning is logged');
-      assert.equal(warning.level, 40);
+      assert.equal(warning.level, 'warn');
       assert.equal(records.find((r) => r.msg === 'CA server ready')?.tls, false);
       const csr = opensslKeyAndCsr(temp.dir, 'plain').csrPem;
       const token = await issuer.mint({ namespace: 'default', serviceAccount: 'plain', audiences: ['istio-ca'], ttlSeconds: 600 });

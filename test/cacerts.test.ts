@@ -74,7 +74,7 @@ function verifyAgainstAdvertisedBundle(chain: string[]): { issuer: string; root:
 
 describe('plugged-in CA certificates (cacerts)', () => {
   const temp = makeTempDir('meshca-cacerts-');
-  const logger = createLogger({ level: 'silent', pretty: false });
+  const logger = createLogger({ level: 'silent', format: 'json' });
   let kube: KubeStandin;
   let token: string;
   let csrPem: string;

@@ -8,13 +8,15 @@ import { readCaServerConfig, usableCpus } from '../src/config/ca.js';
 import { ConfigError, parseDurationSeconds, readAddress, readBoolean, readDuration, readEnum, readInteger, readList } from '../src/config/env.js';
 
 describe('config readers', () => {
-  it('parses Go-style durations, days and bare seconds', () => {
+  it('parses Go-style durations and days; like Go, a number needs a unit except 0', () => {
     assert.equal(parseDurationSeconds('24h'), 86400);
     assert.equal(parseDurationSeconds('1h30m'), 5400);
     assert.equal(parseDurationSeconds('90d'), 90 * 86400);
     assert.equal(parseDurationSeconds('2160h'), 90 * 86400);
     assert.equal(parseDurationSeconds('500ms'), 0.5);
-    assert.equal(parseDurationSeconds('3600'), 3600);
+    assert.equal(parseDurationSeconds('3600'), null);
+    assert.equal(parseDurationSeconds('1.5'), null);
+    assert.equal(parseDurationSeconds('0'), 0);
     assert.equal(parseDurationSeconds('1x'), null);
     assert.equal(parseDurationSeconds('h'), null);
   });
@@ -30,6 +32,11 @@ describe('config readers', () => {
     assert.throws(() => readDuration(undefined, { SECRET_TTL: 'soon' }, { env: 'SECRET_TTL' }, 1), (e: unknown) => {
       assert.ok(e instanceof ConfigError);
       assert.equal(e.message, 'invalid SECRET_TTL="soon": expected a duration such as 30s, 15m, 24h or 90d');
+      return true;
+    });
+    assert.throws(() => readDuration('24', {}, { flag: '--secret-ttl', env: 'SECRET_TTL' }, 1), (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.equal(e.message, 'invalid --secret-ttl (env SECRET_TTL)="24": expected a duration with a unit (ms, s, m, h, d), e.g. "24h" or "24s"');
       return true;
     });
     assert.throws(() => readInteger(undefined, { WORKLOAD_RSA_KEY_SIZE: '1024' }, { env: 'WORKLOAD_RSA_KEY_SIZE' }, 2048, { min: 2048 }), /invalid WORKLOAD_RSA_KEY_SIZE="1024": expected a whole number >= 2048/);

@@ -30,7 +30,7 @@ import { startKubeStandin, type KubeObject, type KubeStandin } from './standins/
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
-const logger = createLogger({ level: 'silent', pretty: false });
+const logger = createLogger({ level: 'silent', format: 'json' });
 const decode = (value: unknown): string => Buffer.from(String(value), 'base64').toString('utf8');
 
 async function root(now?: () => number): Promise<StoredCaState> {

@@ -22,7 +22,7 @@ describe('log redaction', () => {
     const out = new PassThrough();
     let text = '';
     out.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
-    const logger = createLogger({ pretty: false, destination: out, level: 'trace' });
+    const logger = createLogger({ format: 'json', destination: out, level: 'trace' });
     logger.info({ where: { pem: KEY }, err: new Error(KEY) }, 'material seen');
     logger.flush();
     await new Promise((resolve) => setImmediate(resolve));
@@ -34,7 +34,7 @@ describe('log redaction', () => {
     const out = new PassThrough();
     let text = '';
     out.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
-    const logger = createLogger({ pretty: false, destination: out, level: 'info' });
+    const logger = createLogger({ format: 'json', destination: out, level: 'info' });
     class TokenError extends Error {
       token = 'error-token';
     }
@@ -55,5 +55,33 @@ describe('log redaction', () => {
     assert.equal(child!.worker, 1, 'other bindings are kept');
     assert.equal(record.token, 't1', 'the caller’s record is not modified');
     assert.equal(record.req.token, 't2', 'nor its nested objects');
+  });
+
+  it('--log-format text: one line per event, time LEVEL message key=value, keys and credentials still cut', async () => {
+    const out = new PassThrough();
+    let text = '';
+    out.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+    const logger = createLogger({ format: 'text', destination: out, level: 'info', name: 'agent' });
+    logger.warn({ where: { pem: KEY }, token: 't1', err: new Error(`two\nlines ${KEY}`), count: 2 }, 'first\nevent');
+    logger.info({ path: '/tmp/a b' }, 'second');
+    await new Promise((resolve) => setImmediate(resolve));
+    const lines = text.split('\n').filter((l) => l !== '');
+    assert.equal(lines.length, 2, text);
+    assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARN  first event name=agent /);
+    assert.match(lines[0]!, / token="\[redacted\]" /);
+    assert.match(lines[0]!, / count=2( |$)/);
+    assert.match(lines[1]!, / INFO  second name=agent path="\/tmp\/a b"$/);
+    assert.doesNotMatch(text, /PRIVATE KEY-----|t1/, text);
+  });
+
+  it('--log-format json: ISO-8601 time and the level as a word', async () => {
+    const out = new PassThrough();
+    let text = '';
+    out.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+    createLogger({ format: 'json', destination: out }).error('broken');
+    await new Promise((resolve) => setImmediate(resolve));
+    const record = JSON.parse(text) as { time: string; level: string };
+    assert.equal(record.level, 'error');
+    assert.equal(new Date(record.time).toISOString(), record.time);
   });
 });

@@ -31,7 +31,7 @@ import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
-const logger = createLogger({ level: 'silent', pretty: false });
+const logger = createLogger({ level: 'silent', format: 'json' });
 
 /** A workload like istio-agent: renews at half-life, trusts the bundle of its latest response. */
 class Workload {

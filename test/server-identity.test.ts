@@ -65,7 +65,7 @@ async function startFakeCa(identity: { key: string; cert: string }): Promise<Fak
 
 describe('the CA is recognised by a DNS SAN, never by its CN', () => {
   const temp = makeTempDir('meshca-server-identity-');
-  const logger = createLogger({ level: 'silent', pretty: false });
+  const logger = createLogger({ level: 'silent', format: 'json' });
   let rootPem: string;
   let cnOnly: FakeCa;
   let cnAndUri: FakeCa;

@@ -28,7 +28,7 @@ import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
 const SPIFFE = 'spiffe://cluster.local/ns/default/sa/httpbin';
-const logger = createLogger({ level: 'silent', pretty: false });
+const logger = createLogger({ level: 'silent', format: 'json' });
 
 function assertOk(result: CallResult): string[] {
   if (!result.ok) assert.fail(`expected OK, got ${grpc.status[result.code]}: ${result.details}`);

@@ -2,24 +2,23 @@
 import type { Command } from 'commander';
 import { readAgentConfig, startAgent, type AgentFlags } from '../agent/index.js';
 import { AGENT_ENV_ONLY, AGENT_FLAGS } from '../config/agent.js';
-import { addEnvOnlyHelp, addFlag, addLogLevelOption, readLogLevel } from '../config/flags.js';
-import { createLogger } from '../log.js';
+import { addEnvOnlyHelp, addFlag, addLogOptions, commandLogger } from '../config/flags.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface AgentCommandFlags extends AgentFlags {
   logLevel?: string;
+  logFormat?: string;
 }
 
 export function registerAgentCommand(program: Command): void {
   const command = program.command('agent').description(COMMAND_DESCRIPTIONS.agent);
   for (const spec of Object.values(AGENT_FLAGS)) addFlag(command, spec);
-  addLogLevelOption(command);
+  addLogOptions(command);
   addEnvOnlyHelp(command, 'Environment variables without a flag', AGENT_ENV_ONLY);
   command
     .action(async (flags: AgentCommandFlags) => {
       const config = readAgentConfig(flags, process.env);
-      const level = readLogLevel(flags.logLevel, process.env);
-      const log = createLogger({ level, name: 'agent' });
+      const log = commandLogger(flags, process.env, 'agent');
       const agent = await startAgent(config, log);
       let stopping = false;
       const stop = (signal: string): void => {

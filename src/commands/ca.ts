@@ -43,7 +43,7 @@ export function registerCaCommand(program: Command): void {
   command.action(async (flags: CaServerFlags) => {
     const config = readCaServerConfig(flags, process.env);
     assertCanAuthenticate(config);
-    const logger = createLogger({ level: config.logLevel, name: 'meshca-ca' });
+    const logger = createLogger({ level: config.logLevel, format: config.logFormat, name: 'meshca-ca' });
     // One registry for the key source's metrics and the server's.
     const registry = new Registry();
     if (cluster.isWorker) {

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { loadCacerts } from '../ca/sources/cacerts/cacerts.js';
 import { fingerprint } from '../ca/material.js';
-import { parseDurationSeconds } from '../config/env.js';
+import { durationExpectation, parseDurationSeconds } from '../config/env.js';
 import {
   certificatePublicKey,
   certificatesFromPem,
@@ -44,6 +44,7 @@ function keySpecOf(text: string): KeySpec {
 
 function ttlOf(text: string): number {
   const seconds = parseDurationSeconds(text);
+  if (seconds === null && /^\s*\d+(\.\d+)?\s*$/.test(text)) throw new CacertsCommandError(`invalid --ttl "${text}": expected ${durationExpectation(text)}`);
   if (seconds === null || seconds < 60) throw new CacertsCommandError(`invalid --ttl "${text}": expected a duration of at least 1m, such as 3650d or 8760h`);
   return seconds;
 }

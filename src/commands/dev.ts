@@ -10,9 +10,9 @@ import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readAgentConfig, startAgent } from '../agent/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
 import { CA_SERVER_FLAGS, KEY_SOURCE_ENV_ONLY, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
-import { addEnvOnlyHelp, addFlag, addLogLevelOption, readLogLevel } from '../config/flags.js';
+import { addEnvOnlyHelp, addFlag, addLogOptions, commandLogger } from '../config/flags.js';
 import type { Env } from '../config/env.js';
-import { createLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
 import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
@@ -196,7 +196,7 @@ export function registerDevCommand(program: Command): void {
     .description(COMMAND_DESCRIPTIONS.dev);
   addKeySourceOptions(command);
   if (!command.options.some((o) => o.long === '--trust-domain')) addFlag(command, CA_SERVER_FLAGS.trustDomain);
-  addLogLevelOption(command);
+  addLogOptions(command);
   addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')
@@ -206,7 +206,7 @@ export function registerDevCommand(program: Command): void {
     .option('--server-dns <names>', 'extra DNS names for the CA serving certificate (localhost is always included)', (v: string, p: string[] | undefined) => [...(p ?? []), v])
     .action(async (flags: DevFlags) => {
       const stateDir = flags.stateDir ?? './.meshca';
-      const logger = createLogger({ level: readLogLevel(flags.logLevel, process.env), name: 'meshca-dev' });
+      const logger = commandLogger(flags, process.env, 'meshca-dev');
       const context: DevContext = { stateDir, logger, env: process.env, flags: { ...flags, stateDir } };
       const running: { name: string; component: RunningDevComponent }[] = [];
       const stopAll = async (): Promise<void> => {

@@ -10,8 +10,8 @@ import { parseJwtRules, type JwtRule } from '../authn/jwt.js';
 import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
 import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
-import { LOG_LEVELS } from '../log.js';
-import { addEnvOnlyHelp, addFlag, addLogLevelOption, collect, longFlag, readLogLevel, sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
+import { LOG_LEVELS, type LogFormat } from '../log.js';
+import { addEnvOnlyHelp, addFlag, addLogOptions, collect, longFlag, readLogFormat, readLogLevel, sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
 import { bad, ConfigError, raw, readAddress, readDuration, readInteger, readList, readString, type Env } from './env.js';
 import { kubeConfigAvailable } from '../kube/config.js';
 
@@ -53,6 +53,7 @@ export interface CaServerConfig {
   /** How long SIGTERM waits for in-flight calls. */
   shutdownGraceSeconds: number;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   keySource: KeySourceConfig;
   /** Processes serving the gRPC API; above 1, a primary process owns the key source and forks this many workers. */
   workers: number;
@@ -76,6 +77,7 @@ export interface CaServerFlags extends KeySourceFlags {
   defaultWorkloadCertTtl?: string;
   maxWorkloadCertTtl?: string;
   logLevel?: string;
+  logFormat?: string;
   workers?: string;
 }
 
@@ -156,7 +158,7 @@ export function addCaServerOptions(command: Command): Command {
   addKeySourceOptions(command);
   // The key-source options may grow a --trust-domain of their own; register it only once.
   if (!hasOption(command, longFlag(F.trustDomain))) addFlag(command, F.trustDomain);
-  addLogLevelOption(command);
+  addLogOptions(command);
   addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   return command;
 }
@@ -281,6 +283,7 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
     maxWorkloadCertTtlSeconds,
     shutdownGraceSeconds: 10,
     logLevel: readLogLevel(flags.logLevel, env),
+    logFormat: readLogFormat(flags.logFormat, env),
     keySource,
     workers: readWorkers(flags.workers, env),
   };

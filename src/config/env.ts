@@ -41,12 +41,13 @@ export function raw(flagValue: string | undefined, env: Env, source: Source): st
 const DURATION_UNITS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
 
 /**
- * Parses Go-style durations ("90s", "1h30m", "24h", "2160h") plus "d" for days, or a bare number of seconds.
- * Returns seconds (may be fractional for ms).
+ * Parses Go-style durations ("90s", "1h30m", "24h", "2160h") plus "d" for days. Like Go's time.ParseDuration, a
+ * number needs a unit ("24" is refused: 24 seconds or 24 hours?), except "0". Returns seconds (may be fractional
+ * for ms).
  */
 export function parseDurationSeconds(text: string): number | null {
   const trimmed = text.trim();
-  if (/^\d+(\.\d+)?$/.test(trimmed)) return Number(trimmed);
+  if (trimmed === '0') return 0;
   const pattern = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
   let total = 0;
   let consumed = 0;
@@ -75,7 +76,8 @@ export interface NumberLimits {
 
 /** How one kind of number (duration, whole number, any number) is parsed and named in error messages. */
 interface NumberKind {
-  expected: string;
+  /** What was expected, for the error message; may depend on the text refused. */
+  expected: string | ((text: string) => string);
   /** The value, or null when the text is not one of this kind. */
   parse(text: string): number | null;
   /** The expectation a value out of bounds is told, e.g. `a whole number >= 1`. */
@@ -90,7 +92,7 @@ function numberReader(kind: NumberKind): NumberReader {
     const value = raw(flagValue, env, source);
     if (value === undefined) return fallback;
     const number = kind.parse(value);
-    if (number === null) throw bad(source, value, kind.expected);
+    if (number === null) throw bad(source, value, typeof kind.expected === 'string' ? kind.expected : kind.expected(value));
     if (limits.min !== undefined && number < limits.min) throw bad(source, value, kind.bounded('>=', limits.min));
     if (limits.max !== undefined && number > limits.max) throw bad(source, value, kind.bounded('<=', limits.max));
     return number;
@@ -106,9 +108,17 @@ function parseFiniteNumber(text: string): number | null {
   return text.trim() === '' || !Number.isFinite(number) ? null : number;
 }
 
+/** What a duration without a unit is told: which units there are, with its own number as the example. */
+export function durationExpectation(text: string): string {
+  const number = text.trim();
+  return /^\d+(\.\d+)?$/.test(number)
+    ? `a duration with a unit (ms, s, m, h, d), e.g. "${number}h" or "${number}s"`
+    : 'a duration such as 30s, 15m, 24h or 90d';
+}
+
 /** Seconds (fallback and limits too). */
 export const readDuration = numberReader({
-  expected: 'a duration such as 30s, 15m, 24h or 90d',
+  expected: durationExpectation,
   parse: parseDurationSeconds,
   bounded: (relation, bound) => `a duration of ${relation === '>=' ? 'at least' : 'at most'} ${bound}s`,
 });

@@ -8,7 +8,7 @@
  * than replacing them, an empty variable counts as unset, and an error must name the variable, not the flag).
  */
 import { Option, type Command } from 'commander';
-import { LOG_LEVELS } from '../log.js';
+import { createLogger, defaultLogFormat, LOG_FORMATS, LOG_LEVELS, type LogFormat, type Logger } from '../log.js';
 import { readEnum, type Env, type Source } from './env.js';
 
 export interface FlagSpec {
@@ -78,17 +78,32 @@ export function addEnvOnlyHelp(command: Command, title: string, specs: readonly 
 }
 
 const LOG_LEVEL_FLAG: FlagSpec = { flags: '--log-level <level>', description: `log level: ${LOG_LEVELS.join(' | ')}`, env: ['MESHCA_LOG_LEVEL'], defaultText: 'info' };
+const LOG_FORMAT_FLAG: FlagSpec = {
+  flags: '--log-format <format>',
+  description: 'json: one JSON object per line (ISO time, level as a word); text: one line per event for humans',
+  env: ['MESHCA_LOG_FORMAT'],
+  defaultText: 'text when stdout is a terminal, else json',
+};
 
 function hasOption(command: Command, long: string): boolean {
   return command.options.some((o) => o.long === long);
 }
 
-/** Adds `--log-level` unless the command has it already. */
-export function addLogLevelOption(command: Command): Command {
-  if (!hasOption(command, longFlag(LOG_LEVEL_FLAG))) addFlag(command, LOG_LEVEL_FLAG);
+/** Adds `--log-level` and `--log-format` unless the command has them already. */
+export function addLogOptions(command: Command): Command {
+  for (const spec of [LOG_LEVEL_FLAG, LOG_FORMAT_FLAG]) if (!hasOption(command, longFlag(spec))) addFlag(command, spec);
   return command;
 }
 
 export function readLogLevel(flag: string | undefined, env: Env): (typeof LOG_LEVELS)[number] {
   return readEnum(flag, env, sourceOf(LOG_LEVEL_FLAG), LOG_LEVELS, 'info');
+}
+
+export function readLogFormat(flag: string | undefined, env: Env): LogFormat {
+  return readEnum(flag, env, sourceOf(LOG_FORMAT_FLAG), LOG_FORMATS, defaultLogFormat());
+}
+
+/** The logger of a long-running command, from its --log-level and --log-format (or their variables). */
+export function commandLogger(flags: { logLevel?: string; logFormat?: string }, env: Env, name: string): Logger {
+  return createLogger({ level: readLogLevel(flags.logLevel, env), format: readLogFormat(flags.logFormat, env), name });
 }

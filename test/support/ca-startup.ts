@@ -24,7 +24,7 @@ export async function caStartupError(args: string[], env: NodeJS.ProcessEnv): Pr
   try {
     const config = readCaServerConfig(flags, clean);
     assertCanAuthenticate(config);
-    const signer = await openSigner(config.keySource, createLogger({ level: 'silent', pretty: false }), { env: clean });
+    const signer = await openSigner(config.keySource, createLogger({ level: 'silent', format: 'json' }), { env: clean });
     await signer.close();
   } catch (error) {
     if (error instanceof Error) return error;

@@ -20,7 +20,8 @@ export const REPO_ROOT = findRepoRoot(path.dirname(fileURLToPath(import.meta.url
 export const CLI = path.join(REPO_ROOT, 'dist/cli.js');
 
 export interface LogRecord {
-  level?: number;
+  /** The level as a word (info, warn, ...): --log-format json writes it so. */
+  level?: string;
   msg?: string;
   [key: string]: unknown;
 }
