@@ -34,7 +34,8 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
     .name('meshca')
     .description('Certificate authority and workload-identity service for service meshes (Istio-compatible)')
     .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText('after', '\nEnvironment:\n  MESHCA_DEBUG=1  print the stack trace of an error after its one-line message');
   const words = argv.slice(2).filter((word) => !word.startsWith('-'));
   // `meshca help agent` shows the agent's own help, so it needs the agent's options.
   const invoked = words[0] === 'help' ? words[1] : words[0];

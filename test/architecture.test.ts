@@ -24,13 +24,14 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   wire: ['pki'],
   kube: ['config/env'],
   authn: ['pki', 'kube', 'config/env', 'util', 'log'],
-  ca: ['pki', 'kube', 'config/env', 'util', 'log'],
+  ca: ['pki', 'kube', 'config/env', 'config/flags', 'util', 'log'],
   'config/flags': ['config/env', 'log'],
+  'config/istio-unsupported': ['config/env', 'log'],
   'config/agent': ['config/env', 'config/flags'],
   'config/ca': ['config/env', 'config/flags', 'kube', 'authn', 'ca', 'log'],
   agent: ['pki', 'wire', 'config/env', 'config/agent', 'util', 'log'],
   server: ['pki', 'wire', 'kube', 'authn', 'ca', 'config/env', 'config/ca', 'util', 'log'],
-  commands: ['pki', 'wire', 'kube', 'authn', 'ca', 'agent', 'server', 'config/env', 'config/flags', 'config/agent', 'config/ca', 'util', 'log'],
+  commands: ['pki', 'wire', 'kube', 'authn', 'ca', 'agent', 'server', 'config/env', 'config/flags', 'config/istio-unsupported', 'config/agent', 'config/ca', 'util', 'log'],
   cli: ['commands', 'log', 'config/env'],
 };
 

@@ -326,7 +326,7 @@ describe('a signing fault never reaches a workload (in-process server, real gRPC
     assert.equal(metricValue(metrics, 'meshca_issued_chain_rejected_total'), cases.length);
     assert.equal(metricValue(metrics, 'citadel_server_csr_sign_err_count', { error: 'CERT_GEN_ERROR' }), cases.length);
     assert.equal(metricValue(metrics, 'citadel_server_success_cert_issuance_count'), 1);
-    const errors = logLines.map((line) => JSON.parse(line) as { level: number; msg: string }).filter((r) => r.msg === 'withholding a signed certificate that failed the final check');
+    const errors = logLines.map((line) => JSON.parse(line) as { level: string; msg: string }).filter((r) => r.msg === 'withholding a signed certificate that failed the final check');
     assert.equal(errors.length, cases.length);
     assert.ok(errors.every((r) => r.level === 'error'));
     const after = await createCertificate(client, { csr: csrPem, token });

@@ -19,6 +19,7 @@ export {
 export {
   addKeySourceOptions,
   readKeySourceConfig,
+  KEY_SOURCE_FLAGS,
   openSigner,
   KEY_SOURCES,
   CA_STORES,

@@ -1,8 +1,9 @@
 /** `meshca agent`: the per-node SDS agent (see src/agent). */
 import type { Command } from 'commander';
 import { readAgentConfig, startAgent, type AgentFlags } from '../agent/index.js';
-import { AGENT_ENV_ONLY, AGENT_FLAGS } from '../config/agent.js';
-import { addEnvOnlyHelp, addFlag, addLogOptions, commandLogger } from '../config/flags.js';
+import { AGENT_FLAGS } from '../config/agent.js';
+import { addFlag, addLogOptions, collect, commandLogger } from '../config/flags.js';
+import { addUnsupportedIstioHelp, UNSUPPORTED_AGENT_VARIABLES, warnUnsupportedIstioVariables } from '../config/istio-unsupported.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface AgentCommandFlags extends AgentFlags {
@@ -12,13 +13,14 @@ interface AgentCommandFlags extends AgentFlags {
 
 export function registerAgentCommand(program: Command): void {
   const command = program.command('agent').description(COMMAND_DESCRIPTIONS.agent);
-  for (const spec of Object.values(AGENT_FLAGS)) addFlag(command, spec);
+  for (const spec of Object.values(AGENT_FLAGS)) addFlag(command, spec, spec === AGENT_FLAGS.caHeader ? collect : undefined);
   addLogOptions(command);
-  addEnvOnlyHelp(command, 'Environment variables without a flag', AGENT_ENV_ONLY);
+  addUnsupportedIstioHelp(command, UNSUPPORTED_AGENT_VARIABLES);
   command
     .action(async (flags: AgentCommandFlags) => {
       const config = readAgentConfig(flags, process.env);
       const log = commandLogger(flags, process.env, 'agent');
+      warnUnsupportedIstioVariables(UNSUPPORTED_AGENT_VARIABLES, process.env, log);
       const agent = await startAgent(config, log);
       let stopping = false;
       const stop = (signal: string): void => {

@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { openSigner } from '../ca/index.js';
 import { addCaServerOptions, assertCanAuthenticate, readCaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { addUnsupportedIstioHelp, UNSUPPORTED_CA_VARIABLES, warnUnsupportedIstioVariables } from '../config/istio-unsupported.js';
 import { createLogger } from '../log.js';
 import { startCaServer } from '../server/index.js';
 import { startCaCluster, WORKER_SLOT_ENV } from '../server/cluster-primary.js';
@@ -40,6 +41,7 @@ export function registerCaCommand(program: Command): void {
     .command('ca')
     .description(COMMAND_DESCRIPTIONS.ca);
   addCaServerOptions(command);
+  addUnsupportedIstioHelp(command, UNSUPPORTED_CA_VARIABLES);
   command.action(async (flags: CaServerFlags) => {
     const config = readCaServerConfig(flags, process.env);
     assertCanAuthenticate(config);
@@ -51,6 +53,7 @@ export function registerCaCommand(program: Command): void {
       await runCaWorker({ config, logger: logger.child({ worker: Number(process.env[WORKER_SLOT_ENV]) }), registry });
       return;
     }
+    warnUnsupportedIstioVariables(UNSUPPORTED_CA_VARIABLES, process.env, logger);
     let signer;
     try {
       signer = await openSigner(config.keySource, logger, { registry });

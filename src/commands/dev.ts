@@ -9,8 +9,8 @@ import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readAgentConfig, startAgent } from '../agent/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
-import { CA_SERVER_FLAGS, KEY_SOURCE_ENV_ONLY, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
-import { addEnvOnlyHelp, addFlag, addLogOptions, commandLogger } from '../config/flags.js';
+import { CA_SERVER_FLAGS, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { addFlag, addLogOptions, commandLogger, readStateDir } from '../config/flags.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
@@ -197,7 +197,6 @@ export function registerDevCommand(program: Command): void {
   addKeySourceOptions(command);
   if (!command.options.some((o) => o.long === '--trust-domain')) addFlag(command, CA_SERVER_FLAGS.trustDomain);
   addLogOptions(command);
-  addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')
     .option('--monitoring-addr <host:port>', 'monitoring HTTP listen address', '127.0.0.1:15014')
@@ -205,7 +204,7 @@ export function registerDevCommand(program: Command): void {
     .option('--status-addr <host:port>', 'status HTTP address of the node agent', '127.0.0.1:15020')
     .option('--server-dns <names>', 'extra DNS names for the CA serving certificate (localhost is always included)', (v: string, p: string[] | undefined) => [...(p ?? []), v])
     .action(async (flags: DevFlags) => {
-      const stateDir = flags.stateDir ?? './.meshca';
+      const stateDir = readStateDir(flags.stateDir, process.env);
       const logger = commandLogger(flags, process.env, 'meshca-dev');
       const context: DevContext = { stateDir, logger, env: process.env, flags: { ...flags, stateDir } };
       const running: { name: string; component: RunningDevComponent }[] = [];

@@ -17,7 +17,7 @@ import {
   readString,
   type Env,
 } from './env.js';
-import { sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
+import { sourceOf, type FlagSpec } from './flags.js';
 
 const AGENT_MODES = ['node', 'sidecar'] as const;
 export type AgentMode = (typeof AGENT_MODES)[number];
@@ -50,7 +50,7 @@ export const AGENT_FLAGS = {
     env: ['MESHCA_AGENT_MODE'],
     defaultText: 'node',
   },
-  sdsSocket: { flags: '--sds-socket <path>', description: 'SDS Unix socket', defaultText: DEFAULT_SDS_SOCKET },
+  sdsSocket: { flags: '--sds-socket <path>', description: 'SDS Unix socket', env: ['MESHCA_SDS_SOCKET'], defaultText: DEFAULT_SDS_SOCKET },
   sdsSocketMode: {
     flags: '--sds-socket-mode <mode>',
     description:
@@ -59,14 +59,49 @@ export const AGENT_FLAGS = {
     env: ['MESHCA_SDS_SOCKET_MODE'],
     defaultText: '0666',
   },
-  tokenFile: { flags: '--token-file <file>', description: "sidecar mode: the workload's service-account token, re-read for every CSR", defaultText: DEFAULT_TOKEN_FILE },
-  idleSecretTtl: { flags: '--idle-secret-ttl <duration>', description: 'drop a cached identity this long after its last stream ends', defaultText: '5m' },
-  keyPoolSize: { flags: '--key-pool-size <n>', description: 'pre-generated keys kept ready', defaultText: '2' },
+  tokenFile: {
+    flags: '--token-file <file>',
+    description: "sidecar mode: the workload's service-account token, re-read for every CSR",
+    env: ['MESHCA_TOKEN_FILE'],
+    defaultText: DEFAULT_TOKEN_FILE,
+  },
+  idleSecretTtl: {
+    flags: '--idle-secret-ttl <duration>',
+    description: 'drop a cached identity this long after its last stream ends',
+    env: ['MESHCA_IDLE_SECRET_TTL'],
+    defaultText: '5m',
+  },
+  keyPoolSize: { flags: '--key-pool-size <n>', description: 'pre-generated keys kept ready', env: ['MESHCA_KEY_POOL_SIZE'], defaultText: '2' },
   caAddr: { flags: '--ca-addr <host:port>', description: 'CA address', env: ['CA_ADDR'], defaultText: DEFAULT_CA_ADDR },
-  caRootCert: { flags: '--ca-root-cert <file>', description: "root certificate that verifies the CA's TLS", defaultText: DEFAULT_CA_ROOT_CERT },
+  caRootCert: { flags: '--ca-root-cert <file>', description: "root certificate that verifies the CA's TLS", env: ['CA_ROOT_CA'], defaultText: DEFAULT_CA_ROOT_CERT },
+  istiodSan: { flags: '--istiod-san <name>', description: 'TLS server name to verify instead of the host of --ca-addr', env: ['ISTIOD_SAN'] },
+  certSigner: { flags: '--cert-signer <name>', description: 'CertSigner metadata sent to the CA', env: ['ISTIO_META_CERT_SIGNER'] },
+  clusterId: { flags: '--cluster-id <id>', description: 'clusterid header sent to the CA', env: ['ISTIO_META_CLUSTER_ID'] },
+  caHeader: { flags: '--ca-header <name=value>', description: 'extra gRPC header sent to the CA, repeatable', env: ['CA_HEADER_<NAME>'] },
   secretTtl: { flags: '--secret-ttl <duration>', description: 'requested certificate lifetime', env: ['SECRET_TTL'], defaultText: '24h' },
+  secretGracePeriodRatio: {
+    flags: '--secret-grace-period-ratio <ratio>',
+    description: 'renew when this fraction of the lifetime is left',
+    env: ['SECRET_GRACE_PERIOD_RATIO'],
+    defaultText: '0.5',
+  },
+  secretGracePeriodRatioJitter: {
+    flags: '--secret-grace-period-ratio-jitter <ratio>',
+    description: 'random spread of that fraction',
+    env: ['SECRET_GRACE_PERIOD_RATIO_JITTER'],
+    defaultText: '0.01',
+  },
+  workloadRsaKeySize: { flags: '--workload-rsa-key-size <bits>', description: 'RSA workload key size, 2048 to 8192', env: ['WORKLOAD_RSA_KEY_SIZE'], defaultText: '2048' },
+  eccSignatureAlgorithm: {
+    flags: '--ecc-signature-algorithm <algorithm>',
+    description: 'ECDSA for EC workload keys, RSA for RSA keys',
+    env: ['ECC_SIGNATURE_ALGORITHM'],
+    defaultText: 'RSA',
+  },
+  eccCurve: { flags: '--ecc-curve <curve>', description: 'curve of EC workload keys: P256 | P384', env: ['ECC_CURVE'], defaultText: 'P256' },
+  pkcs8Key: { flags: '--pkcs8-key', description: 'write workload keys as PKCS#8', env: ['PKCS8_KEY'], defaultText: 'false' },
   outputCerts: { flags: '--output-certs <dir>', description: 'sidecar mode: also write key.pem, cert-chain.pem, root-cert.pem here', env: ['OUTPUT_CERTS'] },
-  statusAddr: { flags: '--status-addr <host:port>', description: 'status HTTP server: /healthz/ready, /metrics', defaultText: DEFAULT_STATUS_ADDR },
+  statusAddr: { flags: '--status-addr <host:port>', description: 'status HTTP server: /healthz/ready, /metrics', env: ['MESHCA_STATUS_ADDR'], defaultText: DEFAULT_STATUS_ADDR },
   fileResourceDirs: {
     flags: '--file-resource-dirs <dirs>',
     description: 'comma list of directories file-cert:/file-root: resources may read',
@@ -75,20 +110,6 @@ export const AGENT_FLAGS = {
   },
   trustDomain: { flags: '--trust-domain <domain>', description: 'trust domain expected in CSRs', env: ['TRUST_DOMAIN'], defaultText: 'cluster.local' },
 } as const satisfies Record<string, FlagSpec>;
-
-/** The agent's variables that have no flag (Istio's names, so an istio-agent's settings carry over). */
-export const AGENT_ENV_ONLY: readonly EnvOnlySpec[] = [
-  { env: 'ISTIOD_SAN', description: 'TLS server name to verify instead of the host of CA_ADDR' },
-  { env: 'SECRET_GRACE_PERIOD_RATIO', description: 'renew when this fraction of the lifetime is left (default 0.5)' },
-  { env: 'SECRET_GRACE_PERIOD_RATIO_JITTER', description: 'random spread of that fraction (default 0.01)' },
-  { env: 'WORKLOAD_RSA_KEY_SIZE', description: 'RSA workload key size, 2048 to 8192 (default 2048)' },
-  { env: 'ECC_SIGNATURE_ALGORITHM', description: 'ECDSA for EC workload keys (default RSA)' },
-  { env: 'ECC_CURVE', description: 'P256 | P384 (default P256)' },
-  { env: 'PKCS8_KEY', description: 'true: write keys as PKCS#8 (default false)' },
-  { env: 'ISTIO_META_CERT_SIGNER', description: 'CertSigner metadata sent to the CA' },
-  { env: 'ISTIO_META_CLUSTER_ID', description: 'clusterid header sent to the CA' },
-  { env: 'CA_HEADER_<NAME>', description: 'extra gRPC header <name> sent to the CA' },
-];
 
 const F = AGENT_FLAGS;
 
@@ -156,6 +177,17 @@ export interface AgentFlags {
   statusAddr?: string;
   fileResourceDirs?: string;
   trustDomain?: string;
+  istiodSan?: string;
+  certSigner?: string;
+  clusterId?: string;
+  /** --ca-header name=value, repeatable. */
+  caHeader?: string[];
+  secretGracePeriodRatio?: string;
+  secretGracePeriodRatioJitter?: string;
+  workloadRsaKeySize?: string;
+  eccSignatureAlgorithm?: string;
+  eccCurve?: string;
+  pkcs8Key?: boolean;
 }
 
 /**
@@ -173,15 +205,22 @@ function readSocketMode(flagValue: string | undefined, env: Env): number {
   return parseInt(value.trim(), 8);
 }
 
-function caHeaders(env: Env): Record<string, string> {
+function checkHeaderName(header: string, where: string): string {
+  if (!/^[a-z0-9_.-]+$/.test(header) || header.endsWith('-bin')) throw new ConfigError(`invalid ${where}: "${header}" is not usable as a gRPC header name`);
+  return header;
+}
+
+/** One header per CA_HEADER_<NAME>=<value>, then per --ca-header name=value (a flag wins over a variable). */
+function caHeaders(flags: readonly string[] | undefined, env: Env): Record<string, string> {
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith('CA_HEADER_') || value === undefined) continue;
-    const header = name.slice('CA_HEADER_'.length).toLowerCase();
-    if (!/^[a-z0-9_.-]+$/.test(header) || header.endsWith('-bin')) {
-      throw new ConfigError(`invalid ${name}: "${header}" is not usable as a gRPC header name`);
-    }
-    headers[header] = value;
+    headers[checkHeaderName(name.slice('CA_HEADER_'.length).toLowerCase(), name)] = value;
+  }
+  for (const entry of flags ?? []) {
+    const equals = entry.indexOf('=');
+    if (equals <= 0) throw bad({ flag: '--ca-header' }, entry, 'name=value, e.g. x-tenant=blue');
+    headers[checkHeaderName(entry.slice(0, equals).trim().toLowerCase(), `--ca-header "${entry}"`)] = entry.slice(equals + 1);
   }
   return headers;
 }
@@ -196,13 +235,13 @@ export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
   if (mode === 'node' && outputCertsDir !== undefined) {
     throw new ConfigError('OUTPUT_CERTS (--output-certs) needs --mode sidecar: a node agent serves many identities and has no single one to write');
   }
-  const algorithm = readEnum(undefined, env, { env: 'ECC_SIGNATURE_ALGORITHM' }, ['RSA', 'ECDSA'] as const, 'RSA');
-  const graceRatio = readNumber(undefined, env, { env: 'SECRET_GRACE_PERIOD_RATIO' }, 0.5, { min: 0, max: 1 });
-  const graceRatioJitter = readNumber(undefined, env, { env: 'SECRET_GRACE_PERIOD_RATIO_JITTER' }, 0.01, { min: 0, max: 1 });
+  const algorithm = readEnum(flags.eccSignatureAlgorithm, env, sourceOf(F.eccSignatureAlgorithm), ['RSA', 'ECDSA'] as const, 'RSA');
+  const graceRatio = readNumber(flags.secretGracePeriodRatio, env, sourceOf(F.secretGracePeriodRatio), 0.5, { min: 0, max: 1 });
+  const graceRatioJitter = readNumber(flags.secretGracePeriodRatioJitter, env, sourceOf(F.secretGracePeriodRatioJitter), 0.01, { min: 0, max: 1 });
   const fileDirsSource = sourceOf(F.fileResourceDirs);
   const fileDirsGiven = raw(flags.fileResourceDirs, env, fileDirsSource) !== undefined;
-  const serverName = readOptionalString(undefined, env, { env: 'ISTIOD_SAN' });
-  const clusterId = readOptionalString(undefined, env, { env: 'ISTIO_META_CLUSTER_ID' });
+  const serverName = readOptionalString(flags.istiodSan, env, sourceOf(F.istiodSan));
+  const clusterId = readOptionalString(flags.clusterId, env, sourceOf(F.clusterId));
   return {
     mode,
     sdsSocket: readString(flags.sdsSocket, env, sourceOf(F.sdsSocket), DEFAULT_SDS_SOCKET),
@@ -211,18 +250,18 @@ export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
     idleSecretTtlSeconds: readDuration(flags.idleSecretTtl, env, sourceOf(F.idleSecretTtl), 300, { min: 0 }),
     key: {
       algorithm,
-      rsaBits: readInteger(undefined, env, { env: 'WORKLOAD_RSA_KEY_SIZE' }, 2048, { min: 2048, max: 8192 }),
-      curve: readEnum(undefined, env, { env: 'ECC_CURVE' }, ['P256', 'P384'] as const, 'P256'),
-      pkcs8: readBoolean(undefined, env, { env: 'PKCS8_KEY' }, false),
+      rsaBits: readInteger(flags.workloadRsaKeySize, env, sourceOf(F.workloadRsaKeySize), 2048, { min: 2048, max: 8192 }),
+      curve: readEnum(flags.eccCurve, env, sourceOf(F.eccCurve), ['P256', 'P384'] as const, 'P256'),
+      pkcs8: readBoolean(flags.pkcs8Key, env, sourceOf(F.pkcs8Key), false),
     },
     keyPoolSize: readInteger(flags.keyPoolSize, env, sourceOf(F.keyPoolSize), 2, { min: 0, max: 64 }),
     ca: {
       address: readCaAddress(flags.caAddr, env),
       rootCertPath: readString(flags.caRootCert, env, sourceOf(F.caRootCert), DEFAULT_CA_ROOT_CERT),
       ...(serverName !== undefined ? { serverName } : {}),
-      certSigner: readString(undefined, env, { env: 'ISTIO_META_CERT_SIGNER' }, ''),
+      certSigner: readString(flags.certSigner, env, sourceOf(F.certSigner), ''),
       ...(clusterId !== undefined ? { clusterId } : {}),
-      extraHeaders: caHeaders(env),
+      extraHeaders: caHeaders(flags.caHeader, env),
     },
     secretTtlSeconds: readDuration(flags.secretTtl, env, sourceOf(F.secretTtl), 86400, { min: 1 }),
     graceRatio,

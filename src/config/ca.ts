@@ -11,8 +11,8 @@ import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
 import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
 import { LOG_LEVELS, type LogFormat } from '../log.js';
-import { addEnvOnlyHelp, addFlag, addLogOptions, collect, longFlag, readLogFormat, readLogLevel, sourceOf, type EnvOnlySpec, type FlagSpec } from './flags.js';
-import { bad, ConfigError, raw, readAddress, readDuration, readInteger, readList, readString, type Env } from './env.js';
+import { addFlag, addLogOptions, collect, longFlag, readLogFormat, readLogLevel, sourceOf, type FlagSpec } from './flags.js';
+import { bad, ConfigError, raw, readAddress, readBoolean, readDuration, readInteger, readList, readString, type Env } from './env.js';
 import { kubeConfigAvailable } from '../kube/config.js';
 
 export interface ListenAddress {
@@ -86,16 +86,16 @@ const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
 
 /** Every flag of `meshca ca` other than the key source's (those are the key source's own, see src/ca). */
 export const CA_SERVER_FLAGS = {
-  grpcAddr: { flags: '--grpc-addr <host:port>', description: 'gRPC (CA API) listen address', defaultText: '0.0.0.0:15012' },
-  monitoringAddr: { flags: '--monitoring-addr <host:port>', description: 'HTTP listen address for /metrics, /ready, /healthz, /debug/ca', defaultText: '0.0.0.0:15014' },
-  plaintext: { flags: '--plaintext', description: 'serve gRPC without TLS (local debugging only)' },
+  grpcAddr: { flags: '--grpc-addr <host:port>', description: 'gRPC (CA API) listen address', env: ['MESHCA_GRPC_ADDR'], defaultText: '0.0.0.0:15012' },
+  monitoringAddr: { flags: '--monitoring-addr <host:port>', description: 'HTTP listen address for /metrics, /ready, /healthz, /debug/ca', env: ['MESHCA_MONITORING_ADDR'], defaultText: '0.0.0.0:15014' },
+  plaintext: { flags: '--plaintext', description: 'serve gRPC without TLS (local debugging only)', env: ['MESHCA_PLAINTEXT'], defaultText: 'false' },
   serverDns: {
     flags: '--server-dns <names>',
     description: 'DNS names of the serving certificate, comma-separated, repeatable; ISTIOD_CUSTOM_HOST adds more',
     env: ['ISTIOD_CUSTOM_HOST'],
     defaultText: DEFAULT_SERVER_DNS,
   },
-  serverCertTtl: { flags: '--server-cert-ttl <duration>', description: 'lifetime of the serving certificate; renewed at half-life', defaultText: '24h' },
+  serverCertTtl: { flags: '--server-cert-ttl <duration>', description: 'lifetime of the serving certificate; renewed at half-life', env: ['MESHCA_SERVER_CERT_TTL'], defaultText: '24h' },
   clusterId: { flags: '--cluster-id <id>', description: 'ID of the local cluster, matched against the clusterid header', env: ['CLUSTER_ID'], defaultText: 'Kubernetes' },
   kubeconfig: {
     flags: '--kubeconfig <[clusterID=]path>',
@@ -107,17 +107,20 @@ export const CA_SERVER_FLAGS = {
   tokenreviewCacheTtl: {
     flags: '--tokenreview-cache-ttl <duration>',
     description: 'how long a successful TokenReview is cached, at most until the token expires',
+    env: ['MESHCA_TOKENREVIEW_CACHE_TTL'],
     defaultText: '60s',
   },
-  tokenreviewTimeout: { flags: '--tokenreview-timeout <duration>', description: 'timeout of one TokenReview call', defaultText: '5s' },
+  tokenreviewTimeout: { flags: '--tokenreview-timeout <duration>', description: 'timeout of one TokenReview call', env: ['MESHCA_TOKENREVIEW_TIMEOUT'], defaultText: '5s' },
   maxInflightTokenreviews: {
     flags: '--max-inflight-tokenreviews <n>',
     description: 'TokenReview calls allowed at once; requests needing another one get UNAVAILABLE at once',
+    env: ['MESHCA_MAX_INFLIGHT_TOKENREVIEWS'],
     defaultText: String(DEFAULT_MAX_INFLIGHT_TOKENREVIEWS),
   },
   maxCsrPerIdentityPerMinute: {
     flags: '--max-csr-per-identity-per-minute <n>',
     description: 'certificate requests per minute per caller identity before RESOURCE_EXHAUSTED, 0 for no limit',
+    env: ['MESHCA_MAX_CSR_PER_IDENTITY_PER_MINUTE'],
     defaultText: String(DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE),
   },
   jwtRule: { flags: '--jwt-rule <json>', description: 'trusted JWT issuers: {"issuer","jwks_uri"|"jwks_file","audiences"} or a list', env: ['JWT_RULE'] },
@@ -159,27 +162,8 @@ export function addCaServerOptions(command: Command): Command {
   // The key-source options may grow a --trust-domain of their own; register it only once.
   if (!hasOption(command, longFlag(F.trustDomain))) addFlag(command, F.trustDomain);
   addLogOptions(command);
-  addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCE_ENV_ONLY);
   return command;
 }
-
-/**
- * The key sources' variables that have no flag, for `--help`. They are read in src/ca; listed here until each key
- * source declares its own.
- */
-export const KEY_SOURCE_ENV_ONLY: readonly EnvOnlySpec[] = [
-  { env: 'CITADEL_SELF_SIGNED_CA_CERT_TTL', description: 'self-signed: lifetime of a new root (default 3650d)' },
-  { env: 'CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL', description: 'self-signed: how often the root is checked for rotation, 0 turns it off (default 1h)' },
-  { env: 'CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE', description: 'self-signed: rotate when this percentage of the root lifetime is left (default 20)' },
-  { env: 'VAULT_ADDR', description: 'vault: server URL' },
-  { env: 'VAULT_TLS_ROOT_CERT', description: "vault: PEM file of the roots that verify Vault's TLS" },
-  { env: 'VAULT_NAMESPACE', description: 'vault: Vault Enterprise namespace' },
-  { env: 'VAULT_TOKEN', description: 'vault: token (or --vault-token-file, or VAULT_ROLE for Kubernetes auth)' },
-  { env: 'VAULT_AUTH_PATH', description: 'vault: Kubernetes auth login path (default auth/kubernetes/login)' },
-  { env: 'VAULT_ROLE', description: 'vault: role for Kubernetes auth' },
-  { env: 'VAULT_SIGN_CSR_PATH', description: 'vault role mode: PKI path that signs workload CSRs' },
-  { env: 'VAULT_INTERMEDIATE_PATH', description: 'vault intermediate mode: PKI path that signs our intermediate' },
-];
 
 function readKubeconfigs(flags: readonly string[] | undefined, env: Env, localClusterId: string): KubeconfigEntry[] {
   if (!flags || flags.length === 0) {
@@ -257,7 +241,7 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
   return {
     grpcAddress: readAddress(flags.grpcAddr, env, sourceOf(F.grpcAddr), '0.0.0.0:15012'),
     monitoringAddress: readAddress(flags.monitoringAddr, env, sourceOf(F.monitoringAddr), '0.0.0.0:15014'),
-    plaintext: flags.plaintext === true,
+    plaintext: readBoolean(flags.plaintext, env, sourceOf(F.plaintext), false),
     serverDnsNames: readDnsNames(flags.serverDns, env),
     serverCertTtlSeconds: readDuration(flags.serverCertTtl, env, sourceOf(F.serverCertTtl), 86400, { min: 2 }),
     trustDomain: keySource.trustDomain,

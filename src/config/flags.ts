@@ -9,7 +9,7 @@
  */
 import { Option, type Command } from 'commander';
 import { createLogger, defaultLogFormat, LOG_FORMATS, LOG_LEVELS, type LogFormat, type Logger } from '../log.js';
-import { readEnum, type Env, type Source } from './env.js';
+import { readEnum, readString, type Env, type Source } from './env.js';
 
 export interface FlagSpec {
   /** Commander syntax, e.g. `--ca-addr <host:port>`. */
@@ -51,7 +51,7 @@ export function envOfOption(option: Option): readonly string[] | undefined {
 }
 
 /** A commander Option whose help line ends with `(env: NAME; default: X)`. */
-function flagOption(spec: FlagSpec): Option {
+export function flagOption(spec: FlagSpec): Option {
   const notes: string[] = [];
   if (spec.env && spec.env.length > 0) notes.push(`env: ${spec.env.join(', ')}`);
   if (spec.defaultText !== undefined) notes.push(`default: ${spec.defaultText}`);
@@ -75,6 +75,15 @@ export function addEnvOnlyHelp(command: Command, title: string, specs: readonly 
   const width = Math.max(...specs.map((s) => s.env.length));
   const lines = specs.map((s) => `  ${s.env.padEnd(width)}  ${s.description}`);
   return command.addHelpText('after', `\n${title}:\n${lines.join('\n')}`);
+}
+
+export const DEFAULT_STATE_DIR = './.meshca';
+
+/** The state directory: the CA's self-signed root and the dev issuer (`meshca ca`, `dev` and `token` share it). */
+export const STATE_DIR_FLAG: FlagSpec = { flags: '--state-dir <dir>', description: 'directory for the self-signed root and other state', env: ['MESHCA_STATE_DIR'], defaultText: DEFAULT_STATE_DIR };
+
+export function readStateDir(flagValue: string | undefined, env: Env): string {
+  return readString(flagValue, env, sourceOf(STATE_DIR_FLAG), DEFAULT_STATE_DIR);
 }
 
 const LOG_LEVEL_FLAG: FlagSpec = { flags: '--log-level <level>', description: `log level: ${LOG_LEVELS.join(' | ')}`, env: ['MESHCA_LOG_LEVEL'], defaultText: 'info' };

@@ -1,14 +1,6 @@
 /**
  * The key sources, listed once. Adding one is a folder under sources/ (its flags, settings, open and close) and a
- * line in KEY_SOURCES; nothing else names a source.
- *
- * Shared by all sources:
- * | flag                        | env                                            | default                                  |
- * |-----------------------------|------------------------------------------------|------------------------------------------|
- * | --ca-source                 | MESHCA_CA_SOURCE                               | cacerts if ROOT_CA_DIR holds files, else self-signed |
- * | --state-dir                 |                                                | ./.meshca                                |
- * | --ca-key-type               | CITADEL_SELF_SIGNED_CA_RSA_KEY_SIZE (RSA size) | rsa-2048                                 |
- * | --distribute-root-configmap |                                                | on when KUBERNETES_SERVICE_HOST is set   |
+ * line in KEY_SOURCES; nothing else names a source. The settings shared by all sources are KEY_SOURCE_FLAGS.
  * Kubernetes access uses --kubeconfig (registered by the command), else KUBECONFIG, else in-cluster credentials.
  */
 import { Option, type Command } from 'commander';
@@ -16,7 +8,8 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../log.js';
 import { parseKeySpec, type KeySpec } from '../../pki/index.js';
-import { ConfigError, readBoolean, readEnum, readInteger, readString, type Env } from '../../config/env.js';
+import { ConfigError, raw, readBoolean, readEnum, readInteger, readString, type Env } from '../../config/env.js';
+import { addEnvOnlyHelp, flagOption, readStateDir, sourceOf, STATE_DIR_FLAG, type FlagSpec } from '../../config/flags.js';
 import { loadKubeConfig } from '../../kube/config.js';
 import { startRootDistribution } from '../root-distribution.js';
 import type { WorkloadSigner } from '../signer.js';
@@ -32,21 +25,47 @@ export type { KeySourceConfig, KeySourceFlags, KeySourcePlugin, KeySourceContext
 export { CA_STORES } from './types.js';
 export { DEFAULT_ROOT_CA_DIR } from './cacerts/index.js';
 
+/** The settings every key source shares. */
+export const KEY_SOURCE_FLAGS = {
+  caSource: {
+    flags: '--ca-source <source>',
+    description: `where the signing key comes from: ${KEY_SOURCES.map((s) => s.name).join(' | ')}`,
+    env: ['MESHCA_CA_SOURCE'],
+    defaultText: 'cacerts when ROOT_CA_DIR holds files, else self-signed',
+  },
+  stateDir: STATE_DIR_FLAG,
+  caKeyType: {
+    flags: '--ca-key-type <type>',
+    description: 'key type of a new self-signed root or Vault intermediate: rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384; CITADEL_SELF_SIGNED_CA_RSA_KEY_SIZE sets the RSA size',
+    env: ['MESHCA_CA_KEY_TYPE', 'CITADEL_SELF_SIGNED_CA_RSA_KEY_SIZE'],
+    defaultText: 'rsa-2048',
+  },
+  distributeRootConfigmap: {
+    flags: '--distribute-root-configmap',
+    description: 'keep ConfigMap istio-ca-root-cert with the trust bundle in every namespace',
+    env: ['MESHCA_DISTRIBUTE_ROOT_CONFIGMAP'],
+    defaultText: 'on when KUBERNETES_SERVICE_HOST is set',
+  },
+} as const satisfies Record<string, FlagSpec>;
+
+const K = KEY_SOURCE_FLAGS;
+
 /** Registers the key-source flags on a command (`meshca ca`, `meshca dev`): the shared ones, then each source's. */
 export function addKeySourceOptions(command: Command): Command {
-  const names = KEY_SOURCES.map((s) => s.name).join(' | ');
   const options = [
-    new Option('--ca-source <source>', `where the signing key comes from: ${names} (env MESHCA_CA_SOURCE; default: cacerts when ROOT_CA_DIR holds files, else self-signed)`),
-    new Option('--state-dir <dir>', 'directory for the self-signed root and other state').default('./.meshca'),
-    new Option('--ca-key-type <type>', 'key type of a new self-signed root or Vault intermediate: rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384 (env CITADEL_SELF_SIGNED_CA_RSA_KEY_SIZE sets the RSA size)'),
+    flagOption(K.caSource),
+    flagOption(K.stateDir),
+    flagOption(K.caKeyType),
     ...KEY_SOURCES.flatMap((source) => source.options()),
-    new Option('--distribute-root-configmap', 'keep ConfigMap istio-ca-root-cert with the trust bundle in every namespace (default: on when KUBERNETES_SERVICE_HOST is set)'),
+    flagOption(K.distributeRootConfigmap),
     new Option('--no-distribute-root-configmap', 'do not write the istio-ca-root-cert ConfigMaps'),
   ];
   for (const option of options) command.addOption(option);
+  addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCES.flatMap((s) => s.envOnly ?? []));
   // --kubeconfig is the command's own flag (meshca ca registers it, repeatable, after this); it is read here too.
   return command;
 }
+
 
 /** The local cluster's kubeconfig from `--kubeconfig` values: a bare path, or `<local cluster id>=path`. */
 function localKubeconfig(flags: KeySourceFlags, env: Env): string | undefined {
@@ -61,11 +80,13 @@ function localKubeconfig(flags: KeySourceFlags, env: Env): string | undefined {
 }
 
 function readKeySpec(flags: KeySourceFlags, env: Env): KeySpec {
-  if (flags.caKeyType) {
+  const source = sourceOf(K.caKeyType);
+  const type = raw(flags.caKeyType, env, source);
+  if (type !== undefined) {
     try {
-      return parseKeySpec(flags.caKeyType);
+      return parseKeySpec(type);
     } catch (error) {
-      throw new ConfigError(`invalid --ca-key-type="${flags.caKeyType}": ${(error as Error).message}`);
+      throw new ConfigError(`invalid ${flags.caKeyType !== undefined ? source.flag : source.env}="${type}": ${(error as Error).message}`);
     }
   }
   const bits = readInteger(undefined, env, { env: 'CITADEL_SELF_SIGNED_CA_RSA_KEY_SIZE' }, 2048, { min: 2048, max: 4096 });
@@ -76,16 +97,16 @@ function readKeySpec(flags: KeySourceFlags, env: Env): KeySpec {
 export function readKeySourceConfig(flags: KeySourceFlags, env: Env): KeySourceConfig {
   const kubeconfigPath = localKubeconfig(flags, env);
   const common: CommonKeySourceConfig = {
-    stateDir: flags.stateDir ?? './.meshca',
+    stateDir: readStateDir(flags.stateDir, env),
     trustDomain: readString(flags.trustDomain, env, { flag: '--trust-domain', env: 'TRUST_DOMAIN' }, 'cluster.local'),
     keySpec: readKeySpec(flags, env),
-    distributeRootConfigMap: readBoolean(flags.distributeRootConfigmap, env, { flag: '--distribute-root-configmap' }, Boolean(env.KUBERNETES_SERVICE_HOST)),
+    distributeRootConfigMap: readBoolean(flags.distributeRootConfigmap, env, sourceOf(K.distributeRootConfigmap), Boolean(env.KUBERNETES_SERVICE_HOST)),
     ...(kubeconfigPath ? { kubeconfigPath } : {}),
   };
   // The choice can depend on the sources' settings (ROOT_CA_DIR holding files selects cacerts).
   const unchosen = Object.assign({}, ...KEY_SOURCES.map((s) => s.readConfig(flags, env, common, false))) as Partial<KeySourceConfig>;
   const fallback = KEY_SOURCES.find((s) => s.chosenByDefault?.(unchosen)) ?? KEY_SOURCES[0]!;
-  const name = readEnum(flags.caSource, env, { flag: '--ca-source', env: 'MESHCA_CA_SOURCE' }, KEY_SOURCES.map((s) => s.name), fallback.name);
+  const name = readEnum(flags.caSource, env, sourceOf(K.caSource), KEY_SOURCES.map((s) => s.name), fallback.name);
   const settings = Object.assign({}, ...KEY_SOURCES.map((s) => s.readConfig(flags, env, common, s.name === name))) as Partial<KeySourceConfig>;
   const { keySpec: _keySpec, ...shared } = common;
   return { ...settings, ...shared, source: name } as KeySourceConfig;

@@ -7,6 +7,7 @@ import type { Option } from 'commander';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
 import type { Env } from '../../config/env.js';
+import type { EnvOnlySpec } from '../../config/flags.js';
 import type { Logger } from '../../log.js';
 import type { KeySpec } from '../../pki/index.js';
 import type { WorkloadSigner } from '../signer.js';
@@ -26,6 +27,9 @@ export interface KeySourceFlags extends VaultFlags {
   caStore?: string;
   caNamespace?: string;
   rootRotationOverlap?: string;
+  selfSignedCaCertTtl?: string;
+  rootCertCheckInterval?: string;
+  rootCertGracePeriodPercentile?: string;
   distributeRootConfigmap?: boolean;
   /** Registered by the command (`meshca ca` takes it repeatable as [clusterID=]path). */
   kubeconfig?: string | readonly string[];
@@ -73,6 +77,8 @@ export interface KeySourcePlugin {
   readonly name: string;
   /** The source's own flags, registered on `meshca ca` and `meshca dev`. */
   options(): Option[];
+  /** The source's variables without a flag, listed in `--help` after the options. */
+  readonly envOnly?: readonly EnvOnlySpec[];
   /**
    * Reads the source's settings. Called for every source, chosen or not (a bad value is reported whatever the
    * choice); `chosen` tells whether this source signs, for settings that only then must be present and valid.

@@ -19,6 +19,7 @@ import { OID } from '../../../pki/oids.js';
 import * as path from 'node:path';
 import type { Logger } from '../../../log.js';
 import { readDuration, readOptionalString, readString, ConfigError, type Env } from '../../../config/env.js';
+import { sourceOf, type EnvOnlySpec, type FlagSpec } from '../../../config/flags.js';
 import {
   certificatesFromPem,
   certificateToPem,
@@ -45,7 +46,54 @@ import { VaultRequestError, VaultSession, toVaultError, type VaultAuthConfig } f
 export const DEFAULT_VAULT_JWT_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 export const DEFAULT_VAULT_AUTH_PATH = 'auth/kubernetes/login';
 
+/** The Vault source's settings: Istio's VAULT_* names where Istio has them, MESHCA_VAULT_* for meshca's own. */
+export const VAULT_FLAGS = {
+  vaultAddr: { flags: '--vault-addr <url>', description: 'Vault server URL, e.g. https://vault.vault.svc:8200', env: ['VAULT_ADDR'] },
+  vaultTlsRootCert: { flags: '--vault-tls-root-cert <file>', description: "PEM file of the roots that verify Vault's TLS", env: ['VAULT_TLS_ROOT_CERT'] },
+  vaultNamespace: { flags: '--vault-namespace <namespace>', description: 'Vault Enterprise namespace', env: ['VAULT_NAMESPACE'] },
+  vaultSignCsrPath: { flags: '--vault-sign-csr-path <path>', description: 'role mode: PKI path that signs every workload CSR, e.g. pki_int/sign/istio', env: ['VAULT_SIGN_CSR_PATH'] },
+  vaultIntermediatePath: {
+    flags: '--vault-intermediate-path <path>',
+    description: 'intermediate mode: PKI path that signs our intermediate, e.g. pki/root/sign-intermediate',
+    env: ['VAULT_INTERMEDIATE_PATH'],
+  },
+  vaultRole: { flags: '--vault-role <role>', description: 'role for Vault Kubernetes auth (instead of a token)', env: ['VAULT_ROLE'] },
+  vaultAuthPath: { flags: '--vault-auth-path <path>', description: 'Kubernetes auth login path', env: ['VAULT_AUTH_PATH'], defaultText: DEFAULT_VAULT_AUTH_PATH },
+  vaultJwtFile: {
+    flags: '--vault-jwt-file <file>',
+    description: 'service-account JWT for Vault Kubernetes auth (--vault-role)',
+    env: ['MESHCA_VAULT_JWT_FILE'],
+    defaultText: DEFAULT_VAULT_JWT_FILE,
+  },
+  vaultTokenFile: { flags: '--vault-token-file <file>', description: 'file holding the Vault token, re-read after a 403 (instead of VAULT_TOKEN)', env: ['MESHCA_VAULT_TOKEN_FILE'] },
+  vaultIntermediateTtl: {
+    flags: '--vault-intermediate-ttl <duration>',
+    description: 'lifetime requested for the Vault-signed intermediate; renewed at 2/3',
+    env: ['MESHCA_VAULT_INTERMEDIATE_TTL'],
+    defaultText: '720h',
+  },
+  vaultBundleRefresh: { flags: '--vault-bundle-refresh <duration>', description: 'how often the trust bundle is re-read from Vault', env: ['MESHCA_VAULT_BUNDLE_REFRESH'], defaultText: '5m' },
+  vaultCaChainPath: {
+    flags: '--vault-ca-chain-path <path>',
+    description: 'Vault path of the CA chain',
+    env: ['MESHCA_VAULT_CA_CHAIN_PATH'],
+    defaultText: '<mount of the signing path>/ca_chain',
+  },
+} as const satisfies Record<string, FlagSpec>;
+
+/** The token has no flag on purpose: a command line is visible to every local user (ps); use --vault-token-file. */
+export const VAULT_ENV_ONLY: readonly EnvOnlySpec[] = [{ env: 'VAULT_TOKEN', description: 'vault: token (or --vault-token-file, or --vault-role for Kubernetes auth)' }];
+
+const V = VAULT_FLAGS;
+
 export interface VaultFlags {
+  vaultAddr?: string;
+  vaultTlsRootCert?: string;
+  vaultNamespace?: string;
+  vaultSignCsrPath?: string;
+  vaultIntermediatePath?: string;
+  vaultRole?: string;
+  vaultAuthPath?: string;
   vaultJwtFile?: string;
   vaultTokenFile?: string;
   vaultIntermediateTtl?: string;
@@ -79,7 +127,7 @@ export function pkiMountOf(vaultPath: string): string | null {
 
 /** Reads the Vault settings (Istio's VAULT_* names). Throws ConfigError naming the variable. */
 export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
-  const addr = readOptionalString(undefined, env, { env: 'VAULT_ADDR' });
+  const addr = readOptionalString(flags.vaultAddr, env, sourceOf(V.vaultAddr));
   if (!addr) throw new ConfigError('--ca-source vault needs VAULT_ADDR, e.g. VAULT_ADDR=https://vault.vault.svc:8200');
   let url: URL;
   try {
@@ -90,8 +138,8 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
   if (url.protocol !== 'https:' && url.protocol !== 'http:') {
     throw new ConfigError(`invalid VAULT_ADDR="${addr}": expected an http:// or https:// URL`);
   }
-  const signPath = readOptionalString(undefined, env, { env: 'VAULT_SIGN_CSR_PATH' });
-  const intermediatePath = readOptionalString(undefined, env, { env: 'VAULT_INTERMEDIATE_PATH' });
+  const signPath = readOptionalString(flags.vaultSignCsrPath, env, sourceOf(V.vaultSignCsrPath));
+  const intermediatePath = readOptionalString(flags.vaultIntermediatePath, env, sourceOf(V.vaultIntermediatePath));
   if (signPath && intermediatePath) {
     throw new ConfigError('set only one of VAULT_SIGN_CSR_PATH (Vault signs every workload) and VAULT_INTERMEDIATE_PATH (Vault signs meshca an intermediate)');
   }
@@ -107,7 +155,7 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
       `invalid VAULT_SIGN_CSR_PATH="${vaultPath}": sign-verbatim copies the workload's CSR (subject and SANs) into the certificate; use <mount>/sign/<role>, e.g. pki_int/sign/istio`,
     );
   }
-  let caChainPath = flags.vaultCaChainPath;
+  let caChainPath = readOptionalString(flags.vaultCaChainPath, env, sourceOf(V.vaultCaChainPath));
   if (!caChainPath) {
     const mount = pkiMountOf(vaultPath);
     if (!mount) {
@@ -118,22 +166,22 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
     caChainPath = `${mount}/ca_chain`;
   }
   const token = readOptionalString(undefined, env, { env: 'VAULT_TOKEN' });
-  const tokenFile = flags.vaultTokenFile;
-  const role = readOptionalString(undefined, env, { env: 'VAULT_ROLE' });
+  const tokenFile = readOptionalString(flags.vaultTokenFile, env, sourceOf(V.vaultTokenFile));
+  const role = readOptionalString(flags.vaultRole, env, sourceOf(V.vaultRole));
   let auth: VaultAuthConfig;
   if ((token || tokenFile) && role) {
     throw new ConfigError('set either VAULT_TOKEN (or --vault-token-file) or VAULT_ROLE (Kubernetes auth), not both');
   } else if (token || tokenFile) {
     auth = { kind: 'token', ...(token ? { token } : {}), ...(tokenFile ? { tokenFile } : {}) };
   } else if (role) {
-    const authPath = readString(undefined, env, { env: 'VAULT_AUTH_PATH' }, DEFAULT_VAULT_AUTH_PATH).replace(/^\/+/, '');
+    const authPath = readString(flags.vaultAuthPath, env, sourceOf(V.vaultAuthPath), DEFAULT_VAULT_AUTH_PATH).replace(/^\/+/, '');
     if (!/^auth\/.+\/login\/?$/.test(authPath)) throw new ConfigError(`invalid VAULT_AUTH_PATH="${authPath}": expected auth/<mount>/login, e.g. auth/kubernetes/login`);
-    auth = { kind: 'kubernetes', authPath, role, jwtFile: flags.vaultJwtFile ?? DEFAULT_VAULT_JWT_FILE };
+    auth = { kind: 'kubernetes', authPath, role, jwtFile: readString(flags.vaultJwtFile, env, sourceOf(V.vaultJwtFile), DEFAULT_VAULT_JWT_FILE) };
   } else {
     throw new ConfigError('--ca-source vault needs credentials: VAULT_TOKEN (or --vault-token-file), or VAULT_ROLE for Kubernetes auth');
   }
-  const namespace = readOptionalString(undefined, env, { env: 'VAULT_NAMESPACE' });
-  const tlsRootCertFile = readOptionalString(undefined, env, { env: 'VAULT_TLS_ROOT_CERT' });
+  const namespace = readOptionalString(flags.vaultNamespace, env, sourceOf(V.vaultNamespace));
+  const tlsRootCertFile = readOptionalString(flags.vaultTlsRootCert, env, sourceOf(V.vaultTlsRootCert));
   return {
     addr: addr.replace(/\/+$/, ''),
     ...(namespace ? { namespace } : {}),
@@ -142,8 +190,8 @@ export function readVaultConfig(flags: VaultFlags, env: Env): VaultConfig {
     mode,
     path: vaultPath,
     caChainPath: caChainPath.replace(/^\/+/, ''),
-    intermediateTtlSeconds: readDuration(flags.vaultIntermediateTtl, env, { flag: '--vault-intermediate-ttl' }, 720 * 3600, { min: 10 }),
-    bundleRefreshSeconds: readDuration(flags.vaultBundleRefresh, env, { flag: '--vault-bundle-refresh' }, 300, { min: 1 }),
+    intermediateTtlSeconds: readDuration(flags.vaultIntermediateTtl, env, sourceOf(V.vaultIntermediateTtl), 720 * 3600, { min: 10 }),
+    bundleRefreshSeconds: readDuration(flags.vaultBundleRefresh, env, sourceOf(V.vaultBundleRefresh), 300, { min: 1 }),
     timeoutSeconds: 10,
   };
 }
