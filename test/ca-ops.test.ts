@@ -176,8 +176,18 @@ describe('--plaintext and an expiring signing certificate', () => {
 
 describe('serving certificate renewal', () => {
   test('a new serving certificate is used for new connections without a restart', async () => {
-    const ca = await startCa(path.join(temp.dir, 'renewal'), ['--server-cert-ttl', '3s'], { JWT_RULE: jwtRule });
+    // EXTERNAL_CA (an istiod variable meshca does not implement) and --log-format json ride along: one CA start.
+    const ca = await startCa(path.join(temp.dir, 'renewal'), ['--server-cert-ttl', '3s', '--log-format', 'json'], {
+      JWT_RULE: jwtRule,
+      EXTERNAL_CA: 'ISTIOD_RA_KUBERNETES_API',
+    });
     try {
+      const ignored = ca.proc.records.filter((r) => r.variable === 'EXTERNAL_CA');
+      assert.equal(ignored.length, 1, 'one warning for the unimplemented istiod variable');
+      assert.equal(ignored[0]!.level, 'warn', 'the level is a word');
+      assert.match(String(ignored[0]!.msg), /^EXTERNAL_CA is set but meshca does not implement it and ignores it: choose the signer with --ca-source/);
+      const time = String(ignored[0]!.time);
+      assert.equal(new Date(time).toISOString(), time, 'time is ISO-8601');
       const first = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued');
       const second = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && r.serial !== first.serial, 10_000);
       const port = Number(ca.grpcAddress.split(':').pop());

@@ -9,8 +9,23 @@ import { cpSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
+import { Command } from 'commander';
+import { registerAgentCommand } from '../src/commands/agent.js';
+import { registerCaCommand } from '../src/commands/ca.js';
 import { COMMAND_DESCRIPTIONS } from '../src/commands/descriptions.js';
+import { envOfOption } from '../src/config/flags.js';
+import { UNSUPPORTED_AGENT_VARIABLES, UNSUPPORTED_CA_VARIABLES, type UnsupportedIstioVariable } from '../src/config/istio-unsupported.js';
 import { REPO_ROOT, runMeshca } from './support/process.js';
+
+/** The help printed by the CLI names every variable the command's options declare and the Istio ones it ignores. */
+function assertNamesEveryVariable(help: string, register: (program: Command) => void, ignored: readonly UnsupportedIstioVariable[]): void {
+  const program = new Command();
+  register(program);
+  const declared = program.commands[0]!.options.flatMap((o) => envOfOption(o) ?? []);
+  assert.ok(declared.length >= 20, `only ${declared.length} variables declared`);
+  const missing = [...declared, ...ignored.map((v) => v.env)].filter((name) => !help.includes(name));
+  assert.deepEqual(missing, [], 'variables missing from --help');
+}
 
 describe('meshca command line', () => {
   const temp = mkdtempSync(path.join(tmpdir(), 'meshca-cli-'));
@@ -24,6 +39,7 @@ describe('meshca command line', () => {
       assert.match(stdout, new RegExp(`^  ${name}\\b`, 'm'), `${name} is listed`);
       assert.ok(flat.includes(description.replace(/\s+/g, ' ')), `${name}'s description is shown`);
     }
+    assert.match(stdout, /MESHCA_DEBUG=1/, 'the one variable of the program itself');
   });
 
   test("a command's own help shows its options, however it is asked for", async () => {
@@ -31,9 +47,11 @@ describe('meshca command line', () => {
       const { code, stdout } = await runMeshca(args);
       assert.equal(code, 0, `meshca ${args.join(' ')}`);
       assert.match(stdout, /--sds-socket/, `meshca ${args.join(' ')} lists the agent's options`);
+      assertNamesEveryVariable(stdout, registerAgentCommand, UNSUPPORTED_AGENT_VARIABLES);
     }
     const ca = await runMeshca(['ca', '--help']);
     assert.match(ca.stdout, /--workers <n\|auto>/, "meshca ca --help lists the CA's options");
+    assertNamesEveryVariable(ca.stdout, registerCaCommand, UNSUPPORTED_CA_VARIABLES);
     const unknown = await runMeshca(['bogus']);
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /unknown command 'bogus'/);

@@ -6,13 +6,18 @@
  * defined (the key sources define their own).
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { Command, type Option } from 'commander';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
+import { registerCacertsCommand } from '../src/commands/cacerts.js';
 import { registerDevCommand } from '../src/commands/dev.js';
+import { registerFetchCommand } from '../src/commands/fetch.js';
+import { registerInspectCommand } from '../src/commands/inspect.js';
+import { registerRequestCommand } from '../src/commands/request.js';
+import { registerTokenCommand } from '../src/commands/token.js';
 import { envOfOption } from '../src/config/flags.js';
 import { REPO_ROOT } from './support/process.js';
 
@@ -89,9 +94,11 @@ function readmeRows(): Row[] {
 /** The commands as the CLI registers them. */
 function built(): Map<string, Command> {
   const program = new Command();
-  registerCaCommand(program);
-  registerAgentCommand(program);
-  registerDevCommand(program);
+  for (const register of [registerCaCommand, registerAgentCommand, registerDevCommand, registerTokenCommand, registerRequestCommand, registerFetchCommand]) {
+    register(program);
+  }
+  registerInspectCommand(program);
+  registerCacertsCommand(program);
   return new Map(program.commands.map((c) => [c.name(), c]));
 }
 
@@ -188,3 +195,81 @@ describe('README configuration tables match the registered options', () => {
     assert.deepEqual(undocumented.sort(), [...NOT_YET_IN_README].sort());
   });
 });
+
+/** Every .ts file under src/, as [path relative to src/, text]. */
+function sources(): [string, string][] {
+  const root = path.join(REPO_ROOT, 'src');
+  const files = readdirSync(root, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+  return files.map((f) => [f.split(path.sep).join('/'), readFileSync(path.join(root, f), 'utf8')]);
+}
+
+/**
+ * The environment variables src/ reads by name: the `env` of a FlagSpec or a Source (`env: 'X'`, `env: ['X', ...]`)
+ * and direct reads (`env.X`, `env['X']`). Reads by a computed name are returned separately, as `file: expression`.
+ */
+export function envReads(files: readonly [string, string][]): { names: Map<string, string>; computed: string[] } {
+  const names = new Map<string, string>();
+  const computed: string[] = [];
+  const add = (name: string, file: string): void => void (names.has(name) || names.set(name, file));
+  for (const [file, text] of files) {
+    for (const m of text.matchAll(/\benv: '([A-Z][A-Z0-9_]*(?:<NAME>)?)'/g)) add(m[1]!, file);
+    for (const m of text.matchAll(/\benv: \[([^\]]*)\]/g)) for (const q of m[1]!.matchAll(/'([A-Z][A-Z0-9_]*(?:<NAME>)?)'/g)) add(q[1]!, file);
+    for (const m of text.matchAll(/\benv\.([A-Z][A-Z0-9_]*)\b/g)) add(m[1]!, file);
+    for (const m of text.matchAll(/\benv\[\s*'([A-Z][A-Z0-9_]*)'\s*\]/g)) add(m[1]!, file);
+    for (const m of text.matchAll(/\benv\[\s*([^\]'\s][^\]]*)\]/g)) computed.push(`${file}: env[${m[1]!}]`);
+    for (const m of text.matchAll(/Object\.(?:entries|keys)\((?:process\.)?env\)/g)) computed.push(`${file}: ${m[0]}`);
+  }
+  return { names, computed };
+}
+
+/** Variables read by name that no command's --help names, each with the reason. */
+const READ_WITHOUT_HELP: Readonly<Record<string, string>> = {
+  MESHCA_DEBUG: 'named in `meshca --help` (the program, not a command; test/cli.test.ts checks it)',
+  KUBERNETES_SERVICE_PORT: 'set by Kubernetes in every pod, read with KUBERNETES_SERVICE_HOST to tell in-cluster credentials',
+};
+
+/** Reads by a computed name, each with the reason it is not a setting of its own. */
+const COMPUTED_READS: Readonly<Record<string, string>> = {
+  'config/env.ts: env[source.env]': 'the generic reader; its names come from FlagSpecs and Sources, found above',
+  'config/istio-unsupported.ts: env[variable.env]': "the Istio variables meshca ignores, named in ca's and agent's --help",
+  'config/agent.ts: Object.entries(env)': 'CA_HEADER_<NAME>, the env of --ca-header',
+  'commands/ca.ts: env[WORKER_SLOT_ENV]': 'set by the CA primary for the worker processes it forks, not by users',
+};
+
+describe('every variable the code reads is in --help', () => {
+  const commands = built();
+  const helps = [...commands.values()].map(fullHelp).join('\n');
+  const { names, computed } = envReads(sources());
+
+  it('finds the reads (the scanner is not blind)', () => {
+    const sample: [string, string][] = [
+      ['a.ts', "read(x, env, { flag: '--a', env: 'A_ONE' }); const s = { env: ['B_TWO', 'C_THREE'] }; env.D_FOUR; env['E_FIVE']; env[name]; Object.entries(env)"],
+    ];
+    const found = envReads(sample);
+    assert.deepEqual([...found.names.keys()].sort(), ['A_ONE', 'B_TWO', 'C_THREE', 'D_FOUR', 'E_FIVE']);
+    assert.deepEqual(found.computed, ['a.ts: env[name]', 'a.ts: Object.entries(env)']);
+    for (const name of ['SECRET_TTL', 'CA_ROOT_CA', 'VAULT_TOKEN', 'KUBECONFIG', 'MESHCA_LOG_FORMAT', 'JWT_POLICY']) assert.ok(names.has(name), `found ${name}`);
+    assert.ok(names.size >= 60, `only ${names.size} variables found`);
+  });
+
+  it('names each one in the --help of a command', () => {
+    const unnamed = [...names].filter(([name]) => !READ_WITHOUT_HELP[name] && !mentions(helps, name)).map(([name, file]) => `${name} (src/${file})`);
+    assert.deepEqual(unnamed, []);
+  });
+
+  it('reads by a computed name are the known ones', () => {
+    assert.deepEqual([...new Set(computed)].sort(), Object.keys(COMPUTED_READS).sort());
+  });
+
+  it('every option of meshca ca and meshca agent has an environment variable', () => {
+    const missing: string[] = [];
+    for (const name of ['ca', 'agent']) {
+      for (const option of commands.get(name)!.options) {
+        if (option.negate || option.long === '--help') continue;
+        if ((envOfOption(option) ?? []).length === 0) missing.push(`meshca ${name} ${option.long}`);
+      }
+    }
+    assert.deepEqual(missing, []);
+  });
+});
+

@@ -48,7 +48,8 @@ export function makeTempDir(prefix = 'meshca-test-'): { dir: string; cleanup: ()
 export function startMeshca(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): MeshcaProcess {
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: options.cwd ?? REPO_ROOT,
-    env: { ...process.env, ...options.env },
+    // Records are parsed as JSON lines, whatever MESHCA_LOG_FORMAT the developer's shell has.
+    env: { ...process.env, MESHCA_LOG_FORMAT: 'json', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

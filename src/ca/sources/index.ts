@@ -58,7 +58,7 @@ export function addKeySourceOptions(command: Command): Command {
     flagOption(K.caKeyType),
     ...KEY_SOURCES.flatMap((source) => source.options()),
     flagOption(K.distributeRootConfigmap),
-    new Option('--no-distribute-root-configmap', 'do not write the istio-ca-root-cert ConfigMaps'),
+    new Option('--no-distribute-root-configmap', 'do not write the istio-ca-root-cert ConfigMaps (MESHCA_DISTRIBUTE_ROOT_CONFIGMAP=false)'),
   ];
   for (const option of options) command.addOption(option);
   addEnvOnlyHelp(command, 'Environment variables of the key source without a flag', KEY_SOURCES.flatMap((s) => s.envOnly ?? []));
