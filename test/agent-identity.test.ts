@@ -314,9 +314,9 @@ describe('workload keys', () => {
   });
 
   it('rejects weak or unknown key settings with the variable named', () => {
-    assert.throws(() => readAgentConfig({}, { WORKLOAD_RSA_KEY_SIZE: '1024' }), (e: unknown) => e instanceof ConfigError && /WORKLOAD_RSA_KEY_SIZE="1024".*>= 2048/.test(e.message));
-    assert.throws(() => readAgentConfig({}, { ECC_CURVE: 'P521' }), /ECC_CURVE="P521": expected one of P256, P384/);
-    assert.throws(() => readAgentConfig({}, { SECRET_GRACE_PERIOD_RATIO: '1.5' }), /SECRET_GRACE_PERIOD_RATIO="1.5"/);
+    assert.throws(() => readAgentConfig({}, { WORKLOAD_RSA_KEY_SIZE: '1024' }), (e: unknown) => e instanceof ConfigError && /WORKLOAD_RSA_KEY_SIZE\)="1024".*>= 2048/.test(e.message));
+    assert.throws(() => readAgentConfig({}, { ECC_CURVE: 'P521' }), /ECC_CURVE\)="P521": expected one of P256, P384/);
+    assert.throws(() => readAgentConfig({}, { SECRET_GRACE_PERIOD_RATIO: '1.5' }), /SECRET_GRACE_PERIOD_RATIO\)="1.5"/);
     assert.throws(() => readAgentConfig({ tokenFile: 'x' }, {}), /--token-file is only used with --mode sidecar/);
   });
 });

@@ -448,7 +448,7 @@ describe('ca configuration', () => {
   test('bad values are ConfigErrors naming the flag or variable', () => {
     assert.throws(() => parse(['--kubeconfig', '/a', '--kubeconfig', '/b']), /--kubeconfig names cluster "Kubernetes" twice/);
     assert.throws(() => parse([], { DEFAULT_WORKLOAD_CERT_TTL: '100d' }), /DEFAULT_WORKLOAD_CERT_TTL .* is longer than MAX_WORKLOAD_CERT_TTL/);
-    assert.throws(() => parse(['--tokenreview-timeout', 'soon']), /invalid --tokenreview-timeout="soon"/);
+    assert.throws(() => parse(['--tokenreview-timeout', 'soon']), /invalid --tokenreview-timeout \(env MESHCA_TOKENREVIEW_TIMEOUT\)="soon"/);
     assert.throws(() => parse(['--server-dns', 'bad name']), /invalid --server-dns \(env ISTIOD_CUSTOM_HOST\)="bad name"/);
     assert.throws(() => parse(['--grpc-addr', 'nowhere']), ConfigError);
   });
