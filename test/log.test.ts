@@ -67,10 +67,10 @@ describe('log redaction', () => {
     await new Promise((resolve) => setImmediate(resolve));
     const lines = text.split('\n').filter((l) => l !== '');
     assert.equal(lines.length, 2, text);
-    assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARN  first event name=agent /);
+    assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARN {2}first event name=agent /);
     assert.match(lines[0]!, / token="\[redacted\]" /);
     assert.match(lines[0]!, / count=2( |$)/);
-    assert.match(lines[1]!, / INFO  second name=agent path="\/tmp\/a b"$/);
+    assert.match(lines[1]!, / INFO {2}second name=agent path="\/tmp\/a b"$/);
     assert.doesNotMatch(text, /PRIVATE KEY-----|t1/, text);
   });
 
