@@ -5,6 +5,13 @@
  */
 import { Command, CommanderError } from 'commander';
 import { COMMAND_DESCRIPTIONS, type CommandName } from './commands/descriptions.js';
+import { ConfigError } from './config/env.js';
+
+/**
+ * Exit status of a usage error: an unknown option or command, a missing argument, a bad flag or environment value.
+ * 2, as getopt-based tools use, so scripts can tell "you called it wrong" from "it ran and failed" (1).
+ */
+const USAGE_ERROR_EXIT = 2;
 
 type Register = (program: Command) => void;
 
@@ -34,7 +41,9 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
     .name('meshca')
     .description('Certificate authority and workload-identity service for service meshes (Istio-compatible)')
     .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    // Before the commands are added, so that they inherit it: parse errors throw instead of exiting with 1.
+    .exitOverride();
   const words = argv.slice(2).filter((word) => !word.startsWith('-'));
   // `meshca help agent` shows the agent's own help, so it needs the agent's options.
   const invoked = words[0] === 'help' ? words[1] : words[0];
@@ -46,19 +55,17 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
 }
 
 /** Prints `meshca: <message>` and exits non-zero. Stack traces only with MESHCA_DEBUG=1. */
-function exitWithError(error: unknown): never {
+function exitWithError(error: unknown, code?: number): never {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`meshca: ${message}\n`);
   if (process.env.MESHCA_DEBUG === '1' && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-  process.exit(error instanceof Error && 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1);
+  process.exit(code ?? (error instanceof Error && 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1));
 }
 
 buildProgram(process.argv)
-  .then((program) => {
-    program.exitOverride();
-    return program.parseAsync(process.argv);
-  })
+  .then((program) => program.parseAsync(process.argv))
   .catch((error: unknown) => {
-    if (error instanceof CommanderError) process.exit(error.exitCode);
-    exitWithError(error);
+    // Commander has printed its message; exit code 0 is --help or --version, anything else a usage error.
+    if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : USAGE_ERROR_EXIT);
+    exitWithError(error, error instanceof ConfigError ? USAGE_ERROR_EXIT : undefined);
   });

@@ -388,7 +388,7 @@ describe('meshca agent start-up errors', () => {
 
   it('ends with one line for a bad setting', async () => {
     const result = await runMeshca(['agent', '--sds-socket-mode', '999'], { env: { MESHCA_LOG_LEVEL: 'silent' } });
-    assert.equal(result.code, 1);
+    assert.equal(result.code, 2, 'a bad setting is a usage error');
     assert.match(result.stderr, /^meshca: invalid --sds-socket-mode \(env MESHCA_SDS_SOCKET_MODE\)="999": expected an octal file mode/);
   });
 

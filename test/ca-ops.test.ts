@@ -97,7 +97,7 @@ describe('start-up failures are one clear line and a non-zero exit', () => {
     for (const c of cases) {
       const args = ['ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...state, ...c.args];
       const result = c.inProcess ? cliOutcome(await caStartupError(args.slice(1), c.env)) : await runMeshca(args, { env: cleanEnv(c.env) });
-      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.code, 2, `a configuration error is a usage error: ${result.stderr}`);
       assert.match(result.stderr, c.message);
       assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
     }

@@ -239,7 +239,7 @@ describe('meshca ca --workers', () => {
       blocker.close();
     }
     const bad = await expectStartFailure(['--kubeconfig', kube.kubeconfigPath, '--workers', 'many', '--state-dir', path.join(temp.dir, 'bad-workers')]);
-    assert.equal(bad.code, 1);
+    assert.equal(bad.code, 2, 'a bad flag value is a usage error');
     assert.match(bad.stderr, /--workers|MESHCA_CA_WORKERS/, 'the bad value names the flag');
   });
 });
