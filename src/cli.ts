@@ -25,6 +25,7 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   token: async () => (await import('./commands/token.js')).registerTokenCommand,
   dev: async () => (await import('./commands/dev.js')).registerDevCommand,
   request: async () => (await import('./commands/request.js')).registerRequestCommand,
+  completion: async () => (await import('./commands/completion.js')).registerCompletionCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {
@@ -47,8 +48,10 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
   const words = argv.slice(2).filter((word) => !word.startsWith('-'));
   // `meshca help agent` shows the agent's own help, so it needs the agent's options.
   const invoked = words[0] === 'help' ? words[1] : words[0];
+  // `meshca completion` lists every command's options, so it loads them all.
+  const loadAll = invoked === 'completion';
   for (const name of Object.keys(COMMAND_MODULES) as CommandName[]) {
-    if (isCommandName(invoked) && name === invoked) (await COMMAND_MODULES[name]())(program);
+    if (loadAll || (isCommandName(invoked) && name === invoked)) (await COMMAND_MODULES[name]())(program);
     else program.command(name).description(COMMAND_DESCRIPTIONS[name]);
   }
   return program;
