@@ -21,7 +21,7 @@ import { createLogger } from '../src/log.js';
 import { certificateToPem, createCaCertificate, exportPrivateKeyPem, generateKeyPairFor } from '../src/pki/index.js';
 import { startCaServer, type CaServer } from '../src/server/index.js';
 import { IstioCaClient } from '../src/wire/protos.js';
-import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, SERVER_NAME, startCa, waitForRecord } from './ca-helpers.js';
+import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, startCa, waitForRecord } from './ca-helpers.js';
 import { caStartupError, cliOutcome } from './support/ca-startup.js';
 import { makeTempDir, runMeshca } from './support/process.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
@@ -175,14 +175,17 @@ describe('--plaintext and an expiring signing certificate', () => {
 });
 
 describe('serving certificate renewal', () => {
-  test('a new serving certificate is used for new connections without a restart', async () => {
-    const ca = await startCa(path.join(temp.dir, 'renewal'), ['--server-cert-ttl', '3s'], { JWT_RULE: jwtRule });
+  // The CA runs in namespace mesh-ops (POD_NAMESPACE, as the Deployment sets it): its serving certificate, the first
+  // and every renewal, carries that namespace's names, and clients dialing them verify it.
+  test('a new serving certificate, named for POD_NAMESPACE, is used for new connections without a restart', async () => {
+    const ca = await startCa(path.join(temp.dir, 'renewal'), ['--server-cert-ttl', '3s'], { JWT_RULE: jwtRule, POD_NAMESPACE: 'mesh-ops' });
     try {
       const first = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued');
+      assert.deepEqual(first.dnsNames, ['meshca.mesh-ops.svc', 'istiod.mesh-ops.svc']);
       const second = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && r.serial !== first.serial, 10_000);
       const port = Number(ca.grpcAddress.split(':').pop());
       const serial = await new Promise<string>((resolve, reject) => {
-        const socket = connect({ host: '127.0.0.1', port, servername: SERVER_NAME, ca: ca.rootPem, ALPNProtocols: ['h2'] }, () => {
+        const socket = connect({ host: '127.0.0.1', port, servername: 'istiod.mesh-ops.svc', ca: ca.rootPem, ALPNProtocols: ['h2'] }, () => {
           resolve(socket.getPeerCertificate().serialNumber);
           socket.end();
         });
@@ -191,8 +194,8 @@ describe('serving certificate renewal', () => {
       const served = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && String(r.serial).toUpperCase() === serial.toUpperCase());
       assert.notEqual(served.serial, first.serial);
       assert.ok(second.serial);
-      // The CA keeps serving with the renewed certificate.
-      const client = caClient(ca.grpcAddress, ca.rootPem);
+      // The CA keeps serving with the renewed certificate, to a client that checks it against the name it dials.
+      const client = caClient(ca.grpcAddress, ca.rootPem, undefined, 'meshca.mesh-ops.svc');
       try {
         const token = await issuer.mint({ namespace: 'default', serviceAccount: 'renewal', audiences: ['istio-ca'], ttlSeconds: 600 });
         const result = await createCertificate(client, { csr: opensslKeyAndCsr(temp.dir, 'renewal').csrPem, token });
