@@ -6,7 +6,12 @@
 # dependencies, dist/ and proto/. No HEALTHCHECK: Kubernetes probes /ready and /healthz (CA, port 15014) and
 # /healthz/ready (agent, port 15020) instead; see deploy/kubernetes/.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node.js 24, an LTS line (upstream support until 2028-04-30), pinned by digest: every build starts from the same bytes,
+# and a changed image comes in as a reviewed edit of this line, not silently with a re-pushed tag. The digest is the
+# multi-platform index of node:24-bookworm-slim as `docker buildx imagetools inspect node:24-bookworm-slim` printed it
+# on 2026-05-21 (quoted in https://github.com/openclaw/openclaw/issues/84981, pinned by its PR #84988). To update:
+# run that command and replace the digest (test/manifests.test.ts requires a Node.js 24 slim image by digest).
+ARG NODE_IMAGE=node:24-bookworm-slim@sha256:4e6b70dd6cbfc88c8157ba19aa3d9f9cce6ba4703576d55459e45efcbc9c5f5d
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src

@@ -714,7 +714,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     }
   });
 
-  it('has a multi-stage Dockerfile: npm ci --omit=dev in the final stage, non-root USER, meshca on PATH, no HEALTHCHECK', () => {
+  it('has a multi-stage Dockerfile on Node.js 24 pinned by digest: npm ci --omit=dev in the final stage, non-root USER, meshca on PATH, no HEALTHCHECK', () => {
     const text = readFileSync(path.join(REPO_ROOT, 'Dockerfile'), 'utf8');
     const instructions = text
       .replace(/\\\n/g, ' ')
@@ -730,8 +730,17 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     const froms = instructions.map((i, index) => ({ ...i, index })).filter((i) => i.keyword === 'FROM');
     assert.ok(froms.length >= 2, 'multi-stage: a build stage and a runtime stage');
     const finalStage = instructions.slice(froms[froms.length - 1]!.index);
-    const baseImage = finalStage[0]!.args.split(/\s+/)[0]!.replace(/^\$\{(\w+)\}$/, (_, name: string) => args[name] ?? name);
-    assert.match(baseImage, /^node:20[\w.-]*-slim$/);
+    const imageOf = (from: { args: string }): string => from.args.split(/\s+/)[0]!.replace(/^\$\{(\w+)\}$/, (_, name: string) => args[name] ?? name);
+    const baseImage = imageOf(finalStage[0]!);
+    // The supported Node.js (24, matching package.json engines and README), by digest: a tag alone can be re-pushed.
+    assert.match(baseImage, /^node:24[\w.-]*-slim@sha256:[0-9a-f]{64}$/);
+    const stageNames = new Set(froms.map((f) => /\bAS\s+(\S+)/i.exec(f.args)?.[1]).filter((name) => name !== undefined));
+    for (const from of froms) {
+      const image = imageOf(from);
+      assert.ok(stageNames.has(image) || /@sha256:[0-9a-f]{64}$/.test(image), `FROM ${from.args}: pin the image by digest`);
+    }
+    const engines = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }).engines.node;
+    assert.match(engines, /^>=20\.19\.0$/, 'package.json engines: the oldest Node.js CI still runs (20.19); 24 is the supported line');
     const runs = finalStage.filter((i) => i.keyword === 'RUN').map((i) => i.args);
     assert.ok(runs.some((r) => /\bnpm ci\b/.test(r) && r.includes('--omit=dev')), 'the final stage installs production dependencies with npm ci --omit=dev');
     assert.ok(!runs.some((r) => /\b(npm run build|tsc)\b/.test(r)), 'no compiling in the final stage');
