@@ -27,6 +27,7 @@ export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
     'DEFAULT_WORKLOAD_CERT_TTL',
     'MAX_WORKLOAD_CERT_TTL',
     'ISTIOD_CUSTOM_HOST',
+    'POD_NAMESPACE',
     'MESHCA_CA_SOURCE',
     'ROOT_CA_DIR',
   ]) {
