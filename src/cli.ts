@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { COMMAND_DESCRIPTIONS, type CommandName } from './commands/descriptions.js';
+import { buildInfo } from './util/build-info.js';
 
 type Register = (program: Command) => void;
 
@@ -18,6 +19,7 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   token: async () => (await import('./commands/token.js')).registerTokenCommand,
   dev: async () => (await import('./commands/dev.js')).registerDevCommand,
   request: async () => (await import('./commands/request.js')).registerRequestCommand,
+  version: async () => (await import('./commands/version.js')).registerVersionCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {
@@ -33,7 +35,8 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
   program
     .name('meshca')
     .description('Certificate authority and workload-identity service for service meshes (Istio-compatible)')
-    .version('0.1.0')
+    // The package version, as `meshca version` prints it (with the commit and Node.js version).
+    .version(buildInfo().version)
     .showHelpAfterError('(run with --help for usage)');
   const words = argv.slice(2).filter((word) => !word.startsWith('-'));
   // `meshca help agent` shows the agent's own help, so it needs the agent's options.
