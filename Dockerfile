@@ -1,6 +1,6 @@
 # meshca container image: one image for `meshca ca` (Deployment) and `meshca agent` (DaemonSet).
 #
-#   docker build -t meshca:0.1.0 .
+#   docker build --build-arg MESHCA_COMMIT=$(git rev-parse HEAD) -t meshca:0.1.0 .
 #
 # Two stages: the first compiles TypeScript with the dev dependencies; the second holds only Node, the production
 # dependencies, dist/ and proto/. No HEALTHCHECK: Kubernetes probes /ready and /healthz (CA, port 15014) and
