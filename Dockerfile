@@ -1,6 +1,6 @@
 # meshca container image: one image for `meshca ca` (Deployment) and `meshca agent` (DaemonSet).
 #
-#   docker build -t meshca:0.1.0 .
+#   docker build --build-arg MESHCA_COMMIT=$(git rev-parse HEAD) -t meshca:0.1.0 .
 #
 # Two stages: the first compiles TypeScript with the dev dependencies; the second holds only Node, the production
 # dependencies, dist/ and proto/. No HEALTHCHECK: Kubernetes probes /ready and /healthz (CA, port 15014) and
@@ -21,7 +21,11 @@ RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY proto ./proto
 COPY src ./src
-RUN npm run build
+COPY scripts/build-info.mjs ./scripts/
+# The context has no .git: pass the commit for `meshca version` and meshca_build_info, e.g.
+#   docker build --build-arg MESHCA_COMMIT=$(git rev-parse HEAD) -t meshca:0.1.0 .
+ARG MESHCA_COMMIT=unknown
+RUN MESHCA_COMMIT=${MESHCA_COMMIT} npm run build
 
 FROM ${NODE_IMAGE} AS runtime
 ENV NODE_ENV=production

@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { COMMAND_DESCRIPTIONS, type CommandName } from './commands/descriptions.js';
 import { ConfigError } from './config/env.js';
+import { buildInfo } from './util/build-info.js';
 
 /**
  * Exit status of a usage error: an unknown option or command, a missing argument, a bad flag or environment value.
@@ -26,6 +27,7 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   dev: async () => (await import('./commands/dev.js')).registerDevCommand,
   request: async () => (await import('./commands/request.js')).registerRequestCommand,
   completion: async () => (await import('./commands/completion.js')).registerCompletionCommand,
+  version: async () => (await import('./commands/version.js')).registerVersionCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {
@@ -41,7 +43,8 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
   program
     .name('meshca')
     .description('Certificate authority and workload-identity service for service meshes (Istio-compatible)')
-    .version('0.1.0')
+    // The package version, as `meshca version` prints it (with the commit and Node.js version).
+    .version(buildInfo().version)
     .showHelpAfterError('(run with --help for usage)')
     // Before the commands are added, so that they inherit it: parse errors throw instead of exiting with 1.
     .exitOverride();
