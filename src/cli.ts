@@ -5,6 +5,14 @@
  */
 import { Command, CommanderError } from 'commander';
 import { COMMAND_DESCRIPTIONS, type CommandName } from './commands/descriptions.js';
+import { ConfigError } from './config/env.js';
+import { buildInfo } from './util/build-info.js';
+
+/**
+ * Exit status of a usage error: an unknown option or command, a missing argument, a bad flag or environment value.
+ * 2, as getopt-based tools use, so scripts can tell "you called it wrong" from "it ran and failed" (1).
+ */
+const USAGE_ERROR_EXIT = 2;
 
 type Register = (program: Command) => void;
 
@@ -18,6 +26,8 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   token: async () => (await import('./commands/token.js')).registerTokenCommand,
   dev: async () => (await import('./commands/dev.js')).registerDevCommand,
   request: async () => (await import('./commands/request.js')).registerRequestCommand,
+  completion: async () => (await import('./commands/completion.js')).registerCompletionCommand,
+  version: async () => (await import('./commands/version.js')).registerVersionCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {
@@ -33,33 +43,36 @@ async function buildProgram(argv: readonly string[] = process.argv): Promise<Com
   program
     .name('meshca')
     .description('Certificate authority and workload-identity service for service meshes (Istio-compatible)')
-    .version('0.1.0')
+    // The package version, as `meshca version` prints it (with the commit and Node.js version).
+    .version(buildInfo().version)
     .showHelpAfterError('(run with --help for usage)')
-    .addHelpText('after', '\nEnvironment:\n  MESHCA_DEBUG=1  print the stack trace of an error after its one-line message');
+    .addHelpText('after', '\nEnvironment:\n  MESHCA_DEBUG=1  print the stack trace of an error after its one-line message')
+    // Before the commands are added, so that they inherit it: parse errors throw instead of exiting with 1.
+    .exitOverride();
   const words = argv.slice(2).filter((word) => !word.startsWith('-'));
   // `meshca help agent` shows the agent's own help, so it needs the agent's options.
   const invoked = words[0] === 'help' ? words[1] : words[0];
+  // `meshca completion` lists every command's options, so it loads them all.
+  const loadAll = invoked === 'completion';
   for (const name of Object.keys(COMMAND_MODULES) as CommandName[]) {
-    if (isCommandName(invoked) && name === invoked) (await COMMAND_MODULES[name]())(program);
+    if (loadAll || (isCommandName(invoked) && name === invoked)) (await COMMAND_MODULES[name]())(program);
     else program.command(name).description(COMMAND_DESCRIPTIONS[name]);
   }
   return program;
 }
 
 /** Prints `meshca: <message>` and exits non-zero. Stack traces only with MESHCA_DEBUG=1. */
-function exitWithError(error: unknown): never {
+function exitWithError(error: unknown, code?: number): never {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`meshca: ${message}\n`);
   if (process.env.MESHCA_DEBUG === '1' && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-  process.exit(error instanceof Error && 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1);
+  process.exit(code ?? (error instanceof Error && 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1));
 }
 
 buildProgram(process.argv)
-  .then((program) => {
-    program.exitOverride();
-    return program.parseAsync(process.argv);
-  })
+  .then((program) => program.parseAsync(process.argv))
   .catch((error: unknown) => {
-    if (error instanceof CommanderError) process.exit(error.exitCode);
-    exitWithError(error);
+    // Commander has printed its message; exit code 0 is --help or --version, anything else a usage error.
+    if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : USAGE_ERROR_EXIT);
+    exitWithError(error, error instanceof ConfigError ? USAGE_ERROR_EXIT : undefined);
   });

@@ -121,8 +121,8 @@ describe('the agent as a CA client', () => {
     stream.close();
     assert.equal(seen.length - before, 3, 'two failures, then success');
     const metrics = await (await fetch(`${agent.statusUrl}/metrics`)).text();
-    assert.equal(metricValue(metrics, 'num_outgoing_retries', { request_type: 'csr' }), 2);
-    assert.equal(metricValue(metrics, 'num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }), 2);
-    assert.ok(metricValue(metrics, 'outgoing_latency', { request_type: 'csr' }) > 0);
+    assert.equal(metricValue(metrics, 'istio_agent_num_outgoing_retries', { request_type: 'csr' }), 2);
+    assert.equal(metricValue(metrics, 'istio_agent_num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }), 2);
+    assert.ok(metricValue(metrics, 'istio_agent_outgoing_latency', { request_type: 'csr' }) > 0);
   });
 });

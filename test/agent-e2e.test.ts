@@ -9,10 +9,11 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
-import { startCa, type RunningCa } from './ca-helpers.js';
+import { caClient, createCertificate, getText, startCa, type RunningCa } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { metricFamilies, type MetricFamily } from './support/metrics.js';
 import { opensslVerify } from './support/openssl.js';
-import { runMeshca, startMeshca } from './support/process.js';
+import { REPO_ROOT, runMeshca, startMeshca } from './support/process.js';
 import {
   decodeSecret,
   defineSotwRuleTests,
@@ -24,6 +25,45 @@ import {
   tempDir,
   type AgentProcess,
 } from './agent-helpers.js';
+
+interface IstioMetric {
+  name: string;
+  component: 'ca' | 'agent';
+  type: string;
+  labels: string[];
+  extraLabels?: string[];
+  exported: boolean;
+  linuxOnly?: boolean;
+}
+
+const ISTIO_METRICS = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'docs/istio-metric-names.json'), 'utf8')) as { metrics: IstioMetric[] }).metrics;
+
+/**
+ * Holds one process's /metrics against docs/istio-metric-names.json: every Istio metric meshca claims for it is
+ * there with Istio's type and Istio's labels (plus only the listed extras), and every other name is meshca's own,
+ * a process metric, or (under Istio's prefixes) one of those claimed.
+ */
+function checkAgainstIstio(component: 'ca' | 'agent', families: Map<string, MetricFamily>, ownNames: RegExp): void {
+  const claimed = ISTIO_METRICS.filter((m) => m.component === component && m.exported && (!m.linuxOnly || process.platform === 'linux'));
+  assert.ok(claimed.length >= 6, `only ${claimed.length} Istio ${component} metrics listed`);
+  for (const metric of claimed) {
+    const family = families.get(metric.name);
+    assert.ok(family, `${component}: ${metric.name} is listed as exported but /metrics has no such family`);
+    assert.equal(family.type, metric.type, `${component}: ${metric.name} is a ${family.type}, Istio's is a ${metric.type}`);
+    const allowed = new Set([...metric.labels, ...(metric.extraLabels ?? [])]);
+    for (const labels of family.labelSets) {
+      for (const label of metric.labels) assert.ok(labels.includes(label), `${component}: ${metric.name} sample without Istio's label ${label}`);
+      for (const label of labels) assert.ok(allowed.has(label), `${component}: ${metric.name} has label ${label}, which is neither Istio's nor a listed extra`);
+    }
+  }
+  const istioNames = new Set(ISTIO_METRICS.map((m) => m.name));
+  for (const name of families.keys()) {
+    assert.match(name, ownNames, `${component}: ${name} is outside the names meshca may export here`);
+    if (/^(citadel_server_|istio_agent_(?!process_|nodejs_))/.test(name)) {
+      assert.ok(claimed.some((m) => m.name === name), `${component}: ${name} looks like Istio's but is not a listed, exported Istio metric${istioNames.has(name) ? ' (listed as not exported)' : ''}`);
+    }
+  }
+}
 
 const firstLeaf = (chainPem: string): string => chainPem.split(/(?<=-----END CERTIFICATE-----\n)/)[0]!;
 
@@ -80,6 +120,43 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
     }
     const roots = await secretFor(agent, frontend, 'ROOTCA');
     assert.equal(roots.rootsPem!.trim(), ca.rootPem.trim());
+  });
+
+  it("exports Istio's metric names, types and labels (docs/istio-metric-names.json) and meshca_build_info as `meshca version` prints it", async () => {
+    // An identity the first test already proved, so the later tests' count of cached identities holds.
+    const token = await kube.mintToken({ namespace: 'shop', serviceAccount: 'frontend' });
+    await secretFor(agent, token);
+    // A file resource that cannot be read (istio_agent_num_file_secret_failures_total) and a CSR that does not
+    // parse (citadel_server_csr_parsing_err_count), so those counters are seen moving, not only declared.
+    const missing = new RawSotwStream(agent.client, token);
+    missing.subscribe([`file-root:${path.join(filesDir, 'missing.pem')}`]);
+    await assert.rejects(missing.next(20_000));
+    missing.close();
+    const client = caClient(ca.grpcAddress, ca.rootPem);
+    try {
+      const refused = await createCertificate(client, { csr: 'not a CSR', token });
+      assert.equal(refused.ok, false);
+    } finally {
+      client.close();
+    }
+
+    const version = await runMeshca(['version', '--json']);
+    assert.equal(version.code, 0, version.stderr);
+    const info = JSON.parse(version.stdout) as { version: string; commit: string; nodeVersion: string };
+    assert.match(info.commit, /^[0-9a-f]{40}$|^unknown$/);
+    const caText = (await getText(`${ca.monitoringUrl}/metrics`)).body;
+    const agentText = await agent.metrics();
+    for (const text of [caText, agentText]) {
+      assert.equal(metricValue(text, 'meshca_build_info', { version: info.version, commit: info.commit, node_version: info.nodeVersion }), 1);
+    }
+    assert.equal(metricValue(agentText, 'istio_agent_num_file_secret_failures_total'), 1);
+    assert.equal(metricValue(caText, 'citadel_server_csr_parsing_err_count'), 1);
+    assert.equal(metricValue(caText, 'citadel_server_csr_sign_err_count', { error: 'CSR_ERROR' }), 1);
+    const rootSecondsLeft = metricValue(caText, 'citadel_server_root_cert_expiry_seconds');
+    assert.ok(Math.abs(metricValue(caText, 'citadel_server_root_cert_expiry_timestamp') - Date.now() / 1000 - rootSecondsLeft) < 120, 'the *_seconds gauge counts down to the *_timestamp one');
+
+    checkAgainstIstio('ca', metricFamilies(caText), /^(citadel_server_|meshca_|process_|nodejs_)/);
+    checkAgainstIstio('agent', metricFamilies(agentText), /^(istio_agent_|meshca_)/);
   });
 
   it('ends a stream without a token, or with a foreign or expired token, with UNAUTHENTICATED naming the cause', async () => {
@@ -184,7 +261,7 @@ describe('CA stopped mid-run', () => {
       ca = null;
       // The renewal (at about half of the 8 s) fails and is retried; the stream hears nothing meanwhile.
       await eventually(
-        async () => metricValue(await agent.metrics(), 'num_failed_outgoing_requests', { request_type: 'csr' }) >= 2,
+        async () => metricValue(await agent.metrics(), 'istio_agent_num_failed_outgoing_requests', { request_type: 'csr' }) >= 2,
         'renewal attempts against the stopped CA',
         20_000,
       );

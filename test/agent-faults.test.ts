@@ -198,7 +198,7 @@ describe('agent and CA killed with SIGKILL (real binaries)', () => {
       await ca!.proc.stop('SIGKILL');
       ca = null;
       await eventually(
-        async () => metricValue(await metrics(agent), 'num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }) >= 3,
+        async () => metricValue(await metrics(agent), 'istio_agent_num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }) >= 3,
         'CSRs to fail while the CA is dead',
         20_000,
       );
@@ -379,8 +379,8 @@ describe('a node clock 5 minutes off', () => {
         }
         const metrics = await metricsText(agent);
         assert.equal(metricValue(metrics, 'meshca_agent_expired_certificates'), 0, `${c.name}: nothing reported expired`);
-        const expiry = metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'default' });
-        assert.equal(expiry, Math.round(ESTIMATE_MS / 1000), `${c.name}: cert_expiry_seconds ${expiry} counts down the real lifetime`);
+        const expiry = metricValue(metrics, 'istio_agent_cert_expiry_seconds', { resource_name: 'default' });
+        assert.equal(expiry, Math.round(ESTIMATE_MS / 1000), `${c.name}: istio_agent_cert_expiry_seconds ${expiry} counts down the real lifetime`);
         console.log(`# ${c.name}: grace ratios ${ratios.map((r) => r.toFixed(4)).join(', ')} of the real lifetime`);
       } finally {
         stream.close();

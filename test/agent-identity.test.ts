@@ -343,11 +343,11 @@ describe('sidecar mode, OUTPUT_CERTS and the status server', () => {
       const ready = await fetch(`${t.agent.statusUrl}/healthz/ready`);
       assert.equal(ready.status, 200);
       const metrics = await metricsText(t.agent);
-      assert.ok(metricValue(metrics, 'num_outgoing_requests', { request_type: 'csr' }) >= 1);
-      assert.ok(metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'default' }) > 80_000);
-      assert.ok(metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'ROOTCA' }) > 0);
+      assert.ok(metricValue(metrics, 'istio_agent_num_outgoing_requests', { request_type: 'csr' }) >= 1);
+      assert.ok(metricValue(metrics, 'istio_agent_cert_expiry_seconds', { resource_name: 'default' }) > 80_000);
+      assert.ok(metricValue(metrics, 'istio_agent_cert_expiry_seconds', { resource_name: 'ROOTCA' }) > 0);
       assert.equal(metricValue(metrics, 'meshca_agent_secrets_cached'), 1);
-      for (const name of ['num_failed_outgoing_requests', 'num_outgoing_retries', 'outgoing_latency', 'meshca_sds_pushes_total', 'meshca_sds_nacks_total']) {
+      for (const name of ['istio_agent_num_failed_outgoing_requests', 'istio_agent_num_outgoing_retries', 'istio_agent_outgoing_latency', 'meshca_sds_pushes_total', 'meshca_sds_nacks_total']) {
         assert.match(metrics, new RegExp(`# TYPE ${name} `));
       }
     } finally {
@@ -388,7 +388,7 @@ describe('meshca agent start-up errors', () => {
 
   it('ends with one line for a bad setting', async () => {
     const result = await runMeshca(['agent', '--sds-socket-mode', '999'], { env: { MESHCA_LOG_LEVEL: 'silent' } });
-    assert.equal(result.code, 1);
+    assert.equal(result.code, 2, 'a bad setting is a usage error');
     assert.match(result.stderr, /^meshca: invalid --sds-socket-mode \(env MESHCA_SDS_SOCKET_MODE\)="999": expected an octal file mode/);
   });
 

@@ -380,7 +380,7 @@ describe('a flood of garbage and refused tokens over the socket', () => {
       const REPEATS = 300;
       const keysBefore = await generated();
       const callsBefore = t.ca.calls;
-      const issuedBefore = await metric(t, 'num_outgoing_requests', { request_type: 'csr' }) - (await metric(t, 'num_failed_outgoing_requests', { request_type: 'csr' }));
+      const issuedBefore = await metric(t, 'istio_agent_num_outgoing_requests', { request_type: 'csr' }) - (await metric(t, 'istio_agent_num_failed_outgoing_requests', { request_type: 'csr' }));
       const cpuBefore = process.cpuUsage();
       const now = Math.floor(Date.now() / 1000);
       const garbage = Array.from({ length: GARBAGE }, (_, i) => {
@@ -395,7 +395,7 @@ describe('a flood of garbage and refused tokens over the socket', () => {
       const cpu = process.cpuUsage(cpuBefore);
       const keysDuringFlood = (await generated()) - keysBefore;
       const issuedDuring =
-        (await metric(t, 'num_outgoing_requests', { request_type: 'csr' })) - (await metric(t, 'num_failed_outgoing_requests', { request_type: 'csr' })) - issuedBefore;
+        (await metric(t, 'istio_agent_num_outgoing_requests', { request_type: 'csr' })) - (await metric(t, 'istio_agent_num_failed_outgoing_requests', { request_type: 'csr' })) - issuedBefore;
       const caCalls = t.ca.calls - callsBefore;
       const reused = await metric(t, 'meshca_agent_workload_keys_reused_total');
       process.stdout.write(

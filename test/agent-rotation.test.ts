@@ -141,11 +141,11 @@ describe('renewal', () => {
       });
       await clock.advanceTo(Math.max(clock.now(), expiresAt + 1000));
       const metrics = await metricsText(t.agent);
-      assert.equal(metricValue(metrics, 'num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }), callTimes.length - 1);
-      assert.equal(metricValue(metrics, 'num_outgoing_retries', { request_type: 'csr' }), callTimes.length - 1);
+      assert.equal(metricValue(metrics, 'istio_agent_num_failed_outgoing_requests', { request_type: 'csr', error_code: 'UNAVAILABLE' }), callTimes.length - 1);
+      assert.equal(metricValue(metrics, 'istio_agent_num_outgoing_retries', { request_type: 'csr' }), callTimes.length - 1);
       assert.equal(metricValue(metrics, 'meshca_agent_expired_certificates'), 1);
-      assert.equal(metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'default' }), Math.round((expiresAt - clock.now()) / 1000));
-      assert.ok(metricValue(metrics, 'cert_expiry_seconds', { resource_name: 'default' }) < 0);
+      assert.equal(metricValue(metrics, 'istio_agent_cert_expiry_seconds', { resource_name: 'default' }), Math.round((expiresAt - clock.now()) / 1000));
+      assert.ok(metricValue(metrics, 'istio_agent_cert_expiry_seconds', { resource_name: 'default' }) < 0);
       assert.equal(stream.inbox.pending, 0, 'nothing was pushed while the CA was down');
       // A new stream of the same workload is still served the current secret.
       const late = new RawSotwStream(t.client, 'tok');

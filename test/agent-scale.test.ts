@@ -70,13 +70,13 @@ describe('500 concurrent SDS streams on one agent', () => {
     const during = await agent.metrics();
     assert.equal(metricValue(during, 'meshca_sds_connected_streams', { api: 'sotw' }), streams.length);
     assert.equal(metricValue(during, 'meshca_agent_secrets_cached'), SERVICE_ACCOUNTS);
-    const rss = (text: string): number => metricValue(text, 'process_resident_memory_bytes');
-    const heap = (text: string): number => metricValue(text, 'nodejs_heap_size_used_bytes');
+    const rss = (text: string): number => metricValue(text, 'istio_agent_process_resident_memory_bytes');
+    const heap = (text: string): number => metricValue(text, 'istio_agent_nodejs_heap_size_used_bytes');
     const perStream = (value: (text: string) => number): string => ((value(during) - value(before)) / streams.length / 1024).toFixed(1);
     console.log(
       `# ${streams.length} streams served in ${elapsedMs} ms; agent memory per stream: ` +
         `RSS ${perStream(rss)} KiB, heap ${perStream(heap)} KiB (RSS ${(rss(during) / 1048576).toFixed(1)} MiB total); ` +
-        `${metricValue(during, 'num_outgoing_requests', { request_type: 'csr' })} CSRs`,
+        `${metricValue(during, 'istio_agent_num_outgoing_requests', { request_type: 'csr' })} CSRs`,
     );
     for (const { stream } of streams) stream.close();
   });

@@ -32,7 +32,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   agent: ['pki', 'wire', 'config/env', 'config/agent', 'util', 'log'],
   server: ['pki', 'wire', 'kube', 'authn', 'ca', 'config/env', 'config/ca', 'util', 'log'],
   commands: ['pki', 'wire', 'kube', 'authn', 'ca', 'agent', 'server', 'config/env', 'config/flags', 'config/istio-unsupported', 'config/agent', 'config/ca', 'util', 'log'],
-  cli: ['commands', 'log', 'config/env'],
+  cli: ['commands', 'log', 'config/env', 'util'],
 };
 
 /** The part of src/ a file (path relative to src/, with `/`) belongs to. */

@@ -424,8 +424,14 @@ describe('ca configuration', () => {
     assert.equal(config.maxWorkloadCertTtlSeconds, 90 * 86400);
     assert.equal(config.tokenReviewCacheTtlSeconds, 60);
     assert.equal(config.tokenReviewTimeoutSeconds, 5);
-    assert.deepEqual(config.serverDnsNames, ['meshca.istio-system.svc']);
+    assert.deepEqual(config.serverDnsNames, ['meshca.istio-system.svc', 'istiod.istio-system.svc']);
     assert.deepEqual(config.kubeconfigs, []);
+  });
+
+  test('the default serving names follow POD_NAMESPACE; --server-dns replaces them', () => {
+    assert.deepEqual(parse([], { POD_NAMESPACE: 'mesh-ops' }).serverDnsNames, ['meshca.mesh-ops.svc', 'istiod.mesh-ops.svc']);
+    assert.deepEqual(parse([], { POD_NAMESPACE: 'mesh-ops', ISTIOD_CUSTOM_HOST: 'ca.example' }).serverDnsNames, ['meshca.mesh-ops.svc', 'istiod.mesh-ops.svc', 'ca.example']);
+    assert.deepEqual(parse(['--server-dns', 'ca.example'], { POD_NAMESPACE: 'mesh-ops' }).serverDnsNames, ['ca.example']);
   });
 
   test('flags and Istio env vars', () => {
@@ -450,6 +456,7 @@ describe('ca configuration', () => {
     assert.throws(() => parse([], { DEFAULT_WORKLOAD_CERT_TTL: '100d' }), /DEFAULT_WORKLOAD_CERT_TTL .* is longer than MAX_WORKLOAD_CERT_TTL/);
     assert.throws(() => parse(['--tokenreview-timeout', 'soon']), /invalid --tokenreview-timeout \(env MESHCA_TOKENREVIEW_TIMEOUT\)="soon"/);
     assert.throws(() => parse(['--server-dns', 'bad name']), /invalid --server-dns \(env ISTIOD_CUSTOM_HOST\)="bad name"/);
+    assert.throws(() => parse([], { POD_NAMESPACE: 'Mesh_Ops' }), /invalid POD_NAMESPACE="Mesh_Ops": expected a Kubernetes namespace name/);
     assert.throws(() => parse(['--grpc-addr', 'nowhere']), ConfigError);
   });
 

@@ -27,6 +27,7 @@ export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
     'DEFAULT_WORKLOAD_CERT_TTL',
     'MAX_WORKLOAD_CERT_TTL',
     'ISTIOD_CUSTOM_HOST',
+    'POD_NAMESPACE',
     'MESHCA_CA_SOURCE',
     'ROOT_CA_DIR',
   ]) {
@@ -78,13 +79,13 @@ export async function waitForRecord(proc: MeshcaProcess, predicate: (record: Log
   }
 }
 
-export function caClient(address: string, rootPem: string, clientCert?: { keyPem: string; certChainPem: string }): IstioCaClient {
+export function caClient(address: string, rootPem: string, clientCert?: { keyPem: string; certChainPem: string }, serverName = SERVER_NAME): IstioCaClient {
   const credentials = clientCert
     ? grpc.credentials.createSsl(Buffer.from(rootPem), Buffer.from(clientCert.keyPem), Buffer.from(clientCert.certChainPem))
     : grpc.credentials.createSsl(Buffer.from(rootPem));
   return new IstioCaClient(address, credentials, {
-    'grpc.ssl_target_name_override': SERVER_NAME,
-    'grpc.default_authority': SERVER_NAME,
+    'grpc.ssl_target_name_override': serverName,
+    'grpc.default_authority': serverName,
   });
 }
 

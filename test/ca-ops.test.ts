@@ -21,7 +21,7 @@ import { createLogger } from '../src/log.js';
 import { certificateToPem, createCaCertificate, exportPrivateKeyPem, generateKeyPairFor } from '../src/pki/index.js';
 import { startCaServer, type CaServer } from '../src/server/index.js';
 import { IstioCaClient } from '../src/wire/protos.js';
-import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, SERVER_NAME, startCa, waitForRecord } from './ca-helpers.js';
+import { caClient, cleanEnv, createCertificate, getText, opensslKeyAndCsr, startCa, waitForRecord } from './ca-helpers.js';
 import { caStartupError, cliOutcome } from './support/ca-startup.js';
 import { makeTempDir, runMeshca } from './support/process.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
@@ -97,7 +97,7 @@ describe('start-up failures are one clear line and a non-zero exit', () => {
     for (const c of cases) {
       const args = ['ca', '--grpc-addr', '127.0.0.1:0', '--monitoring-addr', '127.0.0.1:0', ...state, ...c.args];
       const result = c.inProcess ? cliOutcome(await caStartupError(args.slice(1), c.env)) : await runMeshca(args, { env: cleanEnv(c.env) });
-      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.code, 2, `a configuration error is a usage error: ${result.stderr}`);
       assert.match(result.stderr, c.message);
       assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
     }
@@ -175,10 +175,13 @@ describe('--plaintext and an expiring signing certificate', () => {
 });
 
 describe('serving certificate renewal', () => {
-  test('a new serving certificate is used for new connections without a restart', async () => {
-    // EXTERNAL_CA (an istiod variable meshca does not implement) and --log-format json ride along: one CA start.
+  // The CA runs in namespace mesh-ops (POD_NAMESPACE, as the Deployment sets it): its serving certificate, the first
+  // and every renewal, carries that namespace's names, and clients dialing them verify it. EXTERNAL_CA (an istiod
+  // variable meshca does not implement) and --log-format json ride along: one CA start.
+  test('a new serving certificate, named for POD_NAMESPACE, is used for new connections without a restart', async () => {
     const ca = await startCa(path.join(temp.dir, 'renewal'), ['--server-cert-ttl', '3s', '--log-format', 'json'], {
       JWT_RULE: jwtRule,
+      POD_NAMESPACE: 'mesh-ops',
       EXTERNAL_CA: 'ISTIOD_RA_KUBERNETES_API',
     });
     try {
@@ -189,10 +192,11 @@ describe('serving certificate renewal', () => {
       const time = String(ignored[0]!.time);
       assert.equal(new Date(time).toISOString(), time, 'time is ISO-8601');
       const first = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued');
+      assert.deepEqual(first.dnsNames, ['meshca.mesh-ops.svc', 'istiod.mesh-ops.svc']);
       const second = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && r.serial !== first.serial, 10_000);
       const port = Number(ca.grpcAddress.split(':').pop());
       const serial = await new Promise<string>((resolve, reject) => {
-        const socket = connect({ host: '127.0.0.1', port, servername: SERVER_NAME, ca: ca.rootPem, ALPNProtocols: ['h2'] }, () => {
+        const socket = connect({ host: '127.0.0.1', port, servername: 'istiod.mesh-ops.svc', ca: ca.rootPem, ALPNProtocols: ['h2'] }, () => {
           resolve(socket.getPeerCertificate().serialNumber);
           socket.end();
         });
@@ -201,8 +205,8 @@ describe('serving certificate renewal', () => {
       const served = await waitForRecord(ca.proc, (r) => r.msg === 'serving certificate issued' && String(r.serial).toUpperCase() === serial.toUpperCase());
       assert.notEqual(served.serial, first.serial);
       assert.ok(second.serial);
-      // The CA keeps serving with the renewed certificate.
-      const client = caClient(ca.grpcAddress, ca.rootPem);
+      // The CA keeps serving with the renewed certificate, to a client that checks it against the name it dials.
+      const client = caClient(ca.grpcAddress, ca.rootPem, undefined, 'meshca.mesh-ops.svc');
       try {
         const token = await issuer.mint({ namespace: 'default', serviceAccount: 'renewal', audiences: ['istio-ca'], ttlSeconds: 600 });
         const result = await createCertificate(client, { csr: opensslKeyAndCsr(temp.dir, 'renewal').csrPem, token });

@@ -123,6 +123,9 @@ describe('meshca ca --workers', () => {
     assert.equal(metricValue(metrics.body, 'meshca_tokenreview_requests_total', { result: 'authenticated' }), 1, 'one TokenReview call counted');
     const signingNotAfter = Math.floor(a.signing.cert.notAfter.getTime() / 1000);
     assert.equal(Math.floor(metricValue(metrics.body, 'citadel_server_cert_chain_expiry_timestamp')), signingNotAfter, 'the signing cert expiry is its own, not a sum');
+    const secondsLeft = metricValue(metrics.body, 'citadel_server_cert_chain_expiry_seconds');
+    assert.ok(Math.abs(signingNotAfter - Date.now() / 1000 - secondsLeft) < 120, `the seconds left (${secondsLeft}) are the signing cert's, not a sum`);
+    assert.equal(metricValue(metrics.body, 'meshca_build_info'), 1, 'the build is shown once, not summed over the processes');
     const ready = await getText(`${monitoring}/ready`);
     assert.equal(ready.status, 200, `/ready: ${ready.body}`);
     assert.deepEqual((JSON.parse(ready.body) as { workers: unknown }).workers, { listening: 2, expected: 2 });
@@ -239,7 +242,7 @@ describe('meshca ca --workers', () => {
       blocker.close();
     }
     const bad = await expectStartFailure(['--kubeconfig', kube.kubeconfigPath, '--workers', 'many', '--state-dir', path.join(temp.dir, 'bad-workers')]);
-    assert.equal(bad.code, 1);
+    assert.equal(bad.code, 2, 'a bad flag value is a usage error');
     assert.match(bad.stderr, /--workers|MESHCA_CA_WORKERS/, 'the bad value names the flag');
   });
 });

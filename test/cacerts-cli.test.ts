@@ -89,21 +89,22 @@ describe('meshca cacerts', () => {
     }
   });
 
-  test('misuse ends in one line and exit 1, and nothing is overwritten', async () => {
+  test('misuse ends in one line and exit 2 (a bad flag) or 1, and nothing is overwritten', async () => {
     const cluster1 = path.join(temp.dir, 'cluster1');
     const keyBefore = readFileSync(path.join(cluster1, 'ca-key.pem'), 'utf8');
-    const cases: { args: string[]; message: RegExp }[] = [
-      { args: ['intermediate', '--root', rootDir, '--out', cluster1, '--cluster', 'cluster1', '--key', 'ec-p256'], message: /cluster1\/ca-cert\.pem already exists; choose another --out, or pass --force/ },
-      { args: ['root', '--out', rootDir, '--key', 'ec-p256'], message: /root\/root-cert\.pem already exists/ },
-      { args: ['intermediate', '--root', rootDir, '--out', rootDir, '--cluster', 'c'], message: /--out must not be the --root directory/ },
-      { args: ['intermediate', '--root', path.join(temp.dir, 'nowhere'), '--out', path.join(temp.dir, 'x'), '--cluster', 'c'], message: /cannot read the root in .*nowhere: .*ENOENT.*\(make one with: meshca cacerts root --out/ },
-      { args: ['root', '--out', path.join(temp.dir, 'y'), '--key', 'dsa-1024'], message: /invalid --key "dsa-1024": unknown key type/ },
-      { args: ['root', '--out', path.join(temp.dir, 'z'), '--ttl', 'forever'], message: /invalid --ttl "forever"/ },
-      { args: ['intermediate', '--root', rootDir, '--out', path.join(temp.dir, 'w'), '--cluster', 'bad name'], message: /invalid --cluster "bad name"/ },
+    // code: 2 for a bad flag value (a usage error), 1 for a refusal of the files at hand.
+    const cases: { args: string[]; message: RegExp; code: 1 | 2 }[] = [
+      { args: ['intermediate', '--root', rootDir, '--out', cluster1, '--cluster', 'cluster1', '--key', 'ec-p256'], message: /cluster1\/ca-cert\.pem already exists; choose another --out, or pass --force/, code: 1 },
+      { args: ['root', '--out', rootDir, '--key', 'ec-p256'], message: /root\/root-cert\.pem already exists/, code: 1 },
+      { args: ['intermediate', '--root', rootDir, '--out', rootDir, '--cluster', 'c'], message: /--out must not be the --root directory/, code: 2 },
+      { args: ['intermediate', '--root', path.join(temp.dir, 'nowhere'), '--out', path.join(temp.dir, 'x'), '--cluster', 'c'], message: /cannot read the root in .*nowhere: .*ENOENT.*\(make one with: meshca cacerts root --out/, code: 1 },
+      { args: ['root', '--out', path.join(temp.dir, 'y'), '--key', 'dsa-1024'], message: /invalid --key "dsa-1024": unknown key type/, code: 2 },
+      { args: ['root', '--out', path.join(temp.dir, 'z'), '--ttl', 'forever'], message: /invalid --ttl "forever"/, code: 2 },
+      { args: ['intermediate', '--root', rootDir, '--out', path.join(temp.dir, 'w'), '--cluster', 'bad name'], message: /invalid --cluster "bad name"/, code: 2 },
     ];
     const results = await Promise.all(cases.map((c) => runMeshca(['cacerts', ...c.args])));
     results.forEach((result, index) => {
-      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.code, cases[index]!.code, result.stderr);
       const lines = result.stderr.trim().split('\n');
       assert.equal(lines.length, 1, result.stderr);
       assert.match(lines[0]!, /^meshca: /);

@@ -53,8 +53,27 @@ describe('meshca command line', () => {
     assert.match(ca.stdout, /--workers <n\|auto>/, "meshca ca --help lists the CA's options");
     assertNamesEveryVariable(ca.stdout, registerCaCommand, UNSUPPORTED_CA_VARIABLES);
     const unknown = await runMeshca(['bogus']);
-    assert.equal(unknown.code, 1);
+    assert.equal(unknown.code, 2);
     assert.match(unknown.stderr, /unknown command 'bogus'/);
+  });
+
+  test('exit status: 2 for a usage error (bad option, argument or setting), 1 for a failure, 0 for help and version', async () => {
+    const cases: { args: string[]; code: 0 | 1 | 2; stderr: RegExp }[] = [
+      { args: ['agent', '--no-such-flag'], code: 2, stderr: /^error: unknown option '--no-such-flag'/ },
+      { args: ['fetch', '--sds-socket'], code: 2, stderr: /^error: option '--sds-socket <path>' argument missing/ },
+      { args: ['inspect'], code: 2, stderr: /^error: missing required argument 'file'/ },
+      { args: ['token', '--service-account', 'cart'], code: 2, stderr: /^error: required option '--namespace <ns>' not specified/ },
+      { args: ['cacerts'], code: 2, stderr: /^Usage: meshca cacerts/ },
+      { args: ['agent', '--mode', 'gateway'], code: 2, stderr: /^meshca: invalid --mode \(env MESHCA_AGENT_MODE\)="gateway": expected one of node, sidecar$/m },
+      { args: ['inspect', path.join(temp, 'missing.pem')], code: 1, stderr: /^meshca: .*ENOENT/ },
+      { args: ['--version'], code: 0, stderr: /^$/ },
+    ];
+    const results = await Promise.all(cases.map((c) => runMeshca(c.args, { env: { MESHCA_LOG_LEVEL: 'silent' } })));
+    results.forEach((result, index) => {
+      const c = cases[index]!;
+      assert.equal(result.code, c.code, `meshca ${c.args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, c.stderr, `meshca ${c.args.join(' ')}`);
+    });
   });
 
   test("the agent runs from a build that lacks the CA's modules; the CA does not", () => {

@@ -13,11 +13,13 @@ import { Command, type Option } from 'commander';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
 import { registerCacertsCommand } from '../src/commands/cacerts.js';
+import { registerCompletionCommand } from '../src/commands/completion.js';
 import { registerDevCommand } from '../src/commands/dev.js';
 import { registerFetchCommand } from '../src/commands/fetch.js';
 import { registerInspectCommand } from '../src/commands/inspect.js';
 import { registerRequestCommand } from '../src/commands/request.js';
 import { registerTokenCommand } from '../src/commands/token.js';
+import { registerVersionCommand } from '../src/commands/version.js';
 import { envOfOption } from '../src/config/flags.js';
 import { REPO_ROOT } from './support/process.js';
 
@@ -97,8 +99,7 @@ function built(): Map<string, Command> {
   for (const register of [registerCaCommand, registerAgentCommand, registerDevCommand, registerTokenCommand, registerRequestCommand, registerFetchCommand]) {
     register(program);
   }
-  registerInspectCommand(program);
-  registerCacertsCommand(program);
+  for (const register of [registerInspectCommand, registerCacertsCommand, registerCompletionCommand, registerVersionCommand]) register(program);
   return new Map(program.commands.map((c) => [c.name(), c]));
 }
 

@@ -27,6 +27,7 @@ import { registerFetchCommand } from '../src/commands/fetch.js';
 import { registerInspectCommand } from '../src/commands/inspect.js';
 import { registerRequestCommand } from '../src/commands/request.js';
 import { registerTokenCommand } from '../src/commands/token.js';
+import { registerVersionCommand } from '../src/commands/version.js';
 import { readAgentConfig, type AgentFlags } from '../src/config/agent.js';
 import { readCaServerConfig, type CaServerFlags } from '../src/config/ca.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -40,6 +41,7 @@ const DEPLOY = path.join(REPO_ROOT, 'deploy');
 const BASE = path.join(DEPLOY, 'kubernetes');
 /** YAML under deploy/ that is not a Kubernetes object. */
 const NOT_KUBERNETES = new Set(['examples/envoy-sds.yaml', 'prometheus/meshca-alerts.yaml']);
+const OPERATOR = path.join(DEPLOY, 'prometheus-operator');
 
 type Json = Record<string, unknown>;
 
@@ -380,6 +382,42 @@ function definedMetric(name: string, metrics: { names: Set<string>; histograms: 
   return base !== name && metrics.histograms.has(base);
 }
 
+interface AlertRule {
+  alert: string;
+  expr: string;
+  annotations: Record<string, string>;
+}
+
+function rulesOf(doc: unknown): AlertRule[] {
+  return (doc as { groups: { rules: AlertRule[] }[] }).groups.flatMap((g) => g.rules);
+}
+
+interface MonitorSpec {
+  selector: { matchLabels: Record<string, string> };
+  endpoints?: { port: string; relabelings?: Json[] }[];
+  podMetricsEndpoints?: { port: string; relabelings?: Json[] }[];
+}
+
+/** docs/istio-metric-names.json: Istio's CA and agent metric names, and which of them meshca exports. */
+function istioMetricNames(): { exported: Set<string>; all: Set<string> } {
+  const list = JSON.parse(readFileSync(path.join(REPO_ROOT, 'docs/istio-metric-names.json'), 'utf8')) as { metrics: { name: string; exported: boolean }[] };
+  return { exported: new Set(list.metrics.filter((m) => m.exported).map((m) => m.name)), all: new Set(list.metrics.map((m) => m.name)) };
+}
+
+/** The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens. */
+function markdownAnchors(markdown: string): Set<string> {
+  const anchors = new Set<string>();
+  for (const match of markdown.matchAll(/^#{1,6}\s+(.+?)\s*$/gm)) {
+    anchors.add(
+      match[1]!
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+        .replace(/\s/g, '-'),
+    );
+  }
+  return anchors;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // RBAC evaluation
 
@@ -697,7 +735,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
         }
       }
     }
-    const exported = readSources(['src/server/metrics.ts', 'src/agent/metrics.ts', 'src/ca/sources/cacerts/cacerts.ts']).flatMap(({ text }) => [
+    const exported = readSources(['src/server/metrics.ts', 'src/agent/metrics.ts', 'src/ca/sources/cacerts/cacerts.ts', 'src/util/build-info-metric.ts']).flatMap(({ text }) => [
       ...[...text.matchAll(/new (?:Counter|Gauge|Histogram)(?:<[^>]*>)?\(\{\s*name:\s*'([a-z_:][a-z0-9_:]*)'/g)].map((m) => m[1]!),
       ...[...text.matchAll(/_METRIC\s*=\s*'([a-z_:][a-z0-9_:]*)'/g)].map((m) => m[1]!),
     ]);
@@ -714,7 +752,61 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     }
   });
 
-  it('has a multi-stage Dockerfile: npm ci --omit=dev in the final stage, non-root USER, meshca on PATH, no HEALTHCHECK', () => {
+  it('selects meshca by scrape job in every alert and dashboard query, uses Istio names as Istio exposes them, and links each alert to its runbook', () => {
+    const istio = istioMetricNames();
+    const alertRules = rulesOf(loadDocuments(path.join(DEPLOY, 'prometheus/meshca-alerts.yaml'))[0]);
+    const [operatorRule] = loadDocuments(path.join(OPERATOR, 'meshca-rules.yaml')).map((d) => asKubeObject(d, 'meshca-rules.yaml'));
+    assert.equal(operatorRule!.kind, 'PrometheusRule');
+    assert.deepEqual(operatorRule!.spec, loadDocuments(path.join(DEPLOY, 'prometheus/meshca-alerts.yaml'))[0], 'the PrometheusRule holds the rule file, unchanged');
+    const jobs = { ca: 'meshca-ca', agent: 'meshca-agent' };
+    const runbooks = new Map<string, Set<string>>();
+    for (const rule of alertRules) {
+      for (const name of metricsInExpression(rule.expr)) {
+        if (name.startsWith('citadel_server_') || name.startsWith('istio_agent_')) assert.ok(istio.exported.has(name), `alert ${rule.alert} uses ${name}, which is not an Istio name meshca exports (docs/istio-metric-names.json)`);
+        const job = name.startsWith('istio_agent_') || /^meshca_(agent|sds)_/.test(name) ? jobs.agent : jobs.ca;
+        assert.ok(new RegExp(`${name}\\{job="${job}"`).test(rule.expr), `alert ${rule.alert}: ${name} must be selected with {job="${job}", ...}`);
+      }
+      const url = rule.annotations.runbook_url;
+      const link = url === undefined ? null : /^(docs\/[\w-]+\.md)#([\w-]+)$/.exec(url);
+      assert.ok(link, `alert ${rule.alert} has no runbook_url of the form docs/<file>.md#<section> (got ${String(url)})`);
+      if (!runbooks.has(link[1]!)) runbooks.set(link[1]!, markdownAnchors(readFileSync(path.join(REPO_ROOT, link[1]!), 'utf8')));
+      assert.ok(runbooks.get(link[1]!)!.has(link[2]!), `alert ${rule.alert}: ${url} names no section of ${link[1]}`);
+    }
+
+    const dashboard = JSON.parse(readFileSync(path.join(DEPLOY, 'grafana/meshca-dashboard.json'), 'utf8')) as {
+      templating: { list: { name: string; query?: { query: string }; allValue?: string }[] };
+      panels: { title: string; targets?: { expr: string }[] }[];
+    };
+    const jobVariable = dashboard.templating.list.find((v) => v.name === 'job');
+    assert.ok(jobVariable, 'the dashboard has no $job variable');
+    assert.match(jobVariable.query!.query, /meshca_build_info/, 'the $job variable lists the jobs that export meshca_build_info (istiod does not)');
+    assert.equal(jobVariable.allValue, undefined, '"All" must mean all meshca jobs, not .* (which would take in istiod)');
+    for (const panel of dashboard.panels) {
+      for (const target of panel.targets ?? []) {
+        for (const name of metricsInExpression(target.expr)) {
+          if (name.startsWith('citadel_server_') || name.startsWith('istio_agent_')) assert.ok(istio.exported.has(name), `panel "${panel.title}" uses ${name}, which is not an Istio name meshca exports`);
+          assert.ok(new RegExp(`${name}\\{job=~"\\$job"`).test(target.expr), `panel "${panel.title}": ${name} must be selected with {job=~"$job", ...}`);
+        }
+      }
+    }
+
+    // The prometheus-operator objects scrape the ports the CA's Service and the agents' pods name, under those jobs.
+    const operatorKustomization = kustomizationResources(OPERATOR).sort();
+    assert.deepEqual(operatorKustomization, readdirSync(OPERATOR).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').sort());
+    const monitors = loadDocuments(path.join(OPERATOR, 'monitors.yaml')).map((d) => asKubeObject(d, 'monitors.yaml')) as (KubeObject & { spec: MonitorSpec })[];
+    const serviceMonitor = find<KubeObject & { spec: MonitorSpec }>(monitors, 'ServiceMonitor', 'meshca-ca');
+    const podMonitor = find<KubeObject & { spec: MonitorSpec }>(monitors, 'PodMonitor', 'meshca-agent');
+    assert.deepEqual(serviceMonitor.spec.selector.matchLabels, service.metadata.labels);
+    assert.deepEqual(serviceMonitor.spec.endpoints!.map((e) => e.port), [service.spec.ports.find((p) => p.port === 15014)!.name]);
+    assert.deepEqual(podMonitor.spec.selector.matchLabels, Object.fromEntries(Object.entries(daemonSet.spec.template.metadata.labels).filter(([k]) => k.startsWith('app.kubernetes.io/'))));
+    assert.deepEqual(podMonitor.spec.podMetricsEndpoints!.map((e) => containerPort(agentContainer, e.port)), [15020]);
+    for (const [endpoints, job] of [[serviceMonitor.spec.endpoints!, jobs.ca], [podMonitor.spec.podMetricsEndpoints!, jobs.agent]] as const) {
+      assert.deepEqual(endpoints.flatMap((e) => e.relabelings ?? []), [{ targetLabel: 'job', replacement: job }]);
+    }
+    for (const o of [serviceMonitor, podMonitor, operatorRule!]) assert.equal(o.metadata.namespace, 'istio-system');
+  });
+
+    it('has a multi-stage Dockerfile on Node.js 24 pinned by digest: npm ci --omit=dev in the final stage, non-root USER, meshca on PATH, no HEALTHCHECK', () => {
     const text = readFileSync(path.join(REPO_ROOT, 'Dockerfile'), 'utf8');
     const instructions = text
       .replace(/\\\n/g, ' ')
@@ -730,8 +822,17 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     const froms = instructions.map((i, index) => ({ ...i, index })).filter((i) => i.keyword === 'FROM');
     assert.ok(froms.length >= 2, 'multi-stage: a build stage and a runtime stage');
     const finalStage = instructions.slice(froms[froms.length - 1]!.index);
-    const baseImage = finalStage[0]!.args.split(/\s+/)[0]!.replace(/^\$\{(\w+)\}$/, (_, name: string) => args[name] ?? name);
-    assert.match(baseImage, /^node:20[\w.-]*-slim$/);
+    const imageOf = (from: { args: string }): string => from.args.split(/\s+/)[0]!.replace(/^\$\{(\w+)\}$/, (_, name: string) => args[name] ?? name);
+    const baseImage = imageOf(finalStage[0]!);
+    // The supported Node.js (24, matching package.json engines and README), by digest: a tag alone can be re-pushed.
+    assert.match(baseImage, /^node:24[\w.-]*-slim@sha256:[0-9a-f]{64}$/);
+    const stageNames = new Set(froms.map((f) => /\bAS\s+(\S+)/i.exec(f.args)?.[1]).filter((name) => name !== undefined));
+    for (const from of froms) {
+      const image = imageOf(from);
+      assert.ok(stageNames.has(image) || /@sha256:[0-9a-f]{64}$/.test(image), `FROM ${from.args}: pin the image by digest`);
+    }
+    const engines = (JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }).engines.node;
+    assert.match(engines, /^>=20\.19\.0$/, 'package.json engines: the oldest Node.js CI still runs (20.19); 24 is the supported line');
     const runs = finalStage.filter((i) => i.keyword === 'RUN').map((i) => i.args);
     assert.ok(runs.some((r) => /\bnpm ci\b/.test(r) && r.includes('--omit=dev')), 'the final stage installs production dependencies with npm ci --omit=dev');
     assert.ok(!runs.some((r) => /\b(npm run build|tsc)\b/.test(r)), 'no compiling in the final stage');
@@ -933,7 +1034,7 @@ const DOC_FILES = [...readdirSync(DOCS).filter((f) => f.endsWith('.md')).map((f)
 /** Every meshca command, with its subcommands, whose actions do nothing. */
 function fullProgram(): Command {
   const program = new Command().exitOverride();
-  for (const register of [registerInspectCommand, registerCacertsCommand, registerAgentCommand, registerFetchCommand, registerCaCommand, registerTokenCommand, registerDevCommand, registerRequestCommand]) {
+  for (const register of [registerInspectCommand, registerCacertsCommand, registerAgentCommand, registerFetchCommand, registerCaCommand, registerTokenCommand, registerDevCommand, registerRequestCommand, registerVersionCommand]) {
     register(program);
   }
   return program;

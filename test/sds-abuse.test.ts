@@ -243,8 +243,8 @@ describe('10 000 SDS streams opened and dropped (real binaries)', () => {
       Array.from({ length: PODS }, (_, i) => kube.mintToken({ namespace: 'churn', serviceAccount: `sa-${i % 5}`, podName: `pod-${i}` })),
     );
     const baseline = await agent.metrics();
-    const rss = (text: string): number => metricValue(text, 'process_resident_memory_bytes');
-    const heap = (text: string): number => metricValue(text, 'nodejs_heap_size_used_bytes');
+    const rss = (text: string): number => metricValue(text, 'istio_agent_process_resident_memory_bytes');
+    const heap = (text: string): number => metricValue(text, 'istio_agent_nodejs_heap_size_used_bytes');
     let peak = 0;
     let answered = 0;
     for (let start = 0; start < STREAMS; start += BATCH) {
@@ -280,7 +280,7 @@ describe('10 000 SDS streams opened and dropped (real binaries)', () => {
     await eventually(async () => metricValue(await agent.metrics(), 'meshca_sds_connected_streams') === 0, 'every stream to be gone', 20_000);
     const dropped = await agent.metrics();
     assert.equal(metricValue(dropped, 'meshca_sds_unsent_responses'), 0);
-    assert.equal(metricValue(dropped, 'num_outgoing_requests', { request_type: 'csr' }), PODS, 'one CSR per token, not per stream');
+    assert.equal(metricValue(dropped, 'istio_agent_num_outgoing_requests', { request_type: 'csr' }), PODS, 'one CSR per token, not per stream');
     await eventually(async () => metricValue(await agent.metrics(), 'meshca_agent_secrets_cached') === 0, 'idle secrets to be dropped', 20_000);
     const settled = await agent.metrics();
     console.log(

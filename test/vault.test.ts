@@ -298,12 +298,17 @@ describe('Vault PKI key source', () => {
     }
   });
 
-  test('start-up problems end in one clear line and exit 1', async () => {
+  test('start-up problems end in one clear line and exit 2 (a bad setting) or 1', async () => {
     const base = ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'vault', '--state-dir', path.join(temp.dir, 'bad')];
     // inProcess: the same start-up in this process (support/ca-startup.ts) instead of the real binary. The real
     // binary runs one refusal of the configuration and one of opening Vault: the exit code and the one line.
-    const cases: { args?: string[]; env: NodeJS.ProcessEnv; message: RegExp; inProcess?: true }[] = [
-      { env: { VAULT_ADDR: 'vault.example:8200', VAULT_TOKEN: 't', VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' }, message: /invalid VAULT_ADDR="vault\.example:8200": expected an http:\/\/ or https:\/\/ URL/ },
+    // usage: a bad or missing setting, which exits 2 (a usage error); the others exit 1.
+    const cases: { args?: string[]; env: NodeJS.ProcessEnv; message: RegExp; inProcess?: true; usage?: true }[] = [
+      {
+        env: { VAULT_ADDR: 'vault.example:8200', VAULT_TOKEN: 't', VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },
+        message: /invalid VAULT_ADDR="vault\.example:8200": expected an http:\/\/ or https:\/\/ URL/,
+        usage: true,
+      },
       {
         args: ['--vault-token-file', path.join(temp.dir, 'missing-token')],
         env: { VAULT_ADDR: vault.url, VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },
@@ -320,7 +325,7 @@ describe('Vault PKI key source', () => {
         env: { VAULT_ADDR: 'http://127.0.0.1:1', VAULT_TOKEN: 't', VAULT_SIGN_CSR_PATH: 'pki_int/sign/istio' },
         message: /cannot read the trust bundle from Vault at http:\/\/127\.0\.0\.1:1\/v1\/pki_int\/ca_chain: .*ECONNREFUSED/,
       },
-      { env: { VAULT_ADDR: vault.url, VAULT_TOKEN: 't' }, message: /needs VAULT_SIGN_CSR_PATH .* or VAULT_INTERMEDIATE_PATH/, inProcess: true },
+      { env: { VAULT_ADDR: vault.url, VAULT_TOKEN: 't' }, message: /needs VAULT_SIGN_CSR_PATH .* or VAULT_INTERMEDIATE_PATH/, inProcess: true, usage: true },
     ];
     const results = await Promise.all(
       cases.map(async (c) => {
@@ -329,7 +334,7 @@ describe('Vault PKI key source', () => {
       }),
     );
     results.forEach((result, index) => {
-      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.code, cases[index]!.usage ? 2 : 1, result.stderr);
       const lines = result.stderr.split('\n').filter((l) => l.startsWith('meshca: '));
       assert.equal(lines.length, 1, result.stderr);
       if (cases[index]!.inProcess) assert.equal(result.stderr, `${lines[0]}\n`, 'the message is one line');

@@ -189,6 +189,8 @@ export class FileWatcher {
   constructor(
     private readonly log: Logger,
     private readonly policy: FileReadPolicy,
+    /** Counted as istio_agent_num_file_watcher_failures_total and istio_agent_num_file_secret_failures_total. */
+    private readonly failures?: { watcher(): void; read(): void },
   ) {}
 
   /** Reads `file` (readFileResource) and watches it. Rejects with an SdsError when the file is refused or unreadable. */
@@ -233,7 +235,13 @@ export class FileWatcher {
   }
 
   private async start(file: string): Promise<WatchedFile> {
-    const content = await readContent(file, this.policy);
+    let content: FileContent;
+    try {
+      content = await readContent(file, this.policy);
+    } catch (error) {
+      this.failures?.read();
+      throw error;
+    }
     const existing = this.files.get(file);
     if (existing) return existing;
     const entry: WatchedFile = { content, listeners: new Set(), users: 0, watcher: null };
@@ -245,6 +253,7 @@ export class FileWatcher {
       entry.watcher = watch(path.dirname(file), { persistent: false }, schedule);
       entry.watcher.on('error', () => undefined);
     } catch {
+      this.failures?.watcher();
       entry.watcher = null; // The poll below still notices changes.
     }
     watchFile(file, { persistent: false, interval: POLL_INTERVAL_MS }, schedule);

@@ -127,7 +127,7 @@ async function start(
   } else {
     const grpcCa = new GrpcCaClient(config.ca, await readCaRoot(config.ca.rootCertPath), log);
     ca = grpcCa;
-    rootWatch = watchCaRoot(config.ca.rootCertPath, grpcCa, log);
+    rootWatch = watchCaRoot(config.ca.rootCertPath, grpcCa, log, metrics);
   }
   cleanups.push(() => ca.close());
   if (rootWatch) cleanups.push(() => rootWatch.close());
@@ -157,7 +157,7 @@ async function start(
   });
   cleanups.push(() => cache.close());
   const secrets = new WorkloadSecrets({ cache, key: config.key });
-  const files = new FileWatcher(log, { allowedDirs: config.fileResourceDirs });
+  const files = new FileWatcher(log, { allowedDirs: config.fileResourceDirs }, fileFailureCounters(metrics));
   cleanups.push(() => files.close());
   const sidecarCredential = config.mode === 'sidecar' ? tokenFileCredential(config.tokenFile) : null;
   const provider = new ResourceProvider({
@@ -262,9 +262,15 @@ async function start(
 }
 
 /** The mesh root file is a mounted ConfigMap: when it changes (root rotation) the CA channel trusts the new one. */
-function watchCaRoot(file: string, client: GrpcCaClient, log: Logger): { close(): void } {
-  // The operator's own setting, not a client's request: any path, read with the same care.
-  const files = new FileWatcher(log, { allowedDirs: null });
+/** The FileWatcher hooks that count watcher and file-read failures the way the istio-agent does. */
+function fileFailureCounters(metrics: AgentMetrics): { watcher(): void; read(): void } {
+  return { watcher: () => metrics.fileWatcherFailures.inc(), read: () => metrics.fileSecretFailures.inc() };
+}
+
+function watchCaRoot(file: string, client: GrpcCaClient, log: Logger, metrics: AgentMetrics): { close(): void } {
+  // The operator's own setting, not a client's request: any path, read with the same care. Only a failed watch is
+  // counted: this file is the agent's CA trust, not a file-cert:/file-root: secret.
+  const files = new FileWatcher(log, { allowedDirs: null }, { watcher: () => metrics.fileWatcherFailures.inc(), read: () => undefined });
   let closed = false;
   void files.open(file).then(
     (watch) => {

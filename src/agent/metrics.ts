@@ -1,9 +1,15 @@
 /**
- * The agent's Prometheus metrics. Names Istio's agent uses are kept (cert_expiry_seconds, num_outgoing_requests,
- * num_failed_outgoing_requests, num_outgoing_retries, outgoing_latency); meshca's own are prefixed meshca_.
- * Each agent owns its registry, so several agents can run in one process (tests).
+ * The agent's Prometheus metrics. Where the istio-agent has a metric for the same thing, the name, type and labels
+ * are the ones it exposes on :15020/metrics (`istio_agent_*`, listed with their sources in
+ * docs/istio-metric-names.json), so dashboards and alerts written for Istio keep working; meshca's own are
+ * prefixed `meshca_`. The Node.js process metrics carry the `istio_agent_` prefix too, as the istio-agent's process
+ * and Go runtime metrics do. Each agent owns its registry, so several agents can run in one process (tests).
  */
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { registerBuildInfo } from '../util/build-info-metric.js';
+
+/** The prefix of every istio-agent metric, and of the agent's process metrics. */
+const AGENT_PREFIX = 'istio_agent_';
 
 export interface ExpiryReading {
   resourceName: string;
@@ -18,6 +24,8 @@ export class AgentMetrics {
   readonly failedOutgoingRequests: Counter<'request_type' | 'error_code'>;
   readonly outgoingRetries: Counter<'request_type'>;
   readonly outgoingLatency: Counter<'request_type'>;
+  readonly fileWatcherFailures: Counter;
+  readonly fileSecretFailures: Counter;
   readonly connectedStreams: Gauge<'api'>;
   readonly pushes: Counter<'api' | 'resource_type'>;
   readonly nacks: Counter<'api' | 'resource_type'>;
@@ -35,15 +43,18 @@ export class AgentMetrics {
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
-    this.outgoingRequests = new Counter({ name: 'num_outgoing_requests', help: 'Number of requests sent to the CA', labelNames: ['request_type'], registers });
-    this.failedOutgoingRequests = new Counter({ name: 'num_failed_outgoing_requests', help: 'Number of requests to the CA that failed', labelNames: ['request_type', 'error_code'], registers });
-    this.outgoingRetries = new Counter({ name: 'num_outgoing_retries', help: 'Number of retried requests to the CA', labelNames: ['request_type'], registers });
-    this.outgoingLatency = new Counter({ name: 'outgoing_latency', help: 'Total time spent in requests to the CA, in milliseconds', labelNames: ['request_type'], registers });
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: AGENT_PREFIX });
+    registerBuildInfo(this.registry);
+    this.outgoingRequests = new Counter({ name: 'istio_agent_num_outgoing_requests', help: 'Number of total outgoing requests (CSRs) to the CA', labelNames: ['request_type'], registers });
+    this.failedOutgoingRequests = new Counter({ name: 'istio_agent_num_failed_outgoing_requests', help: 'Number of outgoing requests to the CA that failed (error_code: the gRPC status, a meshca addition)', labelNames: ['request_type', 'error_code'], registers });
+    this.outgoingRetries = new Counter({ name: 'istio_agent_num_outgoing_retries', help: 'Number of retried requests to the CA', labelNames: ['request_type'], registers });
+    this.outgoingLatency = new Counter({ name: 'istio_agent_outgoing_latency', help: 'Total time spent in requests to the CA, in milliseconds', labelNames: ['request_type'], registers });
+    this.fileWatcherFailures = new Counter({ name: 'istio_agent_num_file_watcher_failures_total', help: 'Number of times a watcher for a file-cert:/file-root: file or the CA root file could not be added (polling still notices changes)', registers });
+    this.fileSecretFailures = new Counter({ name: 'istio_agent_num_file_secret_failures_total', help: 'Number of times a file-cert:/file-root: resource could not be read from its file', registers });
     const source = (): ExpiryReading[] => this.expirySource();
     const now = (): number => this.now();
     new Gauge({
-      name: 'cert_expiry_seconds',
+      name: 'istio_agent_cert_expiry_seconds',
       help: 'Seconds until the certificate served as this resource expires (negative once expired)',
       labelNames: ['resource_name', 'identity'],
       registers,

@@ -5,7 +5,7 @@
  * chain that has passed that check; anything else is a CaError.
  */
 import { isPkiError, parseCsr, verifyCsr, type ParsedCsr, type WorkloadId } from '../pki/index.js';
-import { CaError } from './errors.js';
+import { CaError, CsrParseError } from './errors.js';
 import { IssuedChainChecker } from './issued-check.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
 
@@ -53,7 +53,7 @@ function checkedCsr(csrPem: string): ParsedCsr {
     verifyCsr(csr);
     return csr;
   } catch (error) {
-    if (isPkiError(error)) throw new CaError('CSR_ERROR', `CSR error: ${error.message}`, { cause: error });
+    if (isPkiError(error)) throw new CsrParseError(`CSR error: ${error.message}`, { cause: error });
     throw error;
   }
 }

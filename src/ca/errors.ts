@@ -29,6 +29,14 @@ export class WithheldChainError extends CaError {
   }
 }
 
+/** The CSR did not parse, or its signature did not verify: a CSR_ERROR, told apart for citadel_server_csr_parsing_err_count. */
+export class CsrParseError extends CaError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('CSR_ERROR', message, options);
+    this.name = 'CsrParseError';
+  }
+}
+
 /** Start-up / load problems of a key source: one line that names the file and the fix. */
 export class CaConfigError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -3,7 +3,7 @@
  * (sources/: one folder per source, listed once in sources/index.ts) and the shared material helpers.
  */
 export { CertificateAuthority, formatSeconds, type AuthorityOptions, type IssueRequest, type IssueResult } from './authority.js';
-export { CaError, CaConfigError, WithheldChainError, type CaErrorCode } from './errors.js';
+export { CaError, CaConfigError, CsrParseError, WithheldChainError, type CaErrorCode } from './errors.js';
 export { LocalSigner } from './local-signer.js';
 export { ManagedLocalSigner } from './managed-signer.js';
 export { buildCaMaterial, fingerprint, type CaMaterial } from './material.js';

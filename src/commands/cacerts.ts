@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { loadCacerts } from '../ca/sources/cacerts/cacerts.js';
 import { fingerprint } from '../ca/material.js';
-import { durationExpectation, parseDurationSeconds } from '../config/env.js';
+import { ConfigError, durationExpectation, parseDurationSeconds } from '../config/env.js';
 import {
   certificatePublicKey,
   certificatesFromPem,
@@ -32,20 +32,21 @@ import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 const ROOT_FILES = { cert: 'root-cert.pem', key: 'root-key.pem' } as const;
 
+/** A refusal of the files or keys at hand; a bad flag value is a ConfigError instead (exit 2, a usage error). */
 class CacertsCommandError extends Error {}
 
 function keySpecOf(text: string): KeySpec {
   try {
     return parseKeySpec(text);
   } catch (error) {
-    throw new CacertsCommandError(`invalid --key "${text}": ${(error as Error).message}`);
+    throw new ConfigError(`invalid --key "${text}": ${(error as Error).message}`);
   }
 }
 
 function ttlOf(text: string): number {
   const seconds = parseDurationSeconds(text);
-  if (seconds === null && /^\s*\d+(\.\d+)?\s*$/.test(text)) throw new CacertsCommandError(`invalid --ttl "${text}": expected ${durationExpectation(text)}`);
-  if (seconds === null || seconds < 60) throw new CacertsCommandError(`invalid --ttl "${text}": expected a duration of at least 1m, such as 3650d or 8760h`);
+  if (seconds === null && /^\s*\d+(\.\d+)?\s*$/.test(text)) throw new ConfigError(`invalid --ttl "${text}": expected ${durationExpectation(text)}`);
+  if (seconds === null || seconds < 60) throw new ConfigError(`invalid --ttl "${text}": expected a duration of at least 1m, such as 3650d or 8760h`);
   return seconds;
 }
 
@@ -120,10 +121,10 @@ async function createRootCa(options: RootOptions): Promise<{ certFile: string; k
 
 async function createIntermediateCa(options: IntermediateOptions): Promise<{ dir: string; cert: ParsedCertificate; clamped: boolean }> {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(options.cluster)) {
-    throw new CacertsCommandError(`invalid --cluster "${options.cluster}": use letters, digits, '.', '_' and '-'`);
+    throw new ConfigError(`invalid --cluster "${options.cluster}": use letters, digits, '.', '_' and '-'`);
   }
   if (path.resolve(options.out) === path.resolve(options.root)) {
-    throw new CacertsCommandError('--out must not be the --root directory: the cacerts Secret would then carry the root key');
+    throw new ConfigError('--out must not be the --root directory: the cacerts Secret would then carry the root key');
   }
   const spec = keySpecOf(options.key);
   const ttlSeconds = ttlOf(options.ttl);

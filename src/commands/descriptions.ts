@@ -10,7 +10,9 @@ export const COMMAND_DESCRIPTIONS = {
   ca: 'run the CA server: Istio-compatible CreateCertificate over gRPC/TLS, authenticated by client certs, TokenReview and JWT',
   token: 'print a development JWT for a service account, signed by the meshca dev issuer (trusted by `meshca dev`)',
   dev: 'run the whole system locally without Kubernetes: the CA with a self-signed root, a dev JWT issuer it trusts, and a node agent serving SDS',
+  completion: 'print a shell completion script for bash, zsh or fish (see README: Shell completion)',
   request: 'get a workload certificate from a CA like istio-agent does (key + CSR, CreateCertificate, Istio file layout)',
+  version: 'print the meshca version, the commit it was built from and the Node.js version running it',
 } as const;
 
 export type CommandName = keyof typeof COMMAND_DESCRIPTIONS;

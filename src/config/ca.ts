@@ -81,7 +81,9 @@ export interface CaServerFlags extends KeySourceFlags {
   workers?: string;
 }
 
-const DEFAULT_SERVER_DNS = 'meshca.istio-system.svc';
+/** Services the CA answers as, in its namespace: its own (deploy/kubernetes/ca.yaml) and istiod's, like istiod's own default. */
+const DEFAULT_SERVER_SERVICES = ['meshca', 'istiod'] as const;
+const DEFAULT_SERVER_DNS = `${DEFAULT_SERVER_SERVICES.map((service) => `${service}.<ns>.svc`).join(',')}, <ns> being POD_NAMESPACE or istio-system`;
 const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
 
 /** Every flag of `meshca ca` other than the key source's (those are the key source's own, see src/ca). */
@@ -182,9 +184,21 @@ function readKubeconfigs(flags: readonly string[] | undefined, env: Env, localCl
   return entries;
 }
 
+/**
+ * The default serving names follow the namespace the CA runs in (POD_NAMESPACE, as istiod's do), so that a CA
+ * deployed outside istio-system still presents the name its clients dial.
+ */
+function defaultDnsNames(env: Env): string[] {
+  const namespace = readString(undefined, env, { env: 'POD_NAMESPACE' }, 'istio-system');
+  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(namespace)) {
+    throw bad({ env: 'POD_NAMESPACE' }, namespace, 'a Kubernetes namespace name: lowercase letters, digits and "-", at most 63');
+  }
+  return DEFAULT_SERVER_SERVICES.map((service) => `${service}.${namespace}.svc`);
+}
+
 function readDnsNames(flags: readonly string[] | undefined, env: Env): string[] {
   const fromFlags = (flags ?? []).flatMap((v) => v.split(',')).map((s) => s.trim()).filter(Boolean);
-  const names = fromFlags.length > 0 ? fromFlags : [DEFAULT_SERVER_DNS];
+  const names = fromFlags.length > 0 ? fromFlags : defaultDnsNames(env);
   names.push(...readList(undefined, env, { env: 'ISTIOD_CUSTOM_HOST' }, []));
   for (const name of names) {
     if (!/^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/i.test(name) || name.length > 253) {

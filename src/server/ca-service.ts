@@ -6,7 +6,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { AuthenticationError, type AuthRequest, type AuthenticatorChain, type Caller, type NodeImpersonation } from '../authn/index.js';
-import { CaError, formatSeconds, WithheldChainError, type CaErrorCode, type CertificateAuthority, type IssueResult } from '../ca/index.js';
+import { CaError, CsrParseError, formatSeconds, WithheldChainError, type CaErrorCode, type CertificateAuthority, type IssueResult } from '../ca/index.js';
 import type { Logger } from '../log.js';
 import type { WorkloadId } from '../pki/index.js';
 import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
@@ -289,6 +289,7 @@ function issuanceRefused(error: unknown, caller: Caller, identity: WorkloadId, d
     deps.metrics.issuedChainRejected.inc();
     deps.logger.error({ clientAddress, caller: caller.subject, spiffeId: identity.uri, err: error.message }, 'withholding a signed certificate that failed the final check');
   }
+  if (error instanceof CsrParseError) deps.metrics.csrParsingErrors.inc();
   deps.metrics.signErrors.inc({ error: error.code });
   deps.logger.info({ clientAddress, caller: caller.subject, code: error.code, reason: error.message }, 'CSR request refused: signing failed');
   return new RequestError(grpcStatusForCaError(error.code), error.message);

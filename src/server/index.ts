@@ -172,7 +172,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const registry = options.registry ?? new Registry();
   // The process metrics may already be there when the registry is shared with the key source.
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
-  const metrics = new CaMetrics(registry);
+  const metrics = new CaMetrics(registry, options.now);
   const authority = createAuthority(config, signer, options.now);
   const clusters = buildKubeClusters(config, env, logger);
   const worker = options.worker;

@@ -1,16 +1,20 @@
 /**
- * The CA's Prometheus metrics. Names follow istiod's CA (`citadel_server_*`) so existing dashboards and alerts
- * keep working; meshca's own additions are prefixed `meshca_`. Metrics live in a Registry passed in, never in
+ * The CA's Prometheus metrics. Where istiod's CA has a metric for the same thing, the name, type and labels are
+ * the ones istiod exposes (`citadel_server_*`, listed with their sources in docs/istio-metric-names.json), so
+ * existing dashboards and alerts keep working; meshca's own additions are prefixed `meshca_`. Metrics live in a Registry passed in, never in
  * prom-client's global registry, so several servers (and tests) can coexist in one process.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { TokenReviewObserver, TokenReviewResult } from '../authn/index.js';
 import type { WorkloadSigner } from '../ca/index.js';
+import { registerBuildInfo } from '../util/build-info-metric.js';
 
 export class CaMetrics implements TokenReviewObserver {
   readonly csrCount: Counter;
   readonly authenticationFailures: Counter;
   readonly signErrors: Counter<'error'>;
+  readonly csrParsingErrors: Counter;
+  readonly idExtractionErrors: Counter;
   readonly successfulIssuance: Counter;
   readonly rootCertExpiry: Gauge;
   readonly certChainExpiry: Gauge;
@@ -22,11 +26,23 @@ export class CaMetrics implements TokenReviewObserver {
   readonly rateLimited: Counter;
   readonly issuedChainRejected: Counter;
 
-  constructor(readonly registry: Registry) {
+  private rootNotAfterMs: number | undefined;
+  private signingNotAfterMs: number | undefined;
+
+  /** `now` (epoch ms, default Date.now) is the clock the `*_expiry_seconds` gauges count down on. */
+  constructor(
+    readonly registry: Registry,
+    now: () => number = Date.now,
+  ) {
     const registers = [registry];
+    registerBuildInfo(registry);
     this.csrCount = new Counter({ name: 'citadel_server_csr_count', help: 'The number of CSRs received by the CA server.', registers });
     this.authenticationFailures = new Counter({ name: 'citadel_server_authentication_failure_count', help: 'The number of authentication failures.', registers });
     this.signErrors = new Counter({ name: 'citadel_server_csr_sign_err_count', help: 'The number of errors occurred when signing the CSR, by error type.', labelNames: ['error'], registers });
+    this.csrParsingErrors = new Counter({ name: 'citadel_server_csr_parsing_err_count', help: 'The number of CSRs that could not be parsed or whose signature did not verify (also counted in citadel_server_csr_sign_err_count{error="CSR_ERROR"}, as istiod does).', registers });
+    // istiod defines this counter but never increments it; neither does meshca: the identity is taken from the
+    // caller's credential, never extracted from the CSR. Exported (always 0) so queries of it find a series.
+    this.idExtractionErrors = new Counter({ name: 'citadel_server_id_extraction_err_count', help: 'The number of errors occurred when extracting the ID from CSR (always 0: the identity comes from the caller, not the CSR).', registers });
     this.successfulIssuance = new Counter({ name: 'citadel_server_success_cert_issuance_count', help: 'The number of certificates issuances that have succeeded.', registers });
     this.rootCertExpiry = new Gauge({
       name: 'citadel_server_root_cert_expiry_timestamp',
@@ -41,6 +57,26 @@ export class CaMetrics implements TokenReviewObserver {
       // Every process of `meshca ca --workers N` publishes the same value: summing them would be wrong.
       aggregator: 'min',
       registers,
+    });
+    const secondsUntil = (notAfterMs: () => number | undefined) =>
+      function (this: Gauge): void {
+        const at = notAfterMs();
+        if (at === undefined) return;
+        this.set(Math.round((at - now()) / 1000));
+      };
+    new Gauge({
+      name: 'citadel_server_root_cert_expiry_seconds',
+      help: 'The time remaining, in seconds, before the earliest-expiring trusted root certificate expires (negative once expired).',
+      aggregator: 'min',
+      registers,
+      collect: secondsUntil(() => this.rootNotAfterMs),
+    });
+    new Gauge({
+      name: 'citadel_server_cert_chain_expiry_seconds',
+      help: 'The time remaining, in seconds, before the CA signing certificate expires (negative once expired).',
+      aggregator: 'min',
+      registers,
+      collect: secondsUntil(() => this.signingNotAfterMs),
     });
     this.signDuration = new Histogram({
       name: 'meshca_sign_duration_seconds',
@@ -85,7 +121,13 @@ export class CaMetrics implements TokenReviewObserver {
 
   /** Publishes the expiry of the roots and of the signing certificate (seconds since the epoch). */
   setExpiries(rootsNotAfter: readonly Date[], signingNotAfter: Date | undefined): void {
-    if (rootsNotAfter.length > 0) this.rootCertExpiry.set(Math.min(...rootsNotAfter.map((d) => d.getTime())) / 1000);
-    if (signingNotAfter) this.certChainExpiry.set(signingNotAfter.getTime() / 1000);
+    if (rootsNotAfter.length > 0) {
+      this.rootNotAfterMs = Math.min(...rootsNotAfter.map((d) => d.getTime()));
+      this.rootCertExpiry.set(this.rootNotAfterMs / 1000);
+    }
+    if (signingNotAfter) {
+      this.signingNotAfterMs = signingNotAfter.getTime();
+      this.certChainExpiry.set(this.signingNotAfterMs / 1000);
+    }
   }
 }

@@ -2,11 +2,12 @@
  * `meshca ca`'s start-up, in process, up to the point where it would listen: its flags parsed by its own
  * commander options, its configuration read and checked, its key source opened; the same order as
  * src/commands/ca.ts. For start-up refusals that differ only in the message: each file that uses this keeps
- * real-binary cases for what the command line adds (exit code 1 and `meshca: <message>` as the only line), which
+ * real-binary cases for what the command line adds (the exit code and `meshca: <message>` as the only line), which
  * every refusal thrown here goes through in the real binary.
  */
 import { Command } from 'commander';
 import { openSigner } from '../../src/ca/index.js';
+import { ConfigError } from '../../src/config/env.js';
 import { addCaServerOptions, assertCanAuthenticate, readCaServerConfig, type CaServerFlags } from '../../src/config/ca.js';
 import { createLogger } from '../../src/log.js';
 import { cleanEnv } from '../ca-helpers.js';
@@ -33,8 +34,11 @@ export async function caStartupError(args: string[], env: NodeJS.ProcessEnv): Pr
   throw new Error(`meshca ca ${args.join(' ')} would have started`);
 }
 
-/** What the command line makes of `error` (src/cli.ts): the exit code and the `meshca: <message>` it prints. */
+/**
+ * What the command line makes of `error` (src/cli.ts): the exit code (2 for a bad flag or variable, a usage error)
+ * and the `meshca: <message>` it prints.
+ */
 export function cliOutcome(error: Error): { code: number; stderr: string } {
-  const code = 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1;
+  const code = error instanceof ConfigError ? 2 : 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1;
   return { code, stderr: `meshca: ${error.message}\n` };
 }
