@@ -26,7 +26,7 @@ describe('meshca completion', () => {
     // Each line: the words typed so far (the last one is being completed), then what bash offers.
     const cases: [string[], string][] = [
       [['meshca', 'ag'], 'agent'],
-      [['meshca', 'agent', '--ca-'], '--ca-addr --ca-root-cert'],
+      [['meshca', 'agent', '--ca-'], '--ca-addr --ca-root-cert --ca-header'],
       [['meshca', 'cacerts', 'in'], 'intermediate'],
       [['meshca', 'cacerts', 'root', '--o'], '--out --org'],
       // An option's value is not taken for a command: `ca` here is the socket path, and agent's options follow.
