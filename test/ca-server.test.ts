@@ -387,7 +387,7 @@ describe('meshca ca against a Kubernetes API stand-in', () => {
     assert.equal(debug.roots[0]!.fingerprintSha256, opensslFingerprint);
     const rootSerial = execFileSync('openssl', ['x509', '-noout', '-serial'], { input: ca.rootPem, encoding: 'utf8' }).split('=')[1]!.trim();
     assert.equal(debug.signingCertificate.serial.toLowerCase().replace(/^0+/, ''), rootSerial.toLowerCase().replace(/^0+/, ''));
-    assert.deepEqual(debug.servingCertificate.dnsNames, [SERVER_NAME]);
+    assert.deepEqual(debug.servingCertificate.dnsNames, [SERVER_NAME, 'istiod.istio-system.svc'], 'the default names follow POD_NAMESPACE (unset here: istio-system)');
 
     const metrics = (await getText(`${ca.monitoringUrl}/metrics`)).body;
     for (const name of [
