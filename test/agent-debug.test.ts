@@ -143,8 +143,19 @@ describe('agent debug view (/debug/secrets, meshca secrets)', () => {
       assert.equal(jsonRun.code, 0, jsonRun.stderr);
       assert.deepEqual(JSON.parse(jsonRun.stdout), await report(t));
 
+      // While the retry's CSR is at the CA the state is 'renewing'; once it is answered, 'issued' with no error.
       t.ca.down = false;
+      let answer!: () => void;
+      const answered = new Promise<void>((resolve) => (answer = resolve));
+      const createCertificate = t.ca.createCertificate.bind(t.ca);
+      t.ca.createCertificate = async (request) => {
+        await answered;
+        return createCertificate(request);
+      };
       await clock.advanceTo(retryAt);
+      assert.equal((await report(t)).identities[0]!.state, 'renewing');
+      answer();
+      await eventually(async () => (await report(t)).identities[0]!.state !== 'renewing', 'the renewal to finish');
       const recovered = (await report(t)).identities[0]!;
       assert.equal(recovered.state, 'issued');
       assert.equal(recovered.lastError, null);
