@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import type { SecretsReport } from '../agent/debug.js';
 import { AGENT_FLAGS } from '../config/agent.js';
-import { bad, ConfigError, readAddress, readDuration, readEnum } from '../config/env.js';
+import { bad, readAddress, readDuration, readEnum } from '../config/env.js';
 import { addFlag, sourceOf, type FlagSpec } from '../config/flags.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
@@ -39,21 +39,22 @@ function errorCode(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** Failures past the flags (the agent is not there, or answers something else) exit 1, not the usage error's 2. */
 async function readReport(url: string, timeoutMs: number, addressText: string): Promise<SecretsReport> {
   const fix = `is \`meshca agent\` running on this host? Point --status-addr (or MESHCA_STATUS_ADDR) at its --status-addr (now ${addressText})`;
   let response: Response;
   try {
     response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
   } catch (error) {
-    throw new ConfigError(`cannot reach the meshca agent's status server at ${url} (${errorCode(error)}): ${fix}`);
+    throw new Error(`cannot reach the meshca agent's status server at ${url} (${errorCode(error)}): ${fix}`);
   }
   const body = await response.text();
   if (response.status === 404) {
-    throw new ConfigError(`${url} answered 404: what listens there is not a meshca agent with /debug/secrets (another process, or an older meshca); ${fix}`);
+    throw new Error(`${url} answered 404: what listens there is not a meshca agent with /debug/secrets (another process, or an older meshca); ${fix}`);
   }
   if (response.status !== 200) {
     const reason = body.split('\n')[0]?.trim() || response.statusText;
-    throw new ConfigError(`the agent's status server at ${url} answered ${response.status}: ${reason}`);
+    throw new Error(`the agent's status server at ${url} answered ${response.status}: ${reason}`);
   }
   try {
     const report = JSON.parse(body) as SecretsReport;
@@ -61,7 +62,7 @@ async function readReport(url: string, timeoutMs: number, addressText: string): 
   } catch {
     // Reported below.
   }
-  throw new ConfigError(`${url} did not answer with the agent's secrets list: ${fix}`);
+  throw new Error(`${url} did not answer with the agent's secrets list: ${fix}`);
 }
 
 function table(header: string[], rows: string[][]): string {
