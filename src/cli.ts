@@ -28,6 +28,7 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   request: async () => (await import('./commands/request.js')).registerRequestCommand,
   completion: async () => (await import('./commands/completion.js')).registerCompletionCommand,
   version: async () => (await import('./commands/version.js')).registerVersionCommand,
+  secrets: async () => (await import('./commands/secrets.js')).registerSecretsCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {

@@ -14,6 +14,8 @@ import { GrpcCaClient, type CaClient } from './ca-client.js';
 import { tokenFileCredential } from './credentials.js';
 import { FileWatcher } from './files.js';
 import { describeKeyConfig, KeyPool, type KeySource } from './keys.js';
+import { secretsReport } from './debug.js';
+import { registerIdentityExpiryMetric } from './identity-expiry-metric.js';
 import { AgentMetrics } from './metrics.js';
 import { OutputCertsWriter } from './output-certs.js';
 import { ResourceProvider } from './resources.js';
@@ -171,6 +173,10 @@ async function start(
     clock: () => clock.now(),
   });
   metrics.setExpirySource(() => secrets.expiryReadings(), () => clock.now());
+  if (config.identityExpiryMetric.enabled) {
+    const { limit } = config.identityExpiryMetric;
+    registerIdentityExpiryMetric(metrics, { identities: () => cache.identities().map((c) => ({ identity: c.identity, notAfter: c.leaf.notAfter })), limit, log });
+  }
 
   let socketListening = false;
   let caReached = false;
@@ -182,6 +188,7 @@ async function start(
       const waitingFor = [...(socketListening ? [] : ['the SDS socket']), ...(caReached ? [] : [`the CA at ${ca.address}`])];
       return { ready: waitingFor.length === 0, waitingFor };
     },
+    secrets: () => secretsReport(cache.snapshot()),
   });
   cleanups.push(() => status.close());
   log.info({ url: status.url }, 'status server listening');

@@ -13,6 +13,7 @@ export const COMMAND_DESCRIPTIONS = {
   completion: 'print a shell completion script for bash, zsh or fish (see README: Shell completion)',
   request: 'get a workload certificate from a CA like istio-agent does (key + CSR, CreateCertificate, Istio file layout)',
   version: 'print the meshca version, the commit it was built from and the Node.js version running it',
+  secrets: "list the identities a running node agent holds (serial, expiry, next renewal, streams, state) from its status server",
 } as const;
 
 export type CommandName = keyof typeof COMMAND_DESCRIPTIONS;

@@ -109,6 +109,18 @@ export const AGENT_FLAGS = {
     defaultText: `none in node mode; sidecar: ${DEFAULT_SIDECAR_FILE_RESOURCE_DIRS.join(',')}`,
   },
   trustDomain: { flags: '--trust-domain <domain>', description: 'trust domain expected in CSRs', env: ['TRUST_DOMAIN'], defaultText: 'cluster.local' },
+  identityExpiryMetric: {
+    flags: '--identity-expiry-metric',
+    description: 'export meshca_agent_identity_cert_expiry_timestamp_seconds{spiffe_id}, one series per cached identity',
+    env: ['MESHCA_IDENTITY_EXPIRY_METRIC'],
+    defaultText: 'false',
+  },
+  identityMetricLimit: {
+    flags: '--identity-metric-limit <n>',
+    description: 'most identities given a series by --identity-expiry-metric; the rest are counted in meshca_agent_identity_expiry_unlisted',
+    env: ['MESHCA_IDENTITY_METRIC_LIMIT'],
+    defaultText: '1000',
+  },
 } as const satisfies Record<string, FlagSpec>;
 
 const F = AGENT_FLAGS;
@@ -159,7 +171,8 @@ export interface AgentConfig {
    */
   fileResourceDirs: string[];
   /** Only used to put the expected SPIFFE ID into CSRs; the CA decides the identity. */
-  trustDomain: string;
+  trustDomain: string;  /** Per-identity expiry gauge (opt-in), and the most series it may have. */
+  identityExpiryMetric: { enabled: boolean; limit: number };
 }
 
 /** Flags of `meshca agent` as commander hands them over (all strings). */
@@ -188,6 +201,8 @@ export interface AgentFlags {
   eccSignatureAlgorithm?: string;
   eccCurve?: string;
   pkcs8Key?: boolean;
+  identityExpiryMetric?: string | boolean;
+  identityMetricLimit?: string;
 }
 
 /**
@@ -270,6 +285,10 @@ export function readAgentConfig(flags: AgentFlags, env: Env): AgentConfig {
     statusAddress: readAddress(flags.statusAddr, env, sourceOf(F.statusAddr), DEFAULT_STATUS_ADDR),
     fileResourceDirs: fileDirsGiven ? readList(flags.fileResourceDirs, env, fileDirsSource, []) : mode === 'sidecar' ? [...DEFAULT_SIDECAR_FILE_RESOURCE_DIRS] : [],
     trustDomain: readString(flags.trustDomain, env, sourceOf(F.trustDomain), 'cluster.local'),
+    identityExpiryMetric: {
+      enabled: readBoolean(flags.identityExpiryMetric, env, sourceOf(F.identityExpiryMetric), false),
+      limit: readInteger(flags.identityMetricLimit, env, sourceOf(F.identityMetricLimit), 1000, { min: 1, max: 100_000 }),
+    },
   };
 }
 

@@ -35,6 +35,7 @@ import { drawGraceRatio, MAX_CLOCK_SKEW_MS, renewalSchedule, verificationTime, t
 import type { CaClient } from './ca.js';
 import { sleepOn, systemClock, timerAt, type Clock } from '../../util/clock.js';
 import { AbandonedProof, AgentError, CaFailure, isCaRefusal, isRetryableCaError, type AgentErrorCode } from './errors.js';
+import { MAX_REMEMBERED_FAILURES, type CacheSnapshot, type FailedIssuance } from './snapshot.js';
 
 /** The roots of a trust bundle, as the CA's answer carried them. */
 export interface TrustBundle {
@@ -137,6 +138,10 @@ interface IdentityEntry {
   /** Key kept across failed renewal attempts so an RSA key is not thrown away per retry. */
   pendingKey?: KeyObject;
   dropped: boolean;
+  /** When the renewal timer fires next (the renewal time, or a retry after a failure); null when none is armed. */
+  renewalDueAt: number | null;
+  /** The last failed renewal, until one succeeds. */
+  lastError: { message: string; at: number } | null;
 }
 
 const DEFAULT_INITIAL_ISSUE_TIMEOUT_MS = 60_000;
@@ -215,6 +220,7 @@ export class IdentityCache {
   private bundleMemo: { text: string; bundle: TrustBundle } | null = null;
   private readonly admission: ProofAdmission;
   private readonly refusals: RefusalCache<AgentErrorCode>;
+  private readonly failures: FailedIssuance[] = [];
 
   constructor(private readonly options: IdentityCacheOptions) {
     this.random = options.random ?? Math.random;
@@ -241,9 +247,9 @@ export class IdentityCache {
         // The token proves nothing any more: it no longer leads to the identity (its leases end at renewal).
         this.credentialIdentity.delete(credential.key);
         this.options.metrics.refusedTokens.inc({ reason: 'expired_token' });
-        throw new AgentError(
-          'unauthenticated',
-          `the workload token (${credential.label}) expired at ${new Date(credential.expiresAt).toISOString()}; send a fresh token`,
+        throw this.noteFailure(
+          credential,
+          new AgentError('unauthenticated', `the workload token (${credential.label}) expired at ${new Date(credential.expiresAt).toISOString()}; send a fresh token`),
         );
       }
       const known = this.credentialIdentity.get(credential.key);
@@ -298,6 +304,26 @@ export class IdentityCache {
     return [...this.entries.values()].map((entry) => entry.secret);
   }
 
+  /** What the cache holds and does now, without keys or tokens (for the status server's debug view). */
+  snapshot(): CacheSnapshot {
+    return {
+      at: this.clock.now(),
+      identities: [...this.entries.values()].map((entry) => ({
+        identity: entry.identity,
+        leaf: entry.secret.leaf,
+        receivedAt: entry.secret.receivedAt,
+        nextRenewalAt: entry.renewalDueAt,
+        expiresAt: entry.secret.expiresAt,
+        streams: entry.leases.size,
+        credentials: entry.credentials.size,
+        state: entry.renewing ? 'renewing' : entry.lastError ? 'failed' : 'issued',
+        lastError: entry.lastError,
+      })),
+      roots: this.bundle?.roots ?? null,
+      recentFailures: [...this.failures],
+    };
+  }
+
   close(): void {
     this.closing.abort(new AgentError('unavailable', 'the agent is shutting down'));
     for (const entry of [...this.entries.values()]) this.drop(entry, 'agent shutting down');
@@ -317,9 +343,20 @@ export class IdentityCache {
     }
     try {
       return await this.prove(credential);
+    } catch (error) {
+      if (!(error instanceof AbandonedProof)) this.noteFailure(credential, error);
+      throw error;
     } finally {
       release();
     }
+  }
+
+  /** Remembers a failed first issuance for the snapshot (the latest MAX_REMEMBERED_FAILURES); returns `error`. */
+  private noteFailure(credential: WorkloadCredential, error: unknown): unknown {
+    const code = error instanceof AgentError ? error.code : 'internal';
+    this.failures.push({ credential: credential.label, code, message: (error as Error).message, at: this.clock.now() });
+    if (this.failures.length > MAX_REMEMBERED_FAILURES) this.failures.shift();
+    return error;
   }
 
   private async prove(credential: WorkloadCredential): Promise<string> {
@@ -521,6 +558,8 @@ export class IdentityCache {
         renewing: false,
         renewAttempt: 0,
         dropped: false,
+        renewalDueAt: secret.renewAt,
+        lastError: null,
       };
       this.entries.set(secret.identity, entry);
       this.options.metrics.secretsCached.set(this.entries.size);
@@ -550,6 +589,7 @@ export class IdentityCache {
   private replaceSecret(entry: IdentityEntry, secret: CachedIdentity, message: string): void {
     entry.secret = secret;
     entry.renewAttempt = 0;
+    entry.lastError = null;
     this.logIssued(entry, message);
     this.scheduleRenewal(entry);
     for (const lease of entry.leases) for (const listener of lease.changeListeners) listener(secret);
@@ -572,6 +612,7 @@ export class IdentityCache {
 
   private scheduleRenewal(entry: IdentityEntry, at = entry.secret.renewAt): void {
     entry.cancelRenewal?.();
+    entry.renewalDueAt = at;
     entry.cancelRenewal = timerAt(this.clock, at, () => void this.renew(entry, 'scheduled'));
   }
 
@@ -609,6 +650,8 @@ export class IdentityCache {
       if (entry.dropped) return;
       this.options.metrics.rotations.inc({ result: 'failure' });
       if (entry.credentials.size === 0) {
+        entry.lastError = { message: 'no valid workload token left to renew this certificate; waiting for a workload to reconnect', at: this.clock.now() };
+        entry.renewalDueAt = null;
         this.log.warn({ identity: entry.identity }, 'no valid workload token left to renew this certificate; waiting for a workload to reconnect');
         return;
       }
@@ -622,6 +665,7 @@ export class IdentityCache {
         notAfter: entry.secret.leaf.notAfter.toISOString(),
         retryInMs: delay,
       };
+      entry.lastError = { message: details.err, at: now };
       if (now >= entry.secret.expiresAt) this.log.error(details, 'certificate expired and the CA could not renew it; still serving it and retrying');
       else this.log.warn(details, 'certificate renewal failed; serving the current certificate and retrying');
       this.scheduleRenewal(entry, now + delay);
