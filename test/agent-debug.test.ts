@@ -245,8 +245,15 @@ describe('per-identity expiry metric', () => {
       assert.equal(metricValue(text, EXPIRY, { spiffe_id: idA }), a.secret.leaf!.notAfter.getTime() / 1000);
       assert.equal(metricValue(text, UNLISTED), 0);
 
+      await clock.advance(1000); // b's certificate is made a second later, so it expires a second after a's
       const b = await fetchSecret(t, 'tok-b');
       text = await metricsText(t.agent);
+      assert.equal(b.secret.leaf!.notAfter.getTime(), a.secret.leaf!.notAfter.getTime() + 1000);
+      // Istio's gauge keeps one series per resource however many identities the agent holds: the soonest expiry.
+      assert.deepEqual(
+        text.split('\n').filter((l) => l.startsWith('istio_agent_cert_expiry_seconds{resource_name="default"')),
+        [`istio_agent_cert_expiry_seconds{resource_name="default"} ${Math.round((a.secret.leaf!.notAfter.getTime() - clock.now()) / 1000)}`],
+      );
       assert.deepEqual(text.split('\n').filter((l) => l.startsWith(`${EXPIRY}{`)), [`${EXPIRY}{spiffe_id="${idA}"} ${a.secret.leaf!.notAfter.getTime() / 1000}`], 'capped at one series');
       assert.equal(metricValue(text, UNLISTED), 1);
       assert.ok(t.records.some((r) => r.level === 40 && String(r.msg).includes(`1 have no ${EXPIRY} series`)), 'the cap is logged');

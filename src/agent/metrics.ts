@@ -55,15 +55,21 @@ export class AgentMetrics {
     const now = (): number => this.now();
     new Gauge({
       name: 'istio_agent_cert_expiry_seconds',
-      help: 'Seconds until the certificate served as this resource expires (negative once expired)',
-      labelNames: ['resource_name', 'identity'],
+      help: 'Seconds until the certificate served as this resource expires (negative once expired); for default, the soonest of all identities on this agent',
+      // Istio's one label. A node agent serves many identities: the series per resource carries the soonest expiry,
+      // so its cardinality stays bounded by the resources, not the pods; per-identity series are opt-in
+      // (--identity-expiry-metric, capped).
+      labelNames: ['resource_name'],
       registers,
       collect() {
         this.reset();
         const at = now();
+        const soonest = new Map<string, number>();
         for (const reading of source()) {
-          this.set({ resource_name: reading.resourceName, identity: reading.identity }, Math.round((reading.notAfter.getTime() - at) / 1000));
+          const expiresAt = reading.notAfter.getTime();
+          if (expiresAt < (soonest.get(reading.resourceName) ?? Infinity)) soonest.set(reading.resourceName, expiresAt);
         }
+        for (const [resourceName, expiresAt] of soonest) this.set({ resource_name: resourceName }, Math.round((expiresAt - at) / 1000));
       },
     });
     new Gauge({
