@@ -190,15 +190,15 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     assert.equal(withDnsSan.calls, 1, 'only the control call of the previous test arrived');
   });
 
-  const runRequest = (port: number, extra: string[] = []): Promise<{ status: number | null; stderr: string }> =>
+  const runRequest = (port: number, extra: string[] = [], options: { serverName?: string | null; env?: NodeJS.ProcessEnv } = {}): Promise<{ status: number | null; stderr: string }> =>
     // Asynchronously: the fake CAs live in this process and must keep answering while the command runs.
     new Promise((resolve) => {
       const tokenFile = path.join(temp.dir, 'token');
       writeFileSync(tokenFile, TOKEN);
       const child = spawn(
         process.execPath,
-        [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), '--server-name', SERVER_NAME, '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '15s', ...extra],
-        { stdio: ['ignore', 'ignore', 'pipe'] },
+        [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), ...(options.serverName === null ? [] : ['--server-name', options.serverName ?? SERVER_NAME]), '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '15s', ...extra],
+        { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MESHCA_DEBUG: '', ...options.env } },
       );
       let stderr = '';
       child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
@@ -221,6 +221,19 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
       `meshca: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "istiod.elsewhere.svc" (it has name ${SERVER_NAME}; a subject CN is never accepted): set --server-name to one of its names or fix --ca-addr\n`,
     );
     assert.equal(withDnsSan.calls, 1, 'no call reached the CA');
+  });
+
+  test("Node's deprecation warnings (grpc-js sends an IP address as TLS server name: DEP0123) are dropped unless MESHCA_DEBUG=1", async () => {
+    const [quiet, debug] = await Promise.all([
+      runRequest(withDnsSan.port, [], { serverName: null }),
+      runRequest(withDnsSan.port, [], { serverName: null, env: { MESHCA_DEBUG: '1' } }),
+    ]);
+    assert.equal(quiet.status, 1);
+    assert.equal(
+      quiet.stderr,
+      `meshca: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "127.0.0.1" (it has name ${SERVER_NAME}; a subject CN is never accepted): set --server-name to one of its names or fix --ca-addr\n`,
+    );
+    assert.match(debug.stderr, /DEP0123\] DeprecationWarning: Setting the TLS ServerName to an IP address/, 'the warning does occur: the test can fail');
   });
 
   test('`meshca request` refuses it too, before sending the token', async () => {
