@@ -17,7 +17,15 @@ after(() => temp.cleanup());
 
 test('meshca token prints a service-account-shaped JWT that verifies with the dev JWKS', async () => {
   const stateDir = path.join(temp.dir, 'token-state');
-  const result = await runMeshca(['token', '--namespace', 'shop', '--service-account', 'cart', '--ttl', '10m', '--state-dir', stateDir], { env: cleanEnv() });
+  // A directory without a dev issuer is refused: a new issuer's tokens would fail at every CA.
+  const refused = await runMeshca(['token', '--namespace', 'shop', '--service-account', 'cart', '--state-dir', stateDir], { env: cleanEnv() });
+  assert.equal(refused.code, 1);
+  assert.equal(
+    refused.stderr,
+    `meshca: no dev issuer in ${stateDir} (no dev-jwt-key.pem): run \`meshca dev --state-dir ${stateDir}\` first, or pass --init to create an issuer there (a CA must then trust ${path.join(stateDir, 'dev-jwks.json')})\n`,
+  );
+  assert.equal(refused.stdout, '');
+  const result = await runMeshca(['token', '--init', '--namespace', 'shop', '--service-account', 'cart', '--ttl', '10m', '--state-dir', stateDir], { env: cleanEnv() });
   assert.equal(result.code, 0, result.stderr);
   const token = result.stdout.trim();
   const jwks = jose.createLocalJWKSet(JSON.parse(readFileSync(path.join(stateDir, 'dev-jwks.json'), 'utf8')) as jose.JSONWebKeySet);
