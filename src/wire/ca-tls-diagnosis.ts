@@ -66,8 +66,10 @@ export function explainCaCertificate(target: CaTlsTarget, chainError: string | u
     return `${at} presented a certificate not valid until${notBefore ? ` ${notBefore.toISOString()}` : ' later'}: correct the clock of this machine or of the CA`;
   }
   if (chainError !== undefined) {
-    const why = UNTRUSTED_CHAIN.has(chainError) ? 'is not signed by the root in' : `does not verify (${chainError}) against`;
-    return `${at} presented a certificate${issuer ? ` (issued by "${issuer}")` : ''} that ${why} ${target.rootsFile} (${target.rootsSetting}): point ${target.rootsSetting} at the mesh root (${ROOT_HINT})`;
+    const issuedBy = issuer ? ` (issued by "${issuer}")` : '';
+    const setting = target.rootsSetting;
+    if (UNTRUSTED_CHAIN.has(chainError)) return `${at} presented a certificate${issuedBy} that is not signed by the root in ${target.rootsFile} (${setting}): point ${setting} at the mesh root (${ROOT_HINT})`;
+    return `${at} presented a certificate${issuedBy} that does not verify (${chainError}) against ${target.rootsFile} (${setting}): point ${setting} at the mesh root (${ROOT_HINT})`;
   }
   const parsed = parseCaAddress(target.address);
   const name = target.serverName ?? parsed?.host ?? target.address;
