@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { AgentCaConfig } from '../config/agent.js';
 import type { Logger } from '../log.js';
 import { caChannelCredentials } from '../wire/ca-credentials.js';
-import { diagnoseCaTls } from '../wire/ca-tls-diagnosis.js';
+import { diagnoseCaTls, isConnectionFailure } from '../wire/ca-tls-diagnosis.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, backoffDelayMs, sleep } from './backoff.js';
 import type { CaClient, CertificateRequest } from './cache/ca.js';
@@ -102,7 +102,9 @@ export class GrpcCaClient implements CaClient {
         (error: grpc.ServiceError | null, response?: IstioCertificateResponse) => {
           signal?.removeEventListener('abort', onAbort);
           if (!error) resolve(response?.cert_chain ?? []);
-          else if (error.code !== grpc.status.UNAVAILABLE) reject(new CaCallError(error.code, error.details || error.message));
+          else if (error.code !== grpc.status.UNAVAILABLE || !isConnectionFailure(error.details || error.message)) {
+            reject(new CaCallError(error.code, error.details || error.message));
+          }
           else {
             const raw = error.details || error.message;
             void this.diagnoseTls().then((diagnosis) => reject(new CaCallError(error.code, diagnosis ?? raw)));

@@ -22,7 +22,7 @@ import {
 import { parseServiceAccountUsername } from '../authn/types.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { caChannelCredentials } from '../wire/ca-credentials.js';
-import { diagnoseCaTls } from '../wire/ca-tls-diagnosis.js';
+import { diagnoseCaTls, isConnectionFailure } from '../wire/ca-tls-diagnosis.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
@@ -116,7 +116,7 @@ export function registerRequestCommand(program: Command): void {
       } catch (error) {
         const e = error as grpc.ServiceError;
         const statusName = typeof e.code === 'number' ? (grpc.status[e.code] ?? String(e.code)) : 'ERROR';
-        if (e.code === grpc.status.UNAVAILABLE && !flags.plaintext) {
+        if (e.code === grpc.status.UNAVAILABLE && !flags.plaintext && isConnectionFailure(e.details ?? '')) {
           // A failed handshake reaches us as OpenSSL's text; say which check failed and what to change.
           const diagnosis = await diagnoseCaTls({
             address: flags.caAddr,

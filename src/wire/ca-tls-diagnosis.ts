@@ -87,6 +87,14 @@ export function explainCaCertificate(target: CaTlsTarget, chainError: string | u
 }
 
 /**
+ * Whether a failed call's status details come from the channel (no connection was made: a refused handshake among
+ * others) rather than from the CA. Only these are worth a diagnosing handshake; a status the CA sent is its own word.
+ */
+export function isConnectionFailure(details: string): boolean {
+  return /No connection established/i.test(details);
+}
+
+/**
  * One TLS handshake to the CA that reports the first failed check as a line to show the user, or undefined when
  * the handshake is fine or cannot be made (nothing listening, a timeout: the caller's own message covers those).
  */
