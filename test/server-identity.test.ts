@@ -162,12 +162,12 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     assert.equal(wrongRoot.ok, false);
     assert.equal(
       wrongRoot.message,
-      `UNAVAILABLE: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate (issued by "O=mesh root") that is not signed by the root in other-root.pem (--ca-root-cert): point --ca-root-cert at the mesh root (kubectl -n istio-system get cm istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}')`,
+      `UNAVAILABLE: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate (issued by "O=mesh root") that is not signed by the root in other-root.pem (CA_ROOT_CA/--ca-root-cert): point CA_ROOT_CA/--ca-root-cert at the mesh root (kubectl -n istio-system get cm istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}')`,
     );
     const wrongName = await agentCall(withDnsSan.port, { serverName: 'istiod.elsewhere.svc' });
     assert.equal(
       wrongName.message,
-      `UNAVAILABLE: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "istiod.elsewhere.svc" (it has name ${SERVER_NAME}; a subject CN is never accepted): set ISTIOD_SAN to one of its names or fix CA_ADDR/--ca-addr`,
+      `UNAVAILABLE: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "istiod.elsewhere.svc" (it has name ${SERVER_NAME}; a subject CN is never accepted): set ISTIOD_SAN/--istiod-san to one of its names or fix CA_ADDR/--ca-addr`,
     );
     // The agent says so while it waits for the CA, as an error, and keeps backing off.
     const lines: string[] = [];
@@ -186,7 +186,7 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     }
     const record = JSON.parse(lines.find((line) => line.includes('cannot connect to the CA over TLS'))!) as { level: number; err: string };
     assert.equal(record.level, 50);
-    assert.match(record.err, /is not signed by the root in other-root\.pem \(--ca-root-cert\)/);
+    assert.match(record.err, /is not signed by the root in other-root\.pem \(CA_ROOT_CA\/--ca-root-cert\)/);
     assert.equal(withDnsSan.calls, 1, 'only the control call of the previous test arrived');
   });
 

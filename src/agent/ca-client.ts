@@ -46,8 +46,8 @@ export class GrpcCaClient implements CaClient {
       ...(this.config.serverName ? { serverName: this.config.serverName } : {}),
       rootsPem: this.rootCertPem,
       rootsFile: this.config.rootCertPath,
-      rootsSetting: '--ca-root-cert',
-      serverNameSetting: 'ISTIOD_SAN',
+      rootsSetting: 'CA_ROOT_CA/--ca-root-cert',
+      serverNameSetting: 'ISTIOD_SAN/--istiod-san',
       addressSetting: 'CA_ADDR/--ca-addr',
     }).finally(() => (this.diagnosis = undefined));
     return this.diagnosis;
