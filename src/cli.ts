@@ -70,6 +70,25 @@ function exitWithError(error: unknown, code?: number): never {
   process.exit(code ?? (error instanceof Error && 'exitCode' in error && typeof error.exitCode === 'number' ? error.exitCode : 1));
 }
 
+/**
+ * Node's warnings are for developers: a DeprecationWarning comes from a dependency (grpc-js sets an IP address as the
+ * TLS server name, DEP0123) and asks nothing of the user, so it is dropped unless MESHCA_DEBUG=1. Any other warning
+ * is shown once, as one line.
+ */
+function quietWarnings(): void {
+  if (process.env.MESHCA_DEBUG === '1') return;
+  process.removeAllListeners('warning');
+  const shown = new Set<string>();
+  process.on('warning', (warning: Error & { code?: string }) => {
+    if (warning.name === 'DeprecationWarning') return;
+    const line = `meshca: warning: ${warning.name}${warning.code ? ` ${warning.code}` : ''}: ${warning.message.replace(/\s*\n\s*/g, ' ')}`;
+    if (shown.has(line)) return;
+    shown.add(line);
+    process.stderr.write(`${line}\n`);
+  });
+}
+
+quietWarnings();
 buildProgram(process.argv)
   .then((program) => program.parseAsync(process.argv))
   .catch((error: unknown) => {

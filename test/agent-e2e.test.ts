@@ -201,7 +201,11 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
       assert.equal(printed.code, 0, printed.stderr);
       assert.match(printed.stdout, /^# default: spiffe:\/\/cluster\.local\/ns\/shop\/sa\/fetcher serial [0-9a-f]+ expires /m);
       assert.match(printed.stdout, /^# ROOTCA: 1 trusted root\(s\)/m);
-      assert.match(printed.stdout, /BEGIN EC PRIVATE KEY/);
+      // The key is not printed unless asked for.
+      assert.ok(!printed.stdout.includes('PRIVATE KEY'), printed.stdout);
+      assert.ok(printed.stdout.includes('[private key hidden: use --show-key to print it, or --out DIR to write it to key.pem (0600)]\n'));
+      const shown = await runMeshca(['fetch', '--sds-socket', agent.socket, '--token-file', tokenFile, '--show-key']);
+      assert.match(shown.stdout, /-----BEGIN EC PRIVATE KEY-----/);
 
       const out = path.join(dir, 'out');
       const written = await runMeshca(['fetch', '--sds-socket', agent.socket, '--token-file', tokenFile, '--resource', 'default', '--resource', 'ROOTCA', '--out', out]);

@@ -113,7 +113,12 @@ describe('TokenReview authenticator', () => {
     for (let i = 0; i < 2; i++) {
       const outcome = await auth.authenticate(bearer(token));
       assert.equal(outcome.kind, 'denied');
-      if (outcome.kind === 'denied') assert.match(outcome.reason, /token audiences \["other"\] is invalid/);
+      if (outcome.kind === 'denied') {
+        assert.equal(
+          outcome.reason,
+          `cluster "Kubernetes" did not authenticate the token: the token's audiences ["other"] include none of the audiences the CA accepts ["istio-ca"]: mint the token for one of them (a projected service-account token's audience) or add its audience to TOKEN_AUDIENCES`,
+        );
+      }
     }
     assert.equal(kube.state.tokenReviewCount - start, 2);
   });
@@ -346,6 +351,24 @@ describe('JWT authenticator', () => {
     assert.deepEqual(wrongIssuer, { kind: 'denied', reason: 'issuer https://other.test is not trusted (JWT_RULE trusts https://issuer.test, https://offline.test)' });
     const notJwt = await auth.authenticate(bearer('opaque-token'));
     assert.deepEqual(notJwt, { kind: 'denied', reason: 'the bearer token is not a JWT' });
+    // A wrong audience names both sides and the setting; a hostile list of audiences is cut short.
+    const wrongAudience = await auth.authenticate(bearer(await sign({ sub: 'system:serviceaccount:a:b' }, 'https://issuer.test', 'istio-ca')));
+    assert.deepEqual(wrongAudience, {
+      kind: 'denied',
+      reason: `the token's audiences ["istio-ca"] include none of the audiences the CA accepts ["mesh"]: mint the token for one of them (a projected service-account token's audience) or add its audience to the "audiences" of JWT_RULE issuer https://issuer.test`,
+    });
+    const hostile = await new jose.SignJWT({ sub: 'system:serviceaccount:a:b', aud: [...Array.from({ length: 10_000 }, (_, i) => `aud-${i}`), 'x'.repeat(100_000)] })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setIssuer('https://issuer.test')
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .sign(privateKey);
+    const bounded = await auth.authenticate(bearer(hostile));
+    assert.equal(bounded.kind, 'denied');
+    if (bounded.kind === 'denied') {
+      assert.ok(bounded.reason.length < 600, `${bounded.reason.length} characters`);
+      assert.match(bounded.reason, /^the token's audiences \["aud-0", "aud-1", "aud-2", "aud-3", "aud-4", \.\.\. \(9996 more\)\] include none of the audiences the CA accepts \["mesh"\]/);
+    }
     // Rules without audiences use TOKEN_AUDIENCES; the key source being down is not the caller's fault.
     const offline = await auth.authenticate(bearer(await sign({ sub: 'system:serviceaccount:a:b' }, 'https://offline.test', 'istio-ca')));
     assert.equal(offline.kind, 'unavailable');

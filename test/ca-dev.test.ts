@@ -17,7 +17,15 @@ after(() => temp.cleanup());
 
 test('meshca token prints a service-account-shaped JWT that verifies with the dev JWKS', async () => {
   const stateDir = path.join(temp.dir, 'token-state');
-  const result = await runMeshca(['token', '--namespace', 'shop', '--service-account', 'cart', '--ttl', '10m', '--state-dir', stateDir], { env: cleanEnv() });
+  // A directory without a dev issuer is refused: a new issuer's tokens would fail at every CA.
+  const refused = await runMeshca(['token', '--namespace', 'shop', '--service-account', 'cart', '--state-dir', stateDir], { env: cleanEnv() });
+  assert.equal(refused.code, 1);
+  assert.equal(
+    refused.stderr,
+    `meshca: no dev issuer in ${stateDir} (no dev-jwt-key.pem): run \`meshca dev --state-dir ${stateDir}\` first, or pass --init to create an issuer there (a CA must then trust ${path.join(stateDir, 'dev-jwks.json')})\n`,
+  );
+  assert.equal(refused.stdout, '');
+  const result = await runMeshca(['token', '--init', '--namespace', 'shop', '--service-account', 'cart', '--ttl', '10m', '--state-dir', stateDir], { env: cleanEnv() });
   assert.equal(result.code, 0, result.stderr);
   const token = result.stdout.trim();
   const jwks = jose.createLocalJWKSet(JSON.parse(readFileSync(path.join(stateDir, 'dev-jwks.json'), 'utf8')) as jose.JSONWebKeySet);
@@ -77,7 +85,9 @@ test('meshca dev prints where everything is and an example that gets a demo cert
     const fetched = execFileSync('bash', ['-c', fetchLine[0]!], { cwd: workdir, encoding: 'utf8', env: cleanEnv() });
     assert.match(fetched, /# default: spiffe:\/\/cluster\.local\/ns\/default\/sa\/demo serial [0-9a-f]+/);
     assert.match(fetched, /# ROOTCA/);
-    assert.match(fetched, /-----BEGIN (EC |RSA )?PRIVATE KEY-----/);
+    // The key arrived but is not printed unless asked for (--show-key).
+    assert.ok(fetched.includes('[private key hidden: use --show-key to print it, or --out DIR to write it to key.pem (0600)]'), fetched);
+    assert.doesNotMatch(fetched, /PRIVATE KEY-----/);
 
     assert.equal(await dev.stop('SIGTERM', 15_000), 0);
     await dev.waitForLog(/^meshca dev stopped$/, 1000);

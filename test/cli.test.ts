@@ -65,7 +65,7 @@ describe('meshca command line', () => {
       { args: ['token', '--service-account', 'cart'], code: 2, stderr: /^error: required option '--namespace <ns>' not specified/ },
       { args: ['cacerts'], code: 2, stderr: /^Usage: meshca cacerts/ },
       { args: ['agent', '--mode', 'gateway'], code: 2, stderr: /^meshca: invalid --mode \(env MESHCA_AGENT_MODE\)="gateway": expected one of node, sidecar$/m },
-      { args: ['inspect', path.join(temp, 'missing.pem')], code: 1, stderr: /^meshca: .*ENOENT/ },
+      { args: ['inspect', path.join(temp, 'missing.pem')], code: 1, stderr: /^meshca: input file .*missing\.pem does not exist: check the path/ },
       { args: ['--version'], code: 0, stderr: /^$/ },
     ];
     const results = await Promise.all(cases.map((c) => runMeshca(c.args, { env: { MESHCA_LOG_LEVEL: 'silent' } })));

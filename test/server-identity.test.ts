@@ -12,6 +12,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { pino } from 'pino';
 import { GrpcCaClient } from '../src/agent/ca-client.js';
 import { createLogger } from '../src/log.js';
 import { createCsr, generateKeyPairFor } from '../src/pki/index.js';
@@ -66,7 +67,6 @@ async function startFakeCa(identity: { key: string; cert: string }): Promise<Fak
 describe('the CA is recognised by a DNS SAN, never by its CN', () => {
   const temp = makeTempDir('meshca-server-identity-');
   const logger = createLogger({ level: 'silent', format: 'json' });
-  let rootPem: string;
   let cnOnly: FakeCa;
   let cnAndUri: FakeCa;
   let withDnsSan: FakeCa;
@@ -75,7 +75,8 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
   before(async () => {
     openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'root.key'], temp.dir);
     openssl(['req', '-new', '-x509', '-key', 'root.key', '-subj', '/O=mesh root', '-days', '1', '-out', 'root.pem'], temp.dir);
-    rootPem = readFileSync(path.join(temp.dir, 'root.pem'), 'utf8');
+    openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'other-root.key'], temp.dir);
+    openssl(['req', '-new', '-x509', '-key', 'other-root.key', '-subj', '/O=another root', '-days', '1', '-out', 'other-root.pem'], temp.dir);
     cnOnly = await startFakeCa(serverCertificate(temp.dir, 'cn-only', `/CN=${SERVER_NAME}`, 'basicConstraints=critical,CA:FALSE'));
     cnAndUri = await startFakeCa(
       serverCertificate(temp.dir, 'cn-uri', `/CN=${SERVER_NAME}`, 'basicConstraints=critical,CA:FALSE\nsubjectAltName=critical,URI:spiffe://cluster.local/ns/default/sa/app'),
@@ -90,12 +91,17 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     temp.cleanup();
   });
 
-  function agentClient(port: number): GrpcCaClient {
-    return new GrpcCaClient({ address: `127.0.0.1:${port}`, rootCertPath: '', serverName: SERVER_NAME, certSigner: '', extraHeaders: {} }, Buffer.from(rootPem), logger);
+  function agentClient(port: number, options: { serverName?: string; rootFile?: string } = {}, log = logger): GrpcCaClient {
+    const rootFile = options.rootFile ?? 'root.pem';
+    return new GrpcCaClient(
+      { address: `127.0.0.1:${port}`, rootCertPath: rootFile, serverName: options.serverName ?? SERVER_NAME, certSigner: '', extraHeaders: {} },
+      readFileSync(path.join(temp.dir, rootFile)),
+      log,
+    );
   }
 
-  async function agentCall(port: number): Promise<{ ok: boolean; message: string }> {
-    const client = agentClient(port);
+  async function agentCall(port: number, options: { serverName?: string; rootFile?: string } = {}): Promise<{ ok: boolean; message: string }> {
+    const client = agentClient(port, options);
     try {
       await client.createCertificate({ csrPem, token: TOKEN, ttlSeconds: 600 });
       return { ok: true, message: '' };
@@ -139,7 +145,7 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     for (const fake of [cnOnly, cnAndUri]) {
       const result = await agentCall(fake.port);
       assert.equal(result.ok, false);
-      assert.match(result.message, /does not name "meshca\.istio-system\.svc" in a subjectAltName/);
+      assert.match(result.message, /not valid for the name "meshca\.istio-system\.svc" \(it has no DNS name or IP; a subject CN is never accepted\)/);
       assert.equal(fake.calls, 0, 'the fake CA received no call');
       assert.deepEqual(fake.authorizations, [], 'the bearer token never reached the fake CA');
     }
@@ -151,26 +157,92 @@ describe('the CA is recognised by a DNS SAN, never by its CN', () => {
     assert.deepEqual(withDnsSan.authorizations, [`Bearer ${TOKEN}`]);
   });
 
-  test('`meshca request` refuses it too, before sending the token', async () => {
-    const tokenFile = path.join(temp.dir, 'token');
-    writeFileSync(tokenFile, TOKEN);
+  test('a CA certificate from another root, or for another name, is named in one line that says what to set', async () => {
+    const wrongRoot = await agentCall(withDnsSan.port, { rootFile: 'other-root.pem' });
+    assert.equal(wrongRoot.ok, false);
+    assert.equal(
+      wrongRoot.message,
+      `UNAVAILABLE: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate (issued by "O=mesh root") that is not signed by the root in other-root.pem (CA_ROOT_CA/--ca-root-cert): point CA_ROOT_CA/--ca-root-cert at the mesh root (kubectl -n istio-system get cm istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}')`,
+    );
+    const wrongName = await agentCall(withDnsSan.port, { serverName: 'istiod.elsewhere.svc' });
+    assert.equal(
+      wrongName.message,
+      `UNAVAILABLE: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "istiod.elsewhere.svc" (it has name ${SERVER_NAME}; a subject CN is never accepted): set ISTIOD_SAN/--istiod-san to one of its names or fix CA_ADDR/--ca-addr`,
+    );
+    // The agent says so while it waits for the CA, as an error, and keeps backing off.
+    const lines: string[] = [];
+    const client = agentClient(withDnsSan.port, { rootFile: 'other-root.pem' }, pino({ level: 'info' }, { write: (line: string) => lines.push(line) }));
+    const waiting = new AbortController();
+    const reached = client.waitUntilReachable(waiting.signal).catch(() => undefined);
+    try {
+      for (let waited = 0; !lines.some((line) => line.includes('cannot connect to the CA over TLS')); waited += 20) {
+        assert.ok(waited < 15_000, `no TLS diagnosis logged: ${lines.join('')}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    } finally {
+      waiting.abort(new Error('test over'));
+      await reached;
+      client.close();
+    }
+    const record = JSON.parse(lines.find((line) => line.includes('cannot connect to the CA over TLS'))!) as { level: number; err: string };
+    assert.equal(record.level, 50);
+    assert.match(record.err, /is not signed by the root in other-root\.pem \(CA_ROOT_CA\/--ca-root-cert\)/);
+    assert.equal(withDnsSan.calls, 1, 'only the control call of the previous test arrived');
+  });
+
+  const runRequest = (port: number, extra: string[] = [], options: { serverName?: string | null; env?: NodeJS.ProcessEnv } = {}): Promise<{ status: number | null; stderr: string }> =>
     // Asynchronously: the fake CAs live in this process and must keep answering while the command runs.
-    const run = (port: number): Promise<{ status: number | null; stderr: string }> =>
-      new Promise((resolve) => {
-        const child = spawn(
-          process.execPath,
-          [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), '--server-name', SERVER_NAME, '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '15s'],
-          { stdio: ['ignore', 'ignore', 'pipe'] },
-        );
-        let stderr = '';
-        child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-        child.on('close', (status) => resolve({ status, stderr }));
-      });
+    new Promise((resolve) => {
+      const tokenFile = path.join(temp.dir, 'token');
+      writeFileSync(tokenFile, TOKEN);
+      const child = spawn(
+        process.execPath,
+        [CLI, 'request', '--ca-addr', `127.0.0.1:${port}`, '--root-cert', path.join(temp.dir, 'root.pem'), ...(options.serverName === null ? [] : ['--server-name', options.serverName ?? SERVER_NAME]), '--token-file', tokenFile, '--identity', 'spiffe://cluster.local/ns/default/sa/app', '--out', path.join(temp.dir, 'out'), '--timeout', '15s', ...extra],
+        { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MESHCA_DEBUG: '', ...options.env } },
+      );
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+      child.on('close', (status) => resolve({ status, stderr }));
+    });
+
+  test('`meshca request` against a CA with another root or name exits with that one line', async () => {
+    const [wrongRoot, wrongName] = await Promise.all([
+      runRequest(withDnsSan.port, ['--root-cert', path.join(temp.dir, 'other-root.pem')]),
+      runRequest(withDnsSan.port, ['--server-name', 'istiod.elsewhere.svc']),
+    ]);
+    assert.equal(wrongRoot.status, 1);
+    assert.equal(
+      wrongRoot.stderr,
+      `meshca: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate (issued by "O=mesh root") that is not signed by the root in ${path.join(temp.dir, 'other-root.pem')} (--root-cert): point --root-cert at the mesh root (kubectl -n istio-system get cm istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}')\n`,
+    );
+    assert.equal(wrongName.status, 1);
+    assert.equal(
+      wrongName.stderr,
+      `meshca: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "istiod.elsewhere.svc" (it has name ${SERVER_NAME}; a subject CN is never accepted): set --server-name to one of its names or fix --ca-addr\n`,
+    );
+    assert.equal(withDnsSan.calls, 1, 'no call reached the CA');
+  });
+
+  test("Node's deprecation warnings (grpc-js sends an IP address as TLS server name: DEP0123) are dropped unless MESHCA_DEBUG=1", async () => {
+    const [quiet, debug] = await Promise.all([
+      runRequest(withDnsSan.port, [], { serverName: null }),
+      runRequest(withDnsSan.port, [], { serverName: null, env: { MESHCA_DEBUG: '1' } }),
+    ]);
+    assert.equal(quiet.status, 1);
+    assert.equal(
+      quiet.stderr,
+      `meshca: the CA at 127.0.0.1:${withDnsSan.port} presented a certificate not valid for the name "127.0.0.1" (it has name ${SERVER_NAME}; a subject CN is never accepted): set --server-name to one of its names or fix --ca-addr\n`,
+    );
+    assert.match(debug.stderr, /DEP0123\] DeprecationWarning: Setting the TLS ServerName to an IP address/, 'the warning does occur: the test can fail');
+  });
+
+  test('`meshca request` refuses it too, before sending the token', async () => {
+    const run = (port: number): Promise<{ status: number | null; stderr: string }> => runRequest(port);
     const before = withDnsSan.calls;
     for (const fake of [cnOnly, cnAndUri]) {
       const result = await run(fake.port);
       assert.notEqual(result.status, 0);
-      assert.match(result.stderr, /does not name "meshca\.istio-system\.svc" in a subjectAltName/, result.stderr);
+      assert.match(result.stderr, /not valid for the name "meshca\.istio-system\.svc" \(it has no DNS name or IP; a subject CN is never accepted\)/, result.stderr);
       assert.equal(fake.calls, 0);
       assert.deepEqual(fake.authorizations, []);
     }

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { AgentCaConfig } from '../config/agent.js';
 import type { Logger } from '../log.js';
 import { caChannelCredentials } from '../wire/ca-credentials.js';
+import { diagnoseCaTls, isConnectionFailure } from '../wire/ca-tls-diagnosis.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, backoffDelayMs, sleep } from './backoff.js';
 import type { CaClient, CertificateRequest } from './cache/ca.js';
@@ -21,6 +22,9 @@ export class GrpcCaClient implements CaClient {
   readonly address: string;
   private client: IstioCaClient;
   private readonly retired = new Set<IstioCaClient>();
+  private rootCertPem: Buffer;
+  /** The TLS diagnosis in flight, shared by the calls that fail together. */
+  private diagnosis: Promise<string | undefined> | undefined;
 
   constructor(
     private readonly config: AgentCaConfig,
@@ -28,7 +32,25 @@ export class GrpcCaClient implements CaClient {
     private readonly log: Logger,
   ) {
     this.address = config.address;
+    this.rootCertPem = rootCertPem;
     this.client = this.connect(rootCertPem);
+  }
+
+  /**
+   * After the channel failed: one line saying which TLS check the CA fails and what to set, or undefined when the
+   * handshake itself is fine (or the CA cannot be reached at all).
+   */
+  diagnoseTls(): Promise<string | undefined> {
+    this.diagnosis ??= diagnoseCaTls({
+      address: this.address,
+      ...(this.config.serverName ? { serverName: this.config.serverName } : {}),
+      rootsPem: this.rootCertPem,
+      rootsFile: this.config.rootCertPath,
+      rootsSetting: 'CA_ROOT_CA/--ca-root-cert',
+      serverNameSetting: 'ISTIOD_SAN/--istiod-san',
+      addressSetting: 'CA_ADDR/--ca-addr',
+    }).finally(() => (this.diagnosis = undefined));
+    return this.diagnosis;
   }
 
   private connect(rootCertPem: Buffer): IstioCaClient {
@@ -49,6 +71,7 @@ export class GrpcCaClient implements CaClient {
   /** The mesh root changed (CA root rotation): new connections verify against the new bundle. */
   updateRootCertificate(rootCertPem: Buffer): void {
     const old = this.client;
+    this.rootCertPem = rootCertPem;
     this.client = this.connect(rootCertPem);
     // Calls in flight on the old channel may finish; it is closed a little later.
     this.retired.add(old);
@@ -78,8 +101,14 @@ export class GrpcCaClient implements CaClient {
         { deadline: Date.now() + CA_REQUEST_TIMEOUT_MS },
         (error: grpc.ServiceError | null, response?: IstioCertificateResponse) => {
           signal?.removeEventListener('abort', onAbort);
-          if (error) reject(new CaCallError(error.code, error.details || error.message));
-          else resolve(response?.cert_chain ?? []);
+          if (!error) resolve(response?.cert_chain ?? []);
+          else if (error.code !== grpc.status.UNAVAILABLE || !isConnectionFailure(error.details || error.message)) {
+            reject(new CaCallError(error.code, error.details || error.message));
+          }
+          else {
+            const raw = error.details || error.message;
+            void this.diagnoseTls().then((diagnosis) => reject(new CaCallError(error.code, diagnosis ?? raw)));
+          }
         },
       );
       const onAbort = (): void => call.cancel();
@@ -88,14 +117,46 @@ export class GrpcCaClient implements CaClient {
   }
 
   async waitUntilReachable(signal: AbortSignal): Promise<void> {
+    let reportedAt = -1;
+    const report = async (attempt: number, fallback?: string): Promise<void> => {
+      const diagnosis = await this.diagnoseTls();
+      if (signal.aborted || reportedAt === attempt) return;
+      reportedAt = attempt;
+      if (diagnosis) this.log.error({ caAddress: this.address, err: diagnosis }, 'cannot connect to the CA over TLS; retrying with backoff');
+      else if (fallback !== undefined) this.log.warn({ caAddress: this.address, err: fallback }, 'CA not reachable yet; retrying');
+    };
+    // Say what is wrong as soon as the first connection fails, not only when the first wait below times out.
+    this.onFirstFailure(this.client, signal, () => void report(0));
     for (let attempt = 0; ; attempt++) {
       const client = this.client;
-      const error = await new Promise<Error | undefined>((resolve) => client.waitForReady(Date.now() + 5000, resolve));
+      const error = await new Promise<Error | undefined>((resolve) => {
+        const onAbort = (): void => resolve(signal.reason as Error);
+        signal.addEventListener('abort', onAbort, { once: true });
+        client.waitForReady(Date.now() + 5000, (waitError) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(waitError);
+        });
+      });
       if (!error) return;
       if (signal.aborted) throw signal.reason as Error;
-      if (attempt % 5 === 0) this.log.warn({ caAddress: this.address, err: error.message }, 'CA not reachable yet; retrying');
+      if (attempt % 5 === 0) await report(attempt, error.message);
       await sleep(backoffDelayMs(attempt), signal);
     }
+  }
+
+  /** Calls `onFailure` once when the channel of `client` first enters TRANSIENT_FAILURE. */
+  private onFirstFailure(client: IstioCaClient, signal: AbortSignal, onFailure: () => void): void {
+    const channel = client.getChannel();
+    const watch = (): void => {
+      const state = channel.getConnectivityState(false);
+      if (state === grpc.connectivityState.TRANSIENT_FAILURE) onFailure();
+      else if (state !== grpc.connectivityState.READY && state !== grpc.connectivityState.SHUTDOWN && !signal.aborted) {
+        channel.watchConnectivityState(state, Date.now() + 60_000, (error) => {
+          if (!error) watch();
+        });
+      }
+    };
+    watch();
   }
 
   close(): void {

@@ -54,6 +54,22 @@ export class DevTokenIssuer {
     readonly jwksPath: string,
   ) {}
 
+  /**
+   * Loads the issuer `meshca dev` created in `stateDir`; refuses when there is none, since a new key would mint
+   * tokens that no running CA trusts.
+   */
+  static async load(stateDir: string): Promise<DevTokenIssuer> {
+    const keyPath = path.join(stateDir, DEV_JWT_KEY_FILE);
+    try {
+      await fs.access(keyPath);
+    } catch {
+      throw new DevIssuerError(
+        `no dev issuer in ${stateDir} (no ${DEV_JWT_KEY_FILE}): run \`meshca dev --state-dir ${stateDir}\` first, or pass --init to create an issuer there (a CA must then trust ${path.join(stateDir, DEV_JWKS_FILE)})`,
+      );
+    }
+    return DevTokenIssuer.loadOrCreate(stateDir);
+  }
+
   /** Loads the issuer key from `stateDir`, creating it (and the JWKS) on first use. */
   static async loadOrCreate(stateDir: string): Promise<DevTokenIssuer> {
     const keyPath = path.join(stateDir, DEV_JWT_KEY_FILE);

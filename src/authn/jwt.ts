@@ -20,6 +20,7 @@ import {
 import { ConfigError, parseDurationSeconds } from '../config/env.js';
 import { WorkloadId } from '../pki/index.js';
 import {
+  audienceMismatch,
   extractBearerToken,
   isServiceAccountUsername,
   parseServiceAccountUsername,
@@ -266,7 +267,11 @@ export class JwtAuthenticator implements Authenticator {
           currentDate: new Date(this.now()),
         }));
       } catch (error) {
-        const reason = describeJoseError(error);
+        // jose checks claims after the signature, so this aud is the issuer's.
+        const reason =
+          error instanceof joseErrors.JWTClaimValidationFailed && error.claim === 'aud'
+            ? audienceMismatch(unverified.aud, candidate.audiences, candidate.rule.audiences.length > 0 ? `the "audiences" of JWT_RULE issuer ${candidate.rule.issuer}` : 'TOKEN_AUDIENCES')
+            : describeJoseError(error);
         lastFailure = isTokenFault(error)
           ? { kind: 'denied', reason }
           : { kind: 'unavailable', reason: `could not get the signing keys of issuer ${candidate.rule.issuer}: ${reason}` };

@@ -15,7 +15,13 @@ import type { V1TokenReview } from '@kubernetes/client-node';
 import { WorkloadId } from '../pki/index.js';
 import { callWithDeadline, describeKubeError } from '../kube/api.js';
 import type { KubeCluster, KubeClusters } from './kube-clusters.js';
-import { extractBearerToken, isServiceAccountUsername, parseServiceAccountUsername, type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
+import {
+  audienceMismatch,
+  audiencesOf,
+  extractBearerToken,
+  isServiceAccountUsername,
+  parseServiceAccountUsername,
+  type AuthOutcome, type AuthRequest, type Authenticator } from './types.js';
 
 export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
 export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
@@ -62,16 +68,21 @@ interface CacheEntry {
 }
 
 /** The token's `exp` in ms, read without verification: only ever used to shorten how long a verdict is cached. */
-export function unverifiedExpiryMs(token: string): number | undefined {
+/** The claims of a JWT without checking its signature (for a cache bound or a message), or undefined. */
+function unverifiedClaims(token: string): Record<string, unknown> | undefined {
   const payload = token.split('.')[1];
   if (!payload) return undefined;
   try {
     const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as unknown;
-    if (claims && typeof claims === 'object' && 'exp' in claims && typeof claims.exp === 'number') return claims.exp * 1000;
+    return claims && typeof claims === 'object' && !Array.isArray(claims) ? (claims as Record<string, unknown>) : undefined;
   } catch {
     return undefined;
   }
-  return undefined;
+}
+
+export function unverifiedExpiryMs(token: string): number | undefined {
+  const exp = unverifiedClaims(token)?.exp;
+  return typeof exp === 'number' ? exp * 1000 : undefined;
 }
 
 function firstExtra(extra: Record<string, string[]> | undefined, key: string): string | undefined {
@@ -200,7 +211,7 @@ export class TokenReviewAuthenticator implements Authenticator {
       this.options.observer?.onReview?.('error');
       return { kind: 'unavailable', reason: this.describeFailure(cluster, error) };
     }
-    const outcome = this.judge(cluster, response);
+    const outcome = this.judge(cluster, response, token);
     this.options.observer?.onReview?.(outcome.kind === 'ok' ? 'authenticated' : 'rejected');
     return outcome;
   }
@@ -222,9 +233,16 @@ export class TokenReviewAuthenticator implements Authenticator {
     return `could not reach ${where} to review the token: ${limit(detail)}`;
   }
 
-  private judge(cluster: KubeCluster, response: V1TokenReview): AuthOutcome {
+  private judge(cluster: KubeCluster, response: V1TokenReview, token: string): AuthOutcome {
     const status = response.status;
     if (!status?.authenticated) {
+      // The API server's own text ("token audiences [...] is invalid for the target audiences [...]") is cut at any
+      // length and names no fix; the token's aud (which the caller sent) says it better, bounded.
+      const aud = unverifiedClaims(token)?.aud;
+      const claimed = audiencesOf(aud);
+      if (/audience/i.test(status?.error ?? '') && claimed.length > 0 && !claimed.some((a) => typeof a === 'string' && this.options.audiences.includes(a))) {
+        return { kind: 'denied', reason: `cluster "${cluster.id}" did not authenticate the token: ${audienceMismatch(aud, this.options.audiences, 'TOKEN_AUDIENCES')}` };
+      }
       return { kind: 'denied', reason: `the token was not authenticated by cluster "${cluster.id}": ${limit(status?.error || 'no reason given')}` };
     }
     const username = status.user?.username ?? '';
@@ -246,7 +264,7 @@ export class TokenReviewAuthenticator implements Authenticator {
     if (!granted.some((audience) => this.options.audiences.includes(audience))) {
       return {
         kind: 'denied',
-        reason: `token audiences ${JSON.stringify(granted)} do not include any of the CA's audiences ${JSON.stringify(this.options.audiences)}`,
+        reason: audienceMismatch(granted, this.options.audiences, 'TOKEN_AUDIENCES'),
       };
     }
     let identity: WorkloadId;

@@ -92,3 +92,30 @@ export function extractBearerToken(authorization: string | undefined): string | 
   const token = authorization.slice('Bearer '.length).trim();
   return token.length > 0 ? token : undefined;
 }
+
+/** At most `maxItems` values of at most `maxChars` characters each, JSON-quoted: a token's claims can be huge. */
+export function boundedList(values: readonly unknown[], maxItems = 5, maxChars = 64): string {
+  const shown = values.slice(0, maxItems).map((value) => {
+    const text = typeof value === 'string' ? value : JSON.stringify(value) ?? String(value);
+    return JSON.stringify(text.length > maxChars ? `${text.slice(0, maxChars - 3)}...` : text);
+  });
+  const more = values.length > maxItems ? `, ... (${values.length - maxItems} more)` : '';
+  return `[${shown.join(', ')}${more}]`;
+}
+
+/** A token's `aud` claim as a list (RFC 7519 allows one string or an array). */
+export function audiencesOf(aud: unknown): unknown[] {
+  if (aud === undefined) return [];
+  return Array.isArray(aud) ? aud : [aud];
+}
+
+/**
+ * The refusal of a token whose audiences miss every audience the CA accepts, naming both (bounded) and the fix;
+ * `setting` is where the accepted audiences come from (TOKEN_AUDIENCES, or a JWT_RULE's "audiences").
+ */
+export function audienceMismatch(tokenAud: unknown, accepted: readonly string[], setting: string): string {
+  return (
+    `the token's audiences ${boundedList(audiencesOf(tokenAud))} include none of the audiences the CA accepts ${boundedList(accepted)}: ` +
+    `mint the token for one of them (a projected service-account token's audience) or add its audience to ${setting}`
+  );
+}

@@ -21,6 +21,24 @@ interface FetchFlags {
   out?: string;
   watch?: boolean;
   timeout?: string;
+  showKey?: boolean;
+}
+
+/** What `fetch` prints in place of a private key unless --show-key is given. */
+export const HIDDEN_KEY = '[private key hidden: use --show-key to print it, or --out DIR to write it to key.pem (0600)]';
+
+/**
+ * A failed SDS stream as one line: a socket nobody listens on, or the agent's status (with how to fix the usual
+ * ones).
+ */
+function describeStreamError(socket: string, name: string, error: grpc.ServiceError): string {
+  const details = error.details ?? error.message;
+  if (error.code === grpc.status.UNAVAILABLE) {
+    if (/\bENOENT\b/.test(details)) return `no agent listens on the SDS socket ${socket} (it does not exist): start \`meshca agent\` or point --sds-socket at its socket`;
+    if (/\bECONNREFUSED\b/.test(details)) return `nothing accepts connections on the SDS socket ${socket} (a stale socket file?): start \`meshca agent\` or point --sds-socket at its socket`;
+    if (/\bEACCES\b/.test(details)) return `no permission to connect to the SDS socket ${socket}: run as a user the socket's mode allows (the agent's --sds-socket-mode)`;
+  }
+  return `SDS stream for ${name} failed: ${grpc.status[error.code] ?? error.code}: ${details}`;
 }
 
 function readToken(file: string | undefined): string | undefined {
@@ -72,10 +90,10 @@ async function writeUpdate(dir: string, update: SecretUpdate): Promise<string[]>
   return written;
 }
 
-function printUpdate(update: SecretUpdate): void {
+function printUpdate(update: SecretUpdate, showKey: boolean): void {
   const parts = [`# ${describeUpdate(update)}\n`];
   if (update.certificateChain !== undefined) parts.push(update.certificateChain);
-  if (update.privateKey !== undefined) parts.push(update.privateKey);
+  if (update.privateKey !== undefined) parts.push(showKey ? update.privateKey : HIDDEN_KEY);
   if (update.trustedCa !== undefined) parts.push(update.trustedCa);
   process.stdout.write(parts.map((p) => (p.endsWith('\n') ? p : `${p}\n`)).join(''));
 }
@@ -89,6 +107,7 @@ export function registerFetchCommand(program: Command): void {
     .option('--resource <name>', 'secret to get: default, ROOTCA, file-cert:<cert>~<key>, file-root:<path> (repeatable)', (value: string, all: string[]) => [...all, value], [] as string[])
     .option('--out <dir>', 'write key.pem (0600), cert-chain.pem, root-cert.pem here instead of printing')
     .option('--watch', 'keep the streams open and print (or write) every push')
+    .option('--show-key', 'print the private key too (it is hidden by default; --out always writes it, mode 0600)')
     .option('--timeout <duration>', 'without --watch: how long to wait for the secrets', '30s')
     .action(async (flags: FetchFlags) => {
       const names = flags.resource.length > 0 ? [...new Set(flags.resource)] : ['default'];
@@ -109,7 +128,7 @@ export function registerFetchCommand(program: Command): void {
                   if (flags.out) {
                     void writeUpdate(flags.out, update).then((files) => process.stderr.write(`${describeUpdate(update)} -> ${files.join(', ')}\n`));
                   } else {
-                    printUpdate(update);
+                    printUpdate(update, flags.showKey === true);
                   }
                 },
                 onNack: (message) => process.stderr.write(`${name}: rejected an update: ${message}\n`),
@@ -128,11 +147,20 @@ export function registerFetchCommand(program: Command): void {
         return;
       }
       const updates = new Map<string, SecretUpdate>();
+      const nacks: string[] = [];
+      const socket = flags.sdsSocket ?? DEFAULT_SDS_SOCKET;
       try {
         await new Promise<void>((resolve, reject) => {
           const timer = setTimeout(() => {
             const missing = names.filter((n) => !updates.has(n));
-            reject(new Error(`no answer from ${flags.sdsSocket ?? DEFAULT_SDS_SOCKET} for ${missing.join(', ')} within ${timeoutMs / 1000}s`));
+            const asked = flags.tokenFile ? `with the token in ${flags.tokenFile}` : 'without a token (no --token-file)';
+            const lastNack = nacks.length > 0 ? `; the last update was rejected: ${nacks[nacks.length - 1]!.slice(0, 300)}` : '';
+            reject(
+              new Error(
+                `the agent at ${socket} sent no ${missing.join(', ')} within ${timeoutMs / 1000}s (asked ${asked})${lastNack}: ` +
+                  `it is likely still waiting for the CA or for proof of the token (see the agent's log, e.g. 'CA request failed'); retry with a longer --timeout`,
+              ),
+            );
           }, timeoutMs);
           for (const name of names) {
             watches.push(
@@ -144,10 +172,13 @@ export function registerFetchCommand(program: Command): void {
                     resolve();
                   }
                 },
-                onNack: (message) => process.stderr.write(`${name}: rejected an update: ${message}\n`),
+                onNack: (message) => {
+                  nacks.push(`${name}: ${message}`);
+                  process.stderr.write(`${name}: rejected an update: ${message}\n`);
+                },
                 onStreamError: (error) => {
                   clearTimeout(timer);
-                  reject(new Error(`SDS stream for ${name} failed: ${grpc.status[error.code] ?? error.code}: ${error.details}`));
+                  reject(new Error(describeStreamError(socket, name, error)));
                 },
               }),
             );
@@ -164,7 +195,7 @@ export function registerFetchCommand(program: Command): void {
           const files = await writeUpdate(flags.out, update);
           process.stderr.write(`${describeUpdate(update)} -> ${files.join(', ')}\n`);
         } else {
-          printUpdate(update);
+          printUpdate(update, flags.showKey === true);
         }
       }
     });

@@ -22,6 +22,7 @@ import {
 import { parseServiceAccountUsername } from '../authn/types.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { caChannelCredentials } from '../wire/ca-credentials.js';
+import { diagnoseCaTls, isConnectionFailure } from '../wire/ca-tls-diagnosis.js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../wire/protos.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
@@ -115,6 +116,19 @@ export function registerRequestCommand(program: Command): void {
       } catch (error) {
         const e = error as grpc.ServiceError;
         const statusName = typeof e.code === 'number' ? (grpc.status[e.code] ?? String(e.code)) : 'ERROR';
+        if (e.code === grpc.status.UNAVAILABLE && !flags.plaintext && isConnectionFailure(e.details ?? '')) {
+          // A failed handshake reaches us as OpenSSL's text; say which check failed and what to change.
+          const diagnosis = await diagnoseCaTls({
+            address: flags.caAddr,
+            ...(flags.serverName ? { serverName: flags.serverName } : {}),
+            rootsPem: Buffer.from(rootsPem!),
+            rootsFile: flags.rootCert!,
+            rootsSetting: '--root-cert',
+            serverNameSetting: '--server-name',
+            addressSetting: '--ca-addr',
+          });
+          if (diagnosis) throw new Error(diagnosis);
+        }
         throw new Error(`CreateCertificate to ${flags.caAddr} failed: ${statusName}: ${e.details ?? e.message}`);
       } finally {
         client.close();

@@ -11,6 +11,7 @@ interface TokenFlags {
   audience: string;
   ttl: string;
   stateDir?: string;
+  init?: boolean;
 }
 
 export function registerTokenCommand(program: Command): void {
@@ -20,7 +21,8 @@ export function registerTokenCommand(program: Command): void {
     .requiredOption('--namespace <ns>', 'Kubernetes namespace of the service account')
     .requiredOption('--service-account <sa>', 'service account name')
     .option('--audience <list>', 'token audiences, comma-separated', 'istio-ca')
-    .option('--ttl <duration>', 'token lifetime', '1h');
+    .option('--ttl <duration>', 'token lifetime', '1h')
+    .option('--init', 'create a new dev issuer in the state directory when it holds none (otherwise run `meshca dev` first)');
   // The dev issuer's key is in the state directory of `meshca dev`, so both read the same flag and variable.
   addFlag(command, STATE_DIR_FLAG);
   command.action(async (flags: TokenFlags) => {
@@ -30,7 +32,8 @@ export function registerTokenCommand(program: Command): void {
       .map((a) => a.trim())
       .filter(Boolean);
     if (audiences.length === 0) throw new Error('--audience needs at least one audience');
-    const issuer = await DevTokenIssuer.loadOrCreate(readStateDir(flags.stateDir, process.env));
+    const stateDir = readStateDir(flags.stateDir, process.env);
+    const issuer = flags.init ? await DevTokenIssuer.loadOrCreate(stateDir) : await DevTokenIssuer.load(stateDir);
     const token = await issuer.mint({ namespace: flags.namespace, serviceAccount: flags.serviceAccount, audiences, ttlSeconds });
     process.stdout.write(`${token}\n`);
   });

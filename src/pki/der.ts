@@ -324,3 +324,12 @@ export function assertDer(element: DerElement, what: string, depth = 0): void {
       return;
   }
 }
+
+/** True when `input` is exactly one DER SEQUENCE with nothing after it: the shape of a DER file of any PKI object. */
+export function isSingleDerSequence(input: Buffer): boolean {
+  try {
+    return readSingle(input, 'the input').tag === Tag.SEQUENCE;
+  } catch {
+    return false;
+  }
+}

@@ -16,6 +16,7 @@ export {
   type KeyPair,
   type KeyDescription,
 } from './keys.js';
+export { isSingleDerSequence } from './der.js';
 export { describeSpki, assertKeyStrength, signingProfileFor } from './algorithms.js';
 export { createCsr, parseCsr, verifyCsr, CSR_PEM_LABELS, type ParsedCsr, type CreateCsrOptions } from './csr.js';
 export {
