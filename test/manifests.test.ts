@@ -322,10 +322,16 @@ function parseApiPath(apiPath: string): { group: string; resource: string; names
  * Every Kubernetes API call in src/: client-node API methods (`.readNamespacedPod(`), and the collections watched
  * with `new Watch(...)` (the API paths written in those files).
  */
+/**
+ * `meshca status` runs as whoever runs it (an operator's kubeconfig), not as the CA: its calls (listing ConfigMaps
+ * everywhere, SelfSubjectAccessReviews) are not the CA's and need no rule in the CA's role.
+ */
+const OPERATOR_TOOLS: readonly string[] = ['src/commands/status.ts'];
+
 function apiUsesInSource(): ApiUse[] {
   const methods = clientMethods();
   const uses: ApiUse[] = [];
-  for (const { file, text } of ALL_SOURCES) {
+  for (const { file, text } of ALL_SOURCES.filter((s) => !OPERATOR_TOOLS.includes(s.file))) {
     assert.ok(!/\bKubernetesObjectApi\b/.test(text), `${file} uses KubernetesObjectApi, whose calls this test cannot map to RBAC rules`);
     for (const match of text.matchAll(/\.([a-z][A-Za-z]+)\s*\(/g)) {
       const classes = methods.get(match[1]!);
