@@ -22,10 +22,12 @@ import { CA_SECRET_NAME, ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../src/
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
 import { registerCacertsCommand } from '../src/commands/cacerts.js';
+import { registerDecisionsCommand } from '../src/commands/decisions.js';
 import { registerDevCommand } from '../src/commands/dev.js';
 import { registerFetchCommand } from '../src/commands/fetch.js';
 import { registerInspectCommand } from '../src/commands/inspect.js';
 import { registerRequestCommand } from '../src/commands/request.js';
+import { registerStatusCommand } from '../src/commands/status.js';
 import { registerTokenCommand } from '../src/commands/token.js';
 import { registerVersionCommand } from '../src/commands/version.js';
 import { readAgentConfig, type AgentFlags } from '../src/config/agent.js';
@@ -1040,7 +1042,7 @@ const DOC_FILES = [...readdirSync(DOCS).filter((f) => f.endsWith('.md')).map((f)
 /** Every meshca command, with its subcommands, whose actions do nothing. */
 function fullProgram(): Command {
   const program = new Command().exitOverride();
-  for (const register of [registerInspectCommand, registerCacertsCommand, registerAgentCommand, registerFetchCommand, registerCaCommand, registerTokenCommand, registerDevCommand, registerRequestCommand, registerVersionCommand]) {
+  for (const register of [registerInspectCommand, registerCacertsCommand, registerAgentCommand, registerFetchCommand, registerCaCommand, registerTokenCommand, registerDevCommand, registerRequestCommand, registerVersionCommand, registerStatusCommand, registerDecisionsCommand]) {
     register(program);
   }
   return program;

@@ -165,17 +165,17 @@ export async function checkCaTls(options: StatusOptions, rootsPem: string | unde
       const leaf = parseCertificate(socket.getPeerCertificate().raw);
       done({ verdict: 'PASS', check, detail: `${options.caAddr} answers as ${name} ${nameSource}, chained to ${options.rootCertPath} (serving certificate valid until ${leaf.notAfter.toISOString()})` });
     });
-    socket.once('error', (error: NodeJS.ErrnoException) => done(describeTlsFailure(options, name, nameSource, error)));
+    socket.once('error', (error: NodeJS.ErrnoException) => done(describeTlsFailure(options, name, error)));
   });
 }
 
-function describeTlsFailure(options: StatusOptions, name: string, nameSource: string, error: NodeJS.ErrnoException): CheckResult {
+function describeTlsFailure(options: StatusOptions, name: string, error: NodeJS.ErrnoException): CheckResult {
   const check = 'CA TLS';
   const code = error.code ?? '';
   if (code === 'ECONNREFUSED') return { verdict: 'FAIL', check, detail: `${options.caAddr}: connection refused`, fix: 'start meshca ca, or point --ca-addr (env CA_ADDR) at its --grpc-addr' };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return { verdict: 'FAIL', check, detail: `${options.caAddr}: the host name does not resolve (${code})`, fix: 'check the name in --ca-addr (env CA_ADDR), e.g. meshca.istio-system.svc:15012 inside the cluster' };
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
-    return { verdict: 'FAIL', check, detail: `name mismatch: ${error.message.replace(/: dial the CA.*$/, '')}`, fix: `set --server-name (env ISTIOD_SAN) to one of the names it shows, or add ${name} ${nameSource} to meshca ca --server-dns` };
+    return { verdict: 'FAIL', check, detail: `name mismatch: ${error.message.replace(/: dial the CA.*$/, '')}`, fix: `set --server-name (env ISTIOD_SAN) to one of the names it shows, or add ${name} to the CA's names (meshca ca --server-dns or ISTIOD_CUSTOM_HOST)` };
   }
   if (UNKNOWN_ROOT_CODES.has(code)) {
     return {
@@ -220,7 +220,7 @@ export function checkRootFile(options: StatusOptions, rootsPem: string | undefin
       verdict: 'FAIL',
       check,
       detail: `${options.rootCertPath} lacks ${missing.length} of the CA's ${ca.roots.length} root(s) (${missing.map(short).join(', ')}...): certificates it issues will not verify here`,
-      fix: `replace it with the CA's bundle: kubectl get configmap ${ROOT_CONFIGMAP_NAME} -n ${options.caNamespace} -o jsonpath='{.data.root-cert\\.pem}'`,
+      fix: `replace it with the CA's bundle: kubectl get configmap ${ROOT_CONFIGMAP_NAME} -n ${options.caNamespace} -o jsonpath='{.data.root-cert\\.pem}' > ${options.rootCertPath}`,
     };
   }
   if (extra.length > 0) {
