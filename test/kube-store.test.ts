@@ -252,6 +252,10 @@ describe('Kubernetes Secret store and root distribution', () => {
     assert.match(issuedRow!, new RegExp(`issued +OK +${id} +system:serviceaccount:default:httpbin \\(tokenreview\\) +[0-9a-f]+ +\\d{4}-`));
     assert.ok(issuedRow!.toLowerCase().includes(serial.replace(/^0+/, '')), `the issued row names serial ${serial}: ${issuedRow}`);
 
+    const badLimit = await fetch(`http://${monitoring}/debug/decisions?limit=all`);
+    assert.equal(badLimit.status, 400);
+    assert.deepEqual(await badLimit.json(), { error: 'limit must be a whole number from 1 to 999999, not "all"' });
+
     const rootFile = path.join(temp.dir, 'status-root.pem');
     writeFileSync(rootFile, bundle);
     const status = (extra: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>

@@ -27,8 +27,8 @@ import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
 
-/** How long the primary waits for one worker's metrics before leaving that worker out of a scrape. */
-const METRICS_TIMEOUT_MS = 2000;
+/** How long the primary waits for one worker's answer (metrics, decisions) before leaving that worker out. */
+const WORKER_ANSWER_TIMEOUT_MS = 2000;
 /** A worker that died is started again after this long (a crash loop then costs little). */
 const RESTART_DELAY_MS = 1000;
 const MAX_RESTART_DELAY_MS = 30_000;
@@ -212,7 +212,7 @@ async function askWorkers<K extends keyof WorkerMethods>(slots: readonly Slot[],
     slots.map(async (slot) => {
       if (!slot.listening || !slot.peer) return undefined;
       let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), METRICS_TIMEOUT_MS)));
+      const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), WORKER_ANSWER_TIMEOUT_MS)));
       try {
         return await Promise.race([slot.peer.call(method, params), timeout]);
       } catch {
