@@ -3,7 +3,7 @@
  * NotAfter) or refused (gRPC status and reason) — read from a running CA's /debug/decisions.
  */
 import type { Command } from 'commander';
-import { readEnum } from '../config/env.js';
+import { bad, readEnum } from '../config/env.js';
 import { addFlag } from '../config/flags.js';
 import type { Decision, DecisionsAnswer } from '../server/index.js';
 import { CA_MONITORING_FLAG, getFromMonitoring, monitoringBaseUrl } from './ca-monitoring.js';
@@ -56,7 +56,7 @@ export function registerDecisionsCommand(program: Command): void {
     .option('-o, --output <format>', 'table | json', 'table')
     .action(async (identity: string | undefined, flags: DecisionsFlags) => {
       const output = readEnum(flags.output, {}, { flag: '--output' }, ['table', 'json'] as const, 'table');
-      if (!/^[1-9][0-9]{0,5}$/.test(flags.limit)) throw new Error(`invalid --limit="${flags.limit}": expected a whole number from 1 to 999999`);
+      if (!/^[1-9][0-9]{0,5}$/.test(flags.limit)) throw bad({ flag: '--limit' }, flags.limit, 'a whole number from 1 to 999999');
       const base = monitoringBaseUrl(flags.monitoringAddr, process.env);
       const query = new URLSearchParams({ limit: flags.limit, ...(identity ? { identity } : {}) });
       const answer = await getFromMonitoring(base, `/debug/decisions?${query.toString()}`);
