@@ -29,6 +29,8 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   completion: async () => (await import('./commands/completion.js')).registerCompletionCommand,
   version: async () => (await import('./commands/version.js')).registerVersionCommand,
   secrets: async () => (await import('./commands/secrets.js')).registerSecretsCommand,
+  decisions: async () => (await import('./commands/decisions.js')).registerDecisionsCommand,
+  status: async () => (await import('./commands/status.js')).registerStatusCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {

@@ -87,7 +87,7 @@ describe('meshca ca --workers', () => {
     return made;
   };
 
-  test('two workers share the port and the load; one TokenReview per token; /metrics, /ready and /debug/ca speak for all; a killed worker is replaced', async () => {
+  test('two workers share the port and the load; one TokenReview per token; /metrics, /ready, /debug/ca and /debug/decisions speak for all; a killed worker is replaced', async () => {
     const dir = path.join(temp.dir, 'volume');
     const a = await makeChain('ec', 2, 'workers-a');
     const b = await makeChain('ec', 3, 'workers-b');
@@ -132,6 +132,14 @@ describe('meshca ca --workers', () => {
     const debug = JSON.parse((await getText(`${monitoring}/debug/ca`)).body) as { workers: number; keySource: string };
     assert.equal(debug.workers, 2, '/debug/ca names the workers');
     assert.equal(debug.keySource, 'cacerts');
+    // /debug/decisions merges the workers' records: all 16 issuances, newest first.
+    const decisions = JSON.parse((await getText(`${monitoring}/debug/decisions?identity=spiffe://cluster.local/ns/default/sa/shared&limit=100`)).body) as {
+      capacity: number;
+      decisions: { outcome: string; time: string }[];
+    };
+    assert.equal(decisions.capacity, 2000, 'two workers of 1000 each');
+    assert.equal(decisions.decisions.filter((d) => d.outcome === 'issued').length, 16);
+    assert.deepEqual(decisions.decisions.map((d) => d.time), decisions.decisions.map((d) => d.time).sort().reverse());
 
     // A new cacerts reaches every worker: after the reload, every connection gets the new issuer.
     await writeSecretVolume(dir, istioFiles(b));

@@ -20,6 +20,8 @@ import { registerInspectCommand } from '../src/commands/inspect.js';
 import { registerRequestCommand } from '../src/commands/request.js';
 import { registerTokenCommand } from '../src/commands/token.js';
 import { registerVersionCommand } from '../src/commands/version.js';
+import { registerDecisionsCommand } from '../src/commands/decisions.js';
+import { registerStatusCommand } from '../src/commands/status.js';
 import { envOfOption } from '../src/config/flags.js';
 import { REPO_ROOT } from './support/process.js';
 
@@ -99,7 +101,9 @@ function built(): Map<string, Command> {
   for (const register of [registerCaCommand, registerAgentCommand, registerDevCommand, registerTokenCommand, registerRequestCommand, registerFetchCommand]) {
     register(program);
   }
-  for (const register of [registerInspectCommand, registerCacertsCommand, registerCompletionCommand, registerVersionCommand]) register(program);
+  for (const register of [registerInspectCommand, registerCacertsCommand, registerCompletionCommand, registerVersionCommand, registerStatusCommand, registerDecisionsCommand]) {
+    register(program);
+  }
   return new Map(program.commands.map((c) => [c.name(), c]));
 }
 
@@ -184,8 +188,8 @@ describe('README configuration tables match the registered options', () => {
 
   it('every option that shows an environment variable has its row in README', () => {
     const undocumented: string[] = [];
-    // The CA's and the agent's tables document the whole command; dev only shares the key-source table.
-    for (const name of ['ca', 'agent']) {
+    // The CA's, the agent's and the operator tools' tables document the whole command; dev only shares the key-source table.
+    for (const name of ['ca', 'agent', 'status', 'decisions']) {
       const command = commands.get(name)!;
       for (const option of command.options) {
         const env = envOfOption(option);

@@ -5,9 +5,14 @@
  *  - create-if-absent returns the winner's root on 409, stale updates are refused by resourceVersion, and two
  *    rotators sharing the Secret converge on the same material;
  *  - ConfigMap istio-ca-root-cert (label istio.io/config=true) is written in every namespace, follows new
- *    namespaces and trust-bundle changes, and is repaired when edited or deleted.
+ *    namespaces and trust-bundle changes, and is repaired when edited or deleted;
+ *  - with that CA running: `meshca decisions` shows an issued and a refused call, and `meshca status` passes, then
+ *    fails with a fix for a wrong TLS name, a wrong root, a ConfigMap with another root and a forbidden RBAC verb;
+ *    in process, its lines for a refused CA, no kubeconfig and a skewed clock.
  */
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
@@ -23,12 +28,14 @@ import {
   type RotationPolicy,
   type StoredCaState,
 } from '../src/ca/index.js';
+import { checkClock, formatResults, runStatusChecks, type StatusOptions } from '../src/commands/status.js';
 import { createLogger } from '../src/log.js';
-import { caClient, createCertificate, opensslKeyAndCsr } from './ca-helpers.js';
+import { certificateToPem, createCaCertificate, generateKeyPairFor } from '../src/pki/index.js';
+import { caClient, cleanEnv, createCertificate, opensslKeyAndCsr, SERVER_NAME } from './ca-helpers.js';
 import { eventually, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeObject, type KubeStandin } from './standins/kube.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
-import { makeTempDir } from './support/process.js';
+import { closedPort, makeTempDir, runMeshca } from './support/process.js';
 
 const logger = createLogger({ level: 'silent', format: 'json' });
 const decode = (value: unknown): string => Buffer.from(String(value), 'base64').toString('utf8');
@@ -209,6 +216,150 @@ describe('Kubernetes Secret store and root distribution', () => {
     const both = await eventually(() => (bundleOf('istio-system')?.includes(chainB.root.pem.split('\n')[1]!) ? bundleOf('istio-system') : undefined), 10_000, 'the new bundle');
     assert.ok(both.includes(chainA.root.pem.split('\n')[1]!), 'old root kept until it expires');
     for (const ns of [...namespaces, 'team-a']) await eventually(() => (bundleOf(ns) === both ? true : undefined), 10_000, `the new bundle in ${ns}`);
+
+    // The same CA, as an operator sees it: `meshca decisions` and `meshca status` (issue 17).
+    await decisionsAndStatus(ca, both);
     await ca.proc.stop();
+  });
+
+  /**
+   * `meshca decisions <id>` shows an issued and a refused call with the reason; `meshca status` passes against this
+   * healthy CA and stand-in, then fails with a fix for a wrong TLS name, a wrong root, a ConfigMap with another root
+   * and a forbidden RBAC verb.
+   */
+  async function decisionsAndStatus(ca: StartedCa, bundle: string): Promise<void> {
+    const id = 'spiffe://cluster.local/ns/default/sa/httpbin';
+    const monitoring = String(ca.ready.monitoringAddress);
+    const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'httpbin' });
+    const { csrPem } = opensslKeyAndCsr(temp.dir, 'decisions', { spiffeId: id });
+    const client = caClient(ca.grpcAddress, bundle);
+    let serial: string;
+    try {
+      const issued = await createCertificate(client, { csr: csrPem, token, validitySeconds: 600 });
+      if (!issued.ok) assert.fail(`${grpc.status[issued.code]}: ${issued.details}`);
+      serial = new X509Certificate(issued.chain[0]!).serialNumber.toLowerCase();
+      const refused = await createCertificate(client, { csr: csrPem, token, validitySeconds: 1000 * 86400 });
+      assert.ok(!refused.ok && refused.code === grpc.status.INVALID_ARGUMENT, 'a TTL over MAX_WORKLOAD_CERT_TTL is refused');
+    } finally {
+      client.close();
+    }
+    const decisions = await runMeshca(['decisions', id, '--monitoring-addr', monitoring]);
+    assert.equal(decisions.code, 0, decisions.stderr);
+    const [header, refusedRow, issuedRow, ...rest] = decisions.stdout.trimEnd().split('\n');
+    assert.match(header!, /^TIME +OUTCOME +CODE +IDENTITY +CALLER +SERIAL +NOT AFTER +REASON$/);
+    assert.deepEqual(rest, [], 'only the two calls of this identity');
+    assert.match(refusedRow!, new RegExp(`refused +INVALID_ARGUMENT +${id} +system:serviceaccount:default:httpbin \\(tokenreview\\) +- +- +.*requested TTL 1000d is greater than the max allowed TTL 90d`));
+    assert.match(issuedRow!, new RegExp(`issued +OK +${id} +system:serviceaccount:default:httpbin \\(tokenreview\\) +[0-9a-f]+ +\\d{4}-`));
+    assert.ok(issuedRow!.toLowerCase().includes(serial.replace(/^0+/, '')), `the issued row names serial ${serial}: ${issuedRow}`);
+
+    const badLimit = await fetch(`http://${monitoring}/debug/decisions?limit=all`);
+    assert.equal(badLimit.status, 400);
+    assert.deepEqual(await badLimit.json(), { error: 'limit must be a whole number from 1 to 999999, not "all"' });
+
+    const rootFile = path.join(temp.dir, 'status-root.pem');
+    writeFileSync(rootFile, bundle);
+    const status = (extra: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+      runMeshca(['status', '--ca-addr', ca.grpcAddress, '--ca-root-cert', rootFile, '--monitoring-addr', monitoring, '--kubeconfig', kube.kubeconfigPath, ...extra], {
+        env: cleanEnv(),
+      });
+    const lines = (stdout: string): Map<string, string> => {
+      const found = new Map<string, string>();
+      for (const line of stdout.split('\n')) {
+        const match = /^(PASS|WARN|FAIL|SKIP) +(CA TLS|CA monitoring|root file|clock vs the CA|root ConfigMaps|clock vs the API server|RBAC) +(.*)$/.exec(line);
+        if (match) found.set(match[2]!, `${match[1]} ${match[3]}`);
+      }
+      return found;
+    };
+
+    const healthy = await status(['--server-name', SERVER_NAME]);
+    assert.equal(healthy.code, 0, healthy.stdout + healthy.stderr);
+    const pass = lines(healthy.stdout);
+    assert.equal(pass.size, 7, healthy.stdout);
+    for (const [check, line] of pass) assert.match(line, /^PASS /, `${check}: ${line}`);
+
+    // A wrong TLS name, a ConfigMap with another root (the CA may not repair it: update is forbidden).
+    kube.state.forbidden.add('update configmaps');
+    try {
+      const edited = kube.state.get('configmaps', 'team-a', ROOT_CONFIGMAP_NAME)!;
+      kube.state.put('configmaps', { ...edited, data: { 'root-cert.pem': kube.caPem } });
+      const broken = await status(['--server-name', 'wrong.example.com']);
+      assert.equal(broken.code, 1, broken.stdout + broken.stderr);
+      const fail = lines(broken.stdout);
+      assert.match(fail.get('CA TLS')!, /^FAIL name mismatch: the server certificate does not name "wrong\.example\.com" in a subjectAltName \(it names DNS:meshca\.istio-system\.svc/);
+      assert.match(fail.get('root ConfigMaps')!, /^FAIL istio-ca-root-cert differs from the CA's bundle in team-a$/);
+      assert.match(fail.get('RBAC')!, /^FAIL as kubeconfig user "reviewer" \(context standin\): not allowed to update configmaps\/istio-ca-root-cert \(root distribution\)$/);
+      assert.match(broken.stdout, /fix: set --server-name \(env ISTIOD_SAN\) to one of the names it shows/);
+      assert.match(broken.stdout, /fix: grant the CA's rules: kubectl apply -f deploy\/kubernetes\/ca-rbac\.yaml/);
+    } finally {
+      kube.state.forbidden.delete('update configmaps');
+    }
+
+    // A root file with another root: the CA is an unknown root, and the file lacks the CA's bundle (in process: the
+    // same checks the binary ran above, without another process start).
+    const otherRoot = path.join(temp.dir, 'other-root.pem');
+    writeFileSync(otherRoot, kube.caPem);
+    const wrongRoot = await runStatusChecks({
+      caAddr: ca.grpcAddress,
+      rootCertPath: otherRoot,
+      serverName: SERVER_NAME,
+      monitoring: new URL(`http://${monitoring}`),
+      kubeconfig: kube.kubeconfigPath,
+      caNamespace: 'istio-system',
+      maxClockSkewSeconds: 5,
+      timeoutMs: 10_000,
+      env: {},
+      now: Date.now,
+    });
+    const unknown = lines(formatResults(wrongRoot));
+    assert.match(unknown.get('CA TLS')!, /^FAIL unknown root: the CA's certificate does not chain to .*other-root\.pem \([A-Z_]+\)$/);
+    assert.match(unknown.get('root file')!, /^FAIL .*other-root\.pem lacks 2 of the CA's 2 root\(s\)/);
+    assert.match(wrongRoot[0]!.fix!, /^use the mesh's root as --ca-root-cert: kubectl get configmap istio-ca-root-cert/);
+  }
+});
+
+describe('meshca status checks that need no CA', () => {
+  const statusTemp = makeTempDir('meshca-status-');
+  after(() => statusTemp.cleanup());
+
+  test('a refused CA, an unreachable monitoring server and no kubeconfig are each one line', async () => {
+    const rootFile = path.join(statusTemp.dir, 'root.pem');
+    writeFileSync(rootFile, certificateToPem(createCaCertificate({ subject: { organization: 'test' }, subjectKey: generateKeyPairFor('ec-p256').privateKey, notAfter: new Date(Date.now() + 3600_000) })));
+    const port = await closedPort();
+    const options: StatusOptions = {
+      caAddr: `127.0.0.1:${port}`,
+      rootCertPath: rootFile,
+      serverName: 'meshca.istio-system.svc',
+      monitoring: new URL(`http://127.0.0.1:${port}`),
+      kubeconfig: undefined,
+      caNamespace: 'istio-system',
+      maxClockSkewSeconds: 5,
+      timeoutMs: 5000,
+      env: {},
+      now: Date.now,
+    };
+    const results = await runStatusChecks(options);
+    assert.deepEqual(
+      results.map((r) => [r.verdict, r.check]),
+      [
+        ['FAIL', 'CA TLS'],
+        ['FAIL', 'CA monitoring'],
+        ['SKIP', 'root file'],
+        ['SKIP', 'clock vs the CA'],
+        ['SKIP', 'Kubernetes'],
+      ],
+    );
+    assert.equal(results[0]!.detail, `127.0.0.1:${port}: connection refused`);
+    assert.equal(results[0]!.fix, 'start meshca ca, or point --ca-addr (env CA_ADDR) at its --grpc-addr');
+    assert.equal(results[1]!.detail, `cannot reach the CA monitoring server at http://127.0.0.1:${port} (ECONNREFUSED)`);
+    assert.match(results[4]!.detail, /^no kubeconfig: ConfigMap and RBAC checks skipped/);
+  });
+
+  test('clock skew: within the limit passes, beyond it warns with a fix', () => {
+    const local = Date.parse('2030-01-01T00:00:10.500Z');
+    assert.equal(checkClock('the CA', Date.parse('2030-01-01T00:00:10Z'), local, 5).verdict, 'PASS');
+    const skewed = checkClock('the CA', Date.parse('2030-01-01T00:00:00Z'), local + 60_000, 5);
+    assert.equal(skewed.verdict, 'WARN');
+    assert.equal(skewed.detail, 'this clock is 70s ahead of the CA (more than --max-clock-skew 5s)');
+    assert.match(skewed.fix!, /^run NTP/);
   });
 });

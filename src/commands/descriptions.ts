@@ -14,6 +14,8 @@ export const COMMAND_DESCRIPTIONS = {
   request: 'get a workload certificate from a CA like istio-agent does (key + CSR, CreateCertificate, Istio file layout)',
   version: 'print the meshca version, the commit it was built from and the Node.js version running it',
   secrets: "list the identities a running node agent holds (serial, expiry, next renewal, streams, state) from its status server",
+  decisions: "show a running CA's recent certificate decisions (issued, or refused and why), for one identity or all",
+  status: 'check from here that the CA is reachable with the right TLS name and root, roots agree, RBAC allows what the CA needs, and clocks agree',
 } as const;
 
 export type CommandName = keyof typeof COMMAND_DESCRIPTIONS;

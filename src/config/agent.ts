@@ -24,8 +24,8 @@ export type AgentMode = (typeof AGENT_MODES)[number];
 
 export const DEFAULT_SDS_SOCKET = './var/run/secrets/workload-spiffe-uds/socket';
 const DEFAULT_TOKEN_FILE = './var/run/secrets/tokens/istio-token';
-const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
-const DEFAULT_CA_ADDR = 'localhost:15012';
+export const DEFAULT_CA_ROOT_CERT = './var/run/secrets/istio/root-cert.pem';
+export const DEFAULT_CA_ADDR = 'localhost:15012';
 const DEFAULT_STATUS_ADDR = '127.0.0.1:15020';
 /**
  * Sidecar mode: where file-cert:/file-root: resources may be read from unless --file-resource-dirs says otherwise.

@@ -57,6 +57,8 @@ export interface CaServerConfig {
   keySource: KeySourceConfig;
   /** Processes serving the gRPC API; above 1, a primary process owns the key source and forks this many workers. */
   workers: number;
+  /** Recent CreateCertificate decisions kept in memory for /debug/decisions (per process); 0 keeps none. */
+  decisionRecordSize: number;
 }
 
 export interface CaServerFlags extends KeySourceFlags {
@@ -79,12 +81,15 @@ export interface CaServerFlags extends KeySourceFlags {
   logLevel?: string;
   logFormat?: string;
   workers?: string;
+  decisionRecordSize?: string;
 }
 
 /** Services the CA answers as, in its namespace: its own (deploy/kubernetes/ca.yaml) and istiod's, like istiod's own default. */
 const DEFAULT_SERVER_SERVICES = ['meshca', 'istiod'] as const;
 const DEFAULT_SERVER_DNS = `${DEFAULT_SERVER_SERVICES.map((service) => `${service}.<ns>.svc`).join(',')}, <ns> being POD_NAMESPACE or istio-system`;
 const DEFAULT_MAX_CSR_PER_IDENTITY_PER_MINUTE = 600;
+export const DEFAULT_DECISION_RECORD_SIZE = 1000;
+export const MAX_DECISION_RECORD_SIZE = 100_000;
 
 /** Every flag of `meshca ca` other than the key source's (those are the key source's own, see src/ca). */
 export const CA_SERVER_FLAGS = {
@@ -140,6 +145,12 @@ export const CA_SERVER_FLAGS = {
     defaultText: '1',
   },
   trustDomain: { flags: '--trust-domain <domain>', description: 'SPIFFE trust domain', env: ['TRUST_DOMAIN'], defaultText: 'cluster.local' },
+  decisionRecordSize: {
+    flags: '--decision-record-size <n>',
+    description: 'recent certificate decisions (issued, refused and why) kept in memory for /debug/decisions, 0 for none',
+    env: ['MESHCA_DECISION_RECORD_SIZE'],
+    defaultText: String(DEFAULT_DECISION_RECORD_SIZE),
+  },
 } as const satisfies Record<string, FlagSpec>;
 
 const F = CA_SERVER_FLAGS;
@@ -159,6 +170,7 @@ export function addCaServerOptions(command: Command): Command {
   addFlag(command, F.kubeconfig, collect);
   for (const spec of [F.tokenAudiences, F.tokenreviewCacheTtl, F.tokenreviewTimeout, F.maxInflightTokenreviews, F.maxCsrPerIdentityPerMinute]) addFlag(command, spec);
   for (const spec of [F.jwtRule, F.trustedNodeAccounts, F.defaultWorkloadCertTtl, F.maxWorkloadCertTtl, F.workers]) addFlag(command, spec);
+  addFlag(command, F.decisionRecordSize);
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);
   // The key-source options may grow a --trust-domain of their own; register it only once.
@@ -284,6 +296,10 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
     logFormat: readLogFormat(flags.logFormat, env),
     keySource,
     workers: readWorkers(flags.workers, env),
+    decisionRecordSize: readInteger(flags.decisionRecordSize, env, sourceOf(F.decisionRecordSize), DEFAULT_DECISION_RECORD_SIZE, {
+      min: 0,
+      max: MAX_DECISION_RECORD_SIZE,
+    }),
   };
 }
 

@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import type { WorkloadId } from '../pki/index.js';
 import { structToObject, type IstioCaHandlers, type IstioCertificateRequest } from '../wire/protos.js';
 import { once } from '../util/once.js';
+import type { DecisionRecord } from './decisions.js';
 import type { CaMetrics } from './metrics.js';
 import type { PerIdentityRateLimiter } from './rate-limit.js';
 
@@ -62,6 +63,19 @@ export interface CaServiceDeps {
   rateLimiter?: PerIdentityRateLimiter;
   /** MAX_WORKLOAD_CERT_TTL, for the message about a validity_duration too large for a JS number. */
   maxTtlSeconds?: number;
+  /** Recent decisions for /debug/decisions; nothing is recorded when omitted. */
+  decisions?: DecisionRecord;
+}
+
+/** How far one call got, filled in as it goes: what the decision record says of it however it ends. */
+export interface CallProgress {
+  clientAddress?: string;
+  caller?: Caller;
+  identity?: WorkloadId;
+  /** An ImpersonatedIdentity asked for, before it is authorized. */
+  requestedIdentity?: string;
+  impersonated?: boolean;
+  issued?: IssueResult;
 }
 
 /** Tracks calls being handled, so shutdown can wait for them. */
@@ -189,16 +203,21 @@ function checkTokenSize(call: grpc.ServerUnaryCall<IstioCertificateRequest, unkn
  * call or signing is spent on the caller), the identity asked for (impersonation), issuance (policy, key source and final check, all in `authority.issue`), then the
  * answer, the metrics and the audit line. Resolves to the chain; rejects with a RequestError carrying the status.
  */
-export async function createCertificate(call: IncomingCall, deps: CaServiceDeps): Promise<string[]> {
+export async function createCertificate(call: IncomingCall, deps: CaServiceDeps, progress: CallProgress = {}): Promise<string[]> {
   const { authority, metrics, logger } = deps;
   const request = call.request;
   const clientAddress = call.getPeer();
+  progress.clientAddress = clientAddress;
   checkMetadataBounds(call);
   checkLimits(request);
   const requestedTtl = requestedTtlSeconds(String(request.validity_duration), deps.maxTtlSeconds);
   const caller = await authenticate(call, deps, clientAddress);
+  progress.caller = caller;
+  progress.identity = caller.identity;
   takeRateToken(caller, deps, clientAddress);
-  const { identity, impersonated } = await authorizeIdentity(caller, structToObject(request.metadata), deps, clientAddress);
+  const { identity, impersonated } = await authorizeIdentity(caller, structToObject(request.metadata), deps, clientAddress, progress);
+  progress.identity = identity;
+  progress.impersonated = impersonated;
   const started = process.hrtime.bigint();
   let issued: IssueResult;
   try {
@@ -208,6 +227,7 @@ export async function createCertificate(call: IncomingCall, deps: CaServiceDeps)
   } catch (error) {
     throw issuanceRefused(error, caller, identity, deps, clientAddress);
   }
+  progress.issued = issued;
   metrics.signDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
   metrics.successfulIssuance.inc();
   logger.info(
@@ -249,6 +269,7 @@ async function authorizeIdentity(
   metadata: Record<string, unknown>,
   deps: CaServiceDeps,
   clientAddress: string,
+  progress: CallProgress,
 ): Promise<{ identity: WorkloadId; impersonated: boolean }> {
   // CertSigner (sent by every istio-agent, usually empty) names an external signer in istiod; like istiod's own
   // CA, this CA signs every request itself, so the value is only logged.
@@ -257,6 +278,8 @@ async function authorizeIdentity(
   }
   const requested = metadata.ImpersonatedIdentity;
   if (requested === undefined || requested === null || requested === '') return { identity: caller.identity, impersonated: false };
+  // A refusal is recorded against the identity asked for (cut to length by the record), not the node agent's own.
+  if (typeof requested === 'string') progress.requestedIdentity = requested;
   const refuse = (code: grpc.status, reason: string): RequestError => {
     deps.metrics.authenticationFailures.inc();
     const message = `${IMPERSONATION_FAILURE}: ${reason}`;
@@ -295,20 +318,47 @@ function issuanceRefused(error: unknown, caller: Caller, identity: WorkloadId, d
   return new RequestError(grpcStatusForCaError(error.code), error.message);
 }
 
+/**
+ * The one place every answer passes (the audit line and each refusal line are written on the way here): the
+ * decision record gets what the call got as far as, without the token, the CSR or any key.
+ */
+function recordDecision(deps: CaServiceDeps, progress: CallProgress, code: grpc.status, reason?: string): void {
+  if (!deps.decisions) return;
+  const { caller, issued } = progress;
+  deps.decisions.add({
+    outcome: issued && code === grpc.status.OK ? 'issued' : 'refused',
+    code: grpc.status[code] ?? String(code),
+    identity: progress.impersonated || !progress.requestedIdentity ? progress.identity?.uri : progress.requestedIdentity,
+    caller: caller?.subject,
+    callerKind: caller?.authenticator,
+    impersonated: progress.requestedIdentity !== undefined,
+    reason,
+    serial: issued?.serialHex,
+    notAfter: issued?.notAfter,
+    clientAddress: progress.clientAddress ?? 'unknown',
+  });
+}
+
 /** The gRPC service: CreateCertificate with the in-flight count (for shutdown) and the mapping of errors to statuses. */
 export function createCaHandlers(deps: CaServiceDeps, inFlight: InFlightCalls): IstioCaHandlers {
   return {
     CreateCertificate(call, callback) {
       deps.metrics.csrCount.inc();
       const leave = inFlight.enter();
-      createCertificate(call, deps)
-        .then((chain) => callback(null, { cert_chain: chain }))
+      const progress: CallProgress = {};
+      createCertificate(call, deps, progress)
+        .then((chain) => {
+          recordDecision(deps, progress, grpc.status.OK);
+          callback(null, { cert_chain: chain });
+        })
         .catch((error: unknown) => {
           if (error instanceof RequestError) {
+            recordDecision(deps, progress, error.code, error.message);
             callback(serviceError(error.code, error.message));
             return;
           }
           deps.logger.error({ err: (error as Error)?.stack ?? String(error) }, 'unexpected error while handling CreateCertificate');
+          recordDecision(deps, progress, grpc.status.INTERNAL, 'internal error in the CA; see its logs');
           callback(serviceError(grpc.status.INTERNAL, 'internal error in the CA; see its logs'));
         })
         .finally(leave);

@@ -9,6 +9,7 @@ import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { NodeCheckRequest, NodeCheckVerdict } from '../authn/index.js';
 import { CaError, type CaErrorCode, type SignedChain, type WorkloadSignRequest } from '../ca/index.js';
 import type { SignerSnapshot } from '../ca/snapshot-signer.js';
+import type { DecisionQuery, DecisionsAnswer } from './decisions.js';
 
 /** A method's parameters and result. */
 interface Method<P, R> {
@@ -30,6 +31,7 @@ export type PrimaryMethods = {
 /** What the primary asks a worker. */
 export type WorkerMethods = {
   metrics: Method<null, MetricObjectWithValues<MetricValue<string>>[]>;
+  decisions: Method<DecisionQuery, DecisionsAnswer>;
 }
 
 /** One-way notices from a worker to its primary. */

@@ -19,16 +19,16 @@ import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
-import { primaryPeer, type CallHandlers, type IpcMessage, type PrimaryMethods, type PrimaryPeer } from './cluster-ipc.js';
+import { primaryPeer, type CallHandlers, type IpcMessage, type PrimaryMethods, type PrimaryPeer, type WorkerMethods } from './cluster-ipc.js';
 import { encodeReviewOutcome } from './cluster-worker.js';
 import { authenticatorNames, createAuthority, tokenReviewAuthenticator } from './assembly.js';
-import { buildKubeClusters, describeCa, formatHostPort, logReady, podCacheOptions, startMonitoring } from './index.js';
+import { buildKubeClusters, describeCa, formatHostPort, logReady, mergeDecisions, podCacheOptions, startMonitoring } from './index.js';
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
 
-/** How long the primary waits for one worker's metrics before leaving that worker out of a scrape. */
-const METRICS_TIMEOUT_MS = 2000;
+/** How long the primary waits for one worker's answer (metrics, decisions) before leaving that worker out. */
+const WORKER_ANSWER_TIMEOUT_MS = 2000;
 /** A worker that died is started again after this long (a crash loop then costs little). */
 const RESTART_DELAY_MS = 1000;
 const MAX_RESTART_DELAY_MS = 30_000;
@@ -180,6 +180,8 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
         return { ...own, ready: own.ready && listening === slots.length, workers: { listening, expected: slots.length } };
       },
       debugInfo: () => describeCa(config, signer, { authenticators, clusters: clusters.ids(), workers: slots.length }),
+      // Each worker records the calls it served; the primary serves none.
+      decisions: async (query) => mergeDecisions(await askWorkers(slots, 'decisions', query), query.limit),
     });
     cleanups.push(() => monitoring.close());
     const monitoringPort = (monitoring.server.address() as AddressInfo).port;
@@ -201,14 +203,18 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
 
 /** The primary's own metrics, then each serving worker's (a worker that does not answer in time is left out). */
 async function collectMetrics(registry: Registry, slots: readonly Slot[]): Promise<MetricObjectWithValues<MetricValue<string>>[][]> {
-  const own = await registry.getMetricsAsJSON();
-  const fromWorkers = await Promise.all(
+  return [await registry.getMetricsAsJSON(), ...(await askWorkers(slots, 'metrics', null))];
+}
+
+/** Each serving worker's answer to one call; a worker that does not answer in time is left out. */
+async function askWorkers<K extends keyof WorkerMethods>(slots: readonly Slot[], method: K, params: WorkerMethods[K]['params']): Promise<WorkerMethods[K]['result'][]> {
+  const answers = await Promise.all(
     slots.map(async (slot) => {
       if (!slot.listening || !slot.peer) return undefined;
       let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), METRICS_TIMEOUT_MS)));
+      const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), WORKER_ANSWER_TIMEOUT_MS)));
       try {
-        return await Promise.race([slot.peer.call('metrics', null), timeout]);
+        return await Promise.race([slot.peer.call(method, params), timeout]);
       } catch {
         return undefined;
       } finally {
@@ -216,5 +222,5 @@ async function collectMetrics(registry: Registry, slots: readonly Slot[]): Promi
       }
     }),
   );
-  return [own, ...fromWorkers.filter((m): m is MetricObjectWithValues<MetricValue<string>>[] => m !== undefined)];
+  return answers.filter((a): a is Awaited<WorkerMethods[K]['result']> => a !== undefined);
 }

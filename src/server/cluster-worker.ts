@@ -85,7 +85,10 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
       process.exit(code);
     })());
 
-  const peer = workerPeer((message: IpcMessage) => send(message), { metrics: () => registry.getMetricsAsJSON() }, (notice) => {
+  const peer = workerPeer((message: IpcMessage) => send(message), {
+    metrics: () => registry.getMetricsAsJSON(),
+    decisions: (query) => server?.decisions.query(query) ?? { capacity: 0, held: 0, decisions: [] },
+  }, (notice) => {
     switch (notice.name) {
       case 'snapshot':
         try {

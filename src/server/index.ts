@@ -15,6 +15,7 @@ import type { Logger } from '../log.js';
 import { istioCaService } from '../wire/protos.js';
 import { buildAuthenticators, createAuthority } from './assembly.js';
 import { createCaHandlers, InFlightCalls, MAX_RECEIVE_MESSAGE_BYTES } from './ca-service.js';
+import { DecisionRecord } from './decisions.js';
 import { formatHostPort, listenError } from './listen.js';
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
@@ -29,6 +30,7 @@ export { ListenError, formatHostPort } from './listen.js';
 export { grpcStatusForCaError, MAX_CSR_BYTES, MAX_METADATA_KEYS, MAX_BEARER_TOKEN_BYTES, IMPERSONATION_FAILURE } from './ca-service.js';
 export { RotatingServerCredentials, ServingCertificate, TLS_MIN_VERSION, TLS_CIPHERS } from './serving-cert.js';
 export { PerIdentityRateLimiter } from './rate-limit.js';
+export { DecisionRecord, mergeDecisions, type Decision, type DecisionQuery, type DecisionsAnswer } from './decisions.js';
 
 export interface CaServerOptions {
   config: CaServerConfig;
@@ -62,6 +64,8 @@ export interface CaServer {
   monitoringPort: number;
   authority: CertificateAuthority;
   metrics: CaMetrics;
+  /** Recent CreateCertificate decisions (/debug/decisions). */
+  decisions: DecisionRecord;
   /** The TLS serving certificate manager; undefined with --plaintext. */
   servingCertificate(): ServingCertificate | undefined;
   /** Graceful stop: refuse new calls, wait for in-flight ones up to the grace period, then close. Idempotent. */
@@ -224,6 +228,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     // channelz keeps per-call bookkeeping that nothing here reads.
     const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES, 'grpc.enable_channelz': 0 });
     const rateLimiter = new PerIdentityRateLimiter({ perMinute: config.maxCsrPerIdentityPerMinute });
+    const decisions = new DecisionRecord({ capacity: config.decisionRecordSize, ...(options.now ? { now: options.now } : {}) });
     grpcServer.addService(
       istioCaService,
       createCaHandlers(
@@ -235,6 +240,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
           logger,
           rateLimiter,
           maxTtlSeconds: config.maxWorkloadCertTtlSeconds,
+          decisions,
         },
         inFlight,
       ),
@@ -265,6 +271,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         registry,
         ready: () => readiness.check(),
         debugInfo: () => describeCa(config, signer, { authenticators: chain.names, clusters: clusters.ids(), serving: serving?.current() }),
+        decisions: (query) => decisions.query(query),
       });
       cleanups.push(() => monitoring.close());
       monitoringPort = (monitoring.server.address() as AddressInfo).port;
@@ -280,6 +287,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       monitoringPort,
       authority,
       metrics,
+      decisions,
       servingCertificate: () => serving,
       close: () => (closing ??= cleanups.run()),
     };

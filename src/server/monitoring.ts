@@ -1,15 +1,18 @@
 /**
  * The monitoring HTTP server (istiod's 15014): /metrics for Prometheus, /ready backed by the signing self-probe,
- * /healthz for liveness, and /debug/ca describing what the CA signs with (no secrets).
+ * /healthz for liveness, /debug/ca describing what the CA signs with (no secrets) and /debug/decisions, the recent
+ * CreateCertificate decisions (`?identity=spiffe://...` for one identity, `?limit=N`, newest first).
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
+import { parseDecisionQuery, type DecisionQuery, type DecisionsAnswer } from './decisions.js';
 
 export interface MonitoringOptions {
   /** A prom-client Registry, or anything that renders the exposition text the same way (the workers' sum). */
   registry: Pick<Registry, 'metrics' | 'contentType'>;
   ready(): Promise<{ ready: boolean }>;
   debugInfo(): Record<string, unknown>;
+  decisions(query: DecisionQuery): DecisionsAnswer | Promise<DecisionsAnswer>;
 }
 
 export function createMonitoringServer(options: MonitoringOptions): FastifyInstance {
@@ -24,5 +27,10 @@ export function createMonitoringServer(options: MonitoringOptions): FastifyInsta
   });
   app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
   app.get('/debug/ca', async (_request, reply) => reply.send(options.debugInfo()));
+  app.get('/debug/decisions', async (request, reply) => {
+    const query = parseDecisionQuery(request.query as Record<string, unknown>);
+    if ('error' in query) return reply.code(400).send({ error: query.error });
+    return reply.send(await options.decisions(query));
+  });
   return app;
 }

@@ -11,6 +11,10 @@
  *    (60 s leeway like go-jose), audiences (legacy tokens = API server audiences), revocation and optionally the
  *    bound pod / service account (`state.validateBoundObjects`).
  *  - `POST /api/v1/namespaces/{ns}/serviceaccounts/{sa}/token` (TokenRequest).
+ *  - `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (201; any authenticated user may ask): exactly
+ *    one of spec.resourceAttributes / spec.nonResourceAttributes (400 otherwise); `status.allowed` is false (no
+ *    `denied`: like RBAC, which never denies, only fails to allow) when `state.forbidden` has
+ *    "<verb> <resource>[/<subresource>]", true otherwise.
  *  - Core v1 `namespaces`, `pods`, `secrets`, `configmaps`, `serviceaccounts`: get, list (label/field selectors,
  *    all-namespaces lists), create (409 AlreadyExists, 404 for a missing namespace, 422 for missing names / broken
  *    kubernetes.io/tls secrets), replace (409 Conflict on stale `metadata.resourceVersion`, no-op updates keep the
@@ -1162,6 +1166,31 @@ function checkForbidden(
   if (state.forbidden.has(`${verb} ${resource}`)) throw forbiddenError(user, verb, resource, group, namespace, name);
 }
 
+/** A SelfSubjectAccessReview answered from `state.forbidden` (no RBAC evaluation: everything else is allowed). */
+function selfSubjectAccessReview(state: KubeStandinState, body: unknown): Record<string, unknown> {
+  const spec = isRecord(body) && isRecord(body.spec) ? body.spec : undefined;
+  const attributes = spec && isRecord(spec.resourceAttributes) ? spec.resourceAttributes : undefined;
+  const nonResource = spec && isRecord(spec.nonResourceAttributes) ? spec.nonResourceAttributes : undefined;
+  if (!spec || (attributes === undefined) === (nonResource === undefined)) {
+    throw new StatusError(400, 'BadRequest', 'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: spec.resourceAttributes: Invalid value: "null": exactly one of nonResourceAttributes or resourceAttributes must be specified');
+  }
+  let key: string;
+  if (attributes) {
+    const resource = String(attributes.resource ?? '');
+    key = `${String(attributes.verb ?? '')} ${resource}${attributes.subresource ? `/${String(attributes.subresource)}` : ''}`;
+  } else {
+    key = `${String(nonResource!.verb ?? '')} ${String(nonResource!.path ?? '')}`;
+  }
+  const allowed = !state.forbidden.has(key);
+  return {
+    kind: 'SelfSubjectAccessReview',
+    apiVersion: 'authorization.k8s.io/v1',
+    metadata: { creationTimestamp: null },
+    spec,
+    status: allowed ? { allowed: true, reason: 'allowed by the stand-in (nothing in state.forbidden)' } : { allowed: false, reason: `"${key}" is in the stand-in's forbidden set` },
+  };
+}
+
 async function route(state: KubeStandinState, req: IncomingMessage, res: ServerResponse, url: URL, rec: KubeRequestRecord): Promise<void> {
   const method = (req.method ?? 'GET').toUpperCase();
   const path = url.pathname.replace(/\/+$/, '') || '/';
@@ -1252,6 +1281,12 @@ async function route(state: KubeStandinState, req: IncomingMessage, res: ServerR
       spec: outSpec,
       status,
     });
+    return;
+  }
+
+  if (path === '/apis/authorization.k8s.io/v1/selfsubjectaccessreviews') {
+    if (method !== 'POST') throw new StatusError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource');
+    sendJson(res, 201, selfSubjectAccessReview(state, await parseJsonBody(req)));
     return;
   }
 
