@@ -378,8 +378,8 @@ describe('meshca agent start-up errors', () => {
     const { dir, cleanup } = tempDir();
     try {
       const result = await runMeshca(['agent', '--sds-socket', path.join(dir, 's'), '--status-addr', '127.0.0.1:0', '--ca-root-cert', path.join(dir, 'nope.pem')]);
-      assert.equal(result.code, 1);
-      assert.match(result.stderr, /^meshca: cannot read the CA root certificate .*nope\.pem \(--ca-root-cert\): ENOENT; point it at the mesh root/m);
+      assert.equal(result.code, 1, 'a missing file is a failure (1), not a usage error (2)');
+      assert.match(result.stderr, /^meshca: cannot read the CA root certificate .*nope\.pem \(--ca-root-cert, CA_ROOT_CA\): ENOENT; point it at the mesh root/m);
       assert.equal(result.stderr.trim().split('\n').length, 1);
     } finally {
       cleanup();

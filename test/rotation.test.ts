@@ -197,9 +197,16 @@ describe('self-signed root rotation', () => {
       const trustsBothRoots = (workload: Workload): boolean => certificatesFromPem(workload.bundlePem).length === 2;
       await eventually(() => (trustsBothRoots(clientWorkload) && trustsBothRoots(serverWorkload) ? true : undefined), 15_000, 'both workloads to trust the new root');
       // Crash between "published" and "switched", then resume from the state directory.
+      const publishedBeforeCrash = readFileSync(path.join(stateDir, SELF_SIGNED_FILES.roots), 'utf8');
       await ca.proc.stop('SIGKILL');
       ca = await startCaProcess(args, env);
-      assert.equal(rootsOnDisk(), 2, 'the new root is still published');
+      // Every root published before the crash still is. (On a slow machine the restart can come after the 8 s
+      // overlap: the CA then switches at once, and the new root, 6.5 s into its 26 s life, is itself due, so a
+      // third root is published as planned; counting roots would make that a failure.)
+      const publishedAfterRestart = certificatesFromPem(readFileSync(path.join(stateDir, SELF_SIGNED_FILES.roots), 'utf8'));
+      for (const root of certificatesFromPem(publishedBeforeCrash)) {
+        assert.ok(publishedAfterRestart.some((der) => der.equals(root)), 'the new root is still published');
+      }
       await eventually(() => (!signingOnDisk().equals(firstRootDer) ? true : undefined), 25_000, 'signing to switch to the new root');
       // Each workload renews at least twice after the switch: the second renewal is surely signed by the new root
       // and was asked for over TLS trusting what the first one advertised. Dropping the first root once it expires

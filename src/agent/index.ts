@@ -66,13 +66,14 @@ async function readCaRoot(file: string): Promise<Buffer> {
   try {
     pem = await fs.readFile(file);
   } catch (error) {
-    throw new ConfigError(
-      `cannot read the CA root certificate ${file} (--ca-root-cert): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; ` +
+    // Exit 1, not 2: the setting may be right and the mount not there yet (a missing ConfigMap), which is no usage error.
+    throw new Error(
+      `cannot read the CA root certificate ${file} (--ca-root-cert, CA_ROOT_CA): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; ` +
         'point it at the mesh root (ConfigMap istio-ca-root-cert, key root-cert.pem)',
     );
   }
   if (certificatesFromPem(pem.toString('utf8')).length === 0) {
-    throw new ConfigError(`the CA root certificate file ${file} (--ca-root-cert) holds no PEM certificate`);
+    throw new ConfigError(`the CA root certificate file ${file} (--ca-root-cert, CA_ROOT_CA) holds no PEM certificate`);
   }
   return pem;
 }
