@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import {
   CA_SECRET_NAME,
   CaStateConflictError,
@@ -23,6 +23,7 @@ import {
   type RotationPolicy,
   type StoredCaState,
 } from '../src/ca/index.js';
+import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
 import { caClient, createCertificate, opensslKeyAndCsr } from './ca-helpers.js';
 import { eventually, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
@@ -46,8 +47,8 @@ describe('Kubernetes Secret store and root distribution', () => {
 
   before(async () => {
     kube = await startKubeStandin();
-    kubeConfig = new KubeConfig();
-    kubeConfig.loadFromFile(kube.kubeconfigPath);
+    // Through meshca's loader, which also loads the Kubernetes client the store's API calls use (src/kube/client.ts).
+    kubeConfig = await loadKubeConfig(kube.kubeconfigPath, {});
   });
 
   after(async () => {

@@ -2,8 +2,9 @@
  * The Kubernetes clusters this CA trusts for TokenReview and pod look-ups, keyed by cluster ID. The `clusterid`
  * request header picks one; an empty header means the local cluster (CLUSTER_ID, Istio's default "Kubernetes").
  */
-import { AuthenticationV1Api, CoreV1Api, createConfiguration, ServerConfiguration, type KubeConfig } from '@kubernetes/client-node';
+import type { AuthenticationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { ApiConnectionPool, DEFAULT_MAX_API_CONNECTIONS } from '../kube/api.js';
+import { kubeClient } from '../kube/client.js';
 
 export interface KubeCluster {
   id: string;
@@ -38,6 +39,7 @@ export class KubeClusters {
         const server = kubeConfig.getCurrentCluster()?.server;
         // What makeApiClient does, plus the pool: one per cluster, shared by its TokenReview and pod clients.
         if (server === undefined) throw new Error('No active cluster!');
+        const { AuthenticationV1Api, CoreV1Api, createConfiguration, ServerConfiguration } = kubeClient();
         const connections = new ApiConnectionPool(options.maxConnectionsPerCluster ?? DEFAULT_MAX_API_CONNECTIONS);
         const configuration = createConfiguration({
           baseServer: new ServerConfiguration(server, {}),
