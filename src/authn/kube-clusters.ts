@@ -10,8 +10,9 @@ export interface KubeCluster {
   id: string;
   /** API server URL, for messages. */
   server: string;
-  authentication: AuthenticationV1Api;
-  core: CoreV1Api;
+  /** The API clients; absent for a cluster known by ID only (`KubeClusters.idsOnly`). */
+  authentication?: AuthenticationV1Api;
+  core?: CoreV1Api;
   /** The kept-alive connections its API calls share (absent for clusters built by hand, e.g. in tests). */
   connections?: ApiConnectionPool;
   /** Its configuration, for watches (which stream outside the pool); absent for clusters built by hand. */
@@ -26,6 +27,15 @@ export class KubeClusters {
     clusters: readonly KubeCluster[] = [],
   ) {
     for (const cluster of clusters) this.byId.set(cluster.id, cluster);
+  }
+
+  /**
+   * Clusters known by their IDs only, without API clients (and without loading the Kubernetes client): for a
+   * `--workers` worker, which resolves the clusterid header itself but has its primary make every TokenReview and
+   * pod check.
+   */
+  static idsOnly(localClusterId: string, ids: readonly string[]): KubeClusters {
+    return new KubeClusters(localClusterId, ids.map((id) => ({ id, server: 'the API server its primary calls' })));
   }
 
   static fromKubeConfigs(

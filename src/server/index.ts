@@ -176,8 +176,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
   const metrics = new CaMetrics(registry);
   const authority = createAuthority(config, signer, options.now);
-  const clusters = await buildKubeClusters(config, env, logger);
   const worker = options.worker;
+  // A worker's primary has read the kubeconfigs and makes every API call; the worker needs only the cluster IDs.
+  const clusters = worker
+    ? KubeClusters.idsOnly(config.clusterId, config.kubeconfigs.map((entry) => entry.clusterId))
+    : await buildKubeClusters(config, env, logger);
   const chain = await buildAuthenticators(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined);
   const impersonation = new NodeImpersonation({
     clusters,
