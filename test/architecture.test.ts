@@ -137,3 +137,55 @@ describe('source layout', () => {
     assert.deepEqual([...reachable], ['util']);
   });
 });
+
+/**
+ * Packages too costly to import at start-up for the processes that never use them, each with the one file that
+ * loads it, with `import()`, when it is needed (measured on the 2-core machine: @kubernetes/client-node ~0.65
+ * CPU-s, half of a `meshca ca` start that uses no kubeconfig; node-vault ~0.09 CPU-s). Elsewhere in src/ they may
+ * only be named in `import type`, which TypeScript erases.
+ */
+const LOADED_ON_DEMAND: Readonly<Record<string, string>> = {
+  '@kubernetes/client-node': 'kube/client.ts',
+  'node-vault': 'ca/sources/vault/vault-client.ts',
+};
+
+/** How a file imports `pkg`: 'static' for a value import or re-export, 'dynamic' for import(), null for none (or types only). */
+function importKinds(text: string, pkg: string): ('static' | 'dynamic')[] {
+  const quoted = `['"]${pkg.replace(/[/@.-]/g, (c) => `\\${c}`)}['"]`;
+  const kinds: ('static' | 'dynamic')[] = [];
+  for (const match of text.matchAll(new RegExp(`^\\s*(import|export)\\b([^;]*?)\\bfrom\\s*${quoted}|^\\s*import\\s*${quoted}`, 'gm'))) {
+    if (!/^\s*type\b/.test(match[2] ?? '')) kinds.push('static');
+  }
+  for (const _ of text.matchAll(new RegExp(`\\bimport\\s*\\(\\s*${quoted}\\s*\\)`, 'g'))) kinds.push('dynamic');
+  return kinds;
+}
+
+describe('costly packages load on demand', () => {
+  it('the scanner tells value imports from type imports and import()', () => {
+    const text = [
+      "import type { KubeConfig } from '@kubernetes/client-node';",
+      "import { type Watch, KubeConfig } from '@kubernetes/client-node';",
+      "export { ApiException } from '@kubernetes/client-node';",
+      "import '@kubernetes/client-node';",
+      "const k8s = await import('@kubernetes/client-node');",
+    ].join('\n');
+    assert.deepEqual(importKinds(text, '@kubernetes/client-node'), ['static', 'static', 'static', 'dynamic']);
+  });
+
+  it('@kubernetes/client-node and node-vault are imported by value only in their loader, with import()', () => {
+    const found: string[] = [];
+    for (const file of sourceFiles(SRC)) {
+      const relative = path.relative(SRC, file).split(path.sep).join('/');
+      const text = readFileSync(file, 'utf8');
+      for (const [pkg, loader] of Object.entries(LOADED_ON_DEMAND)) {
+        for (const kind of importKinds(text, pkg)) found.push(`${relative}: ${kind} ${pkg}${relative === loader && kind === 'dynamic' ? '' : ' (not allowed)'}`);
+      }
+    }
+    assert.deepEqual(
+      found.filter((f) => f.endsWith('(not allowed)')),
+      [],
+      'take types with `import type` and the module from its loader (src/kube/client.ts for the Kubernetes client)',
+    );
+    for (const [pkg, loader] of Object.entries(LOADED_ON_DEMAND)) assert.ok(found.includes(`${loader}: dynamic ${pkg}`), `${loader} loads ${pkg}`);
+  });
+});

@@ -48,7 +48,7 @@ describe('TokenReview authenticator', () => {
   let clusters: KubeClusters;
   before(async () => {
     kube = await startKubeStandin();
-    clusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(kube.kubeconfigPath, {}) }]);
+    clusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: await loadKubeConfig(kube.kubeconfigPath, {}) }]);
   });
   after(() => kube.close());
 
@@ -135,7 +135,7 @@ describe('TokenReview authenticator', () => {
   test('a reviewer whose own credentials are refused, and a slow API server, are unavailable (not denied)', async () => {
     const badConfig = path.join(temp.dir, 'bad-reviewer.yaml');
     writeFileSync(badConfig, kube.kubeconfigYaml.replace(kube.reviewerToken, 'not-the-reviewer-token'));
-    const badClusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(badConfig, {}) }]);
+    const badClusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: await loadKubeConfig(badConfig, {}) }]);
     const auth = new TokenReviewAuthenticator({ clusters: badClusters, audiences: ['istio-ca'], trustDomain: 'cluster.local', cacheTtlSeconds: 60, timeoutSeconds: 5 });
     const token = await kube.mintToken({ namespace: 'default', serviceAccount: 'web' });
     const outcome = await auth.authenticate(bearer(token));
@@ -215,8 +215,8 @@ describe('Kubernetes API connections', () => {
   });
   after(() => kube.close());
 
-  function clustersWith(maxConnections: number): KubeClusters {
-    return KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(kube.kubeconfigPath, {}) }], {
+  async function clustersWith(maxConnections: number): Promise<KubeClusters> {
+    return KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: await loadKubeConfig(kube.kubeconfigPath, {}) }], {
       maxConnectionsPerCluster: maxConnections,
     });
   }
@@ -229,7 +229,7 @@ describe('Kubernetes API connections', () => {
     Promise.all(Array.from({ length: count }, (_, i) => kube.mintToken({ namespace: 'default', serviceAccount: `${prefix}-${i}` })));
 
   test('many reviews share a few kept-alive connections, with the kubeconfig credentials', async () => {
-    const clusters = clustersWith(4);
+    const clusters = await clustersWith(4);
     try {
       const auth = reviewer(clusters, 5);
       const burst = await tokens(40, 'burst');
@@ -253,7 +253,7 @@ describe('Kubernetes API connections', () => {
   });
 
   test('a call past its deadline ends, frees its slot and tears down only its own connection', async () => {
-    const clusters = clustersWith(2);
+    const clusters = await clustersWith(2);
     const pool = (() => {
       const resolved = clusters.resolve(undefined);
       assert.ok('cluster' in resolved && resolved.cluster.connections, 'the cluster has a connection pool');
@@ -483,15 +483,15 @@ describe('ca configuration', () => {
     assert.throws(() => parse(['--grpc-addr', 'nowhere']), ConfigError);
   });
 
-  test('kubeconfig: explicit path, then KUBECONFIG, else a clear error', () => {
-    assert.throws(() => loadKubeConfig(path.join(temp.dir, 'nope.yaml'), {}), /kubeconfig .*nope\.yaml does not exist/);
-    assert.throws(() => loadKubeConfig(undefined, {}), /no Kubernetes configuration: pass --kubeconfig FILE, set KUBECONFIG, or run inside a cluster/);
+  test('kubeconfig: explicit path, then KUBECONFIG, else a clear error', async () => {
+    await assert.rejects(loadKubeConfig(path.join(temp.dir, 'nope.yaml'), {}), /kubeconfig .*nope\.yaml does not exist/);
+    await assert.rejects(loadKubeConfig(undefined, {}), /no Kubernetes configuration: pass --kubeconfig FILE, set KUBECONFIG, or run inside a cluster/);
     const file = path.join(temp.dir, 'kubeconfig.yaml');
     writeFileSync(
       file,
       ['apiVersion: v1', 'kind: Config', 'clusters:', '- name: c', '  cluster:', '    server: https://10.0.0.1:6443', 'users:', '- name: u', '  user:', '    token: t', 'contexts:', '- name: x', '  context:', '    cluster: c', '    user: u', 'current-context: x', ''].join('\n'),
     );
-    assert.equal(loadKubeConfig(undefined, { KUBECONFIG: file }).getCurrentCluster()?.server, 'https://10.0.0.1:6443');
-    assert.equal(loadKubeConfig(file, { KUBECONFIG: '/does/not/matter' }).getCurrentCluster()?.server, 'https://10.0.0.1:6443');
+    assert.equal((await loadKubeConfig(undefined, { KUBECONFIG: file })).getCurrentCluster()?.server, 'https://10.0.0.1:6443');
+    assert.equal((await loadKubeConfig(file, { KUBECONFIG: '/does/not/matter' })).getCurrentCluster()?.server, 'https://10.0.0.1:6443');
   });
 });

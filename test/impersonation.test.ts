@@ -77,7 +77,7 @@ describe('node impersonation on the pod cache (Kubernetes stand-in over HTTPS)',
 
   before(async () => {
     kube = await startKubeStandin();
-    clusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: loadKubeConfig(kube.kubeconfigPath, {}) }]);
+    clusters = KubeClusters.fromKubeConfigs('Kubernetes', [{ clusterId: 'Kubernetes', kubeConfig: await loadKubeConfig(kube.kubeconfigPath, {}) }]);
   });
 
   after(async () => {

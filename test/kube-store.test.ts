@@ -16,7 +16,7 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import {
   CA_SECRET_NAME,
   CaStateConflictError,
@@ -29,6 +29,7 @@ import {
   type StoredCaState,
 } from '../src/ca/index.js';
 import { checkClock, formatResults, runStatusChecks, type StatusOptions } from '../src/commands/status.js';
+import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
 import { certificateToPem, createCaCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import { caClient, cleanEnv, createCertificate, opensslKeyAndCsr, SERVER_NAME } from './ca-helpers.js';
@@ -53,8 +54,8 @@ describe('Kubernetes Secret store and root distribution', () => {
 
   before(async () => {
     kube = await startKubeStandin();
-    kubeConfig = new KubeConfig();
-    kubeConfig.loadFromFile(kube.kubeconfigPath);
+    // Through meshca's loader, which also loads the Kubernetes client the store's API calls use (src/kube/client.ts).
+    kubeConfig = await loadKubeConfig(kube.kubeconfigPath, {});
   });
 
   after(async () => {

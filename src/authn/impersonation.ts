@@ -75,7 +75,7 @@ export class PodCaches {
       const { cluster } = resolved;
       let source: PodSource;
       if (options.source) source = options.source(cluster);
-      else if (cluster.kubeConfig) source = kubePodSource(cluster.core, cluster.kubeConfig);
+      else if (cluster.kubeConfig && cluster.core) source = kubePodSource(cluster.core, cluster.kubeConfig);
       else {
         this.broken.set(id, `cluster "${id}" has no kubeconfig to watch pods with`);
         continue;

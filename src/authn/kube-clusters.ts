@@ -2,15 +2,17 @@
  * The Kubernetes clusters this CA trusts for TokenReview and pod look-ups, keyed by cluster ID. The `clusterid`
  * request header picks one; an empty header means the local cluster (CLUSTER_ID, Istio's default "Kubernetes").
  */
-import { AuthenticationV1Api, CoreV1Api, createConfiguration, ServerConfiguration, type KubeConfig } from '@kubernetes/client-node';
+import type { AuthenticationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { ApiConnectionPool, DEFAULT_MAX_API_CONNECTIONS } from '../kube/api.js';
+import { kubeClient } from '../kube/client.js';
 
 export interface KubeCluster {
   id: string;
   /** API server URL, for messages. */
   server: string;
-  authentication: AuthenticationV1Api;
-  core: CoreV1Api;
+  /** The API clients; absent for a cluster known by ID only (`KubeClusters.idsOnly`). */
+  authentication?: AuthenticationV1Api;
+  core?: CoreV1Api;
   /** The kept-alive connections its API calls share (absent for clusters built by hand, e.g. in tests). */
   connections?: ApiConnectionPool;
   /** Its configuration, for watches (which stream outside the pool); absent for clusters built by hand. */
@@ -27,6 +29,15 @@ export class KubeClusters {
     for (const cluster of clusters) this.byId.set(cluster.id, cluster);
   }
 
+  /**
+   * Clusters known by their IDs only, without API clients (and without loading the Kubernetes client): for a
+   * `--workers` worker, which resolves the clusterid header itself but has its primary make every TokenReview and
+   * pod check.
+   */
+  static idsOnly(localClusterId: string, ids: readonly string[]): KubeClusters {
+    return new KubeClusters(localClusterId, ids.map((id) => ({ id, server: 'the API server its primary calls' })));
+  }
+
   static fromKubeConfigs(
     localClusterId: string,
     configs: readonly { clusterId: string; kubeConfig: KubeConfig }[],
@@ -38,6 +49,7 @@ export class KubeClusters {
         const server = kubeConfig.getCurrentCluster()?.server;
         // What makeApiClient does, plus the pool: one per cluster, shared by its TokenReview and pod clients.
         if (server === undefined) throw new Error('No active cluster!');
+        const { AuthenticationV1Api, CoreV1Api, createConfiguration, ServerConfiguration } = kubeClient();
         const connections = new ApiConnectionPool(options.maxConnectionsPerCluster ?? DEFAULT_MAX_API_CONNECTIONS);
         const configuration = createConfiguration({
           baseServer: new ServerConfiguration(server, {}),

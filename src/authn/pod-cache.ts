@@ -8,8 +8,9 @@
  * answers only while it is fresh: synced once, and with its watch up (or lost for less than `maxStaleMs`), so a
  * cache cut off from its API server stops vouching for pods instead of serving an ever older picture.
  */
-import { Watch, type CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { callWithDeadline, describeKubeError } from '../kube/api.js';
+import { kubeClient } from '../kube/client.js';
 
 /** The fields of a pod that identity checks use. */
 export interface CachedPod {
@@ -83,6 +84,7 @@ const WATCH_TIMEOUT_SECONDS = 300;
 
 /** Pods of a cluster through its API server: list all namespaces, watch /api/v1/pods. */
 export function kubePodSource(core: CoreV1Api, kubeConfig: KubeConfig): PodSource {
+  const { Watch } = kubeClient();
   const watcher = new Watch(kubeConfig);
   return {
     async list(): Promise<PodList> {

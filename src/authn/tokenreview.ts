@@ -199,11 +199,13 @@ export class TokenReviewAuthenticator implements Authenticator {
       kind: 'TokenReview',
       spec: { token, audiences: [...this.options.audiences] },
     };
+    const api = cluster.authentication;
+    if (!api) return { kind: 'unavailable', reason: `cluster "${cluster.id}" has no API client to review tokens with` };
     let response: V1TokenReview;
     this.changeInFlight(+1);
     try {
       response = await callWithDeadline(
-        (options) => cluster.authentication.createTokenReview({ body }, options),
+        (options) => api.createTokenReview({ body }, options),
         this.options.timeoutSeconds * 1000,
         () => this.changeInFlight(-1),
       );

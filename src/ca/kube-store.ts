@@ -5,7 +5,8 @@
  * with one root. Every later change is a replace carrying the resourceVersion that was read, so two replicas
  * never overwrite each other's rotation step.
  */
-import { ApiException, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
+import type { CoreV1Api, KubeConfig, V1Secret } from '@kubernetes/client-node';
+import { kubeClient, kubeClientIfLoaded } from '../kube/client.js';
 import { watchWithBackoff } from '../kube/config.js';
 import type { Logger } from '../log.js';
 import { CaConfigError } from './errors.js';
@@ -16,14 +17,16 @@ export const CA_SECRET_TYPE = 'istio.io/ca-root';
 
 /** HTTP status of a Kubernetes API failure, or undefined for transport errors. */
 export function kubeStatusCode(error: unknown): number | undefined {
-  if (error instanceof ApiException) return error.code;
+  const client = kubeClientIfLoaded();
+  if (client && error instanceof client.ApiException) return error.code;
   const code = (error as { code?: unknown; statusCode?: unknown } | null)?.statusCode;
   return typeof code === 'number' ? code : undefined;
 }
 
 /** The API server's own message (from the Status body) or the transport error's. */
 export function kubeErrorMessage(error: unknown): string {
-  if (error instanceof ApiException) {
+  const client = kubeClientIfLoaded();
+  if (client && error instanceof client.ApiException) {
     const body: unknown = error.body;
     try {
       const parsed = (typeof body === 'string' ? JSON.parse(body) : body) as { message?: unknown };
@@ -64,7 +67,7 @@ export class KubeSecretCaStore implements CaStateStore {
     this.name = options.name ?? CA_SECRET_NAME;
     this.namespace = options.namespace;
     this.description = `Secret ${this.namespace}/${this.name}`;
-    this.api = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.api = options.kubeConfig.makeApiClient(kubeClient().CoreV1Api);
   }
 
   entry(name: string): string {
@@ -193,6 +196,7 @@ export class KubeSecretCaStore implements CaStateStore {
 
   /** Follows the Secret with a watch, re-established with backoff whenever the stream ends. */
   watch(onChange: () => void): () => void {
+    const { Watch } = kubeClient();
     return watchWithBackoff(
       new Watch(this.options.kubeConfig),
       `/api/v1/namespaces/${encodeURIComponent(this.namespace)}/secrets`,

@@ -4,7 +4,8 @@
  * (a new namespace gets the ConfigMap at once) and on the ConfigMaps themselves (an edited or deleted one is
  * repaired), a trust-bundle change rewrites them all, and a periodic resync covers anything a watch missed.
  */
-import { CoreV1Api, Watch, type KubeConfig, type V1ConfigMap } from '@kubernetes/client-node';
+import type { CoreV1Api, KubeConfig, V1ConfigMap, Watch } from '@kubernetes/client-node';
+import { kubeClient } from '../kube/client.js';
 import type { Logger } from '../log.js';
 import { watchWithBackoff } from '../kube/config.js';
 import { kubeErrorMessage, kubeStatusCode } from './kube-store.js';
@@ -59,6 +60,7 @@ class RootDistributionController implements RootDistribution {
   private lastErrorLogged = new Map<string, string>();
 
   constructor(private readonly options: RootDistributionOptions) {
+    const { CoreV1Api, Watch } = kubeClient();
     this.api = options.kubeConfig.makeApiClient(CoreV1Api);
     this.watcher = new Watch(options.kubeConfig);
     this.stops.push(options.bundle.onChange(() => void this.syncAll()));

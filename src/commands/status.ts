@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import * as tls from 'node:tls';
-import { AuthorizationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import type { Command } from 'commander';
 import { ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../ca/index.js';
 import { fingerprint } from '../ca/material.js';
@@ -19,6 +19,7 @@ import { AGENT_FLAGS, DEFAULT_CA_ADDR, DEFAULT_CA_ROOT_CERT } from '../config/ag
 import { readDuration, readEnum, readOptionalString, readString, type Env } from '../config/env.js';
 import { addFlag, sourceOf, type FlagSpec } from '../config/flags.js';
 import { callWithDeadline, describeKubeError } from '../kube/api.js';
+import { kubeClient } from '../kube/client.js';
 import { kubeConfigAvailable, loadKubeConfigWithOrigin } from '../kube/config.js';
 import { certificatesFromPem, parseCertificate } from '../pki/index.js';
 import { checkServerIdentityBySan } from '../pki/server-identity.js';
@@ -254,7 +255,7 @@ const headerOf = (headers: Record<string, string>, name: string): string | undef
 
 async function checkConfigMaps(kubeConfig: KubeConfig, options: StatusOptions, expected: { fingerprints: string[]; from: string }): Promise<{ result: CheckResult; apiDate?: number }> {
   const check = 'root ConfigMaps';
-  const core = kubeConfig.makeApiClient(CoreV1Api);
+  const core = kubeConfig.makeApiClient(kubeClient().CoreV1Api);
   let namespaces: string[];
   let apiDate: number | undefined;
   let configMaps: Map<string, string | undefined>;
@@ -324,7 +325,7 @@ function describePermission(p: Permission, caNamespace: string): string {
 
 async function checkRbac(kubeConfig: KubeConfig, user: string, options: StatusOptions, ca: CaFacts | undefined): Promise<CheckResult> {
   const check = 'RBAC';
-  const api = kubeConfig.makeApiClient(AuthorizationV1Api);
+  const api = kubeConfig.makeApiClient(kubeClient().AuthorizationV1Api);
   const denied: { permission: Permission; reason: string }[] = [];
   try {
     await Promise.all(
@@ -415,7 +416,7 @@ export async function runStatusChecks(options: StatusOptions): Promise<CheckResu
   }
   let loaded;
   try {
-    loaded = loadKubeConfigWithOrigin(options.kubeconfig, options.env);
+    loaded = await loadKubeConfigWithOrigin(options.kubeconfig, options.env);
   } catch (error) {
     results.push({ verdict: 'FAIL', check: 'Kubernetes', detail: (error as Error).message, fix: 'give a readable kubeconfig with --kubeconfig or KUBECONFIG' });
     return results;

@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { ApiException, Observable, type ConfigurationOptions, type ObservableMiddleware, type RequestContext } from '@kubernetes/client-node';
+import type { ConfigurationOptions, ObservableMiddleware, RequestContext } from '@kubernetes/client-node';
+import { kubeClient, kubeClientIfLoaded } from './client.js';
 
 class TimeoutError extends Error {
   constructor(readonly timeoutMs: number) {
@@ -43,6 +44,7 @@ export function callWithDeadline<T>(
   const control: CallControl = { signal: controller.signal, settledHooks: [] };
   // Prepended, so it runs before the cluster's connection pool sees the request; the client has already attached
   // its per-request agent (TLS settings and credentials of the kubeconfig) by then.
+  const { Observable } = kubeClient();
   const middleware: ObservableMiddleware = {
     pre: (context) => {
       if (controller.signal.aborted) return new Observable(Promise.reject(new TimeoutError(timeoutMs)));
@@ -119,8 +121,8 @@ export class ApiConnectionPool {
   }
 
   readonly middleware: ObservableMiddleware = {
-    pre: (context) => new Observable(this.attach(context)),
-    post: (response) => new Observable(Promise.resolve(response)),
+    pre: (context) => new (kubeClient().Observable)(this.attach(context)),
+    post: (response) => new (kubeClient().Observable)(Promise.resolve(response)),
   };
 
   /** Calls holding a connection slot now. */
@@ -272,7 +274,8 @@ function optionsFingerprint(isHttps: boolean, options: Record<string, unknown>):
 /** A Kubernetes API failure in a form for messages: the HTTP status (0 when none arrived) and the server's reason. */
 export function describeKubeError(error: unknown): { status: number; detail: string } {
   if (error instanceof TimeoutError) return { status: 0, detail: error.message };
-  if (error instanceof ApiException) {
+  const client = kubeClientIfLoaded();
+  if (client && error instanceof client.ApiException) {
     const body: unknown = error.body;
     let detail = `HTTP ${error.code}`;
     const message = extractStatusMessage(body);

@@ -4,8 +4,9 @@
  * pods, Secrets, ConfigMaps), so it knows nothing about what the client is used for.
  */
 import { existsSync } from 'node:fs';
-import { KubeConfig, type Watch } from '@kubernetes/client-node';
+import type { KubeConfig, Watch } from '@kubernetes/client-node';
 import { ConfigError, type Env } from '../config/env.js';
+import { loadKubeClient } from './client.js';
 
 /** Where the configuration came from, for log lines and error messages. */
 export type KubeConfigOrigin = { kind: 'file'; path: string } | { kind: 'env'; path: string } | { kind: 'in-cluster' };
@@ -29,9 +30,9 @@ export function kubeConfigAvailable(path: string | undefined, env: Env = process
   return Boolean(path) || Boolean(env.KUBECONFIG) || inCluster(env);
 }
 
-function fromFile(path: string, what: string): KubeConfig {
+async function fromFile(path: string, what: string): Promise<KubeConfig> {
   if (!existsSync(path)) throw new ConfigError(`${what} ${path} does not exist`);
-  const kubeConfig = new KubeConfig();
+  const kubeConfig = new (await loadKubeClient()).KubeConfig();
   try {
     kubeConfig.loadFromFile(path);
   } catch (error) {
@@ -41,24 +42,24 @@ function fromFile(path: string, what: string): KubeConfig {
 }
 
 /**
- * Loads a kubeconfig with its origin and the current cluster's server URL.
- * Throws ConfigError naming the file (or KUBECONFIG) and what is wrong.
+ * Loads a kubeconfig with its origin and the current cluster's server URL (and, the first time, the Kubernetes
+ * client: see ./client.ts). Rejects with a ConfigError naming the file (or KUBECONFIG) and what is wrong.
  */
-export function loadKubeConfigWithOrigin(path: string | undefined, env: Env = process.env): LoadedKubeConfig {
+export async function loadKubeConfigWithOrigin(path: string | undefined, env: Env = process.env): Promise<LoadedKubeConfig> {
   let kubeConfig: KubeConfig;
   let origin: KubeConfigOrigin;
   if (path) {
-    kubeConfig = fromFile(path, 'kubeconfig');
+    kubeConfig = await fromFile(path, 'kubeconfig');
     origin = { kind: 'file', path };
   } else if (env.KUBECONFIG) {
     // KUBECONFIG may list several files like kubectl accepts; the first existing one is used.
     const candidates = env.KUBECONFIG.split(process.platform === 'win32' ? ';' : ':').filter((p) => p.length > 0);
     const first = candidates.find((p) => existsSync(p));
     if (!first) throw new ConfigError(`KUBECONFIG=${env.KUBECONFIG} names no existing file`);
-    kubeConfig = fromFile(first, 'kubeconfig (from KUBECONFIG)');
+    kubeConfig = await fromFile(first, 'kubeconfig (from KUBECONFIG)');
     origin = { kind: 'env', path: first };
   } else if (inCluster(env)) {
-    kubeConfig = new KubeConfig();
+    kubeConfig = new (await loadKubeClient()).KubeConfig();
     try {
       kubeConfig.loadFromCluster();
     } catch (error) {
@@ -76,9 +77,9 @@ export function loadKubeConfigWithOrigin(path: string | undefined, env: Env = pr
   return { kubeConfig, origin, server: cluster.server };
 }
 
-/** Loads a KubeConfig from `path`, else KUBECONFIG, else in-cluster. Throws ConfigError with one actionable line. */
-export function loadKubeConfig(path: string | undefined, env: Env = process.env): KubeConfig {
-  return loadKubeConfigWithOrigin(path, env).kubeConfig;
+/** Loads a KubeConfig from `path`, else KUBECONFIG, else in-cluster. Rejects with a ConfigError of one actionable line. */
+export async function loadKubeConfig(path: string | undefined, env: Env = process.env): Promise<KubeConfig> {
+  return (await loadKubeConfigWithOrigin(path, env)).kubeConfig;
 }
 
 /**

@@ -66,7 +66,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
   const metrics = new CaMetrics(registry);
   metrics.publishSignerExpiries(signer);
 
-  const clusters = buildKubeClusters(config, env, logger);
+  const clusters = await buildKubeClusters(config, env, logger);
   const tokenReviews = clusters.size > 0 ? tokenReviewAuthenticator(config, clusters, metrics) : undefined;
   // Node impersonation: workers ask here, so every cluster's pods are watched once.
   const podCaches =

@@ -85,12 +85,14 @@ function bindGrpc(server: grpc.Server, address: string, credentials: grpc.Server
   return new Promise((resolve, reject) => server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port))));
 }
 
-export function buildKubeClusters(config: CaServerConfig, env: Env, logger: Logger): KubeClusters {
-  const loaded = config.kubeconfigs.map((entry) => {
-    const { kubeConfig, origin, server } = loadKubeConfigWithOrigin(entry.path, env);
+/** The clusters of --kubeconfig; none (and no Kubernetes client loaded) when the CA is given no kubeconfig. */
+export async function buildKubeClusters(config: CaServerConfig, env: Env, logger: Logger): Promise<KubeClusters> {
+  const loaded = [];
+  for (const entry of config.kubeconfigs) {
+    const { kubeConfig, origin, server } = await loadKubeConfigWithOrigin(entry.path, env);
     logger.info({ clusterId: entry.clusterId, server, origin: origin.kind === 'in-cluster' ? 'in-cluster' : origin.path }, 'Kubernetes cluster configured');
-    return { clusterId: entry.clusterId, kubeConfig };
-  });
+    loaded.push({ clusterId: entry.clusterId, kubeConfig });
+  }
   return KubeClusters.fromKubeConfigs(config.clusterId, loaded);
 }
 
@@ -178,8 +180,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
   const metrics = new CaMetrics(registry, options.now);
   const authority = createAuthority(config, signer, options.now);
-  const clusters = buildKubeClusters(config, env, logger);
   const worker = options.worker;
+  // A worker's primary has read the kubeconfigs and makes every API call; the worker needs only the cluster IDs.
+  const clusters = worker
+    ? KubeClusters.idsOnly(config.clusterId, config.kubeconfigs.map((entry) => entry.clusterId))
+    : await buildKubeClusters(config, env, logger);
   const chain = await buildAuthenticators(config, clusters, metrics, worker ? (clusterId, token) => worker.reviewToken(clusterId, token) : undefined);
   const impersonation = new NodeImpersonation({
     clusters,

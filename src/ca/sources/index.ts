@@ -131,14 +131,18 @@ function pluginNamed(name: string): KeySourcePlugin {
 export async function openSigner(config: KeySourceConfig, logger: Logger, options: OpenSignerOptions = {}): Promise<WorkloadSigner> {
   const env = options.env ?? process.env;
   const plugin = pluginNamed(config.source);
-  let kubeConfig: KubeConfig | undefined;
-  const kube = (): KubeConfig => (kubeConfig ??= loadKubeConfig(config.kubeconfigPath, env));
-  // Fail on a bad kubeconfig before any key material is created.
-  if (config.distributeRootConfigMap || plugin.needsKubernetes?.(config)) kube();
+  // Loaded (with the Kubernetes client) only for a source or root distribution that needs it, and before any key
+  // material is created, so a bad kubeconfig fails first.
+  const kubeConfig: KubeConfig | undefined =
+    config.distributeRootConfigMap || plugin.needsKubernetes?.(config) ? await loadKubeConfig(config.kubeconfigPath, env) : undefined;
+  const kube = (): KubeConfig => {
+    if (!kubeConfig) throw new Error(`key source ${plugin.name} uses Kubernetes without declaring it in needsKubernetes`);
+    return kubeConfig;
+  };
   const signer = await plugin.open(config, { logger, kube, ...(options.registry ? { registry: options.registry } : {}), ...(options.now ? { now: options.now } : {}) });
-  if (!config.distributeRootConfigMap) return signer;
+  if (!kubeConfig || !config.distributeRootConfigMap) return signer;
   try {
-    const distribution = startRootDistribution({ kubeConfig: kube(), bundle: signer, logger });
+    const distribution = startRootDistribution({ kubeConfig, bundle: signer, logger });
     return withCleanup(signer, () => distribution.close());
   } catch (error) {
     await signer.close();

@@ -66,7 +66,7 @@ export interface KeySourceContext {
   logger: Logger;
   /** Gets the key sources' metrics (meshca_cacerts_reload_errors_total). */
   registry?: Registry;
-  /** The local cluster's Kubernetes client configuration, loaded on first use. */
+  /** The local cluster's Kubernetes client configuration; loaded before `open` only when `needsKubernetes` says so. */
   kube(): KubeConfig;
   /** The clock (epoch ms) the source judges and creates certificates by; default Date.now (tests inject a fake one). */
   now?: () => number;

@@ -5,7 +5,7 @@
  * because Vault answers an expired or revoked token with 403 and a fresh login is the cure.
  */
 import { promises as fs } from 'node:fs';
-import nodeVault from 'node-vault';
+import type nodeVault from 'node-vault';
 import type { Logger } from '../../../log.js';
 import { certificatesFromPem } from '../../../pki/index.js';
 import { CaConfigError } from '../../errors.js';
@@ -94,6 +94,7 @@ export class VaultSession {
   private constructor(
     private readonly options: VaultSessionOptions,
     caPem: string | undefined,
+    makeClient: typeof nodeVault,
   ) {
     const requestOptions = caPem ? { ca: caPem } : {};
     const base = {
@@ -103,9 +104,9 @@ export class VaultSession {
       rpDefaults: { timeout: options.timeoutMs },
       noCustomHTTPVerbs: true,
     };
-    this.client = nodeVault({ ...base, token: '' });
+    this.client = makeClient({ ...base, token: '' });
     // Logins go through a client without a token: a stale token must not ride along on the login call.
-    this.loginClient = nodeVault({ ...base, token: '' });
+    this.loginClient = makeClient({ ...base, token: '' });
     this.client.token = '';
     this.loginClient.token = '';
   }
@@ -123,7 +124,9 @@ export class VaultSession {
       }
       if (count === 0) throw new CaConfigError(`VAULT_TLS_ROOT_CERT ${options.tlsRootCertFile} holds no PEM certificate`);
     }
-    const session = new VaultSession(options, caPem);
+    // Imported here, not at the top: only a CA whose key source is Vault pays for loading node-vault (and axios).
+    const { default: makeClient } = await import('node-vault');
+    const session = new VaultSession(options, caPem, makeClient);
     try {
       await session.authenticate();
     } catch (error) {
