@@ -8,8 +8,10 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
-import { caClient, createCertificate, getText, startCa, type RunningCa } from './ca-helpers.js';
+import { fingerprint } from '../src/ca/material.js';
+import { checkAgentBundle, type CheckResult, type StatusOptions } from '../src/commands/status.js';
+import { certificateToPem, certificatesFromPem, createCaCertificate, parseCertificate } from '../src/pki/index.js';
+import { caClient, cleanEnv, createCertificate, getText, SERVER_NAME, startCa, type RunningCa } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { metricFamilies, type MetricFamily } from './support/metrics.js';
 import { opensslVerify } from './support/openssl.js';
@@ -120,6 +122,33 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
     }
     const roots = await secretFor(agent, frontend, 'ROOTCA');
     assert.equal(roots.rootsPem!.trim(), ca.rootPem.trim());
+  });
+
+  it("meshca status compares the ROOTCA bundle the agent serves with the CA's (PASS), and names the roots that differ (FAIL)", async () => {
+    await secretFor(agent, await kube.mintToken({ namespace: 'shop', serviceAccount: 'frontend' }), 'ROOTCA');
+    const rootFile = path.join(filesDir, 'status-root.pem');
+    writeFileSync(rootFile, ca.rootPem);
+    const monitoring = new URL(ca.monitoringUrl).host;
+    const agentStatus = new URL(agent.statusUrl).host;
+    // No kubeconfig (cleanEnv drops KUBECONFIG): the Kubernetes checks say SKIP, the rest run through the binary.
+    const run = await runMeshca(
+      ['status', '--ca-addr', ca.grpcAddress, '--ca-root-cert', rootFile, '--server-name', SERVER_NAME, '--monitoring-addr', monitoring, '--agent-status-addr', agentStatus, '-o', 'json'],
+      { env: cleanEnv() },
+    );
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    const results = JSON.parse(run.stdout) as CheckResult[];
+    const bundle = results.find((r) => r.check === 'agent bundle');
+    assert.equal(`${bundle?.verdict} ${bundle?.detail}`, `PASS ${agent.statusUrl}/debug/secrets: ROOTCA holds the CA's 1 root(s)`);
+
+    // The same check against a CA whose bundle has another root: both differences are named.
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const other = fingerprint(parseCertificate(certificatesFromPem(certificateToPem(createCaCertificate({ subject: { commonName: 'other' }, subjectKey: privateKey, notAfter: new Date(Date.now() + 3600_000) })))[0]!));
+    const ours = fingerprint(parseCertificate(certificatesFromPem(ca.rootPem)[0]!));
+    const options = { timeoutMs: 5000, agentStatus: { host: '127.0.0.1', port: Number(new URL(agent.statusUrl).port), text: agentStatus } } as StatusOptions;
+    const differs = await checkAgentBundle(options, { roots: [{ subject: 'CN=other', fingerprintSha256: other }], authenticators: [], trustedNodeAccounts: [] });
+    assert.equal(differs.verdict, 'FAIL');
+    assert.equal(differs.detail, `the ROOTCA bundle of the agent at ${agentStatus} lacks 1 of the CA's root(s) (${other.slice(0, 23)}) and holds 1 root(s) the CA does not (${ours.slice(0, 23)})`);
+    assert.match(differs.fix!, /meshca secrets/);
   });
 
   it("exports Istio's metric names, types and labels (docs/istio-metric-names.json) and meshca_build_info as `meshca version` prints it", async () => {

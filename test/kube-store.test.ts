@@ -276,8 +276,12 @@ describe('Kubernetes Secret store and root distribution', () => {
     const healthy = await status(['--server-name', SERVER_NAME, '-o', 'json']);
     assert.equal(healthy.code, 0, healthy.stdout + healthy.stderr);
     const pass = JSON.parse(healthy.stdout) as { verdict: string; check: string; detail: string }[];
-    assert.deepEqual(pass.map((r) => r.check).sort(), ['CA TLS', 'CA monitoring', 'RBAC', 'clock vs the API server', 'clock vs the CA', 'root ConfigMaps', 'root file']);
-    for (const result of pass) assert.equal(result.verdict, 'PASS', `${result.check}: ${result.detail}`);
+    assert.deepEqual(pass.map((r) => r.check).sort(), ['CA TLS', 'CA monitoring', 'RBAC', 'agent bundle', 'clock vs the API server', 'clock vs the CA', 'root ConfigMaps', 'root file']);
+    for (const result of pass) {
+      // No agent runs here: agent-e2e.test.ts compares a real agent's bundle.
+      if (result.check === 'agent bundle') assert.match(`${result.verdict} ${result.detail}`, /^SKIP no --agent-status-addr/);
+      else assert.equal(result.verdict, 'PASS', `${result.check}: ${result.detail}`);
+    }
 
     // A wrong TLS name, a ConfigMap with another root (the CA may not repair it: update is forbidden).
     kube.state.forbidden.add('update configmaps');
@@ -346,6 +350,7 @@ describe('meshca status checks that need no CA', () => {
         ['FAIL', 'CA TLS'],
         ['FAIL', 'CA monitoring'],
         ['SKIP', 'root file'],
+        ['SKIP', 'agent bundle'],
         ['SKIP', 'clock vs the CA'],
         ['SKIP', 'Kubernetes'],
       ],
@@ -353,7 +358,8 @@ describe('meshca status checks that need no CA', () => {
     assert.equal(results[0]!.detail, `127.0.0.1:${port}: connection refused`);
     assert.equal(results[0]!.fix, 'start meshca ca, or point --ca-addr (env CA_ADDR) at its --grpc-addr');
     assert.equal(results[1]!.detail, `cannot reach the CA monitoring server at http://127.0.0.1:${port} (ECONNREFUSED)`);
-    assert.match(results[4]!.detail, /^no kubeconfig: ConfigMap and RBAC checks skipped/);
+    assert.match(results[5]!.detail, /^no kubeconfig: ConfigMap and RBAC checks skipped/);
+    assert.match(results[3]!.detail, /^no --agent-status-addr/);
   });
 
   test('clock skew: within the limit passes, beyond it warns with a fix', () => {

@@ -27,7 +27,7 @@ interface SecretsFlags {
 }
 
 /** The URL to ask: an agent listening on every address (0.0.0.0, ::) is asked on this host's loopback. */
-function debugUrl(address: { host: string; port: number }): string {
+export function debugUrl(address: { host: string; port: number }): string {
   const host = address.host === '0.0.0.0' ? '127.0.0.1' : address.host === '::' ? '::1' : address.host;
   return `http://${host.includes(':') ? `[${host}]` : host}:${address.port}/debug/secrets`;
 }
@@ -40,7 +40,7 @@ function errorCode(error: unknown): string {
 }
 
 /** Failures past the flags (the agent is not there, or answers something else) exit 1, not the usage error's 2. */
-async function readReport(url: string, timeoutMs: number, addressText: string): Promise<SecretsReport> {
+export async function readSecretsReport(url: string, timeoutMs: number, addressText: string): Promise<SecretsReport> {
   const fix = `is \`meshca agent\` running on this host? Point --status-addr (or MESHCA_STATUS_ADDR) at its --status-addr (now ${addressText})`;
   let response: Response;
   try {
@@ -111,7 +111,7 @@ export function registerSecretsCommand(program: Command): void {
     const output = readEnum(flags.output, {}, { flag: '--output' }, ['table', 'json'] as const, 'table');
     const timeoutMs = readDuration(flags.timeout, {}, sourceOf(TIMEOUT), 5, { min: 0.1 }) * 1000;
     if (address.port === 0) throw bad(sourceOf(STATUS_ADDR), address.text, 'the port the agent listens on, e.g. 127.0.0.1:15020');
-    const report = await readReport(debugUrl(address), timeoutMs, address.text);
+    const report = await readSecretsReport(debugUrl(address), timeoutMs, address.text);
     process.stdout.write(output === 'json' ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
   });
 }

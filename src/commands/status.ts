@@ -9,6 +9,7 @@
  *    user may do what the CA does (SelfSubjectAccessReview for each rule of deploy/kubernetes/ca-rbac.yaml).
  */
 import { readFileSync } from 'node:fs';
+import type { SecretsReport } from '../agent/debug.js';
 import { isIP } from 'node:net';
 import * as tls from 'node:tls';
 import type { KubeConfig } from '@kubernetes/client-node';
@@ -16,7 +17,7 @@ import type { Command } from 'commander';
 import { ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../ca/index.js';
 import { fingerprint } from '../ca/material.js';
 import { AGENT_FLAGS, DEFAULT_CA_ADDR, DEFAULT_CA_ROOT_CERT } from '../config/agent.js';
-import { readDuration, readEnum, readOptionalString, readString, type Env } from '../config/env.js';
+import { readAddress, readDuration, readEnum, readOptionalString, readString, type Env } from '../config/env.js';
 import { addFlag, sourceOf, type FlagSpec } from '../config/flags.js';
 import { callWithDeadline, describeKubeError } from '../kube/api.js';
 import { kubeClient } from '../kube/client.js';
@@ -25,6 +26,7 @@ import { certificatesFromPem, parseCertificate } from '../pki/index.js';
 import { checkServerIdentityBySan } from '../pki/server-identity.js';
 import { CA_MONITORING_FLAG, getFromMonitoring, monitoringBaseUrl } from './ca-monitoring.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
+import { debugUrl, readSecretsReport } from './secrets.js';
 
 export type Verdict = 'PASS' | 'WARN' | 'FAIL' | 'SKIP';
 
@@ -42,6 +44,12 @@ export const STATUS_FLAGS = {
   caNamespace: { flags: '--ca-namespace <namespace>', description: "the CA's namespace (its Secret istio-ca-secret)", env: ['POD_NAMESPACE'], defaultText: 'istio-system' },
   maxClockSkew: { flags: '--max-clock-skew <duration>', description: 'warn when a clock differs from this one by more', defaultText: '5s' },
   timeout: { flags: '--timeout <duration>', description: 'deadline of each check', defaultText: '5s' },
+  agentStatusAddr: {
+    flags: '--agent-status-addr <host:port>',
+    description: "a node agent's status server (its --status-addr; it answers callers on its own host): compare the ROOTCA bundle it serves Envoys with the CA's",
+    env: ['MESHCA_STATUS_ADDR'],
+    defaultText: 'not compared',
+  },
 } as const satisfies Record<string, FlagSpec>;
 
 interface StatusFlags {
@@ -53,6 +61,7 @@ interface StatusFlags {
   caNamespace?: string;
   maxClockSkew?: string;
   timeout?: string;
+  agentStatusAddr?: string;
   output: string;
 }
 
@@ -66,6 +75,8 @@ export interface StatusOptions {
   maxClockSkewSeconds: number;
   timeoutMs: number;
   env: Env;
+  /** A node agent's status server, whose ROOTCA bundle is compared with the CA's; undefined: not compared. */
+  agentStatus?: { host: string; port: number; text: string };
   /** This machine's clock (epoch ms). */
   now: () => number;
 }
@@ -379,6 +390,51 @@ async function checkRbac(kubeConfig: KubeConfig, user: string, options: StatusOp
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The node agent's trust bundle
+
+/**
+ * The ROOTCA bundle a node agent serves its Envoys holds exactly the CA's roots. The agent learns roots from the
+ * CA's answers, so a difference means it has not renewed since the CA's bundle changed (or talks to another CA).
+ */
+export async function checkAgentBundle(options: StatusOptions, ca: CaFacts | undefined): Promise<CheckResult> {
+  const check = 'agent bundle';
+  const agent = options.agentStatus;
+  if (!agent) return { verdict: 'SKIP', check, detail: "no --agent-status-addr: the ROOTCA bundle a node agent serves is not compared" };
+  if (!ca) return { verdict: 'SKIP', check, detail: "the CA's bundle is unknown (see the CA monitoring line)" };
+  const url = debugUrl(agent);
+  let report: SecretsReport;
+  try {
+    report = await readSecretsReport(url, options.timeoutMs, agent.text);
+  } catch (error) {
+    return {
+      verdict: 'FAIL',
+      check,
+      detail: (error as Error).message.replace(/: is `meshca agent` running on this host\?.*$/, ''),
+      fix: "point --agent-status-addr (env MESHCA_STATUS_ADDR) at the agent's --status-addr, from the agent's host (it answers loopback callers only): e.g. kubectl -n istio-system port-forward pod/<meshca-agent-pod> 15020",
+    };
+  }
+  if (!report.trustBundle) {
+    return { verdict: 'WARN', check, detail: `${url}: the agent serves no ROOTCA yet (no workload on its node has asked for one)`, fix: 'start a workload on that node, then run this again' };
+  }
+  const served = new Set(report.trustBundle.roots.map((root) => root.fingerprintSha256));
+  const expected = new Set(ca.roots.map((root) => root.fingerprintSha256));
+  const missing = [...expected].filter((f) => !served.has(f));
+  const extra = [...served].filter((f) => !expected.has(f));
+  if (missing.length === 0 && extra.length === 0) return { verdict: 'PASS', check, detail: `${url}: ROOTCA holds the CA's ${expected.size} root(s)` };
+  const short = (list: string[]): string => list.map((f) => f.slice(0, 23)).join(', ');
+  const parts = [
+    ...(missing.length > 0 ? [`lacks ${missing.length} of the CA's root(s) (${short(missing)})`] : []),
+    ...(extra.length > 0 ? [`holds ${extra.length} root(s) the CA does not (${short(extra)})`] : []),
+  ];
+  return {
+    verdict: 'FAIL',
+    check,
+    detail: `the ROOTCA bundle of the agent at ${agent.text} ${parts.join(' and ')}`,
+    fix: "the agent takes the bundle from the CA's answers: run `meshca secrets` on that node for failed renewals, and check that its CA_ADDR is this CA",
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // All of it
 
 export async function runStatusChecks(options: StatusOptions): Promise<CheckResult[]> {
@@ -408,6 +464,7 @@ export async function runStatusChecks(options: StatusOptions): Promise<CheckResu
   }
   results.unshift(await tlsCheck);
   results.push(checkRootFile(options, rootsPem, readError, ca));
+  results.push(await checkAgentBundle(options, ca));
   results.push(checkClock('the CA', caDate, options.now(), options.maxClockSkewSeconds));
 
   if (!kubeConfigAvailable(options.kubeconfig, options.env)) {
@@ -467,6 +524,7 @@ export function registerStatusCommand(program: Command): void {
   addFlag(command, STATUS_FLAGS.caNamespace);
   addFlag(command, STATUS_FLAGS.maxClockSkew);
   addFlag(command, STATUS_FLAGS.timeout);
+  addFlag(command, STATUS_FLAGS.agentStatusAddr);
   command.option('-o, --output <format>', 'text | json', 'text').action(async (flags: StatusFlags) => {
     const env = process.env;
     const output = readEnum(flags.output, {}, { flag: '--output' }, ['text', 'json'] as const, 'text');
@@ -484,6 +542,8 @@ export function registerStatusCommand(program: Command): void {
       env,
       now: Date.now,
     };
+    const agentStatus = readOptionalString(flags.agentStatusAddr, env, sourceOf(STATUS_FLAGS.agentStatusAddr));
+    if (agentStatus !== undefined) options.agentStatus = readAddress(agentStatus, {}, sourceOf(STATUS_FLAGS.agentStatusAddr), agentStatus);
     const results = await runStatusChecks(options);
     process.stdout.write(output === 'json' ? `${JSON.stringify(results, null, 2)}\n` : `${formatResults(results)}\n`);
     if (results.some((r) => r.verdict === 'FAIL')) process.exitCode = 1;
