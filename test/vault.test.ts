@@ -239,13 +239,15 @@ describe('Vault PKI key source', () => {
       // Vault goes away across the renewal point (2/3 of 12 s): every request still gets a verifying chain.
       tlsVault.state.down = true;
       const results: CallResult[] = [];
-      const until = Date.now() + 9000;
+      // Past the renewal point (8 s in) but 2 s short of the intermediate's NotAfter, however long the start took on
+      // a loaded machine: past NotAfter the CA rightly refuses to sign with it, which is not what is tested here.
+      const until = Math.min(Date.now() + 9000, Date.parse(new X509Certificate(first[1]!).validTo) - 2000);
       while (Date.now() < until) {
         results.push(await createCertificate(client, { csr: csrPem, token, validitySeconds: 600 }));
         await sleep(200);
       }
       await ca.proc.waitForLog(/^cannot renew the intermediate CA certificate from Vault; the current one keeps signing$/, 5000);
-      assert.ok(results.length > 20);
+      assert.ok(results.length >= 5, `only ${results.length} calls while Vault was down`);
       for (const result of results) {
         const chain = assertOk(result);
         assert.equal(new X509Certificate(chain[1]!).serialNumber, firstIntermediate);
