@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pkcs11js from 'pkcs11js';
 import { CaConfigError } from '../src/ca/errors.js';
+import { generatePkcs11KeyPair } from '../src/ca/sources/pkcs11/keygen.js';
 import { openPkcs11Key, type Pkcs11Key, type Pkcs11KeyConfig } from '../src/ca/sources/pkcs11/pkcs11-key.js';
 import { caCertificateTbs, certificateFromTbs, certificateToPem } from '../src/pki/index.js';
 import { opensslVerify } from './support/openssl.js';
@@ -288,6 +289,19 @@ describe('Pkcs11Key (src/ca/sources/pkcs11): the same token through meshca', () 
       });
     });
   }
+
+  test('generatePkcs11KeyPair makes a sensitive, non-extractable key in the token, once per label and id', async () => {
+    const made = { modulePath: token.module, tokenLabel: token.label, pinEnv: PIN_ENV, keyLabel: 'made-by-meshca', keyIdHex: '0a0b', spec: 'ec-p256' } as const;
+    const env = { [PIN_ENV]: token.pin };
+    await generatePkcs11KeyPair(made, env);
+    await withKey({ keyLabel: 'made-by-meshca', keyIdHex: '0a0b' }, async (key) => {
+      assert.deepEqual(key.facts, { kind: 'ec', curve: 'P-256', label: 'made-by-meshca', idHex: '0a0b', extractable: false, sensitive: true });
+      const signature = await key.sign('sha256', Buffer.from('made'));
+      assert.equal(verify('sha256', Buffer.from('made'), key.publicKey, signature), true);
+    });
+    await assert.rejects(generatePkcs11KeyPair(made, env), oneLine(/already holds a private key with label "made-by-meshca"/));
+    await assert.rejects(generatePkcs11KeyPair({ ...made, keyLabel: 'other' }, env), oneLine(/already holds a private key with id 0a0b/));
+  });
 
   test('concurrent signatures share a few sessions and all verify', async () => {
     await withKey({ keyLabel: 'ca-p256', maxSessions: 3 }, async (key) => {

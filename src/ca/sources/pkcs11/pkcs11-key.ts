@@ -240,22 +240,43 @@ export class Pkcs11Key {
   }
 }
 
+/** A logged-in session on the configured token; `release` closes it and lets go of the module. */
+export interface TokenSession {
+  binding: Pkcs11Binding;
+  p11: Pkcs11Js.PKCS11;
+  slot: Buffer;
+  session: Buffer;
+  release(): void;
+}
+
 /**
- * Loads the module, finds the token and the key, logs in and reads the public key. Every failure is a
- * CaConfigError of one line: module not loadable, token or key not found, wrong PIN, an extractable key.
+ * Loads the module (shared per process), finds the token by label, opens a session (read-write for creating
+ * objects) and logs in with the configured PIN. Failures are one-line CaConfigErrors. PKCS#11 logs in per
+ * application: while another key of this process is open on the token, the PIN is not checked again.
  */
-export async function openPkcs11Key(config: Pkcs11KeyConfig, env: NodeJS.ProcessEnv = process.env): Promise<Pkcs11Key> {
-  if (config.keyLabel === undefined && config.keyIdHex === undefined) {
-    throw new CaConfigError('PKCS#11: name the key by its label, its id (hex), or both');
-  }
+export async function openTokenSession(
+  config: Pick<Pkcs11KeyConfig, 'modulePath' | 'tokenLabel' | 'pinFile' | 'pinEnv'>,
+  env: NodeJS.ProcessEnv,
+  readWrite = false,
+): Promise<TokenSession> {
   const pin = readPin(config, env);
   const binding = await loadPkcs11Binding();
   const p11 = acquireModule(binding, config.modulePath);
   let session: Buffer | undefined;
+  const release = (): void => {
+    if (session) {
+      try {
+        p11.C_CloseSession(session);
+      } catch {
+        // Already gone with the failure.
+      }
+    }
+    releaseModule(config.modulePath);
+  };
   try {
     const slot = p11.C_GetSlotList(true).find((candidate) => p11.C_GetTokenInfo(candidate).label.trim() === config.tokenLabel);
     if (!slot) throw new CaConfigError(`PKCS#11: no token labelled ${JSON.stringify(config.tokenLabel)} in ${config.modulePath}`);
-    session = p11.C_OpenSession(slot, binding.CKF_SERIAL_SESSION);
+    session = p11.C_OpenSession(slot, binding.CKF_SERIAL_SESSION | (readWrite ? binding.CKF_RW_SESSION : 0));
     try {
       p11.C_Login(session, binding.CKU_USER, pin);
     } catch (error) {
@@ -265,18 +286,27 @@ export async function openPkcs11Key(config: Pkcs11KeyConfig, env: NodeJS.Process
         throw new CaConfigError(`PKCS#11: login to token ${JSON.stringify(config.tokenLabel)} failed: ${why}`, { cause: error });
       }
     }
-    const opened = openKeyInSession(binding, p11, config, slot, session);
-    session = undefined;
-    return opened;
+    return { binding, p11, slot, session, release };
   } catch (error) {
-    if (session) {
-      try {
-        p11.C_CloseSession(session);
-      } catch {
-        // Already gone with the failure.
-      }
-    }
-    releaseModule(config.modulePath);
+    release();
+    throw error;
+  }
+}
+
+/**
+ * Loads the module, finds the token and the key, logs in and reads the public key. Every failure is a
+ * CaConfigError of one line: module not loadable, token or key not found, wrong PIN, an extractable key.
+ */
+export async function openPkcs11Key(config: Pkcs11KeyConfig, env: NodeJS.ProcessEnv = process.env): Promise<Pkcs11Key> {
+  if (config.keyLabel === undefined && config.keyIdHex === undefined) {
+    throw new CaConfigError('PKCS#11: name the key by its label, its id (hex), or both');
+  }
+  const token = await openTokenSession(config, env);
+  try {
+    // The key takes the session over (its first pooled one) and releases the module when it closes.
+    return openKeyInSession(token.binding, token.p11, config, token.slot, token.session);
+  } catch (error) {
+    token.release();
     throw error;
   }
 }
