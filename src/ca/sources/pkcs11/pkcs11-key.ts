@@ -86,7 +86,8 @@ export function readPin(config: Pick<Pkcs11KeyConfig, 'pinFile' | 'pinEnv'>, env
       throw new CaConfigError(`PKCS#11: cannot read the PIN file ${config.pinFile}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
     }
   } else {
-    pin = env[config.pinEnv!];
+    const variable = config.pinEnv!;
+    pin = env[variable];
   }
   if (!pin) {
     throw new CaConfigError(config.pinFile !== undefined ? `PKCS#11: the PIN file ${config.pinFile} is empty` : `PKCS#11: the environment variable ${config.pinEnv} is not set or empty`);
