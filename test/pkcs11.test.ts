@@ -310,4 +310,25 @@ describe('Pkcs11Key (src/ca/sources/pkcs11): the same token through meshca', () 
       signatures.forEach((signature, i) => assert.equal(verify('sha256', messages[i]!, key.publicKey, signature), true, `signature ${i}`));
     });
   });
+
+  test('close() lets the signatures in the token finish, fails the waiting ones, then finalises the module', async () => {
+    const key = await openPkcs11Key(config({ keyLabel: 'ca-p256', maxSessions: 2 }), { [PIN_ENV]: token.pin });
+    const results = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) => {
+        const signing = key.sign('sha256', Buffer.from(`message ${i}`));
+        if (i === 5) key.close();
+        return signing;
+      }),
+    );
+    const fulfilled = results.filter((r) => r.status === 'fulfilled');
+    const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    assert.equal(fulfilled.length, 2, 'the two signatures holding a session finish');
+    assert.equal(rejected.length, 4);
+    for (const { reason } of rejected) assert.match(String(reason), /was closed/);
+    await assert.rejects(key.sign('sha256', Buffer.from('late')), /is closed/);
+    // Finalised and loaded again from scratch: a fresh open logs in and signs.
+    await withKey({ keyLabel: 'ca-p256' }, async (again) => {
+      assert.equal(verify('sha256', Buffer.from('again'), again.publicKey, await again.sign('sha256', Buffer.from('again'))), true);
+    });
+  });
 });

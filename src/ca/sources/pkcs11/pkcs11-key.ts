@@ -150,7 +150,8 @@ export class Pkcs11Key {
   readonly publicKey: KeyObject;
   readonly facts: Pkcs11KeyFacts;
   private readonly idle: Buffer[] = [];
-  private readonly waiting: ((session: Buffer) => void)[] = [];
+  private readonly waiting: { resolve: (session: Buffer) => void; reject: (error: Error) => void }[] = [];
+  /** Sessions open, idle or signing; the module is released when the key is closed and this reaches 0. */
   private open = 0;
   private closed = false;
 
@@ -193,12 +194,15 @@ export class Pkcs11Key {
     }
   }
 
-  /** Closes this key's sessions and, when no other key uses the module, finalises it. */
+  /**
+   * Closes this key's sessions and, when no other key uses the module, finalises it. Signatures waiting for a
+   * session fail; those already in the token finish first (finalising under them would pull the module away).
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const waiter of this.waiting.splice(0)) waiter.reject(new Error(`PKCS#11: ${this.describe()} was closed`));
     for (const session of this.idle.splice(0)) this.closeSession(session);
-    releaseModule(this.config.modulePath);
   }
 
   private describe(): string {
@@ -215,7 +219,7 @@ export class Pkcs11Key {
       this.open++;
       return session;
     }
-    return new Promise((resolve) => this.waiting.push(resolve));
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
   }
 
   private release(session: Buffer): void {
@@ -225,7 +229,7 @@ export class Pkcs11Key {
     }
     const next = this.waiting.shift();
     if (next) {
-      next(session);
+      next.resolve(session);
     } else {
       this.idle.push(session);
     }
@@ -238,6 +242,7 @@ export class Pkcs11Key {
     } catch {
       // Closing a session the token already dropped: nothing left to free.
     }
+    if (this.closed && this.open === 0) releaseModule(this.config.modulePath);
   }
 }
 
