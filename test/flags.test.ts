@@ -239,6 +239,7 @@ const COMPUTED_READS: Readonly<Record<string, string>> = {
   'config/istio-unsupported.ts: env[variable.env]': "the Istio variables meshca ignores, named in ca's and agent's --help",
   'config/agent.ts: Object.entries(env)': 'CA_HEADER_<NAME>, the env of --ca-header',
   'commands/ca.ts: env[WORKER_SLOT_ENV]': 'set by the CA primary for the worker processes it forks, not by users',
+  'ca/sources/pkcs11/pkcs11-key.ts: env[variable]': 'the PKCS#11 PIN, from the variable the admin names (the setting is its name)',
 };
 
 describe('every variable the code reads is in --help', () => {

@@ -41,6 +41,8 @@ export {
 export {
   LeafIssuer,
   createCaCertificate,
+  caCertificateTbs,
+  certificateFromTbs,
   assertSigningMaterial,
   encodeName,
   randomSerial,

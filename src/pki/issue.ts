@@ -93,8 +93,14 @@ function authorityKeyIdExtension(keyId: Buffer): Buffer {
 
 /** Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }, written into one buffer. */
 function signTbs(tbs: Buffer, profile: SigningProfile, key: KeyObject): Buffer {
-  const signature = sign(profile.hash, tbs, key);
-  const algorithm = profile.algorithmIdentifier;
+  return certificateFromTbs(tbs, profile.algorithmIdentifier, sign(profile.hash, tbs, key));
+}
+
+/**
+ * The Certificate around a TBSCertificate and its signature, made anywhere (in this process, or in an HSM through
+ * PKCS#11): `algorithm` must be the AlgorithmIdentifier inside the TBS, `signature` in X.509's encoding.
+ */
+export function certificateFromTbs(tbs: Buffer, algorithm: Buffer, signature: Buffer): Buffer {
   const signatureLength = headerLength(signature.length + 1) + signature.length + 1;
   const contentLength = tbs.length + algorithm.length + signatureLength;
   const certificate = Buffer.allocUnsafe(headerLength(contentLength) + contentLength);
@@ -256,18 +262,31 @@ export interface CaCertificateOptions {
 
 /** Builds a CA certificate (root or intermediate): CA:true, keyCertSign+cRLSign, SKI, AKI. */
 export function createCaCertificate(options: CaCertificateOptions): Buffer {
+  const signingKey = options.issuer ? options.issuer.privateKey : options.subjectKey;
+  if (signingKey.type !== 'private') throw new PkiError('ERR_KEY_MISMATCH', 'a self-signed root needs its private key');
+  const { tbs, profile } = caCertificateTbs(options, signingKey);
+  return signTbs(tbs, profile, signingKey);
+}
+
+/**
+ * The TBSCertificate of a CA certificate, and the profile (hash, AlgorithmIdentifier) its signer signs it with,
+ * for a signer outside this process such as an HSM key: `signerKey` is that key (its public half is enough; only
+ * its type and size count). The issuer's private key is not needed, only its certificate.
+ */
+export function caCertificateTbs(
+  options: Omit<CaCertificateOptions, 'issuer'> & { issuer?: Pick<SigningMaterial, 'certificate'> },
+  signerKey: KeyObject,
+): { tbs: Buffer; profile: SigningProfile } {
   const spki = keySpki(options.subjectKey);
   const subjectKeyId = subjectKeyIdFromSpki(spki);
   const subjectName = encodeName(options.subject);
-  const signingKey = options.issuer ? options.issuer.privateKey : options.subjectKey;
-  if (signingKey.type !== 'private') throw new PkiError('ERR_KEY_MISMATCH', 'a self-signed root needs its private key');
   const issuerName = options.issuer ? options.issuer.certificate.subjectDer : subjectName;
   const authorityKeyId = options.issuer
     ? (options.issuer.certificate.subjectKeyId ?? subjectKeyIdFromSpki(options.issuer.certificate.spkiDer))
     : subjectKeyId;
   let notAfter = options.notAfter;
   if (options.issuer && notAfter > options.issuer.certificate.notAfter) notAfter = options.issuer.certificate.notAfter;
-  const profile = signingProfileFor(signingKey);
+  const profile = signingProfileFor(signerKey);
   const basicConstraints = sequence(Buffer.from([0x01, 0x01, 0xff]), ...(options.pathLen !== undefined ? [smallInteger(options.pathLen)] : []));
   const extensions = [
     encodeExtension(OID.basicConstraints, true, basicConstraints),
@@ -287,6 +306,5 @@ export function createCaCertificate(options: CaCertificateOptions): Buffer {
     spki,
     explicit(3, sequence(...extensions)),
   );
-  return signTbs(tbs, profile, signingKey);
+  return { tbs, profile };
 }
-
