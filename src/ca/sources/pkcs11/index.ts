@@ -15,6 +15,7 @@ import type { KeySourceContext, KeySourcePlugin } from '../types.js';
 import { PKCS11_ENV_ONLY, PKCS11_FLAGS, readPkcs11Config, type Pkcs11SourceConfig } from './config.js';
 // TEMP-DIRECT import { Pkcs11DirectSigner } from './direct.js';
 import { HsmIntermediateSource } from './intermediate.js';
+import { tokenSignObserver } from './metrics.js';
 import { openPkcs11Key, type Pkcs11Key } from './pkcs11-key.js';
 
 export type { Pkcs11Flags, Pkcs11SourceConfig } from './config.js';
@@ -49,6 +50,7 @@ async function loadCertificates(config: Pkcs11SourceConfig): Promise<{ certifica
 
 async function openPkcs11Signer(config: Pkcs11SourceConfig, trustDomain: string, context: KeySourceContext, keySpec: KeySpec): Promise<WorkloadSigner> {
   const { certificate, chain, roots } = await loadCertificates(config);
+  const observe = tokenSignObserver(context.registry);
   const key: Pkcs11Key = await openPkcs11Key({
     modulePath: config.modulePath,
     tokenLabel: config.tokenLabel,
@@ -57,6 +59,7 @@ async function openPkcs11Signer(config: Pkcs11SourceConfig, trustDomain: string,
     ...(config.pinFile !== undefined ? { pinFile: config.pinFile } : { pinEnv: config.pinEnv! }),
     allowExtractable: config.allowExtractable,
     ...(context.now ? { now: context.now } : {}),
+    ...(observe ? { observe } : {}),
   });
   try {
     if (!keysMatch(key.publicKey, certificatePublicKey(certificate))) {

@@ -39,6 +39,8 @@ export interface Pkcs11KeyConfig {
   allowExtractable?: boolean;
   /** The clock (epoch ms) of the reconnection backoff; default Date.now. */
   now?: () => number;
+  /** Told of every signature the token made or refused, with the seconds it took (for a metric). */
+  observe?: (seconds: number, outcome: 'ok' | 'unavailable' | 'error') => void;
 }
 
 /** What the token says about the private key object. */
@@ -250,13 +252,18 @@ export class Pkcs11Key {
     if (this.lost !== undefined) await this.reconnect();
     const session = await this.acquire();
     const handle = this.privateKey;
+    const started = process.hrtime.bigint();
+    const observe = (outcome: 'ok' | 'unavailable' | 'error'): void => this.config.observe?.(Number(process.hrtime.bigint() - started) / 1e9, outcome);
     try {
       this.p11.C_SignInit(session, { mechanism }, handle);
       const signature = await this.p11.C_SignAsync(session, input, Buffer.alloc(512));
+      observe('ok');
       return rsa ? Buffer.from(signature) : ecdsaRawToDer(signature);
     } catch (error) {
       const code = ckr(this.binding, error);
-      if (code !== undefined && LOST.has(code)) {
+      const lost = code !== undefined && LOST.has(code);
+      observe(lost ? 'unavailable' : 'error');
+      if (lost) {
         this.markLost(code, session);
         throw new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: the token stopped answering for ${this.describe()} (${code}); reconnecting`, { cause: error });
       }
