@@ -13,16 +13,15 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { HsmIntermediateSource } from '../src/ca/sources/pkcs11/intermediate.js';
-import { generatePkcs11KeyPair } from '../src/ca/sources/pkcs11/keygen.js';
 import { openPkcs11Key, RECONNECT_BACKOFF_MS, type Pkcs11Key } from '../src/ca/sources/pkcs11/pkcs11-key.js';
 import { createLogger } from '../src/log.js';
-import { caCertificateTbs, certificateFromTbs, certificateToPem, createCaCertificate, generateKeyPairFor, parseCertificate, spkiDer, type ParsedCertificate } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, generateKeyPairFor, parseCertificate, spkiDer, type ParsedCertificate } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { ManualClock } from './support/manual-clock.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
-import { initSoftHsmToken, type SoftHsmToken } from './support/softhsm.js';
+import { initSoftHsmToken, makeTokenRoot, type SoftHsmToken } from './support/softhsm.js';
 
 const SPIFFE = 'spiffe://cluster.local/ns/default/sa/httpbin';
 const ROOT_LABEL = 'meshca-root';
@@ -82,21 +81,9 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
     bearer = await kube.mintToken({ namespace: 'default', serviceAccount: 'httpbin', ttlSeconds: 3600 });
     csrPem = opensslKeyAndCsr(token.dir, 'workload', { spiffeId: SPIFFE }).csrPem;
     // The CA key is made in the token, and its self-signed root signed there (what `meshca cacerts root --pkcs11-*` does).
+    rootPem = await makeTokenRoot(token, ROOT_LABEL, 'ec-p256');
+    rootPublicSpki = new X509Certificate(rootPem).publicKey.export({ format: 'der', type: 'spki' });
     process.env.MESHCA_TEST_PIN = token.pin;
-    const config = { modulePath: token.module, tokenLabel: token.label, pinEnv: 'MESHCA_TEST_PIN' };
-    await generatePkcs11KeyPair({ ...config, keyLabel: ROOT_LABEL, keyIdHex: '0a', spec: 'ec-p256' });
-    const key = await openPkcs11Key({ ...config, keyLabel: ROOT_LABEL });
-    try {
-      const now = Date.now();
-      const { tbs, profile } = caCertificateTbs(
-        { subject: { organization: 'cluster.local', commonName: 'meshca HSM root' }, subjectKey: key.publicKey, notBefore: new Date(now - 3600_000), notAfter: new Date(now + 30 * 86400_000) },
-        key.publicKey,
-      );
-      rootPem = certificateToPem(certificateFromTbs(tbs, profile.algorithmIdentifier, await key.sign(profile.hash, tbs)));
-      rootPublicSpki = key.publicKey.export({ format: 'der', type: 'spki' });
-    } finally {
-      key.close();
-    }
     writeFileSync(path.join(token.dir, 'root-cert.pem'), rootPem);
   });
 
