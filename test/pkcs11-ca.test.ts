@@ -20,7 +20,7 @@ import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from '
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { ManualClock } from './support/manual-clock.js';
-import { opensslVerifyResponseChain } from './support/openssl.js';
+import { opensslText, opensslVerifyResponseChain } from './support/openssl.js';
 import { initSoftHsmToken, makeTokenRoot, type SoftHsmToken } from './support/softhsm.js';
 
 const SPIFFE = 'spiffe://cluster.local/ns/default/sa/httpbin';
@@ -253,5 +253,25 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
       key.close();
     }
   });
-});
 
+  test('intermediate mode with RSA-3072 and P-384 token keys: intermediates and leaves that openssl verifies', async () => {
+    for (const spec of ['rsa-3072', 'ec-p384'] as const) {
+      const label = `root-${spec}`;
+      const pem = await makeTokenRoot(token, label, spec);
+      const key = await openPkcs11Key({ modulePath: token.module, tokenLabel: token.label, keyLabel: label, pinEnv: 'MESHCA_TEST_PIN' });
+      const root = parseCertificate(new X509Certificate(pem).raw);
+      const signer = await new HsmIntermediateSource({ key, certificate: root, chain: [], roots: [root], keySpec: 'ec-p256', ttlSeconds: 3600, trustDomain: 'cluster.local', logger }).open();
+      try {
+        const leafKey = generateKeyPairFor('ec-p256');
+        const signed = signer.sign({ csrPem: '', spkiDer: spkiDer(leafKey.publicKey), uris: [SPIFFE], ttlSeconds: 600 });
+        assert.equal(signed.chain.length, 3);
+        const verified = opensslVerifyResponseChain(signed.chain);
+        assert.ok(verified.ok, `${spec}: ${verified.output}`);
+        assert.match(opensslText(signed.chain[1]!), spec === 'rsa-3072' ? /Signature Algorithm: sha256WithRSAEncryption/ : /Signature Algorithm: ecdsa-with-SHA384/);
+      } finally {
+        await signer.close();
+        key.close();
+      }
+    }
+  });
+});
