@@ -163,7 +163,7 @@ describe('PKCS#11 direct mode: workload certificates signed in the token', () =>
     );
   });
 
-  test('a wrong signature from the token is withheld by the final check; a token that does not sign is UNAVAILABLE', async () => {
+  test('a wrong signature from the token is withheld by the final check; a token that does not sign is UNAVAILABLE, or keeps the code of a CaError from the key', async () => {
     const key = tokenKey('p256');
     const root = await tokenRoot(key, 'HSM p256 faults');
     // A token that signs something else than it was given: the CA's own verification of every leaf catches it.
@@ -187,6 +187,12 @@ describe('PKCS#11 direct mode: workload certificates signed in the token', () =>
     await assert.rejects(
       authorityOver(new Pkcs11DirectSigner({ key: failing, certificate: root, chain: [], roots: [root] })).issue(request),
       unavailable(/^PKCS#11: the token did not sign: CKR_DEVICE_REMOVED$/),
+    );
+    // A CaError from the key keeps its code: a refused signature is not an outage.
+    const refusing: TokenKey = { publicKey: key.publicKey, sign: () => Promise.reject(new CaError('CERT_GEN_ERROR', 'PKCS#11: signing failed (CKR_MECHANISM_INVALID)')) };
+    await assert.rejects(
+      authorityOver(new Pkcs11DirectSigner({ key: refusing, certificate: root, chain: [], roots: [root] })).issue(request),
+      (error: unknown) => error instanceof CaError && error.code === 'CERT_GEN_ERROR' && error.message === 'PKCS#11: signing failed (CKR_MECHANISM_INVALID)',
     );
   });
 });

@@ -68,7 +68,8 @@ export class Pkcs11DirectSigner implements WorkloadSigner {
 
   /**
    * Builds the TBSCertificate, has the token sign it and returns [leaf, signing cert and intermediates, roots].
-   * A token that does not sign is UPSTREAM_UNAVAILABLE (gRPC UNAVAILABLE): the caller retries later.
+   * A token that does not sign is UPSTREAM_UNAVAILABLE (gRPC UNAVAILABLE), unless the key threw a CaError of
+   * its own, which is passed on as it is.
    */
   async sign(request: WorkloadSignRequest): Promise<SignedChain> {
     if (this.closed) throw new CaError('CA_NOT_READY', 'the PKCS#11 signer is closed');
@@ -129,13 +130,22 @@ export class Pkcs11DirectSigner implements WorkloadSigner {
     this.listeners.clear();
   }
 
+  /**
+   * A CaError from the key keeps its code (a key that tells an outage, UNAVAILABLE, from a refused signature,
+   * CERT_GEN_ERROR); anything else the token threw is UPSTREAM_UNAVAILABLE, its message cut to one line.
+   */
   private signingFailed(error: unknown): CaError {
-    const reason = (error instanceof Error ? error.message : String(error)).split('\n')[0]!;
-    const message = reason.startsWith('PKCS#11') ? reason : `PKCS#11: the token did not sign: ${reason}`;
+    let failure: CaError;
+    if (error instanceof CaError) {
+      failure = error;
+    } else {
+      const reason = (error instanceof Error ? error.message : String(error)).split('\n')[0]!;
+      failure = new CaError('UPSTREAM_UNAVAILABLE', reason.startsWith('PKCS#11') ? reason : `PKCS#11: the token did not sign: ${reason}`, { cause: error });
+    }
     if (!this.failing) {
       this.failing = true;
-      this.logger?.warn({ err: message }, 'the PKCS#11 token does not sign; workload certificates are refused with UNAVAILABLE until it does');
+      this.logger?.warn({ err: failure.message, code: failure.code }, 'the PKCS#11 token does not sign; workload certificates are refused until it does');
     }
-    return new CaError('UPSTREAM_UNAVAILABLE', message, { cause: error });
+    return failure;
   }
 }
