@@ -16,7 +16,7 @@ import { HsmIntermediateSource } from '../src/ca/sources/pkcs11/intermediate.js'
 import { openPkcs11Key, RECONNECT_BACKOFF_MS, type Pkcs11Key } from '../src/ca/sources/pkcs11/pkcs11-key.js';
 import { createLogger } from '../src/log.js';
 import { certificateToPem, createCaCertificate, generateKeyPairFor, parseCertificate, spkiDer, type ParsedCertificate } from '../src/pki/index.js';
-import { caClient, createCertificate, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
+import { caClient, createCertificate, metricValue, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { ManualClock } from './support/manual-clock.js';
@@ -159,6 +159,10 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
       'signing after the token came back',
     );
     assert.ok(opensslVerifyResponseChain(back).ok);
+    // The token's signatures and its outage are counted.
+    const metrics = await (await fetch(`http://${String(ca.ready.monitoringAddress)}/metrics`)).text();
+    assert.ok(metricValue(metrics, 'meshca_pkcs11_sign_duration_seconds_count', { result: 'ok' }) >= 2, 'signatures counted');
+    assert.ok(metricValue(metrics, 'meshca_pkcs11_sign_duration_seconds_count', { result: 'unavailable' }) >= 1, 'the outage counted');
   });
 
   test('start-up errors are one line each: wrong PIN, no such key, a certificate of another key, no such module', async () => {

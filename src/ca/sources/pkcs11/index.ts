@@ -13,7 +13,7 @@ import { CaConfigError } from '../../errors.js';
 import type { WorkloadSigner } from '../../signer.js';
 import type { KeySourceContext, KeySourcePlugin } from '../types.js';
 import { PKCS11_ENV_ONLY, PKCS11_FLAGS, readPkcs11Config, type Pkcs11SourceConfig } from './config.js';
-// TEMP-DIRECT import { Pkcs11DirectSigner } from './direct.js';
+import { Pkcs11DirectSigner } from './direct.js';
 import { HsmIntermediateSource } from './intermediate.js';
 import { tokenSignObserver } from './metrics.js';
 import { openPkcs11Key, type Pkcs11Key } from './pkcs11-key.js';
@@ -71,7 +71,7 @@ async function openPkcs11Signer(config: Pkcs11SourceConfig, trustDomain: string,
       context.logger.warn({ key: key.facts.label }, 'the PKCS#11 key can leave the token (extractable or not sensitive), accepted because of --pkcs11-allow-extractable');
     }
     if (config.mode === 'direct') {
-      const signer: WorkloadSigner = ((): WorkloadSigner => { throw new Error('TEMP-DIRECT'); })(); // Pkcs11DirectSigner.open({ key, certificate, chain, roots, ...(context.now ? { now: context.now } : {}) });
+      const signer = new Pkcs11DirectSigner({ key, certificate, chain, roots, logger: context.logger, ...(context.now ? { now: context.now } : {}) });
       context.logger.info({ source: 'pkcs11', mode: 'direct', key: key.facts.label, issuer: certificate.subject }, 'signing every workload certificate inside the PKCS#11 token (direct mode)');
       return withKeyClosed(signer, key);
     }
