@@ -151,14 +151,14 @@ export function renderMarkdown(results: BenchResults): string {
   if (results.pkcs11) {
     const p = results.pkcs11;
     out.push('', `**6. CA key in a PKCS#11 token** — SoftHSM2, P-256, \`meshca ca --workers ${p.workers}\`, concurrency ${p.concurrency}, the same load for each row; token time from \`meshca_pkcs11_sign_duration_seconds\``, '');
-    out.push(table(['key source', 'certs/s', 'vs in-memory', 'p50 ms', 'p99 ms', 'server CPU ms / cert', 'token signatures', 'token ms / signature', 'token share of server CPU', 'errors'],
+    out.push(table(['key source', 'certs/s', 'vs in-memory', 'p50 ms', 'p99 ms', 'server CPU ms / cert', 'token signatures', 'token wall ms / signature', 'token share of server CPU (est.)', 'errors'],
       p.rows.map((r) => {
         const memory = p.rows.find((m) => m.mode === 'in-memory')!;
         return [r.mode, int(r.certsPerSecond), ratio(r.certsPerSecond / memory.certsPerSecond), ms(r.p50Ms), ms(r.p99Ms), fixed(r.serverCpuMsPerCert, 3),
           r.tokenSignatures === null ? '—' : int(r.tokenSignatures), r.tokenMsPerSignature === null ? '—' : fixed(r.tokenMsPerSignature, 3),
           r.tokenShareOfServerCpu === null ? '—' : `${Math.round(r.tokenShareOfServerCpu * 100)}%`, r.errors === 0 ? '0' : int(r.errors)];
       })));
-    out.push('', 'Intermediate mode: the token signs one intermediate when the CA starts (and at each renewal), so its row should match in-memory signing. Direct mode: every certificate is signed in the token; SoftHSM2 signs on the server\'s own thread pool, so the token share is of the same CPU (a network HSM adds a round trip per certificate instead).');
+    out.push('', 'Intermediate mode: the token signs one intermediate when the CA starts (and at each renewal), so its row should match in-memory signing. Direct mode: every certificate is signed in the token, and with `--workers` every request is forwarded to the primary process that holds the token session. SoftHSM2 signs on the server\'s own thread pool, so its CPU is inside the server\'s: its share is estimated as direct mode\'s CPU per certificate beyond intermediate mode\'s, over direct mode\'s. Token wall time includes waiting for one of its 4 sessions. A network HSM adds a round trip per signature instead.');
   }
   out.push('', '**Targets**', '');
   out.push(table(['target', 'goal', 'measured', 'met'], results.targets.map((t) => [t.description, t.target, t.measured ?? 'not run',
