@@ -40,6 +40,7 @@ import {
   type ParsedCertificate,
 } from '../pki/index.js';
 import { ensurePrivateDirectory, fileExists, writeFileAtomic } from '../util/fs.js';
+import { shellQuote as q } from '../util/shell.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 const ROOT_FILES = { cert: 'root-cert.pem', key: 'root-key.pem' } as const;
@@ -398,7 +399,7 @@ export function registerCacertsCommand(program: Command): void {
   addPkcs11Options(root, 'root').action(async (options: RootOptions) => {
     const result = await createRootCa(options);
     const next = result.inToken
-      ? `meshca cacerts intermediate --root ${options.out} --out <dir> --cluster <name> --pkcs11-module ${options.pkcs11Module} --pkcs11-token-label ${options.pkcs11TokenLabel} --root-pkcs11-key-label ${options.pkcs11KeyLabel}`
+      ? `meshca cacerts intermediate --root ${q(options.out)} --out <dir> --cluster <name> --pkcs11-module ${q(options.pkcs11Module!)} --pkcs11-token-label ${q(options.pkcs11TokenLabel!)} --root-pkcs11-key-label ${q(options.pkcs11KeyLabel!)}`
       : `meshca cacerts intermediate --root ${options.out} --out <dir> --cluster <name>`;
     process.stdout.write(
       [
@@ -422,7 +423,7 @@ export function registerCacertsCommand(program: Command): void {
     .action(async (options: IntermediateOptions) => {
       const result = await createIntermediateCa(options);
       const next = result.inToken
-        ? `meshca ca --ca-source pkcs11 --pkcs11-module ${options.pkcs11Module} --pkcs11-token-label ${options.pkcs11TokenLabel} --pkcs11-key-label ${options.pkcs11KeyLabel} --pkcs11-cert ${path.join(result.dir, 'cert-chain.pem')} --pkcs11-roots ${path.join(result.dir, 'root-cert.pem')}`
+        ? `meshca ca --ca-source pkcs11 --pkcs11-module ${q(options.pkcs11Module!)} --pkcs11-token-label ${q(options.pkcs11TokenLabel!)} --pkcs11-key-label ${q(options.pkcs11KeyLabel!)} --pkcs11-cert ${q(path.join(result.dir, 'cert-chain.pem'))} --pkcs11-roots ${q(path.join(result.dir, 'root-cert.pem'))}`
         : `kubectl create secret generic cacerts -n istio-system --from-file=${result.dir}`;
       process.stdout.write(
         [
