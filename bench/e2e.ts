@@ -67,6 +67,8 @@ export interface ApiServerResult {
 export interface CaProcess {
   pid: number;
   grpcAddress: string;
+  /** host:port of /metrics. */
+  monitoringAddress: string;
   rootCertPem: string;
   rootCertFile: string;
   logFile: string;
@@ -76,6 +78,7 @@ export interface CaProcess {
 interface LogLine {
   msg?: string;
   grpcAddress?: string;
+  monitoringAddress?: string;
 }
 
 function readLogLines(file: string): LogLine[] {
@@ -122,7 +125,7 @@ export function spawnLogged(script: string, args: string[], logFile: string, env
 
 let caStarts = 0;
 /** Distinct workloads (service accounts, tokens) calling the CA in part 3. */
-const WORKLOADS = 100;
+export const WORKLOADS = 100;
 
 /** Extra node flags for the measured server, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile it. */
 export function serverNodeArgs(): string[] {
@@ -138,6 +141,8 @@ export interface CaProcessOptions {
   prototypeThreads?: number;
   /** `--workers` of `meshca ca` (default 1). */
   workers?: number;
+  /** Another key source than the self-signed root: its flags, its environment and the root file clients trust. */
+  keySource?: { args: string[]; env: NodeJS.ProcessEnv; rootCertFile: string };
 }
 
 let rateLimitFlag: string[] | undefined;
@@ -170,7 +175,7 @@ export async function startCaProcess(options: CaProcessOptions): Promise<CaProce
   const stateDir = path.join(options.dir, name);
   const logFile = path.join(options.dir, `${name}.log`);
   const args = [
-    '--ca-source', 'self-signed',
+    ...(options.keySource?.args ?? ['--ca-source', 'self-signed']),
     '--ca-key-type', CA_KINDS[options.kind].keySpec,
     '--state-dir', stateDir,
     '--grpc-addr', '127.0.0.1:0',
@@ -183,7 +188,7 @@ export async function startCaProcess(options: CaProcessOptions): Promise<CaProce
   ];
   const child =
     options.prototypeThreads === undefined
-      ? spawnLogged(CLI, ['ca', ...args], logFile, {}, serverNodeArgs())
+      ? spawnLogged(CLI, ['ca', ...args], logFile, options.keySource?.env ?? {}, serverNodeArgs())
       : spawnLogged(fileURLToPath(new URL('./proto-ca.ts', import.meta.url)), args, logFile, { MESHCA_BENCH_SIGNING_THREADS: String(options.prototypeThreads) }, [
           '--import',
           'tsx',
@@ -192,11 +197,13 @@ export async function startCaProcess(options: CaProcessOptions): Promise<CaProce
   try {
     const ready = await waitForLogLine(child, logFile, /^CA server ready$/, '`meshca ca`');
     if (!ready.grpcAddress) throw new Error('`meshca ca` logged "CA server ready" without grpcAddress');
+    const rootCertFile = options.keySource?.rootCertFile ?? path.join(stateDir, 'root-cert.pem');
     return {
       pid: child.pid!,
       grpcAddress: ready.grpcAddress,
-      rootCertPem: readFileSync(path.join(stateDir, 'root-cert.pem'), 'utf8'),
-      rootCertFile: path.join(stateDir, 'root-cert.pem'),
+      monitoringAddress: ready.monitoringAddress ?? '',
+      rootCertPem: readFileSync(rootCertFile, 'utf8'),
+      rootCertFile,
       logFile,
       stop: () => stopChild(child),
     };
@@ -215,7 +222,7 @@ export async function startEchoProcess(dir: string): Promise<CaProcess> {
     if (!ready.grpcAddress || !ready.rootCertPem) throw new Error('the echo server did not say where it listens');
     const rootCertFile = path.join(dir, `echo-${caStarts}-root.pem`);
     writeFileSync(rootCertFile, ready.rootCertPem);
-    return { pid: child.pid!, grpcAddress: ready.grpcAddress, rootCertPem: ready.rootCertPem, rootCertFile, logFile, stop: () => stopChild(child) };
+    return { pid: child.pid!, grpcAddress: ready.grpcAddress, monitoringAddress: '', rootCertPem: ready.rootCertPem, rootCertFile, logFile, stop: () => stopChild(child) };
   } catch (error) {
     await stopChild(child);
     throw error;
@@ -303,7 +310,7 @@ export interface E2eOptions {
 }
 
 /** A load generator calling `server` with the workloads' pre-made CSRs and tokens. */
-function loadgenAgainst(server: CaProcess, workloads: Workloads, dir: string): Promise<Loadgen> {
+export function loadgenAgainst(server: CaProcess, workloads: Workloads, dir: string): Promise<Loadgen> {
   return startLoadgen(
     { address: server.grpcAddress, rootCertPem: server.rootCertPem, serverName: SERVER_NAME, serverPid: server.pid, clusterId: CLUSTER_ID },
     workloads.requests,

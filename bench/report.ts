@@ -5,8 +5,9 @@ import type { CoreKindResult } from './core.js';
 import type { PartContention } from './contention.js';
 import type { ApiServerResult, E2eKindResult } from './e2e.js';
 import type { LimitResult } from './limit.js';
+import type { Pkcs11Result } from './pkcs11.js';
 
-export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent'] as const;
+export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11'] as const;
 export type PartName = (typeof PART_NAMES)[number];
 
 /** A part whose command is not in this build: reported, but not a failure of the benchmark. */
@@ -53,6 +54,7 @@ export interface BenchResults {
   e2e?: E2eKindResult[];
   apiserver?: ApiServerResult;
   agent?: AgentResult;
+  pkcs11?: Pkcs11Result;
   targets: TargetResult[];
   /** Parts that could not run, and why. */
   problems: PartProblem[];
@@ -145,6 +147,18 @@ export function renderMarkdown(results: BenchResults): string {
         r.rotationSeconds === null ? 'n/a' : `${fixed(r.rotationSeconds, 2)}${r.rotatedStreams !== null && r.rotatedStreams < r.streams ? ` (only ${r.rotatedStreams} of ${r.streams} streams)` : ''}`,
         String(r.errors)])));
     out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL).');
+  }
+  if (results.pkcs11) {
+    const p = results.pkcs11;
+    out.push('', `**6. CA key in a PKCS#11 token** — SoftHSM2, P-256, \`meshca ca --workers ${p.workers}\`, concurrency ${p.concurrency}, the same load for each row; token time from \`meshca_pkcs11_sign_duration_seconds\``, '');
+    out.push(table(['key source', 'certs/s', 'vs in-memory', 'p50 ms', 'p99 ms', 'server CPU ms / cert', 'token signatures', 'token ms / signature', 'token share of server CPU', 'errors'],
+      p.rows.map((r) => {
+        const memory = p.rows.find((m) => m.mode === 'in-memory')!;
+        return [r.mode, int(r.certsPerSecond), ratio(r.certsPerSecond / memory.certsPerSecond), ms(r.p50Ms), ms(r.p99Ms), fixed(r.serverCpuMsPerCert, 3),
+          r.tokenSignatures === null ? '—' : int(r.tokenSignatures), r.tokenMsPerSignature === null ? '—' : fixed(r.tokenMsPerSignature, 3),
+          r.tokenShareOfServerCpu === null ? '—' : `${Math.round(r.tokenShareOfServerCpu * 100)}%`, r.errors === 0 ? '0' : int(r.errors)];
+      })));
+    out.push('', 'Intermediate mode: the token signs one intermediate when the CA starts (and at each renewal), so its row should match in-memory signing. Direct mode: every certificate is signed in the token; SoftHSM2 signs on the server\'s own thread pool, so the token share is of the same CPU (a network HSM adds a round trip per certificate instead).');
   }
   out.push('', '**Targets**', '');
   out.push(table(['target', 'goal', 'measured', 'met'], results.targets.map((t) => [t.description, t.target, t.measured ?? 'not run',

@@ -181,6 +181,13 @@ export function evaluateTargets(results: BenchResults): TargetResult[] {
     measured: agent500 ? `${agent500.rssPerStreamKiB.toFixed(1)} KiB` : null,
     met: agent500 ? agent500.rssPerStreamKiB < 50 : null,
   });
+  const pkcs11 = results.pkcs11;
+  targets.push({
+    description: 'PKCS#11 intermediate mode vs the in-memory key source, P-256, concurrency 64',
+    target: '>= 0.9x the in-memory certs/s',
+    measured: pkcs11 ? `${pkcs11.intermediateRatio.toFixed(2)}x` : null,
+    met: pkcs11 ? pkcs11.intermediateRatio >= 0.9 : null,
+  });
   return targets;
 }
 
@@ -264,10 +271,10 @@ async function main(): Promise<number> {
       results.core = core;
     });
 
-    const needsServer = parts.includes('e2e') || parts.includes('apiserver') || parts.includes('agent');
+    const needsServer = parts.includes('e2e') || parts.includes('apiserver') || parts.includes('agent') || parts.includes('pkcs11');
     const caBuilt = existsSync(path.join(REPO_ROOT, 'dist/commands/ca.js'));
     if (needsServer && !caBuilt) {
-      for (const part of ['e2e', 'apiserver', 'agent'] as const) {
+      for (const part of ['e2e', 'apiserver', 'agent', 'pkcs11'] as const) {
         if (parts.includes(part)) results.problems.push({ part, message: '`meshca ca` is not in this build (dist/commands/ca.js is missing)' });
       }
     } else if (needsServer) {
@@ -314,6 +321,10 @@ async function main(): Promise<number> {
             throw new PartUnavailable('`meshca agent` is not in this build (dist/commands/agent.js is missing)');
           }
           results.agent = await runAgentBench({ ...settings.agent, kube, dir: runDir, log });
+        });
+        await attempt('pkcs11', async () => {
+          const { runPkcs11Bench } = await import('./pkcs11.js');
+          results.pkcs11 = await runPkcs11Bench({ kube, dir: runDir, concurrency: 64, warmupSeconds: settings.e2eWarmupSeconds, seconds: settings.e2eSeconds, workers: cores, log });
         });
       } finally {
         await kube.close();

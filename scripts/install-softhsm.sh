@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Makes SoftHSM2 (the PKCS#11 module that meshca's PKCS#11 tests run against) available on Debian/Ubuntu.
-#   - softhsm2-util and the module already present: changes nothing.
-#   - missing and running as root: installs the `softhsm2` package with apt-get, non-interactively.
+# `npm test` runs it first (`pretest`); CI runs `.ci/run` as root on a fresh Debian machine, so this is what
+# installs SoftHSM2 there.
+#   - softhsm2-util and the module already present: changes nothing and prints nothing on stderr.
+#   - missing and running as root: installs the `softhsm2` package with apt-get, non-interactively (apt-get update
+#     first when the package lists do not know it, or when an install from stale lists fails); apt's output goes to
+#     a log that is shown only if the install fails; one line on stderr says what was installed.
 #   - missing and not root: changes nothing, prints the exact command to run and exits 1.
 # On success it prints the module's path (the file to hand to C_Initialize) on stdout, and nothing else there,
 # so `module=$(bash scripts/install-softhsm.sh)` works. MESHCA_SOFTHSM_MODULE, when set, is checked and
-# printed instead of searching. Messages go to stderr. No package other than softhsm2 is installed: the
-# pkcs11js binding's native build needs python3, make and g++, which this script only reports on.
+# printed instead of searching. Messages go to stderr, one line each. No package other than softhsm2 is installed:
+# the pkcs11js binding's native build (`npm ci`) needs python3, make and g++, which this script only reports on.
 set -euo pipefail
 
 say() { echo "install-softhsm: $*" >&2; }
@@ -34,61 +38,69 @@ find_module() {
 
 present() { command -v softhsm2-util >/dev/null 2>&1 && find_module >/dev/null; }
 
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# One line, and never an install: a compiler is more than a test run should put on a machine by itself, and by the
+# time `npm test` runs this, `npm ci` has already needed them.
 report_build_tools() {
-  local missing=()
-  local tool
-  for tool in python3 make g++; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    say "note: the pkcs11js native build (npm install) also needs ${missing[*]}: apt-get install -y python3 make g++"
-  fi
+  local missing="" tool
+  for tool in python3 make g++; do command -v "$tool" >/dev/null 2>&1 || missing="${missing:+$missing, }$tool"; done
+  [ -z "$missing" ] && return 0
+  local sudo=""
+  is_root || sudo="sudo "
+  say "missing $missing: npm ci needs python3, make and g++ to build the native addon pkcs11js; install them with: ${sudo}apt-get install -y python3 make g++"
 }
 
+report_build_tools
+
 if present; then
-  module=$(find_module)
-  say "SoftHSM2 already present: $(command -v softhsm2-util), module $module; nothing to do"
-  report_build_tools
-  echo "$module"
+  find_module
   exit 0
 fi
 
-if [ -n "${MESHCA_SOFTHSM_MODULE:-}" ]; then
-  say "MESHCA_SOFTHSM_MODULE=$MESHCA_SOFTHSM_MODULE is not a file; unset it to search the usual places"
+if [ -n "${MESHCA_SOFTHSM_MODULE:-}" ] && [ ! -f "$MESHCA_SOFTHSM_MODULE" ]; then
+  say "MESHCA_SOFTHSM_MODULE=$MESHCA_SOFTHSM_MODULE is not a file; unset it to search the usual places, or point it at libsofthsm2.so"
   exit 1
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  say "SoftHSM2 is missing and this is not a Debian/Ubuntu system (no apt-get): install SoftHSM2 2.x with the"
-  say "system's package manager and set MESHCA_SOFTHSM_MODULE to its libsofthsm2.so"
+  say "SoftHSM2 is missing and this is not a Debian/Ubuntu system (no apt-get): install SoftHSM2 2.x with the system's package manager and set MESHCA_SOFTHSM_MODULE to its libsofthsm2.so"
   exit 1
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  say "SoftHSM2 is missing and installing it needs root. Run:"
-  say "  sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y softhsm2"
+if ! is_root; then
+  say "SoftHSM2 (softhsm2-util, libsofthsm2.so) is missing and installing it needs root; run: sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y softhsm2"
   exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-# An apt cache that does not know the package yet (a fresh container has empty lists) needs an update first;
-# a known package installs without one, which keeps repeat runs off the network.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Lock::Timeout: on a freshly booted machine apt may still be busy (unattended-upgrades); wait for it rather than fail.
+apt_get() { apt-get -q -o DPkg::Lock::Timeout=300 "$@" >>"$log" 2>&1; }
+install_softhsm() { apt_get install -y --no-install-recommends softhsm2; }
+failed() {
+  say "$1; apt-get's output follows"
+  cat "$log" >&2
+  exit 1
+}
+
+# Lists that do not know the package yet (a fresh machine or container has empty lists) need an update first; a known
+# package installs without one, which keeps repeat runs off the network.
+updated=no
 if ! apt-cache show softhsm2 >/dev/null 2>&1; then
-  say "apt-get update (the package lists do not know softhsm2)"
-  apt-get update -qq >&2
+  apt_get update || failed "apt-get update failed"
+  updated=yes
 fi
-say "apt-get install -y softhsm2"
-if ! apt-get install -y -qq --no-install-recommends softhsm2 >&2; then
+if ! install_softhsm; then
   # Stale lists point at versions the mirror no longer has: refresh once and try again.
-  say "install failed; apt-get update and one more try"
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends softhsm2 >&2
+  [ "$updated" = yes ] && failed "apt-get install -y softhsm2 failed"
+  { apt_get update && install_softhsm; } || failed "apt-get install -y softhsm2 failed, also after apt-get update"
 fi
 
 if ! present; then
-  say "installed softhsm2 but softhsm2-util or libsofthsm2.so is still not found; dpkg -L softhsm2 lists:"
-  dpkg -L softhsm2 libsofthsm2 2>/dev/null | grep -E 'softhsm2-util|\.so' >&2 || true
-  exit 1
+  failed "installed softhsm2, but softhsm2-util or libsofthsm2.so is still not found (set MESHCA_SOFTHSM_MODULE to the module)"
 fi
 module=$(find_module)
-say "installed: $(command -v softhsm2-util), module $module ($(dpkg-query -W -f='${Version}' softhsm2))"
-report_build_tools
+say "installed softhsm2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '(version unknown)') with apt-get: $(command -v softhsm2-util), module $module"
 echo "$module"

@@ -1,5 +1,5 @@
 /**
- * What a deployment installs is `npm ci --omit=dev` (the Dockerfile's runtime stage): every package that src/
+ * What a deployment installs is `npm ci --omit=dev` (the Dockerfile's `deps` stage): every package that src/
  * imports at run time must be in package.json `dependencies`, never only in `devDependencies` (test libraries such
  * as @peculiar/*, fast-check and tsx). The imports are read from the source text, like test/architecture.test.ts
  * reads the relative ones; a type-only import is erased by the compiler and needs nothing at run time.

@@ -12,18 +12,22 @@ import {
   type ParsedCertificate,
 } from '../pki/index.js';
 
-export interface CaMaterial {
-  issuer: LeafIssuer;
-  signingCert: ParsedCertificate;
-  privateKey: KeyObject;
+/** The signing certificate's path to the roots, validated, with the PEMs a response chain is made of. */
+export interface CaChain {
   /** The signing certificate and the intermediates above it, signing cert first; empty when a root signs. */
   chain: ParsedCertificate[];
   /** PEM of each element of `chain`, each ending in "\n". */
   chainPems: string[];
-  /** All trusted roots (the published bundle). */
+  /** All trusted roots (the published bundle), deduplicated. */
   roots: ParsedCertificate[];
   /** The bundle as one PEM text, every root, each block ending in "\n". */
   rootsPem: string;
+}
+
+export interface CaMaterial extends CaChain {
+  issuer: LeafIssuer;
+  signingCert: ParsedCertificate;
+  privateKey: KeyObject;
 }
 
 export interface CaMaterialInput {
@@ -56,12 +60,10 @@ export function dedupeCertificates(certs: readonly ParsedCertificate[]): ParsedC
 }
 
 /**
- * Validates and assembles CA material. Throws PkiError with a reason a human can act on:
- * key/cert mismatch, non-CA signing cert, a chain that does not reach a root, anything expired.
+ * Validates that the signing certificate chains to a root of the bundle (through the given certificates, in any
+ * order) and that no root has expired. Throws PkiError ERR_CHAIN with a reason a human can act on.
  */
-export function buildCaMaterial(input: CaMaterialInput): CaMaterial {
-  const material = { certificate: input.signingCert, privateKey: input.privateKey };
-  assertSigningMaterial(material, 'signing CA certificate');
+export function resolveCaChain(input: Omit<CaMaterialInput, 'privateKey'>): CaChain {
   const now = input.now ?? new Date();
   const roots = dedupeCertificates(input.roots);
   if (roots.length === 0) throw new PkiError('ERR_CHAIN', 'no root certificate was given');
@@ -79,12 +81,24 @@ export function buildCaMaterial(input: CaMaterialInput): CaMaterial {
   }
   const chain = path.slice(0, -1);
   return {
-    issuer: new LeafIssuer(material),
-    signingCert: input.signingCert,
-    privateKey: input.privateKey,
     chain,
     chainPems: chain.map((c) => certificateToPem(c.der)),
     roots,
     rootsPem: roots.map((r) => certificateToPem(r.der)).join(''),
+  };
+}
+
+/**
+ * Validates and assembles CA material. Throws PkiError with a reason a human can act on:
+ * key/cert mismatch, non-CA signing cert, a chain that does not reach a root, anything expired.
+ */
+export function buildCaMaterial(input: CaMaterialInput): CaMaterial {
+  const material = { certificate: input.signingCert, privateKey: input.privateKey };
+  assertSigningMaterial(material, 'signing CA certificate');
+  return {
+    issuer: new LeafIssuer(material),
+    signingCert: input.signingCert,
+    privateKey: input.privateKey,
+    ...resolveCaChain(input),
   };
 }

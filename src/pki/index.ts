@@ -40,10 +40,12 @@ export {
 } from './x509.js';
 export {
   LeafIssuer,
+  LeafTemplate,
   createCaCertificate,
   caCertificateTbs,
   certificateFromTbs,
   assertSigningMaterial,
+  assertCaSigningKey,
   encodeName,
   randomSerial,
   subjectKeyIdFromSpki,
@@ -51,6 +53,7 @@ export {
   type SigningMaterial,
   type LeafRequest,
   type IssuedLeaf,
+  type LeafTbs,
   type CaCertificateOptions,
   type NameAttributes,
 } from './issue.js';

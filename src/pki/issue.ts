@@ -2,6 +2,7 @@
  * Certificate building. `LeafIssuer` is the CA's hot path: everything that does not depend on the request
  * (issuer name, algorithm identifier, constant extensions, the parsed signing KeyObject) is encoded once,
  * and each certificate is written into one buffer around the CSR's own SPKI bytes, plus one `crypto.sign`.
+ * `LeafTemplate` is its first half, the TBSCertificate alone, for keys that sign outside this process.
  */
 import { createHash, randomBytes, randomFillSync, sign, type KeyObject } from 'node:crypto';
 import { signingProfileFor, type SigningProfile } from './algorithms.js';
@@ -122,13 +123,22 @@ export interface SigningMaterial {
 
 /** Checks that the key belongs to the certificate and that the certificate may sign certificates. */
 export function assertSigningMaterial(material: SigningMaterial, what = 'CA certificate'): void {
-  if (!keysMatch(material.privateKey, certificatePublicKey(material.certificate))) {
-    throw new PkiError('ERR_KEY_MISMATCH', `the private key does not match the ${what}`);
+  assertCaSigningKey(material.certificate, material.privateKey, { what });
+}
+
+/**
+ * The same checks for a key held elsewhere (an HSM): `key` may be the public half. `keyName` names the key in
+ * the mismatch message ("the private key", "the token key").
+ */
+export function assertCaSigningKey(certificate: ParsedCertificate, key: KeyObject, names: { what?: string; keyName?: string } = {}): void {
+  const what = names.what ?? 'CA certificate';
+  if (!keysMatch(key, certificatePublicKey(certificate))) {
+    throw new PkiError('ERR_KEY_MISMATCH', `${names.keyName ?? 'the private key'} does not match the ${what}`);
   }
-  if (material.certificate.basicConstraints?.ca !== true) {
+  if (certificate.basicConstraints?.ca !== true) {
     throw new PkiError('ERR_CHAIN', `the ${what} is not a CA certificate (basicConstraints CA:true is missing)`);
   }
-  if (material.certificate.keyUsage && !material.certificate.keyUsage.includes('keyCertSign')) {
+  if (certificate.keyUsage && !certificate.keyUsage.includes('keyCertSign')) {
     throw new PkiError('ERR_CHAIN', `the ${what} lacks keyUsage keyCertSign`);
   }
 }
@@ -151,33 +161,46 @@ export interface IssuedLeaf {
   notAfter: Date;
 }
 
-/** Issues workload certificates with Istio's profile from one signing certificate and key. */
-export class LeafIssuer {
+/** A leaf's TBSCertificate and what its signer needs: the hash to sign it with and the AlgorithmIdentifier inside it. */
+export interface LeafTbs {
+  /** DER TBSCertificate; its signature must be made with `hash` by the key the template was made for. */
+  tbs: Buffer;
+  serialHex: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** The signature AlgorithmIdentifier written in the TBS; the Certificate repeats it (see certificateFromTbs). */
+  algorithmIdentifier: Buffer;
+  hash: SigningProfile['hash'];
+}
+
+/**
+ * The TBSCertificate of workload certificates with Istio's profile, for one issuer certificate and the key that
+ * signs for it. Only the key's type and size count, so its public half is enough: the signature can be made
+ * anywhere (in this process by LeafIssuer, in an HSM through PKCS#11). Everything that does not depend on the
+ * request is encoded once; each TBS is written into one buffer around the CSR's own SPKI bytes.
+ */
+export class LeafTemplate {
   readonly issuerNotAfter: Date;
-  private readonly profile: SigningProfile;
+  readonly profile: SigningProfile;
   private readonly prefix: Buffer;
   private readonly constantExtensions: Buffer;
   private lastValidity: { notBeforeMs: number; notAfterMs: number; der: Buffer } | undefined;
 
-  constructor(private readonly material: SigningMaterial) {
-    const cert = material.certificate;
-    this.profile = signingProfileFor(material.privateKey);
-    this.issuerNotAfter = cert.notAfter;
-    const keyId = cert.subjectKeyId ?? subjectKeyIdFromSpki(cert.spkiDer);
+  /** `signerKey`: the issuer certificate's key, public or private (the caller checks that the two match). */
+  constructor(issuer: ParsedCertificate, signerKey: KeyObject) {
+    this.profile = signingProfileFor(signerKey);
+    this.issuerNotAfter = issuer.notAfter;
+    const keyId = issuer.subjectKeyId ?? subjectKeyIdFromSpki(issuer.spkiDer);
     // Everything between the serial and the validity is fixed: the algorithm and the issuer name.
-    this.prefix = Buffer.concat([this.profile.algorithmIdentifier, cert.subjectDer]);
+    this.prefix = Buffer.concat([this.profile.algorithmIdentifier, issuer.subjectDer]);
     this.constantExtensions = Buffer.concat([LEAF_KEY_USAGE, LEAF_EXT_KEY_USAGE, LEAF_BASIC_CONSTRAINTS, authorityKeyIdExtension(keyId)]);
   }
 
-  get privateKey(): KeyObject {
-    return this.material.privateKey;
-  }
-
   /**
-   * One certificate: the TBSCertificate is sized first and written into a single buffer around the precomputed
-   * parts, then signed once (see bench/NOTES.md for what each step costs).
+   * One TBSCertificate: sized first, then written into a single buffer around the precomputed parts (see
+   * bench/NOTES.md for what each step costs). NotAfter is clamped to the issuer's.
    */
-  issue(request: LeafRequest): IssuedLeaf {
+  build(request: LeafRequest): LeafTbs {
     const now = request.now ?? Date.now();
     const nowSeconds = Math.floor(now / 1000) * 1000;
     const notBeforeMs = nowSeconds - CLOCK_SKEW_GRACE_MS;
@@ -232,9 +255,14 @@ export class LeafIssuer {
     // Every byte of the unzeroed buffer must have been written; a mismatch would be a bug in the sizes above.
     if (at !== tbsLength) throw new PkiError('ERR_DER_ENCODE', `internal error: TBSCertificate is ${at} bytes, expected ${tbsLength}`);
 
-    const der = signTbs(tbs, this.profile, this.material.privateKey);
-    const serialHex = tbs.toString('hex', serialAt, serialAt + SERIAL_BYTES);
-    return { der, serialHex, notBefore: new Date(notBeforeMs), notAfter: new Date(notAfterMs) };
+    return {
+      tbs,
+      serialHex: tbs.toString('hex', serialAt, serialAt + SERIAL_BYTES),
+      notBefore: new Date(notBeforeMs),
+      notAfter: new Date(notAfterMs),
+      algorithmIdentifier: this.profile.algorithmIdentifier,
+      hash: this.profile.hash,
+    };
   }
 
   /** The encoded Validity; the last one is kept because every certificate issued in the same second shares it. */
@@ -244,6 +272,30 @@ export class LeafIssuer {
     const der = sequence(time(new Date(notBeforeMs)), time(new Date(notAfterMs)));
     this.lastValidity = { notBeforeMs, notAfterMs, der };
     return der;
+  }
+}
+
+/** Issues workload certificates with Istio's profile from one signing certificate and key, signed in this process. */
+export class LeafIssuer {
+  readonly template: LeafTemplate;
+
+  constructor(private readonly material: SigningMaterial) {
+    this.template = new LeafTemplate(material.certificate, material.privateKey);
+  }
+
+  get issuerNotAfter(): Date {
+    return this.template.issuerNotAfter;
+  }
+
+  get privateKey(): KeyObject {
+    return this.material.privateKey;
+  }
+
+  /** One certificate: the template's TBSCertificate, signed once with `crypto.sign`. */
+  issue(request: LeafRequest): IssuedLeaf {
+    const leaf = this.template.build(request);
+    const der = certificateFromTbs(leaf.tbs, leaf.algorithmIdentifier, sign(leaf.hash, leaf.tbs, this.material.privateKey));
+    return { der, serialHex: leaf.serialHex, notBefore: leaf.notBefore, notAfter: leaf.notAfter };
   }
 }
 

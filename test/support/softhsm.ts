@@ -7,6 +7,9 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { generatePkcs11KeyPair } from '../../src/ca/sources/pkcs11/keygen.js';
+import { openPkcs11Key } from '../../src/ca/sources/pkcs11/pkcs11-key.js';
+import { caCertificateTbs, certificateFromTbs, certificateToPem, type KeySpec } from '../../src/pki/index.js';
 import { REPO_ROOT, makeTempDir } from './process.js';
 
 let moduleCache: string | undefined;
@@ -54,4 +57,26 @@ export function initSoftHsmToken(label = 'meshca-test', pin = '246813', soPin = 
   });
   process.env.SOFTHSM2_CONF = conf;
   return { module, conf, label, pin, soPin, dir: temp.dir, remove: temp.cleanup };
+}
+
+/**
+ * Makes a CA key pair inside the token (sensitive, never extractable) and its self-signed root certificate, signed
+ * in the token; returns the root's PEM. The key is found later by `label`.
+ */
+export async function makeTokenRoot(token: SoftHsmToken, label: string, spec: KeySpec, days = 30): Promise<string> {
+  const pinEnv = `MESHCA_TEST_PIN_${label.replace(/[^A-Za-z0-9]/g, '_').toUpperCase()}`;
+  process.env[pinEnv] = token.pin;
+  const config = { modulePath: token.module, tokenLabel: token.label, pinEnv };
+  await generatePkcs11KeyPair({ ...config, keyLabel: label, keyIdHex: Buffer.from(label).toString('hex'), spec });
+  const key = await openPkcs11Key({ ...config, keyLabel: label });
+  try {
+    const now = Date.now();
+    const { tbs, profile } = caCertificateTbs(
+      { subject: { organization: 'cluster.local', commonName: `meshca HSM root ${label}` }, subjectKey: key.publicKey, notBefore: new Date(now - 3600_000), notAfter: new Date(now + days * 86400_000) },
+      key.publicKey,
+    );
+    return certificateToPem(certificateFromTbs(tbs, profile.algorithmIdentifier, await key.sign(profile.hash, tbs)));
+  } finally {
+    key.close();
+  }
 }

@@ -17,9 +17,10 @@ import { cacertsSource } from './cacerts/index.js';
 import { selfSignedSource } from './self-signed/index.js';
 import type { CommonKeySourceConfig, KeySourceConfig, KeySourceFlags, KeySourcePlugin } from './types.js';
 import { vaultSource } from './vault/index.js';
+import { pkcs11Source } from './pkcs11/index.js';
 
 /** Every key source; the first is the one used when neither --ca-source nor a plugin's default chooses. */
-export const KEY_SOURCES: readonly KeySourcePlugin[] = [selfSignedSource, cacertsSource, vaultSource];
+export const KEY_SOURCES: readonly KeySourcePlugin[] = [selfSignedSource, cacertsSource, vaultSource, pkcs11Source];
 
 export type { KeySourceConfig, KeySourceFlags, KeySourcePlugin, KeySourceContext, CaStore } from './types.js';
 export { CA_STORES } from './types.js';

@@ -12,13 +12,14 @@ import type { Logger } from '../../log.js';
 import type { KeySpec } from '../../pki/index.js';
 import type { WorkloadSigner } from '../signer.js';
 import type { RotationPolicy } from './self-signed/rotation.js';
+import type { Pkcs11Flags, Pkcs11SourceConfig } from './pkcs11/config.js';
 import type { VaultConfig, VaultFlags } from './vault/vault.js';
 
 export const CA_STORES = ['file', 'kubernetes'] as const;
 export type CaStore = (typeof CA_STORES)[number];
 
 /** Flags of the key-source choice, as commander hands them over (all sources' flags in one object). */
-export interface KeySourceFlags extends VaultFlags {
+export interface KeySourceFlags extends VaultFlags, Pkcs11Flags {
   caSource?: string;
   stateDir?: string;
   caKeyType?: string;
@@ -55,6 +56,8 @@ export interface KeySourceConfig {
   kubeconfigPath?: string;
   /** Present when source is `vault`. */
   vault?: VaultConfig;
+  /** Present when source is `pkcs11`. */
+  pkcs11?: Pkcs11SourceConfig;
 }
 
 /** The settings every source shares, read before the plugins' own. */

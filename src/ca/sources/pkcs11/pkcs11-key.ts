@@ -7,15 +7,15 @@
  * Ecdsa-Sig-Value, RSA as PKCS#1 v1.5 bytes). The token's signing runs on libuv's thread pool (C_SignAsync), so
  * a slow module never stalls the event loop.
  *
- * Foundation only: no key source uses it yet. Still to come (issue 15): login renewal and recovery when the module
- * or token goes away (UNAVAILABLE until it returns), and the key source plugin around it.
+ * When the token goes away (removed, reset, a network HSM unreachable, the login lost), signatures fail with
+ * UPSTREAM_UNAVAILABLE and the key reconnects: it finds the token, logs in again and finds the same key again.
  */
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type * as Pkcs11Js from 'pkcs11js';
 import { nullValue, octetString, oid, sequence, unsignedInteger } from '../../../pki/der.js';
 import { OID } from '../../../pki/oids.js';
-import { CaConfigError } from '../../errors.js';
+import { CaConfigError, CaError } from '../../errors.js';
 import { loadPkcs11Binding, type Pkcs11Binding } from './binding.js';
 
 export type DigestAlgorithm = 'sha256' | 'sha384' | 'sha512';
@@ -37,6 +37,10 @@ export interface Pkcs11KeyConfig {
   maxSessions?: number;
   /** Accept a key that is extractable or not sensitive. Default false: such a key is refused at open. */
   allowExtractable?: boolean;
+  /** The clock (epoch ms) of the reconnection backoff; default Date.now. */
+  now?: () => number;
+  /** Told of every signature the token made or refused, with the seconds it took (for a metric). */
+  observe?: (seconds: number, outcome: 'ok' | 'unavailable' | 'error') => void;
 }
 
 /** What the token says about the private key object. */
@@ -109,6 +113,8 @@ function ckr(binding: Pkcs11Binding, error: unknown): string | undefined {
 interface LoadedModule {
   p11: Pkcs11Js.PKCS11;
   users: number;
+  /** Bumped when the module is initialised again: handles of an earlier epoch mean nothing now. */
+  epoch: number;
 }
 const modules = new Map<string, LoadedModule>();
 
@@ -131,8 +137,30 @@ function acquireModule(binding: Pkcs11Binding, modulePath: string): Pkcs11Js.PKC
     p11.close();
     throw new CaConfigError(`PKCS#11: the module ${modulePath} did not initialise (${ckr(binding, error) ?? String(error)})`, { cause: error });
   }
-  modules.set(modulePath, { p11, users: 1 });
+  modules.set(modulePath, { p11, users: 1, epoch: 0 });
   return p11;
+}
+
+function moduleEpoch(modulePath: string): number {
+  return modules.get(modulePath)?.epoch ?? -1;
+}
+
+/**
+ * C_Finalize and C_Initialize again, which some modules need before a token that went away is seen again
+ * (SoftHSM2 after its token directory returns; network HSM clients after a lost connection). Only for a module
+ * that one key alone uses: every other handle of the process would go with it. Returns whether it happened.
+ */
+function reinitializeModule(binding: Pkcs11Binding, modulePath: string): boolean {
+  const loaded = modules.get(modulePath);
+  if (!loaded || loaded.users !== 1) return false;
+  try {
+    loaded.p11.C_Finalize();
+  } catch {
+    // Already torn down by the failure.
+  }
+  loaded.epoch++;
+  loaded.p11.C_Initialize({ flags: binding.CKF_OS_LOCKING_OK });
+  return true;
 }
 
 function releaseModule(modulePath: string): void {
@@ -146,6 +174,29 @@ function releaseModule(modulePath: string): void {
   }
 }
 
+/**
+ * PKCS#11 return codes after which the key's handle or sessions are gone: the token was removed or reset, the
+ * module lost its connection to a network HSM, or the login ended. The key reconnects (finds the token, logs in
+ * again, finds the key again) before its next signature; until that works, signing is UNAVAILABLE.
+ */
+const LOST = new Set([
+  'CKR_DEVICE_REMOVED',
+  'CKR_DEVICE_ERROR',
+  'CKR_DEVICE_MEMORY',
+  'CKR_TOKEN_NOT_PRESENT',
+  'CKR_TOKEN_NOT_RECOGNIZED',
+  'CKR_SESSION_HANDLE_INVALID',
+  'CKR_SESSION_CLOSED',
+  'CKR_OBJECT_HANDLE_INVALID',
+  'CKR_KEY_HANDLE_INVALID',
+  'CKR_USER_NOT_LOGGED_IN',
+  'CKR_GENERAL_ERROR',
+  'CKR_FUNCTION_FAILED',
+]);
+
+/** How long a failed reconnection is not retried: signatures in between fail at once, without a call to the module. */
+export const RECONNECT_BACKOFF_MS = 1000;
+
 export class Pkcs11Key {
   readonly publicKey: KeyObject;
   readonly facts: Pkcs11KeyFacts;
@@ -154,41 +205,70 @@ export class Pkcs11Key {
   /** Sessions open, idle or signing; the module is released when the key is closed and this reaches 0. */
   private open = 0;
   private closed = false;
+  /** Set when the token stopped answering for the key: the next signature reconnects first. */
+  private lost: string | undefined;
+  /** Bumped at each reconnection; a session of an older generation is closed when it comes back. */
+  private generation = 0;
+  /** Each session's key generation and module epoch. */
+  private readonly sessionOrigin = new WeakMap<Buffer, { generation: number; epoch: number }>();
+  private reconnecting: Promise<void> | undefined;
+  private lastFailedReconnect: { at: number; reason: string } | undefined;
+  private readonly publicSpki: Buffer;
 
   /** Use openPkcs11Key. */
   constructor(
     private readonly binding: Pkcs11Binding,
     private readonly p11: Pkcs11Js.PKCS11,
     private readonly config: Pkcs11KeyConfig,
-    private readonly slot: Buffer,
-    private readonly privateKey: Buffer,
+    private slot: Buffer,
+    private privateKey: Buffer,
     firstSession: Buffer,
     publicKey: KeyObject,
     facts: Pkcs11KeyFacts,
+    private readonly env: NodeJS.ProcessEnv,
   ) {
     this.publicKey = publicKey;
+    this.publicSpki = publicKey.export({ format: 'der', type: 'spki' });
     this.facts = facts;
+    this.adopt(firstSession);
     this.idle.push(firstSession);
-    this.open = 1;
+  }
+
+  /** Whether the key answers (false between losing the token and reconnecting to it). */
+  get available(): boolean {
+    return this.lost === undefined && !this.closed;
   }
 
   /**
    * Signs `data` with the token's key: hashed here with `digestAlgorithm`, the digest signed in the token.
    * Returns the signature as X.509 carries it in a certificate's BIT STRING (ECDSA DER, RSA PKCS#1 v1.5).
+   * Throws CaError UPSTREAM_UNAVAILABLE while the token is gone (it reconnects on a later call).
    */
   async sign(digestAlgorithm: DigestAlgorithm, data: Buffer): Promise<Buffer> {
     const digest = createHash(digestAlgorithm).update(data).digest();
     const rsa = this.facts.kind === 'rsa';
     const input = rsa ? digestInfo(digestAlgorithm, digest) : digest;
     const mechanism = rsa ? this.binding.CKM_RSA_PKCS : this.binding.CKM_ECDSA;
+    if (this.lost !== undefined) await this.reconnect();
     const session = await this.acquire();
+    const handle = this.privateKey;
+    const started = process.hrtime.bigint();
+    const observe = (outcome: 'ok' | 'unavailable' | 'error'): void => this.config.observe?.(Number(process.hrtime.bigint() - started) / 1e9, outcome);
     try {
-      this.p11.C_SignInit(session, { mechanism }, this.privateKey);
+      this.p11.C_SignInit(session, { mechanism }, handle);
       const signature = await this.p11.C_SignAsync(session, input, Buffer.alloc(512));
+      observe('ok');
       return rsa ? Buffer.from(signature) : ecdsaRawToDer(signature);
     } catch (error) {
+      const code = ckr(this.binding, error);
+      const lost = code !== undefined && LOST.has(code);
+      observe(lost ? 'unavailable' : 'error');
+      if (lost) {
+        this.markLost(code, session);
+        throw new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: the token stopped answering for ${this.describe()} (${code}); reconnecting`, { cause: error });
+      }
       // A failed C_Sign ends the operation (PKCS#11 5.13); the session itself stays usable.
-      throw new Error(`PKCS#11: signing with ${this.describe()} failed (${ckr(this.binding, error) ?? String(error)})`, { cause: error });
+      throw new CaError('CERT_GEN_ERROR', `PKCS#11: signing with ${this.describe()} failed (${code ?? String(error)})`, { cause: error });
     } finally {
       this.release(session);
     }
@@ -209,21 +289,111 @@ export class Pkcs11Key {
     return `key ${JSON.stringify(this.facts.label)} (id ${this.facts.idHex || 'none'}) in token ${JSON.stringify(this.config.tokenLabel)}`;
   }
 
+  private now(): number {
+    return this.config.now?.() ?? Date.now();
+  }
+
+  private adopt(session: Buffer): void {
+    this.sessionOrigin.set(session, { generation: this.generation, epoch: moduleEpoch(this.config.modulePath) });
+    this.open++;
+  }
+
+  private current(session: Buffer): boolean {
+    return this.sessionOrigin.get(session)?.generation === this.generation;
+  }
+
+  private markLost(reason: string, session?: Buffer): void {
+    // A failure on a session of an earlier generation belongs to a loss already seen.
+    if (session && !this.current(session)) return;
+    this.lost = reason;
+    this.lastFailedReconnect = undefined;
+    for (const waiter of this.waiting.splice(0)) waiter.reject(new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: ${this.describe()} is unavailable (${reason}); reconnecting`));
+    // Idle sessions belong to the lost login; those signing now are closed when they come back.
+    this.generation++;
+    for (const idle of this.idle.splice(0)) this.closeSession(idle);
+  }
+
+  /**
+   * Finds the token, logs in (the PIN is read again, so a rotated PIN file takes effect here) and finds the key
+   * again, which must be the same key (same public key): another key under the label is refused. At most one
+   * attempt runs at a time, and after a failure none for RECONNECT_BACKOFF_MS.
+   */
+  private reconnect(): Promise<void> {
+    const failed = this.lastFailedReconnect;
+    if (failed && this.now() - failed.at < RECONNECT_BACKOFF_MS) {
+      return Promise.reject(new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: ${this.describe()} is unavailable: ${failed.reason}`));
+    }
+    this.reconnecting ??= (async () => {
+      try {
+        try {
+          this.attach();
+        } catch (error) {
+          // Nothing of this key is in flight (the lost sessions are all back): the module may start over.
+          if (this.open !== 0 || !reinitializeModule(this.binding, this.config.modulePath)) throw error;
+          this.attach();
+        }
+        this.lost = undefined;
+        this.lastFailedReconnect = undefined;
+      } catch (error) {
+        const code = ckr(this.binding, error);
+        const reason = error instanceof CaConfigError ? error.message.replace(/^PKCS#11: /, '') : code ? `the token does not answer (${code})` : (error as Error).message;
+        this.lastFailedReconnect = { at: this.now(), reason };
+        throw new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: ${this.describe()} is unavailable: ${reason}`, { cause: error });
+      }
+    })().finally(() => {
+      this.reconnecting = undefined;
+    });
+    return this.reconnecting;
+  }
+
+  /** Finds the token, opens a session, logs in and finds the same key; on success the session joins the pool. */
+  private attach(): void {
+    const slot = this.p11.C_GetSlotList(true).find((candidate) => this.p11.C_GetTokenInfo(candidate).label.trim() === this.config.tokenLabel);
+    if (!slot) throw new Error(`no token labelled ${JSON.stringify(this.config.tokenLabel)} is present`);
+    const session = this.p11.C_OpenSession(slot, this.binding.CKF_SERIAL_SESSION);
+    try {
+      login(this.binding, this.p11, session, this.config, this.env);
+      const found = locateKey(this.binding, this.p11, this.config, session);
+      if (!found.publicKey.export({ format: 'der', type: 'spki' }).equals(this.publicSpki)) {
+        throw new Error(`the token now holds a different key under ${keyNaming(this.config)}; restart meshca if the key was replaced on purpose`);
+      }
+      this.slot = slot;
+      this.privateKey = found.handle;
+    } catch (error) {
+      try {
+        this.p11.C_CloseSession(session);
+      } catch {
+        // The session went with the failure.
+      }
+      throw error;
+    }
+    this.generation++;
+    this.adopt(session);
+    this.idle.push(session);
+  }
+
   private async acquire(): Promise<Buffer> {
-    if (this.closed) throw new Error(`PKCS#11: ${this.describe()} is closed`);
+    if (this.closed) throw new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: ${this.describe()} is closed`);
     const ready = this.idle.pop();
     if (ready) return ready;
     if (this.open < (this.config.maxSessions ?? 4)) {
       // Sessions of one application share its login: a new session is logged in already.
-      const session = this.p11.C_OpenSession(this.slot, this.binding.CKF_SERIAL_SESSION);
-      this.open++;
+      let session: Buffer;
+      try {
+        session = this.p11.C_OpenSession(this.slot, this.binding.CKF_SERIAL_SESSION);
+      } catch (error) {
+        const code = ckr(this.binding, error) ?? String(error);
+        this.markLost(code);
+        throw new CaError('UPSTREAM_UNAVAILABLE', `PKCS#11: cannot open a session on token ${JSON.stringify(this.config.tokenLabel)} (${code}); reconnecting`, { cause: error });
+      }
+      this.adopt(session);
       return session;
     }
     return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
   }
 
   private release(session: Buffer): void {
-    if (this.closed) {
+    if (this.closed || !this.current(session)) {
       this.closeSession(session);
       return;
     }
@@ -237,12 +407,34 @@ export class Pkcs11Key {
 
   private closeSession(session: Buffer): void {
     this.open--;
-    try {
-      this.p11.C_CloseSession(session);
-    } catch {
-      // Closing a session the token already dropped: nothing left to free.
+    // A handle from before the module was initialised again may now name another session: leave it.
+    if (this.sessionOrigin.get(session)?.epoch === moduleEpoch(this.config.modulePath)) {
+      try {
+        this.p11.C_CloseSession(session);
+      } catch {
+        // Closing a session the token already dropped: nothing left to free.
+      }
     }
     if (this.closed && this.open === 0) releaseModule(this.config.modulePath);
+  }
+}
+
+/** Logs the session's application in as the user; already logged in (another key of this process) is fine. */
+function login(
+  binding: Pkcs11Binding,
+  p11: Pkcs11Js.PKCS11,
+  session: Buffer,
+  config: Pick<Pkcs11KeyConfig, 'tokenLabel' | 'pinFile' | 'pinEnv'>,
+  env: NodeJS.ProcessEnv,
+): void {
+  try {
+    p11.C_Login(session, binding.CKU_USER, readPin(config, env));
+  } catch (error) {
+    if (error instanceof CaConfigError) throw error;
+    const code = ckr(binding, error);
+    if (code === 'CKR_USER_ALREADY_LOGGED_IN') return;
+    const why = code === 'CKR_PIN_INCORRECT' ? 'wrong PIN' : code === 'CKR_PIN_LOCKED' ? 'the PIN is locked' : (code ?? String(error));
+    throw new CaConfigError(`PKCS#11: login to token ${JSON.stringify(config.tokenLabel)} failed: ${why}`, { cause: error });
   }
 }
 
@@ -265,7 +457,7 @@ export async function openTokenSession(
   env: NodeJS.ProcessEnv,
   readWrite = false,
 ): Promise<TokenSession> {
-  const pin = readPin(config, env);
+  readPin(config, env);
   const binding = await loadPkcs11Binding();
   const p11 = acquireModule(binding, config.modulePath);
   let session: Buffer | undefined;
@@ -283,15 +475,7 @@ export async function openTokenSession(
     const slot = p11.C_GetSlotList(true).find((candidate) => p11.C_GetTokenInfo(candidate).label.trim() === config.tokenLabel);
     if (!slot) throw new CaConfigError(`PKCS#11: no token labelled ${JSON.stringify(config.tokenLabel)} in ${config.modulePath}`);
     session = p11.C_OpenSession(slot, binding.CKF_SERIAL_SESSION | (readWrite ? binding.CKF_RW_SESSION : 0));
-    try {
-      p11.C_Login(session, binding.CKU_USER, pin);
-    } catch (error) {
-      const code = ckr(binding, error);
-      if (code !== 'CKR_USER_ALREADY_LOGGED_IN') {
-        const why = code === 'CKR_PIN_INCORRECT' ? 'wrong PIN' : code === 'CKR_PIN_LOCKED' ? 'the PIN is locked' : (code ?? String(error));
-        throw new CaConfigError(`PKCS#11: login to token ${JSON.stringify(config.tokenLabel)} failed: ${why}`, { cause: error });
-      }
-    }
+    login(binding, p11, session, config, env);
     return { binding, p11, slot, session, release };
   } catch (error) {
     release();
@@ -310,17 +494,30 @@ export async function openPkcs11Key(config: Pkcs11KeyConfig, env: NodeJS.Process
   const token = await openTokenSession(config, env);
   try {
     // The key takes the session over (its first pooled one) and releases the module when it closes.
-    return openKeyInSession(token.binding, token.p11, config, token.slot, token.session);
+    const found = locateKey(token.binding, token.p11, config, token.session);
+    return new Pkcs11Key(token.binding, token.p11, config, token.slot, found.handle, token.session, found.publicKey, found.facts, env);
   } catch (error) {
     token.release();
     throw error;
   }
 }
 
-function openKeyInSession(binding: Pkcs11Binding, p11: Pkcs11Js.PKCS11, config: Pkcs11KeyConfig, slot: Buffer, session: Buffer): Pkcs11Key {
-  const what = [config.keyLabel !== undefined ? `label ${JSON.stringify(config.keyLabel)}` : '', config.keyIdHex !== undefined ? `id ${config.keyIdHex}` : '']
+/** "label \"x\" and id 01": how the configuration names the key, for messages. */
+function keyNaming(config: Pick<Pkcs11KeyConfig, 'keyLabel' | 'keyIdHex'>): string {
+  return [config.keyLabel !== undefined ? `label ${JSON.stringify(config.keyLabel)}` : '', config.keyIdHex !== undefined ? `id ${config.keyIdHex}` : '']
     .filter(Boolean)
     .join(' and ');
+}
+
+interface LocatedKey {
+  handle: Buffer;
+  publicKey: KeyObject;
+  facts: Pkcs11KeyFacts;
+}
+
+/** Finds the configured private key in a logged-in session, checks it may be used, and reads its public key. */
+function locateKey(binding: Pkcs11Binding, p11: Pkcs11Js.PKCS11, config: Pkcs11KeyConfig, session: Buffer): LocatedKey {
+  const what = keyNaming(config);
   const naming: Pkcs11Js.Template = [];
   if (config.keyLabel !== undefined) naming.push({ type: binding.CKA_LABEL, value: config.keyLabel });
   if (config.keyIdHex !== undefined) naming.push({ type: binding.CKA_ID, value: Buffer.from(config.keyIdHex, 'hex') });
@@ -372,7 +569,7 @@ function openKeyInSession(binding: Pkcs11Binding, p11: Pkcs11Js.PKCS11, config: 
     if (publics.length !== 1) throw new CaConfigError(`PKCS#11: no single public key object with ${what} beside the private key; its EC point is needed`);
     publicKey = ecPublicKey(curve, read(publics[0]!, binding.CKA_EC_POINT));
   }
-  return new Pkcs11Key(binding, p11, config, slot, privateKey, session, publicKey, facts);
+  return { handle: privateKey, publicKey, facts };
 }
 
 function rsaPublicKey(modulus: Buffer, exponent: Buffer): KeyObject {
