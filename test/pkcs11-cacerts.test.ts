@@ -68,7 +68,8 @@ describe('meshca cacerts with the keys in a PKCS#11 token', () => {
     assert.deepEqual(blocks(read('cluster1', 'cert-chain.pem')), [...blocks(caPem), ...blocks(rootPem)]);
     const verified = opensslVerify(caPem, '', rootPem);
     assert.ok(verified.ok, verified.output);
-    assert.match(opensslText(caPem), /CA:TRUE, pathlen:0/);
+    // pathlen 1: --ca-source pkcs11 in its default intermediate mode puts a short-lived CA below this one.
+    assert.match(opensslText(caPem), /CA:TRUE, pathlen:1/);
 
     // The intermediate's key in a file (today's cacerts Secret), signed by the root key in the token; PIN from a file.
     const pinFile = dir('user.pin');
@@ -82,6 +83,7 @@ describe('meshca cacerts with the keys in a PKCS#11 token', () => {
     assert.equal(statSync(path.join(dir('cluster2'), 'ca-key.pem')).mode & 0o777, 0o600);
     const second = opensslVerify(read('cluster2', 'ca-cert.pem'), '', rootPem);
     assert.ok(second.ok, second.output);
+    assert.match(opensslText(read('cluster2', 'ca-cert.pem')), /CA:TRUE, pathlen:0/);
 
     // The other way round: the root key in root-key.pem (kept offline), the cluster CA's key in the CA host's token.
     const fileRoot = await fileRootRun;

@@ -304,9 +304,11 @@ async function createIntermediateCa(options: IntermediateOptions): Promise<Creat
       await refuseOverwrite(dir, newTokenKey ? shared : ['ca-cert.pem', 'ca-key.pem', 'cert-chain.pem', 'root-cert.pem'], options.force);
       const subject = await newSubjectKey(spec, token && newTokenKey ? { token, name: newTokenKey } : undefined, opened);
       const wanted = new Date(Date.now() + ttlSeconds * 1000);
-      // pathLen 0: the cluster CA signs workloads, never further CAs.
+      // pathLen 0 for a key file: that cluster CA (--ca-source cacerts) signs workloads, never further CAs. A key in
+      // the token is for --ca-source pkcs11, whose default intermediate mode has it sign one short-lived CA below.
+      const pathLen = subject.inToken ? 1 : 0;
       const der = await signIntermediate(
-        { subject: { organization: options.org, commonName: `Intermediate CA ${options.cluster}` }, subjectKey: subject.publicKey, notAfter: wanted, pathLen: 0 },
+        { subject: { organization: options.org, commonName: `Intermediate CA ${options.cluster}` }, subjectKey: subject.publicKey, notAfter: wanted, pathLen },
         root.cert,
         signer,
       );
@@ -386,6 +388,9 @@ function addPkcs11Options(command: Command, what: string): Command {
     .option('--pkcs11-pin-file <path>', `file holding the token's user PIN (default: the PIN from env ${PIN_ENV})`);
 }
 
+/** ` --pkcs11-pin-file FILE` for a copy-paste command when this run read the PIN from a file. */
+const pinFileFlag = (options: Pkcs11Flags): string => (options.pkcs11PinFile !== undefined ? ` --pkcs11-pin-file ${q(options.pkcs11PinFile)}` : '');
+
 export function registerCacertsCommand(program: Command): void {
   const cacerts = program
     .command('cacerts')
@@ -399,7 +404,7 @@ export function registerCacertsCommand(program: Command): void {
   addPkcs11Options(root, 'root').action(async (options: RootOptions) => {
     const result = await createRootCa(options);
     const next = result.inToken
-      ? `meshca cacerts intermediate --root ${q(options.out)} --out <dir> --cluster <name> --pkcs11-module ${q(options.pkcs11Module!)} --pkcs11-token-label ${q(options.pkcs11TokenLabel!)} --root-pkcs11-key-label ${q(options.pkcs11KeyLabel!)}`
+      ? `meshca cacerts intermediate --root ${q(options.out)} --out <dir> --cluster <name> --pkcs11-module ${q(options.pkcs11Module!)} --pkcs11-token-label ${q(options.pkcs11TokenLabel!)} --root-pkcs11-key-label ${q(options.pkcs11KeyLabel!)}${pinFileFlag(options)}`
       : `meshca cacerts intermediate --root ${options.out} --out <dir> --cluster <name>`;
     process.stdout.write(
       [
@@ -423,7 +428,7 @@ export function registerCacertsCommand(program: Command): void {
     .action(async (options: IntermediateOptions) => {
       const result = await createIntermediateCa(options);
       const next = result.inToken
-        ? `meshca ca --ca-source pkcs11 --pkcs11-module ${q(options.pkcs11Module!)} --pkcs11-token-label ${q(options.pkcs11TokenLabel!)} --pkcs11-key-label ${q(options.pkcs11KeyLabel!)} --pkcs11-cert ${q(path.join(result.dir, 'cert-chain.pem'))} --pkcs11-roots ${q(path.join(result.dir, 'root-cert.pem'))}`
+        ? `meshca ca --ca-source pkcs11 --pkcs11-module ${q(options.pkcs11Module!)} --pkcs11-token-label ${q(options.pkcs11TokenLabel!)} --pkcs11-key-label ${q(options.pkcs11KeyLabel!)} --pkcs11-cert ${q(path.join(result.dir, 'cert-chain.pem'))} --pkcs11-roots ${q(path.join(result.dir, 'root-cert.pem'))}${pinFileFlag(options)}`
         : `kubectl create secret generic cacerts -n istio-system --from-file=${result.dir}`;
       process.stdout.write(
         [
