@@ -15,6 +15,7 @@ import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
 import { startCaServer } from '../server/index.js';
 import { ensurePrivateDirectory, writeFileAtomic } from '../util/fs.js';
+import { shellQuote } from '../util/shell.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
@@ -162,10 +163,6 @@ const devAgentComponent: DevComponent = {
 
 /** Components in start order. */
 const DEV_COMPONENTS: DevComponent[] = [devCaComponent, devAgentComponent];
-
-function shellQuote(text: string): string {
-  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
-}
 
 /** The copy-paste example: a token from the dev issuer, a certificate for it, and a look at the result. */
 function exampleCommands(context: DevContext, cli: string): string[] {
