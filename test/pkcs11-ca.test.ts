@@ -15,7 +15,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HsmIntermediateSource } from '../src/ca/sources/pkcs11/intermediate.js';
 import { openPkcs11Key, RECONNECT_BACKOFF_MS, type Pkcs11Key } from '../src/ca/sources/pkcs11/pkcs11-key.js';
 import { createLogger } from '../src/log.js';
-import { certificateToPem, createCaCertificate, generateKeyPairFor, parseCertificate, spkiDer, type ParsedCertificate } from '../src/pki/index.js';
+import { caCertificateTbs, certificateFromTbs, certificateToPem, createCaCertificate, generateKeyPairFor, parseCertificate, spkiDer, type ParsedCertificate } from '../src/pki/index.js';
 import { caClient, createCertificate, metricValue, opensslKeyAndCsr, type CallResult } from './ca-helpers.js';
 import { eventually, expectStartFailure, sleep, startCaProcess, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -118,7 +118,7 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
 
     pullToken();
     try {
-      // The token is needed again only at renewal (16 h away by default): issuance does not notice.
+      // The token is needed again only at renewal (48 h away by default): issuance does not notice.
       const whileAway = assertOk(await call());
       assert.ok(opensslVerifyResponseChain(whileAway).ok);
     } finally {
@@ -165,15 +165,26 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
     assert.ok(metricValue(metrics, 'meshca_pkcs11_sign_duration_seconds_count', { result: 'unavailable' }) >= 1, 'the outage counted');
   });
 
-  test('start-up errors are one line each: wrong PIN, no such key, a certificate of another key, no such module', async () => {
+  test('start-up errors are one line each: wrong PIN, no such key, a certificate of another key, no such module, a pathLen 0 certificate, no such token', async () => {
     const other = generateKeyPairFor('ec-p256');
     const otherCert = certificateToPem(createCaCertificate({ subject: { commonName: 'not the token key' }, subjectKey: other.privateKey, notAfter: new Date(Date.now() + 86400_000) }));
     writeFileSync(path.join(token.dir, 'other-cert.pem'), otherCert);
+    // The token key's own root again, but with pathLen 0: no room for intermediate mode's intermediate below it.
+    const key = await openPkcs11Key({ modulePath: token.module, tokenLabel: token.label, keyLabel: ROOT_LABEL, pinEnv: 'MESHCA_TEST_PIN' });
+    try {
+      const { tbs, profile } = caCertificateTbs({ subject: { commonName: 'pathlen 0 root' }, subjectKey: key.publicKey, notAfter: new Date(Date.now() + 86400_000), pathLen: 0 }, key.publicKey);
+      writeFileSync(path.join(token.dir, 'pathlen0-cert.pem'), certificateToPem(certificateFromTbs(tbs, profile.algorithmIdentifier, await key.sign(profile.hash, tbs))));
+    } finally {
+      key.close();
+    }
     const cases: { args: string[]; env?: NodeJS.ProcessEnv; message: RegExp }[] = [
-      { args: caArgs('intermediate'), env: caEnv('000000'), message: /^meshca: PKCS#11: login to token "meshca-ca" failed: wrong PIN$/ },
       { args: caArgs('intermediate', ['--pkcs11-key-label', 'nope']), message: /^meshca: PKCS#11: no private key with label "nope" in token "meshca-ca"$/ },
       { args: caArgs('direct', ['--pkcs11-cert', path.join(token.dir, 'other-cert.pem')]), message: /does not match the certificate in .*other-cert\.pem \("CN=not the token key"\)/ },
       { args: caArgs('intermediate', ['--pkcs11-module', '/nonexistent/libpkcs11.so']), message: /^meshca: PKCS#11: cannot load the module \/nonexistent\/libpkcs11\.so/ },
+      { args: caArgs('intermediate', ['--pkcs11-cert', path.join(token.dir, 'pathlen0-cert.pem')]), message: /"CN=pathlen 0 root" has pathLen 0, which leaves no room for the intermediate/ },
+      { args: caArgs('intermediate', ['--pkcs11-token-label', 'no-such-token']), message: /^meshca: PKCS#11: no token labelled "no-such-token" in / },
+      // Last: SoftHSM2 rewrites its token file after a failed login, and a process starting meanwhile may not see the token.
+      { args: caArgs('intermediate'), env: caEnv('000000'), message: /^meshca: PKCS#11: login to token "meshca-ca" failed: wrong PIN$/ },
     ];
     for (const { args, env, message } of cases) {
       const { code, stderr } = await expectStartFailure(args, env ?? caEnv());

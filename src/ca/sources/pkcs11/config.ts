@@ -40,9 +40,9 @@ export const PKCS11_FLAGS = {
   },
   pkcs11IntermediateTtl: {
     flags: '--pkcs11-intermediate-ttl <duration>',
-    description: 'intermediate mode: lifetime of the in-memory intermediate; renewed at 2/3, so signing outlasts a token outage of 1/3 of it',
+    description: 'intermediate mode: lifetime of the in-memory intermediate; renewed at 2/3, so signing outlasts a token outage of 1/3 of it; at least 3x the workload certificate TTL, or late leaves are cut short',
     env: ['MESHCA_PKCS11_INTERMEDIATE_TTL'],
-    defaultText: '24h',
+    defaultText: '72h',
   },
   pkcs11AllowExtractable: {
     flags: '--pkcs11-allow-extractable',
@@ -115,7 +115,7 @@ export function readPkcs11Config(flags: Pkcs11Flags, env: Env): Pkcs11SourceConf
     certFile,
     ...(rootsFile !== undefined ? { rootsFile } : {}),
     mode: readEnum(flags.pkcs11Mode, env, sourceOf(P.pkcs11Mode), PKCS11_MODES, 'intermediate'),
-    intermediateTtlSeconds: readDuration(flags.pkcs11IntermediateTtl, env, sourceOf(P.pkcs11IntermediateTtl), 24 * 3600, { min: 60 }),
+    intermediateTtlSeconds: readDuration(flags.pkcs11IntermediateTtl, env, sourceOf(P.pkcs11IntermediateTtl), 72 * 3600, { min: 60 }),
     allowExtractable: readBoolean(flags.pkcs11AllowExtractable, env, sourceOf(P.pkcs11AllowExtractable), false),
   };
 }

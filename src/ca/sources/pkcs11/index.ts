@@ -75,6 +75,16 @@ async function openPkcs11Signer(config: Pkcs11SourceConfig, trustDomain: string,
       context.logger.info({ source: 'pkcs11', mode: 'direct', key: key.facts.label, issuer: certificate.subject }, 'signing every workload certificate inside the PKCS#11 token (direct mode)');
       return withKeyClosed(signer, key);
     }
+    // The intermediate this mode makes is one more CA below every certificate of the chain: a pathLen that
+    // forbids it would let meshca start but fail every issuance's final check.
+    for (const [index, above] of [certificate, ...chain].entries()) {
+      const pathLen = above.basicConstraints?.pathLen;
+      if (pathLen !== undefined && pathLen !== null && pathLen < index + 1) {
+        throw new CaConfigError(
+          `PKCS#11: "${above.subject}" has pathLen ${pathLen}, which leaves no room for the intermediate that --pkcs11-mode intermediate makes below the token key; use --pkcs11-mode direct, or issue the token key's certificate with a larger pathlen (meshca cacerts gives token keys pathlen 1)`,
+        );
+      }
+    }
     const signer = await new HsmIntermediateSource({
       key,
       certificate,

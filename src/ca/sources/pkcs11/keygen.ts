@@ -1,7 +1,7 @@
 /**
  * Makes a CA key pair inside a PKCS#11 token: a token object, private (behind the PIN), sensitive and never
  * extractable, so the private key exists only in the token from its first moment. For `meshca cacerts ...
- * --pkcs11` (still to come) and the tests; the key is then used through openPkcs11Key.
+ * --pkcs11-*` and the tests; the key is then used through openPkcs11Key.
  */
 import type * as Pkcs11Js from 'pkcs11js';
 import { oid } from '../../../pki/der.js';
