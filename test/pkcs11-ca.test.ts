@@ -12,6 +12,7 @@ import { readdirSync, readFileSync, renameSync, statSync, writeFileSync } from '
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { openSigner, readKeySourceConfig } from '../src/ca/sources/index.js';
 import { HsmIntermediateSource } from '../src/ca/sources/pkcs11/intermediate.js';
 import { openPkcs11Key, RECONNECT_BACKOFF_MS, type Pkcs11Key } from '../src/ca/sources/pkcs11/pkcs11-key.js';
 import { createLogger } from '../src/log.js';
@@ -177,21 +178,46 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
     } finally {
       key.close();
     }
+    // Through the built CLI: the line a user sees and the exit code.
     const cases: { args: string[]; env?: NodeJS.ProcessEnv; message: RegExp }[] = [
-      { args: caArgs('intermediate', ['--pkcs11-key-label', 'nope']), message: /^meshca: PKCS#11: no private key with label "nope" in token "meshca-ca"$/ },
-      { args: caArgs('direct', ['--pkcs11-cert', path.join(token.dir, 'other-cert.pem')]), message: /does not match the certificate in .*other-cert\.pem \("CN=not the token key"\)/ },
-      { args: caArgs('intermediate', ['--pkcs11-module', '/nonexistent/libpkcs11.so']), message: /^meshca: PKCS#11: cannot load the module \/nonexistent\/libpkcs11\.so/ },
-      { args: caArgs('intermediate', ['--pkcs11-cert', path.join(token.dir, 'pathlen0-cert.pem')]), message: /"CN=pathlen 0 root" has pathLen 0, which leaves no room for the intermediate/ },
-      { args: caArgs('intermediate', ['--pkcs11-token-label', 'no-such-token']), message: /^meshca: PKCS#11: no token labelled "no-such-token" in / },
+      { args: caArgs('direct', ['--pkcs11-cert', path.join(token.dir, 'other-cert.pem')]), message: /^meshca: PKCS#11: the token key \(ec P-256, label "meshca-root"\) does not match the certificate in .*other-cert\.pem \("CN=not the token key"\)/ },
       // Last: SoftHSM2 rewrites its token file after a failed login, and a process starting meanwhile may not see the token.
       { args: caArgs('intermediate'), env: caEnv('000000'), message: /^meshca: PKCS#11: login to token "meshca-ca" failed: wrong PIN$/ },
     ];
     for (const { args, env, message } of cases) {
       const { code, stderr } = await expectStartFailure(args, env ?? caEnv());
-      assert.notEqual(code, 0);
+      assert.equal(code, 1);
       assert.equal(stderr.split('\n').length, 1, stderr);
       assert.match(stderr, message);
     }
+    // The rest in process, through the same settings reader and key-source opening as `meshca ca`.
+    process.env.MESHCA_PKCS11_PIN = token.pin;
+    const flags = (overrides: Record<string, string>) => ({
+      caSource: 'pkcs11',
+      stateDir: path.join(token.dir, 'state-refusals'),
+      pkcs11Module: token.module,
+      pkcs11TokenLabel: token.label,
+      pkcs11KeyLabel: ROOT_LABEL,
+      pkcs11Cert: path.join(token.dir, 'root-cert.pem'),
+      ...overrides,
+    });
+    const refusals: { overrides: Record<string, string>; message: RegExp }[] = [
+      { overrides: { pkcs11KeyLabel: 'nope' }, message: /^PKCS#11: no private key with label "nope" in token "meshca-ca"$/ },
+      { overrides: { pkcs11Module: '/nonexistent/libpkcs11.so' }, message: /^PKCS#11: cannot load the module \/nonexistent\/libpkcs11\.so/ },
+      { overrides: { pkcs11Cert: path.join(token.dir, 'pathlen0-cert.pem') }, message: /"CN=pathlen 0 root" has pathLen 0, which leaves no room for the intermediate/ },
+      { overrides: { pkcs11TokenLabel: 'no-such-token' }, message: /^PKCS#11: no token labelled "no-such-token" in / },
+    ];
+    for (const { overrides, message } of refusals) {
+      const config = readKeySourceConfig(flags(overrides), { MESHCA_PKCS11_PIN: token.pin });
+      await assert.rejects(openSigner(config, logger), (error: Error) => {
+        assert.equal(error.name, 'CaConfigError');
+        assert.doesNotMatch(error.message, /\n/);
+        assert.match(error.message, message);
+        return true;
+      });
+    }
+    // A setting missing is a usage error, named with its variable.
+    assert.throws(() => readKeySourceConfig(flags({ pkcs11Cert: '' }), { MESHCA_PKCS11_PIN: 'x' }), /--ca-source pkcs11 needs --pkcs11-cert \(or MESHCA_PKCS11_CERT\)/);
   });
 
   test('no trace of the CA key or the PIN: no PEM private key on disk is the token key, and no log line holds the PIN', () => {

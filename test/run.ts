@@ -42,6 +42,7 @@ const LONGEST_FIRST = [
   'ca-server.test.ts',
   'server-identity.test.ts',
   'kube-store.test.ts',
+  'pkcs11-ca.test.ts',
   'security-files.test.ts',
   'manifests.test.ts',
   'ca-dev.test.ts',
