@@ -3,10 +3,12 @@ import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { openSigner } from '../ca/index.js';
+import { startKubernetesPlugins, type RunningKubernetesPlugin } from '../ca/kubernetes/index.js';
 import { addCaServerOptions, assertCanAuthenticate, readCaServerConfig, type CaServerFlags } from '../config/ca.js';
 import { addUnsupportedIstioHelp, UNSUPPORTED_CA_VARIABLES, warnUnsupportedIstioVariables } from '../config/istio-unsupported.js';
 import { createLogger } from '../log.js';
-import { startCaServer } from '../server/index.js';
+import { createAuthority, startCaServer } from '../server/index.js';
+import { loadKubeConfig } from '../kube/config.js';
 import { startCaCluster, WORKER_SLOT_ENV } from '../server/cluster-primary.js';
 import { runCaWorker } from '../server/cluster-worker.js';
 import { exitWhenIdle, waitForShutdownSignal } from '../server/lifecycle.js';
@@ -67,8 +69,27 @@ export function registerCaCommand(program: Command): void {
       await signer.close();
       throw error;
     }
+    let kubernetesPlugins: RunningKubernetesPlugin | undefined;
+    if (config.kubernetesPlugins.length > 0) {
+      try {
+        const kubeConfig = await loadKubeConfig(config.keySource.kubeconfigPath, process.env);
+        kubernetesPlugins = await startKubernetesPlugins(config.kubernetesPlugins, {
+          kubeConfig,
+          signer,
+          authority: createAuthority(config, signer),
+          trustDomain: config.trustDomain,
+          logger,
+          registry,
+        });
+      } catch (error) {
+        await server.close();
+        await signer.close();
+        throw error;
+      }
+    }
     const signal = await waitForShutdownSignal(logger);
     logger.info({ signal, graceSeconds: config.shutdownGraceSeconds }, 'shutting down: refusing new calls, finishing in-flight ones');
+    await kubernetesPlugins?.close();
     await server.close();
     await signer.close();
     logger.info('CA server stopped');

@@ -10,6 +10,7 @@ import { parseJwtRules, type JwtRule } from '../authn/jwt.js';
 import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
 import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
+import { addKubernetesPluginOptions, readKubernetesPlugins, type ConfiguredKubernetesPlugin } from '../ca/kubernetes/index.js';
 import { LOG_LEVELS, type LogFormat } from '../log.js';
 import { addFlag, addLogOptions, collect, longFlag, readLogFormat, readLogLevel, sourceOf, type FlagSpec } from './flags.js';
 import { bad, ConfigError, raw, readAddress, readBoolean, readDuration, readInteger, readList, readString, type Env } from './env.js';
@@ -59,6 +60,8 @@ export interface CaServerConfig {
   workers: number;
   /** Recent CreateCertificate decisions kept in memory for /debug/decisions (per process); 0 keeps none. */
   decisionRecordSize: number;
+  /** The Kubernetes plugins turned on (ca/kubernetes/: CSR signer, ClusterTrustBundle, ...); run by the primary only. */
+  kubernetesPlugins: ConfiguredKubernetesPlugin[];
 }
 
 export interface CaServerFlags extends KeySourceFlags {
@@ -171,6 +174,7 @@ export function addCaServerOptions(command: Command): Command {
   for (const spec of [F.tokenAudiences, F.tokenreviewCacheTtl, F.tokenreviewTimeout, F.maxInflightTokenreviews, F.maxCsrPerIdentityPerMinute]) addFlag(command, spec);
   for (const spec of [F.jwtRule, F.trustedNodeAccounts, F.defaultWorkloadCertTtl, F.maxWorkloadCertTtl, F.workers]) addFlag(command, spec);
   addFlag(command, F.decisionRecordSize);
+  addKubernetesPluginOptions(command);
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);
   // The key-source options may grow a --trust-domain of their own; register it only once.
@@ -295,6 +299,7 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
     logLevel: readLogLevel(flags.logLevel, env),
     logFormat: readLogFormat(flags.logFormat, env),
     keySource,
+    kubernetesPlugins: readKubernetesPlugins(flags as Readonly<Record<string, unknown>>, env),
     workers: readWorkers(flags.workers, env),
     decisionRecordSize: readInteger(flags.decisionRecordSize, env, sourceOf(F.decisionRecordSize), DEFAULT_DECISION_RECORD_SIZE, {
       min: 0,

@@ -169,7 +169,7 @@ export function podCacheOptions(logger: Logger): { onError: (clusterId: string, 
   return { onError: (clusterId, message) => logger.warn({ clusterId, reason: message }, 'pod cache for node impersonation: retrying') };
 }
 
-export { tokenReviewAuthenticator, authenticatorNames } from './assembly.js';
+export { tokenReviewAuthenticator, authenticatorNames, createAuthority } from './assembly.js';
 
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
   const { config, signer, logger } = options;
