@@ -26,7 +26,7 @@ export {
   type NodeCheckRequest,
   type NodeCheckVerdict,
 } from './impersonation.js';
-export { PodCache, podIsLive, systemClock, type CachedPod, type Clock, type PodSource } from './pod-cache.js';
+export { kubePodSource, PodCache, podIsLive, systemClock, whyPodIsNotLive, type CachedPod, type Clock, type PodSource } from './pod-cache.js';
 export { KubeClusters, type KubeCluster } from './kube-clusters.js';
 export * from './types.js';
 

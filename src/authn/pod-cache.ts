@@ -144,6 +144,8 @@ export type PodCacheReadiness = { ready: true } | { ready: false; reason: string
 export class PodCache {
   private readonly byUidIndex = new Map<string, CachedPod>();
   private readonly byNodeIndex = new Map<string, Map<string, CachedPod>>();
+  /** By `namespace/name`: the pod now holding that name. */
+  private readonly byNameIndex = new Map<string, CachedPod>();
   private resourceVersion: string | undefined;
   private synced = false;
   private watching = false;
@@ -226,6 +228,11 @@ export class PodCache {
 
   byUid(uid: string): CachedPod | undefined {
     return this.byUidIndex.get(uid);
+  }
+
+  /** The pod of that name (whatever its UID), if the cache knows one. */
+  byName(namespace: string, name: string): CachedPod | undefined {
+    return this.byNameIndex.get(`${namespace}/${name}`);
   }
 
   /** The pods the cache knows on `node` (live or not). */
@@ -322,6 +329,7 @@ export class PodCache {
   private replaceAll(list: PodList): void {
     this.byUidIndex.clear();
     this.byNodeIndex.clear();
+    this.byNameIndex.clear();
     for (const item of list.items) {
       const pod = cachedPodOf(item);
       if (pod) this.put(pod);
@@ -352,6 +360,7 @@ export class PodCache {
   private put(pod: CachedPod): void {
     this.remove(pod.uid);
     this.byUidIndex.set(pod.uid, pod);
+    this.byNameIndex.set(`${pod.namespace}/${pod.name}`, pod);
     if (pod.nodeName !== undefined) {
       let onNode = this.byNodeIndex.get(pod.nodeName);
       if (!onNode) this.byNodeIndex.set(pod.nodeName, (onNode = new Map()));
@@ -363,6 +372,8 @@ export class PodCache {
     const old = this.byUidIndex.get(uid);
     if (!old) return;
     this.byUidIndex.delete(uid);
+    const nameKey = `${old.namespace}/${old.name}`;
+    if (this.byNameIndex.get(nameKey)?.uid === uid) this.byNameIndex.delete(nameKey);
     if (old.nodeName === undefined) return;
     const onNode = this.byNodeIndex.get(old.nodeName);
     onNode?.delete(uid);

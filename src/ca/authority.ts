@@ -4,7 +4,7 @@
  * the CSR's), the key source's signature, then the final check of what was signed. What `issue` returns is a
  * chain that has passed that check; anything else is a CaError.
  */
-import { isPkiError, parseCsr, verifyCsr, type ParsedCsr, type WorkloadId } from '../pki/index.js';
+import { assertKeyStrength, describeSpki, isPkiError, parseCsr, verifyCsr, type ParsedCsr, type WorkloadId } from '../pki/index.js';
 import { CaError, CsrParseError } from './errors.js';
 import { IssuedChainChecker } from './issued-check.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
@@ -20,7 +20,14 @@ export interface AuthorityOptions {
 }
 
 export interface IssueRequest {
-  csrPem: string;
+  /** The CSR: proof that the caller holds the key. Or, instead, `provenPublicKeyDer`. */
+  csrPem?: string;
+  /**
+   * A SubjectPublicKeyInfo (DER) whose possession was proved another way: Kubernetes checked a PodCertificateRequest's
+   * signature over its pod UID (the pre-1.36 key encoding, which has no CSR). Key sources that forward the CSR
+   * (Vault) cannot sign for it.
+   */
+  provenPublicKeyDer?: Buffer;
   /** The workload identity the caller proved (or was allowed to impersonate); the leaf's only URI SAN. */
   identity: WorkloadId;
   /** validity_duration from the request, in seconds; <= 0 means the default. */
@@ -55,6 +62,18 @@ function checkedCsr(csrPem: string): ParsedCsr {
   } catch (error) {
     if (isPkiError(error)) throw new CsrParseError(`CSR error: ${error.message}`, { cause: error });
     throw error;
+  }
+}
+
+/** A key proved without a CSR: readable and within the key policy; throws CaError CSR_ERROR otherwise. */
+function checkedProvenKey(spkiDer: Buffer | undefined): Buffer {
+  if (!spkiDer) throw new CsrParseError('CSR error: the request has neither a CSR nor a proven public key');
+  try {
+    assertKeyStrength(describeSpki(spkiDer), 'public key');
+    return spkiDer;
+  } catch (error) {
+    if (isPkiError(error)) throw new CsrParseError(`CSR error: ${error.message}`, { cause: error });
+    throw new CsrParseError('CSR error: the public key is not a readable SubjectPublicKeyInfo', { cause: error });
   }
 }
 
@@ -98,21 +117,21 @@ export class CertificateAuthority {
     const wantedTtlSeconds = this.ttlFor(request.requestedTtlSeconds);
     const capped = request.capAtDefaultTtl === true && wantedTtlSeconds > this.options.defaultTtlSeconds;
     const ttlSeconds = capped ? this.options.defaultTtlSeconds : wantedTtlSeconds;
-    const csr = this.checkCsr(request.csrPem);
+    const spkiDer = request.csrPem !== undefined ? this.checkCsr(request.csrPem).spkiDer : checkedProvenKey(request.provenPublicKeyDer);
     const now = this.now();
     const maxNotAfter = this.signer.maxNotAfter();
     if (maxNotAfter && maxNotAfter.getTime() <= now) throw new CaError('CA_NOT_READY', 'CA certificate has expired');
     const bundleBefore = this.signer.trustBundlePem();
     let signed: SignedChain;
     try {
-      signed = await this.signer.sign({ csrPem: request.csrPem, spkiDer: csr.spkiDer, uris: [request.identity.uri], ttlSeconds, now });
+      signed = await this.signer.sign({ csrPem: request.csrPem ?? '', spkiDer, uris: [request.identity.uri], ttlSeconds, now });
     } catch (error) {
       if (error instanceof CaError) throw error;
       throw new CaError('CERT_GEN_ERROR', `failed to sign the certificate: ${(error as Error).message}`, { cause: error });
     }
     this.finalCheck.check(signed, {
       identities: [request.identity.uri],
-      spkiDer: csr.spkiDer,
+      spkiDer,
       // Both bundles: a material swap while the request was signed is not a fault.
       advertisedBundles: [bundleBefore, this.signer.trustBundlePem()],
       signer: this.signer,

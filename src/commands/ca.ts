@@ -3,7 +3,11 @@ import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { openSigner } from '../ca/index.js';
-import { startKubernetesPlugins, type RunningKubernetesPlugin } from '../ca/kubernetes/index.js';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { kubePodSource, PodCache, whyPodIsNotLive } from '../authn/index.js';
+import { startKubernetesPlugins, type PodLookup, type RunningKubernetesPlugin } from '../ca/kubernetes/index.js';
+import { kubeClient } from '../kube/client.js';
+import type { Logger } from '../log.js';
 import { addCaServerOptions, assertCanAuthenticate, readCaServerConfig, type CaServerFlags } from '../config/ca.js';
 import { addUnsupportedIstioHelp, UNSUPPORTED_CA_VARIABLES, warnUnsupportedIstioVariables } from '../config/istio-unsupported.js';
 import { createLogger } from '../log.js';
@@ -38,6 +42,35 @@ function describeStateFailure(error: unknown, stateDir: string): unknown {
   }
 }
 
+/**
+ * The pods the CA's Kubernetes plugins look up: node impersonation's cache of the local cluster when it runs one
+ * (one watch for both), else a cache of their own, whose list and watch start on the first look-up.
+ */
+function pluginPods(shared: PodCache | undefined, kubeConfig: KubeConfig, clusterId: string, logger: Logger): { pods: PodLookup; close(): void } {
+  const cache =
+    shared ??
+    new PodCache({
+      source: kubePodSource(kubeConfig.makeApiClient(kubeClient().CoreV1Api), kubeConfig),
+      clusterId,
+      onError: (message) => logger.warn({ clusterId, reason: message }, 'pod cache for the Kubernetes plugins: retrying'),
+    });
+  return {
+    pods: {
+      whenReady: (timeoutMs) => {
+        cache.start();
+        return cache.whenReady(timeoutMs);
+      },
+      lookup: (namespace, name) => {
+        const pod = cache.byName(namespace, name);
+        return pod && { uid: pod.uid, serviceAccount: pod.serviceAccount, nodeName: pod.nodeName, notLive: whyPodIsNotLive(pod) };
+      },
+    },
+    close: () => {
+      if (!shared) cache.stop();
+    },
+  };
+}
+
 export function registerCaCommand(program: Command): void {
   const command = program
     .command('ca')
@@ -70,9 +103,12 @@ export function registerCaCommand(program: Command): void {
       throw error;
     }
     let kubernetesPlugins: RunningKubernetesPlugin | undefined;
+    let pluginPodCache: { close(): void } | undefined;
     if (config.kubernetesPlugins.length > 0) {
       try {
         const kubeConfig = await loadKubeConfig(config.keySource.kubeconfigPath, process.env);
+        const { pods, close } = pluginPods(server.localPodCache, kubeConfig, config.clusterId, logger);
+        pluginPodCache = { close };
         kubernetesPlugins = await startKubernetesPlugins(config.kubernetesPlugins, {
           kubeConfig,
           signer,
@@ -80,8 +116,10 @@ export function registerCaCommand(program: Command): void {
           trustDomain: config.trustDomain,
           logger,
           registry,
+          pods,
         });
       } catch (error) {
+        pluginPodCache?.close();
         await server.close();
         await signer.close();
         throw error;
@@ -90,6 +128,7 @@ export function registerCaCommand(program: Command): void {
     const signal = await waitForShutdownSignal(logger);
     logger.info({ signal, graceSeconds: config.shutdownGraceSeconds }, 'shutting down: refusing new calls, finishing in-flight ones');
     await kubernetesPlugins?.close();
+    pluginPodCache?.close();
     await server.close();
     await signer.close();
     logger.info('CA server stopped');

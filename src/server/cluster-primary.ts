@@ -13,7 +13,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
-import { PodCaches, type AuthOutcome } from '../authn/index.js';
+import { PodCaches, type AuthOutcome, type PodCache } from '../authn/index.js';
 import type { WorkloadSigner } from '../ca/index.js';
 import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
@@ -49,6 +49,8 @@ export interface CaCluster {
   monitoringAddress: string;
   grpcPort: number;
   monitoringPort: number;
+  /** The local cluster's pod cache, when node impersonation runs one (the CA's Kubernetes plugins share it). */
+  localPodCache?: PodCache;
   close(): Promise<void>;
 }
 
@@ -194,7 +196,8 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
     const monitoringAddress = formatHostPort(config.monitoringAddress.host, monitoringPort);
     logReady(logger, config, signer, { grpcAddress, monitoringAddress, authenticators, workers: slots.length });
     let closed: Promise<void> | undefined;
-    return { grpcAddress, monitoringAddress, grpcPort, monitoringPort, close: () => (closed ??= cleanups.run()) };
+    const localPodCache = podCaches?.cache(config.clusterId);
+    return { grpcAddress, monitoringAddress, grpcPort, monitoringPort, ...(localPodCache ? { localPodCache } : {}), close: () => (closed ??= cleanups.run()) };
   } catch (error) {
     await cleanups.run();
     throw error;

@@ -6,7 +6,7 @@
 import type { AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { KubeClusters, NodeImpersonation, type AuthOutcome, type NodeCheck } from '../authn/index.js';
+import { KubeClusters, NodeImpersonation, type AuthOutcome, type NodeCheck, type PodCache } from '../authn/index.js';
 import { formatSeconds, type CertificateAuthority, type WorkloadSigner } from '../ca/index.js';
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
@@ -68,6 +68,8 @@ export interface CaServer {
   decisions: DecisionRecord;
   /** The TLS serving certificate manager; undefined with --plaintext. */
   servingCertificate(): ServingCertificate | undefined;
+  /** The local cluster's pod cache, when node impersonation runs one (the CA's Kubernetes plugins share it). */
+  localPodCache?: PodCache;
   /** Graceful stop: refuse new calls, wait for in-flight ones up to the grace period, then close. Idempotent. */
   close(): Promise<void>;
 }
@@ -294,6 +296,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       metrics,
       decisions,
       servingCertificate: () => serving,
+      ...(impersonation.podCaches?.cache(config.clusterId) ? { localPodCache: impersonation.podCaches.cache(config.clusterId)! } : {}),
       close: () => (closing ??= cleanups.run()),
     };
   } catch (error) {

@@ -28,6 +28,8 @@
  *  - Fault/observation knobs: `state.down` (drops every connection), `state.delayMs`, `state.requests`,
  *    `state.tokenReviewCount`, `state.forbidden` ("<verb> <resource>" ⇒ 403), `state.closeWatches()`.
  *
+ *  - `certificates.k8s.io` PodCertificateRequests: see kube-pcr.ts (`podCertificateRequests(state)`).
+ *
  * Deliberately not implemented: RBAC evaluation (only the explicit forbid knobs), other API groups/resources,
  * server-side apply, pagination (`limit`/`continue` are ignored: lists are always complete), watch bookmarks,
  * protobuf/CBOR, the automatic `kube-root-ca.crt` ConfigMaps, admission, finalizers / graceful deletion,
@@ -42,6 +44,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as jose from 'jose';
 import { closeServer, isRecord, listen, readBody, sendJson, sendRaw, sleep, SocketTracker } from './http-util.js';
+import { routePodCertificateRequests } from './kube-pcr.js';
 import { makeServerTls, type CryptoKey } from './pki.js';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1290,6 +1293,7 @@ async function route(state: KubeStandinState, req: IncomingMessage, res: ServerR
     return;
   }
 
+  if (await routePodCertificateRequests(state, req, res, url, user)) return;
   let segs = path.split('/').filter(Boolean);
   if (segs[0] !== 'api' || segs[1] !== 'v1') {
     throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});

@@ -4,11 +4,12 @@
  */
 import type { Command } from 'commander';
 import type { Env } from '../../config/env.js';
+import { podCertificatesPlugin } from './pod-certificates/index.js';
 import type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
 
-export type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
+export type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, LookedUpPod, PodLookup, RunningKubernetesPlugin } from './types.js';
 
-export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [];
+export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [podCertificatesPlugin];
 
 /** A plugin turned on by the configuration. */
 export interface ConfiguredKubernetesPlugin {

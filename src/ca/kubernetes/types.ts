@@ -12,6 +12,23 @@ import type { Logger } from '../../log.js';
 import type { CertificateAuthority } from '../authority.js';
 import type { WorkloadSigner } from '../signer.js';
 
+/** A pod as a plugin sees it: who it runs as, where, and whether it still runs. */
+export interface LookedUpPod {
+  readonly uid: string;
+  readonly serviceAccount: string;
+  /** spec.nodeName; undefined while unscheduled. */
+  readonly nodeName: string | undefined;
+  /** Why the pod no longer counts (finished, being deleted); undefined when it is live. */
+  readonly notLive: string | undefined;
+}
+
+/** The local cluster's pods, from a watched cache (no API call per look-up). */
+export interface PodLookup {
+  /** Waits up to `timeoutMs` for the cache to be current; says why not when it is not. */
+  whenReady(timeoutMs: number): Promise<{ ready: true } | { ready: false; reason: string }>;
+  lookup(namespace: string, name: string): LookedUpPod | undefined;
+}
+
 export interface KubernetesPluginContext {
   /** The local cluster's client configuration (--kubeconfig, else KUBECONFIG, else in-cluster). */
   kubeConfig: KubeConfig;
@@ -24,6 +41,8 @@ export interface KubernetesPluginContext {
   registry: Registry;
   /** The clock (epoch ms); default Date.now. */
   now?: () => number;
+  /** The local cluster's pods (watched once, on first use), for plugins that check a pod's identity. */
+  pods?: PodLookup;
 }
 
 export interface RunningKubernetesPlugin {

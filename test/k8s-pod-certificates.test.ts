@@ -1,0 +1,234 @@
+/**
+ * The PodCertificateRequest signer (`--pod-certificate-signer`), in process against the Kubernetes stand-in over
+ * real HTTPS, with a real CertificateAuthority on an in-memory root. The test plays the kubelet: it makes a key,
+ * files a request for a real pod (the 1.36+ stub CSR, or the 1.35 key + proof over the pod UID), and reads the
+ * answer the signer wrote; a refresh is filed at beginRefreshAt, as the kubelet does. Every status the signer
+ * writes must pass the stand-in's validation of the API's rules (no 422), and a restarted signer re-signs nothing.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createPublicKey, generateKeyPairSync, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { kubePodSource, PodCache, whyPodIsNotLive } from '../src/authn/index.js';
+import { CertificateAuthority, createSelfSignedRoot, LocalSigner } from '../src/ca/index.js';
+import { podCertificatesPlugin, signerNameProblem } from '../src/ca/kubernetes/pod-certificates/index.js';
+import { requestKey } from '../src/ca/kubernetes/pod-certificates/request.js';
+import { startPodCertificateSigner, type PodCertificateSigner } from '../src/ca/kubernetes/pod-certificates/signer.js';
+import type { PodLookup } from '../src/ca/kubernetes/types.js';
+import type { SignedChain, WorkloadSigner } from '../src/ca/signer.js';
+import { kubeClient, loadKubeClient } from '../src/kube/client.js';
+import { loadKubeConfig } from '../src/kube/config.js';
+import { createLogger } from '../src/log.js';
+import { createCsr } from '../src/pki/index.js';
+import { podCertificateRequests, type PodCertificateRequestStore } from './standins/kube-pcr.js';
+import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+
+const SIGNER = 'meshca.io/spiffe';
+const TD = 'cluster.local';
+const NS = 'default';
+
+type Status = { conditions?: { type: string; status: string; reason: string; message: string }[]; certificateChain?: string; notBefore?: string; beginRefreshAt?: string; notAfter?: string };
+type Pcr = { metadata: { name: string; uid: string; resourceVersion: string }; status: Status };
+
+describe('PodCertificateRequest signer', () => {
+  let standin: KubeStandin;
+  let store: PodCertificateRequestStore;
+  let kubeConfig: KubeConfig;
+  let api: CustomObjectsApi;
+  let authority: CertificateAuthority;
+  let rootPem: string;
+  let pods: PodCache;
+  let signer: PodCertificateSigner;
+  let dir: string;
+  let podUid: string;
+  let signatures = 0;
+  /** The cluster's clock, shared by the API server, the CA and the signer; the test moves it for the refresh. */
+  let offsetMs = 0;
+  const now = (): number => Date.now() + offsetMs;
+  const logger = createLogger({ level: 'silent', format: 'json' });
+
+  function lookupOf(cache: PodCache): PodLookup {
+    return {
+      whenReady: (ms) => cache.whenReady(ms),
+      lookup: (namespace, name) => {
+        const pod = cache.byName(namespace, name);
+        return pod && { uid: pod.uid, serviceAccount: pod.serviceAccount, nodeName: pod.nodeName, notLive: whyPodIsNotLive(pod) };
+      },
+    };
+  }
+
+  function startSigner(): PodCertificateSigner {
+    return startPodCertificateSigner({ kubeConfig, signerName: SIGNER, authority, trustDomain: TD, pods: lookupOf(pods), logger, now, podGraceMs: 300, retryDelayMs: 50 });
+  }
+
+  before(async () => {
+    await loadKubeClient();
+    standin = await startKubeStandin();
+    store = podCertificateRequests(standin.state);
+    store.now = now;
+    kubeConfig = await loadKubeConfig(standin.kubeconfigPath, {});
+    api = kubeConfig.makeApiClient(kubeClient().CustomObjectsApi);
+    const root = await createSelfSignedRoot({ stateDir: '/nonexistent', trustDomain: TD, keySpec: 'ec-p256', ttlSeconds: 30 * 86400 });
+    rootPem = root.certPem;
+    const local = new LocalSigner('self-signed', root.material);
+    // Counts signatures: a restarted signer must not sign again.
+    const counting: WorkloadSigner = Object.assign(Object.create(local) as WorkloadSigner, {
+      sign: (request: Parameters<WorkloadSigner['sign']>[0]): Promise<SignedChain> | SignedChain => {
+        signatures++;
+        return local.sign(request);
+      },
+    });
+    authority = new CertificateAuthority({ signer: counting, defaultTtlSeconds: 86400, maxTtlSeconds: 90 * 86400, now });
+    podUid = standin.state.addPod({ namespace: NS, name: 'web-0', serviceAccount: 'web', nodeName: 'node-a' }).metadata.uid!;
+    pods = new PodCache({ source: kubePodSource(kubeConfig.makeApiClient(kubeClient().CoreV1Api), kubeConfig), clusterId: 'test' });
+    pods.start();
+    dir = mkdtempSync(join(tmpdir(), 'pcr-'));
+    signer = startSigner();
+    await signer.ready;
+  });
+
+  after(async () => {
+    await signer?.close();
+    pods?.stop();
+    await standin?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const spki = (key: KeyObject): Buffer => createPublicKey(key).export({ type: 'spki', format: 'der' });
+  const ecKey = (namedCurve = 'P-256'): KeyObject => generateKeyPairSync('ec', { namedCurve }).privateKey;
+  const stub = (key: KeyObject): string => Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
+
+  /** Files a request as the kubelet does (generateName, owner reference, spec from the pod). */
+  async function file(spec: Record<string, unknown>): Promise<string> {
+    const body = {
+      apiVersion: 'certificates.k8s.io/v1beta1',
+      kind: 'PodCertificateRequest',
+      metadata: { generateName: 'req-', namespace: NS, ownerReferences: [{ apiVersion: 'core/v1', kind: 'Pod', name: 'web-0', uid: podUid }] },
+      spec: {
+        signerName: SIGNER,
+        podName: 'web-0',
+        podUID: podUid,
+        serviceAccountName: 'web',
+        serviceAccountUID: randomUUID(),
+        nodeName: 'node-a',
+        nodeUID: randomUUID(),
+        maxExpirationSeconds: 86400,
+        ...spec,
+      },
+    };
+    const created = (await api.createNamespacedCustomObject({ group: 'certificates.k8s.io', version: 'v1beta1', namespace: NS, plural: 'podcertificaterequests', body })) as Pcr;
+    return created.metadata.name;
+  }
+
+  async function answered(name: string): Promise<Pcr> {
+    for (let i = 0; i < 500; i++) {
+      const pcr = store.get(NS, name) as Pcr | undefined;
+      if (pcr?.status.conditions?.length) return pcr;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.fail(`request ${name} was not answered within 5 s`);
+  }
+
+  /** The kubelet's checks of an Issued request, and the API's rules on its times. */
+  function checkIssued(pcr: Pcr, key: KeyObject, filedAt: number): X509Certificate {
+    assert.equal(pcr.status.conditions?.[0]?.type, 'Issued', JSON.stringify(pcr.status.conditions));
+    const chain = pcr.status.certificateChain!;
+    const leaf = new X509Certificate(chain);
+    assert.match(leaf.subjectAltName ?? '', new RegExp(`URI:spiffe://${TD}/ns/${NS}/sa/web`));
+    assert.ok(leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(spki(key)));
+    writeFileSync(join(dir, 'root.pem'), rootPem);
+    writeFileSync(join(dir, 'chain.pem'), chain);
+    const out = execFileSync('openssl', ['verify', '-x509_strict', '-attime', String(Math.floor(now() / 1000)), '-CAfile', join(dir, 'root.pem'), '-untrusted', join(dir, 'chain.pem'), join(dir, 'chain.pem')], { encoding: 'utf8' });
+    assert.match(out, /OK/);
+    const notBefore = Date.parse(pcr.status.notBefore!);
+    const notAfter = Date.parse(pcr.status.notAfter!);
+    const refresh = Date.parse(pcr.status.beginRefreshAt!);
+    assert.equal(notBefore, Date.parse(leaf.validFrom));
+    assert.equal(notAfter, Date.parse(leaf.validTo));
+    assert.match(pcr.status.notBefore!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    assert.ok(notBefore <= filedAt && filedAt - notBefore < 5 * 60_000, 'backdated by less than 5 minutes');
+    assert.ok(notAfter - notBefore >= 3600_000 && notAfter - notBefore <= 86400_000, 'lifetime within 1 h..maxExpirationSeconds');
+    assert.ok(refresh >= notBefore + 600_000 && refresh <= notAfter - 600_000, 'beginRefreshAt 10 minutes inside');
+    assert.equal(refresh, notBefore + Math.floor((notAfter - notBefore) / 2000) * 1000, 'beginRefreshAt at half the lifetime');
+    return leaf;
+  }
+
+  test('a stub-CSR request is Issued, and its refresh at beginRefreshAt gets a new certificate', async () => {
+    const key = ecKey();
+    const filedAt = now();
+    const first = checkIssued(await answered(await file({ stubPKCS10Request: stub(key) })), key, filedAt);
+    // The kubelet refreshes at beginRefreshAt with a new key and a new request.
+    offsetMs += Date.parse(first.validFrom) + (Date.parse(first.validTo) - Date.parse(first.validFrom)) / 2 - now();
+    const nextKey = ecKey('P-384');
+    const refreshedAt = now();
+    const second = checkIssued(await answered(await file({ stubPKCS10Request: stub(nextKey) })), nextKey, refreshedAt);
+    assert.notEqual(second.serialNumber, first.serialNumber);
+    assert.ok(Date.parse(second.validFrom) > Date.parse(first.validFrom) + 3600_000);
+  });
+
+  test('a request with the 1.35 encoding (key + signature over the pod UID) is Issued', async () => {
+    const key = ecKey();
+    const proof = sign('sha256', Buffer.from(podUid, 'ascii'), { key, dsaEncoding: 'der' });
+    const pkixPublicKey = spki(key).toString('base64');
+    checkIssued(await answered(await file({ pkixPublicKey, proofOfPossession: proof.toString('base64') })), key, now());
+  });
+
+  test('requests for another pod, UID, node or service account, or with a key type meshca does not take, are Denied with distinct reasons', async () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ podName: 'ghost-0', podUID: randomUUID() }, 'PodNotFound'],
+      [{ podUID: randomUUID() }, 'PodUIDMismatch'],
+      [{ nodeName: 'node-b' }, 'NodeMismatch'],
+      [{ serviceAccountName: 'admin' }, 'ServiceAccountMismatch'],
+      [{ stubPKCS10Request: stub(ecKey('P-521')) }, 'UnsupportedKeyType'],
+    ];
+    const names = await Promise.all(cases.map(([spec]) => file({ stubPKCS10Request: stub(ecKey()), ...spec })));
+    const results = await Promise.all(names.map(answered));
+    results.forEach((pcr, i) => {
+      const condition = pcr.status.conditions![0]!;
+      assert.deepEqual([condition.type, condition.reason], ['Denied', cases[i]![1]], condition.message);
+      assert.ok(condition.message.length > 20);
+      assert.equal(pcr.status.certificateChain, undefined);
+    });
+    assert.match(results[4]!.status.conditions![0]!.message, /ECDSAP256, ECDSAP384, RSA3072 or RSA4096/);
+  });
+
+  test('a bad proof of possession: the API server refuses the request, and the signer would deny it', async () => {
+    const key = ecKey();
+    const proof = sign('sha256', Buffer.from(randomUUID(), 'ascii'), { key, dsaEncoding: 'der' }).toString('base64');
+    const pkixPublicKey = spki(key).toString('base64');
+    await assert.rejects(file({ pkixPublicKey, proofOfPossession: proof }), (error: { code?: number }) => error.code === 422);
+    const verdict = requestKey({ spec: { podUID: podUid, pkixPublicKey, proofOfPossession: proof } });
+    assert.equal(verdict.kind === 'refused' && verdict.refusal.reason, 'InvalidProofOfPossession');
+  });
+
+  test('after a dropped watch and a restart nothing is signed twice, and no status was refused by the API', async () => {
+    store.closeWatches();
+    const key = ecKey();
+    checkIssued(await answered(await file({ stubPKCS10Request: stub(key) })), key, now());
+    const before = { signatures, writes: store.statusWrites, objects: JSON.stringify(store.list()) };
+    await signer.close();
+    signer = startSigner();
+    await signer.ready;
+    // One more request proves the new signer is watching; the old ones stay as they were.
+    const last = await answered(await file({ stubPKCS10Request: stub(ecKey()) }));
+    assert.equal(last.status.conditions![0]!.type, 'Issued');
+    assert.equal(signatures, before.signatures + 1);
+    assert.equal(store.statusWrites, before.writes + 1);
+    assert.equal(JSON.stringify(store.list().filter((o) => (o as Pcr).metadata.name !== last.metadata.name)), before.objects);
+    assert.deepEqual(store.rejections.filter((r) => r.write === 'status'), []);
+    assert.equal(signer.version, 'v1beta1');
+  });
+
+  test('--pod-certificate-signer takes a Kubernetes signer name, and is off by default', () => {
+    assert.equal(podCertificatesPlugin.configure({}, {}), undefined);
+    assert.equal(typeof podCertificatesPlugin.configure({}, { MESHCA_POD_CERTIFICATE_SIGNER: SIGNER }), 'function');
+    assert.equal(signerNameProblem('meshca.io/spiffe'), undefined);
+    for (const bad of ['spiffe', 'meshca/spiffe', 'meshca.io/a/b', 'Meshca.io/x', 'kubernetes.io/x']) {
+      assert.throws(() => podCertificatesPlugin.configure({ podCertificateSigner: bad }, {}), /--pod-certificate-signer \(env MESHCA_POD_CERTIFICATE_SIGNER\)/);
+    }
+  });
+});
