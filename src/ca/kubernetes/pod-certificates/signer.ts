@@ -135,9 +135,8 @@ class Signer implements PodCertificateSigner {
     );
   }
 
-  private path(): { group: string; version: string; plural: string } {
-    return { group: PCR_GROUP, version: this.version!, plural: PCR_PLURAL };
-  }
+  // The calls below name their group and resource literally: test/manifests.test.ts reads them to check the
+  // CA's RBAC rules.
 
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
@@ -157,7 +156,11 @@ class Signer implements PodCertificateSigner {
   /** Lists every request for the signer and considers each; returns the list's resourceVersion. */
   private async relist(): Promise<string | undefined> {
     if (this.closed || !this.version) return undefined;
-    const list = (await this.api.listClusterCustomObject({ ...this.path(), fieldSelector: `spec.signerName=${this.options.signerName}` })) as {
+    const list = (await this.api.listClusterCustomObject({
+      group: 'certificates.k8s.io',
+      version: this.version,
+      plural: 'podcertificaterequests',
+      fieldSelector: `spec.signerName=${this.options.signerName}` })) as {
       items?: PodCertificateRequest[];
       metadata?: { resourceVersion?: string };
     };
@@ -175,7 +178,7 @@ class Signer implements PodCertificateSigner {
     let resourceVersion = from;
     return watchWithBackoff(
       this.watcher,
-      `/apis/${PCR_GROUP}/${this.version}/${PCR_PLURAL}`,
+      `/apis/certificates.k8s.io/${this.version}/podcertificaterequests`,
       () => ({ fieldSelector: `spec.signerName=${this.options.signerName}`, ...(resourceVersion ? { resourceVersion } : {}) }),
       (type, raw) => {
         const pcr = raw as PodCertificateRequest;
@@ -276,7 +279,9 @@ class Signer implements PodCertificateSigner {
       if (this.closed) return undefined;
       try {
         const fresh = (await this.api.getNamespacedCustomObject({
-          ...this.path(),
+          group: 'certificates.k8s.io',
+          version: this.version!,
+          plural: 'podcertificaterequests',
           namespace: pcr.metadata!.namespace!,
           name: pcr.metadata!.name!,
         })) as PodCertificateRequest;
@@ -386,7 +391,9 @@ class Signer implements PodCertificateSigner {
   private async writeStatus(pcr: PodCertificateRequest, status: NonNullable<PodCertificateRequest['status']>): Promise<'done' | 'gone' | 'conflict' | 'retry'> {
     try {
       await this.api.replaceNamespacedCustomObjectStatus({
-        ...this.path(),
+        group: 'certificates.k8s.io',
+        version: this.version!,
+        plural: 'podcertificaterequests',
         namespace: pcr.metadata!.namespace!,
         name: pcr.metadata!.name!,
         body: { ...pcr, status },
