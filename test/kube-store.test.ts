@@ -8,10 +8,12 @@
  *    namespaces and trust-bundle changes, and is repaired when edited or deleted;
  *  - with that CA running: `meshca decisions` shows an issued and a refused call, and `meshca status` passes, then
  *    fails with a fix for a wrong TLS name, a wrong root, a ConfigMap with another root and a forbidden RBAC verb;
- *    in process, its lines for a refused CA, no kubeconfig and a skewed clock.
+ *    in process, its lines for a refused CA, no kubeconfig and a skewed clock;
+ *  - the same CA with `--pod-certificate-signer` answers a pod's PodCertificateRequest with its SPIFFE certificate
+ *    (the full signer is tested in process in k8s-pod-certificates.test.ts).
  */
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import { generateKeyPairSync, randomUUID, X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -31,9 +33,10 @@ import {
 import { checkClock, formatResults, runStatusChecks, type StatusOptions } from '../src/commands/status.js';
 import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
-import { certificateToPem, createCaCertificate, generateKeyPairFor } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, createCsr, generateKeyPairFor } from '../src/pki/index.js';
 import { caClient, cleanEnv, createCertificate, opensslKeyAndCsr, SERVER_NAME } from './ca-helpers.js';
 import { eventually, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
+import { podCertificateRequests } from './standins/kube-pcr.js';
 import { startKubeStandin, type KubeObject, type KubeStandin } from './standins/kube.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { closedPort, makeTempDir, runMeshca } from './support/process.js';
@@ -190,10 +193,11 @@ describe('Kubernetes Secret store and root distribution', () => {
     await writeSecretVolume(dir, istioFiles(chainA));
     const ca = await startCaProcess(
       ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--distribute-root-configmap', '--state-dir', path.join(temp.dir, 'dist-state')],
-      { ROOT_CA_DIR: dir },
+      { ROOT_CA_DIR: dir, MESHCA_POD_CERTIFICATE_SIGNER: 'meshca.io/spiffe' },
     );
     processes.push(ca);
     await ca.proc.waitForLog(/^root distribution: trust bundle published in every namespace$/, 20_000);
+    await podCertificateThroughCli(ca);
     const rootA = `${chainA.root.pem.trim()}\n`;
     const namespaces = kube.state.list('namespaces').map((n) => n.metadata.name!);
     assert.ok(namespaces.length >= 4);
@@ -222,6 +226,20 @@ describe('Kubernetes Secret store and root distribution', () => {
     await decisionsAndStatus(ca, both);
     await ca.proc.stop();
   });
+
+  /** A pod's PodCertificateRequest (the kubelet's 1.36 stub CSR) answered by the CA process: Issued, its SPIFFE ID. */
+  async function podCertificateThroughCli(ca: StartedCa): Promise<void> {
+    await ca.proc.waitForLog(/^pod certificates: signing PodCertificateRequests$/, 10_000);
+    const pod = kube.state.addPod({ namespace: 'default', name: 'pcr-0', serviceAccount: 'httpbin', nodeName: 'node-a' });
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    const stub = Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
+    const spec = { signerName: 'meshca.io/spiffe', podName: 'pcr-0', podUID: pod.metadata.uid, serviceAccountName: 'httpbin', serviceAccountUID: randomUUID(), nodeName: 'node-a', nodeUID: randomUUID(), stubPKCS10Request: stub };
+    const store = podCertificateRequests(kube.state);
+    const name = String((store.create('v1beta1', 'default', { metadata: { generateName: 'req-' }, spec }).metadata as { name: string }).name);
+    const status = await eventually(() => (store.get('default', name)?.status as { conditions?: { type: string }[]; certificateChain?: string } | undefined)?.conditions ? (store.get('default', name)!.status as { conditions: { type: string }[]; certificateChain: string }) : undefined, 10_000, 'the PodCertificateRequest answered');
+    assert.equal(status.conditions[0]!.type, 'Issued');
+    assert.match(new X509Certificate(status.certificateChain).subjectAltName ?? '', /URI:spiffe:\/\/cluster\.local\/ns\/default\/sa\/httpbin/);
+  }
 
   /**
    * `meshca decisions <id>` shows an issued and a refused call with the reason; `meshca status` passes against this
