@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import { kubePodSource, PodCache, whyPodIsNotLive } from '../src/authn/index.js';
+import { CaError } from '../src/ca/errors.js';
 import { CertificateAuthority, createSelfSignedRoot, LocalSigner } from '../src/ca/index.js';
 import { podCertificatesPlugin, signerNameProblem } from '../src/ca/kubernetes/pod-certificates/index.js';
 import { requestKey } from '../src/ca/kubernetes/pod-certificates/request.js';
@@ -46,6 +47,8 @@ describe('PodCertificateRequest signer', () => {
   let dir: string;
   let podUid: string;
   let signatures = 0;
+  /** Fault knob: the key source is unavailable for this many next signatures. */
+  let keySourceDown = 0;
   /** The cluster's clock, shared by the API server, the CA and the signer; the test moves it for the refresh. */
   let offsetMs = 0;
   const now = (): number => Date.now() + offsetMs;
@@ -78,6 +81,10 @@ describe('PodCertificateRequest signer', () => {
     // Counts signatures: a restarted signer must not sign again.
     const counting: WorkloadSigner = Object.assign(Object.create(local) as WorkloadSigner, {
       sign: (request: Parameters<WorkloadSigner['sign']>[0]): Promise<SignedChain> | SignedChain => {
+        if (keySourceDown > 0) {
+          keySourceDown--;
+          throw new CaError('UPSTREAM_UNAVAILABLE', 'the key source is briefly unavailable');
+        }
         signatures++;
         return local.sign(request);
       },
@@ -103,9 +110,9 @@ describe('PodCertificateRequest signer', () => {
   const stub = (key: KeyObject): string => Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
 
   /** Files a request as the kubelet does (generateName, owner reference, spec from the pod). */
-  async function file(spec: Record<string, unknown>): Promise<string> {
+  async function file(spec: Record<string, unknown>, version = 'v1beta1'): Promise<string> {
     const body = {
-      apiVersion: 'certificates.k8s.io/v1beta1',
+      apiVersion: `certificates.k8s.io/${version}`,
       kind: 'PodCertificateRequest',
       metadata: { generateName: 'req-', namespace: NS, ownerReferences: [{ apiVersion: 'core/v1', kind: 'Pod', name: 'web-0', uid: podUid }] },
       spec: {
@@ -120,7 +127,7 @@ describe('PodCertificateRequest signer', () => {
         ...spec,
       },
     };
-    const created = (await api.createNamespacedCustomObject({ group: 'certificates.k8s.io', version: 'v1beta1', namespace: NS, plural: 'podcertificaterequests', body })) as Pcr;
+    const created = (await api.createNamespacedCustomObject({ group: 'certificates.k8s.io', version, namespace: NS, plural: 'podcertificaterequests', body })) as Pcr;
     return created.metadata.name;
   }
 
@@ -134,7 +141,7 @@ describe('PodCertificateRequest signer', () => {
   }
 
   /** The kubelet's checks of an Issued request, and the API's rules on its times. */
-  function checkIssued(pcr: Pcr, key: KeyObject, filedAt: number): X509Certificate {
+  function checkIssued(pcr: Pcr, key: KeyObject, filedAt: number, maxExpirationSeconds = 86400): X509Certificate {
     assert.equal(pcr.status.conditions?.[0]?.type, 'Issued', JSON.stringify(pcr.status.conditions));
     const chain = pcr.status.certificateChain!;
     const leaf = new X509Certificate(chain);
@@ -151,7 +158,7 @@ describe('PodCertificateRequest signer', () => {
     assert.equal(notAfter, Date.parse(leaf.validTo));
     assert.match(pcr.status.notBefore!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
     assert.ok(notBefore <= filedAt && filedAt - notBefore < 5 * 60_000, 'backdated by less than 5 minutes');
-    assert.ok(notAfter - notBefore >= 3600_000 && notAfter - notBefore <= 86400_000, 'lifetime within 1 h..maxExpirationSeconds');
+    assert.equal(notAfter - notBefore, maxExpirationSeconds * 1000, 'the CA default (24 h), within 1 h..maxExpirationSeconds');
     assert.ok(refresh >= notBefore + 600_000 && refresh <= notAfter - 600_000, 'beginRefreshAt 10 minutes inside');
     assert.equal(refresh, notBefore + Math.floor((notAfter - notBefore) / 2000) * 1000, 'beginRefreshAt at half the lifetime');
     return leaf;
@@ -170,11 +177,21 @@ describe('PodCertificateRequest signer', () => {
     assert.ok(Date.parse(second.validFrom) > Date.parse(first.validFrom) + 3600_000);
   });
 
-  test('a request with the 1.35 encoding (key + signature over the pod UID) is Issued', async () => {
+  test('a request with the 1.35 encoding (key + signature over the pod UID) and the shortest maximum is Issued for exactly 1 h', async () => {
     const key = ecKey();
     const proof = sign('sha256', Buffer.from(podUid, 'ascii'), { key, dsaEncoding: 'der' });
     const pkixPublicKey = spki(key).toString('base64');
-    checkIssued(await answered(await file({ pkixPublicKey, proofOfPossession: proof.toString('base64') })), key, now());
+    checkIssued(await answered(await file({ pkixPublicKey, proofOfPossession: proof.toString('base64'), maxExpirationSeconds: 3600 })), key, now(), 3600);
+  });
+
+  test('a conflicting status write and a key source briefly down are retried, not reported', async () => {
+    store.conflictNextStatusWrites = 1;
+    keySourceDown = 1;
+    const before = signatures;
+    const key = ecKey();
+    checkIssued(await answered(await file({ stubPKCS10Request: stub(key) })), key, now());
+    assert.equal(signatures, before + 1, 'signed once: the conflict re-sends the same certificate');
+    assert.equal(store.conflictNextStatusWrites + keySourceDown, 0);
   });
 
   test('requests for another pod, UID, node or service account, or with a key type meshca does not take, are Denied with distinct reasons (filed while the watch is down)', async () => {
@@ -212,16 +229,18 @@ describe('PodCertificateRequest signer', () => {
     checkIssued(await answered(await file({ stubPKCS10Request: stub(key) })), key, now());
     const before = { signatures, writes: store.statusWrites, objects: JSON.stringify(store.list()) };
     await signer.close();
+    // The API server is upgraded to serve only v1 (1.40, v1beta1 removed): the new signer finds v1 and reads through it.
+    store.served = new Set(['v1']);
     signer = startSigner();
     await signer.ready;
+    assert.equal(signer.version, 'v1');
     // One more request proves the new signer is watching; the old ones stay as they were.
-    const last = await answered(await file({ stubPKCS10Request: stub(ecKey()) }));
+    const last = await answered(await file({ stubPKCS10Request: stub(ecKey()) }, 'v1'));
     assert.equal(last.status.conditions![0]!.type, 'Issued');
     assert.equal(signatures, before.signatures + 1);
     assert.equal(store.statusWrites, before.writes + 1);
     assert.equal(JSON.stringify(store.list().filter((o) => (o as Pcr).metadata.name !== last.metadata.name)), before.objects);
     assert.deepEqual(store.rejections.filter((r) => r.write === 'status'), []);
-    assert.equal(signer.version, 'v1beta1');
   });
 
   test('--pod-certificate-signer takes a Kubernetes signer name, and is off by default', () => {

@@ -137,6 +137,8 @@ export class PodCertificateRequestStore {
   readonly rejections: PcrRejection[] = [];
   /** Successful /status writes. */
   statusWrites = 0;
+  /** Fault knob: this many next /status writes get 409 Conflict (as when another writer got there first). */
+  conflictNextStatusWrites = 0;
   private readonly objects = new Map<string, Pcr>();
   private readonly history: { rv: number; type: string; object: Pcr; old?: Pcr }[] = [];
   private readonly watchers = new Set<Watcher>();
@@ -292,6 +294,14 @@ export class PodCertificateRequestStore {
   /** PUT of /status: only the status is taken, and only when it obeys every rule. */
   updateStatus(version: Version, namespace: string, name: string, body: unknown, user: string): Record<string, unknown> {
     const { cur, obj } = this.existing('status', namespace, name, body);
+    if (this.conflictNextStatusWrites > 0) {
+      this.conflictNextStatusWrites--;
+      throw new StatusError(409, 'Conflict', `Operation cannot be fulfilled on podcertificaterequests.certificates.k8s.io "${name}": the object has been modified; please apply your changes to the latest version and try again`, {
+        name,
+        group: GROUP,
+        kind: 'podcertificaterequests',
+      });
+    }
     const status = isRecord(obj.status) ? structuredClone(obj.status) : {};
     const causes = this.statusProblems(cur, status);
     if (causes.length === 0 && status.certificateChain !== cur.status.certificateChain && this.state.forbidden.has('sign signers')) {

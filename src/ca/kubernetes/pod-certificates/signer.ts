@@ -5,8 +5,9 @@
  * account from the CA's issuance pipeline, or Denied / Failed with a reason. Trouble that passes (a conflicting
  * write, the key source or the pod cache briefly unavailable) is retried, never written as a failure.
  */
+import { X509Certificate } from 'node:crypto';
 import type { CustomObjectsApi, KubeConfig, Watch } from '@kubernetes/client-node';
-import { WorkloadId } from '../../../pki/index.js';
+import { CLOCK_SKEW_GRACE_MS, WorkloadId } from '../../../pki/index.js';
 import { describeKubeError } from '../../../kube/api.js';
 import { kubeClient } from '../../../kube/client.js';
 import { watchWithBackoff } from '../../../kube/config.js';
@@ -17,6 +18,7 @@ import type { PodLookup } from '../types.js';
 import {
   issuedTimes,
   maxExpirationSeconds,
+  MIN_LIFETIME_SECONDS,
   PCR_GROUP,
   PCR_PLURAL,
   PCR_VERSIONS,
@@ -347,27 +349,38 @@ class Signer implements PodCertificateSigner {
     const refuse = (refusal: Refusal): { status: NonNullable<PodCertificateRequest['status']> } => ({
       status: { conditions: [{ type: refusal.type, status: 'True', reason: refusal.reason, message: refusal.message }] },
     });
-    // The lifetime asked for: the CA's default, at most the request's maximum less the key source's backdating
-    // (so notAfter - notBefore stays within spec.maxExpirationSeconds).
-    const ttlSeconds = Math.min(this.options.authority.ttlFor(0), maxExpiration - 5 * 60);
+    // The lifetime: the CA's default, within the API's 1 h..spec.maxExpirationSeconds. The key source's backdating
+    // of notBefore counts in it: ask for the lifetime less meshca's own backdating, and when the key source
+    // backdates otherwise (a remote one) and the lifetime falls outside the bounds, sign once more with the
+    // difference made up.
+    const target = Math.min(Math.max(this.options.authority.ttlFor(0), MIN_LIFETIME_SECONDS), maxExpiration);
+    let ttlSeconds = target - CLOCK_SKEW_GRACE_MS / 1000;
     try {
-      const result = await this.options.authority.issue({
-        ...(decision.csrPem ? { csrPem: decision.csrPem } : { provenPublicKeyDer: decision.spkiDer }),
-        identity: decision.identity,
-        requestedTtlSeconds: Math.max(ttlSeconds, 1),
-      });
-      // The leaf and intermediates; the root stays out (pods get it from the trust bundle).
-      const chain = result.chain.length > 1 ? result.chain.slice(0, -1) : result.chain;
-      const times = issuedTimes(chain[0]!, maxExpiration, this.now());
-      if ('type' in times) return refuse(times);
-      this.issued++;
-      return {
-        status: {
-          conditions: [{ type: 'Issued', status: 'True', reason: 'Issued', message: `issued ${decision.identity.uri} by ${this.options.signerName}` }],
-          certificateChain: chain.join(''),
-          ...times,
-        },
-      };
+      for (let attempt = 0; ; attempt++) {
+        const result = await this.options.authority.issue({
+          ...(decision.csrPem ? { csrPem: decision.csrPem } : { provenPublicKeyDer: decision.spkiDer }),
+          identity: decision.identity,
+          requestedTtlSeconds: ttlSeconds,
+        });
+        // The leaf and intermediates; the root stays out (pods get it from the trust bundle).
+        const chain = result.chain.length > 1 ? result.chain.slice(0, -1) : result.chain;
+        const leaf = new X509Certificate(chain[0]!);
+        const lifetime = (Date.parse(leaf.validTo) - Date.parse(leaf.validFrom)) / 1000;
+        if (attempt === 0 && lifetime !== target && (lifetime > maxExpiration || lifetime < MIN_LIFETIME_SECONDS)) {
+          ttlSeconds += target - lifetime;
+          continue;
+        }
+        const times = issuedTimes(chain[0]!, maxExpiration, this.now());
+        if ('type' in times) return refuse(times);
+        this.issued++;
+        return {
+          status: {
+            conditions: [{ type: 'Issued', status: 'True', reason: 'Issued', message: `issued ${decision.identity.uri} by ${this.options.signerName}` }],
+            certificateChain: chain.join(''),
+            ...times,
+          },
+        };
+      }
     } catch (error) {
       if (!(error instanceof CaError)) throw error;
       switch (error.code) {
@@ -375,13 +388,12 @@ class Signer implements PodCertificateSigner {
         case 'UPSTREAM_UNAVAILABLE':
           return { wait: error.message };
         case 'CSR_ERROR':
-        case 'TTL_ERROR':
           return refuse({ type: 'Denied', reason: 'InvalidRequest', message: error.message });
         default:
           return refuse({
             type: 'Failed',
             reason: 'SigningFailed',
-            message: `${error.message}${decision.csrPem ? '' : ' (the request uses the pre-1.36 key encoding, which a key source that forwards CSRs cannot sign; upgrade the kubelet to 1.36)'}`,
+            message: `${error.message}${decision.csrPem || error.code !== 'CERT_GEN_ERROR' ? '' : ' (the request uses the pre-1.36 key encoding, which a key source that forwards CSRs cannot sign; upgrade the kubelet to 1.36)'}`,
           });
       }
     }
