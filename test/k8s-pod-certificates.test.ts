@@ -243,6 +243,23 @@ describe('PodCertificateRequest signer', () => {
     assert.deepEqual(store.rejections.filter((r) => r.write === 'status'), []);
   });
 
+  test('key encodings as kubelets send them: the sample stub CSR and key + proof of the wire contract; Ed25519 is not taken', () => {
+    // Sample values of a real kubelet-shaped request (P-256), for pod UID 0f8fad5b-d9cb-469f-a165-70867728950e.
+    const sampleStub =
+      'MIG5MGICAQAwADBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABCGc3oKZctaRwDVAEGq8GRXQoG/rpZOWRmnW3S+4F+Quj6mEMQ4tsenqbmRKVRWyRCGE8ybD5vspjr1sn1fnBvmgADAKBggqhkjOPQQDAgNHADBEAiBLjjp48c0cbr2+ZHRWUvyMRuVGekgV7ufZDuMDEt09+gIgTRhCUsF7dU2xLEiBoomUO4UZTOtwcrp8Dou2U2dSxdU=';
+    const samplePkix = 'MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7g5sOWPBO+DLDSTWCLN3EhcjvG9qDpc5nP/RUZT5XJL0ZsPwGVu48DBQRFMjkl/iH/o/fcHlvYN12TPIrbCoeg==';
+    const sampleProof = 'MEQCID5uhUAWR878cxjI9Gcil9xyA7Om+LCFSiQRmXP9mVb/AiBybQIfWve0eEjER6peF07D/p0bf9fCy5iq/BbhxT0JfA==';
+    const stubKey = requestKey({ spec: { stubPKCS10Request: sampleStub } });
+    assert.equal(stubKey.kind, 'key');
+    // The issuance pipeline's strict CSR parser takes the stub as it is.
+    assert.ok(stubKey.kind === 'key' && authority.checkCsr(stubKey.csrPem!).spkiDer.equals(stubKey.spkiDer));
+    assert.equal(requestKey({ spec: { podUID: '0f8fad5b-d9cb-469f-a165-70867728950e', pkixPublicKey: samplePkix, proofOfPossession: sampleProof } }).kind, 'key');
+    const ed = generateKeyPairSync('ed25519').privateKey;
+    const edProof = sign(null, Buffer.from(podUid, 'ascii'), ed).toString('base64');
+    const edVerdict = requestKey({ spec: { podUID: podUid, pkixPublicKey: spki(ed).toString('base64'), proofOfPossession: edProof } });
+    assert.equal(edVerdict.kind === 'refused' && edVerdict.refusal.reason, 'UnsupportedKeyType');
+  });
+
   test('--pod-certificate-signer takes a Kubernetes signer name, and is off by default', () => {
     assert.equal(podCertificatesPlugin.configure({}, {}), undefined);
     assert.equal(typeof podCertificatesPlugin.configure({}, { MESHCA_POD_CERTIFICATE_SIGNER: SIGNER }), 'function');
