@@ -193,7 +193,8 @@ describe('Kubernetes Secret store and root distribution', () => {
     await writeSecretVolume(dir, istioFiles(chainA));
     const ca = await startCaProcess(
       ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--distribute-root-configmap', '--state-dir', path.join(temp.dir, 'dist-state')],
-      { ROOT_CA_DIR: dir, MESHCA_POD_CERTIFICATE_SIGNER: 'meshca.io/spiffe' },
+      // With node impersonation on, the signer looks pods up in its pod cache (one watch for both).
+      { ROOT_CA_DIR: dir, MESHCA_POD_CERTIFICATE_SIGNER: 'meshca.io/spiffe', CA_TRUSTED_NODE_ACCOUNTS: 'istio-system/ztunnel' },
     );
     processes.push(ca);
     await ca.proc.waitForLog(/^root distribution: trust bundle published in every namespace$/, 20_000);
@@ -239,6 +240,8 @@ describe('Kubernetes Secret store and root distribution', () => {
     const status = await eventually(() => (store.get('default', name)?.status as { conditions?: { type: string }[]; certificateChain?: string } | undefined)?.conditions ? (store.get('default', name)!.status as { conditions: { type: string }[]; certificateChain: string }) : undefined, 10_000, 'the PodCertificateRequest answered');
     assert.equal(status.conditions[0]!.type, 'Issued');
     assert.match(new X509Certificate(status.certificateChain).subjectAltName ?? '', /URI:spiffe:\/\/cluster\.local\/ns\/default\/sa\/httpbin/);
+    // The signer used node impersonation's pod cache: pods were listed once, not once more for the signer.
+    assert.equal(kube.state.requests.filter((r) => r.method === 'GET' && r.path === '/api/v1/pods' && !/watch=/.test(r.query)).length, 1);
   }
 
   /**
