@@ -194,7 +194,7 @@ describe('PodCertificateRequest signer', () => {
     assert.equal(store.conflictNextStatusWrites + keySourceDown, 0);
   });
 
-  test('requests for another pod, UID, node or service account, or with a key type meshca does not take, are Denied with distinct reasons (filed while the watch is down)', async () => {
+  test('requests for another pod, UID, node or service account, with a key type meshca does not take or with user annotations, are Denied with distinct reasons (filed while the watch is down)', async () => {
     // The watch drops: the signer resumes from the last resourceVersion it saw and still gets these.
     store.closeWatches();
     const cases: [Record<string, unknown>, string][] = [
@@ -203,6 +203,7 @@ describe('PodCertificateRequest signer', () => {
       [{ nodeName: 'node-b' }, 'NodeMismatch'],
       [{ serviceAccountName: 'admin' }, 'ServiceAccountMismatch'],
       [{ stubPKCS10Request: stub(ecKey('P-521')) }, 'UnsupportedKeyType'],
+      [{ unverifiedUserAnnotations: { 'example.com/dns-names': 'web.default.svc' } }, 'InvalidUnverifiedUserAnnotations'],
     ];
     const names = await Promise.all(cases.map(([spec]) => file({ stubPKCS10Request: stub(ecKey()), ...spec })));
     const results = await Promise.all(names.map(answered));

@@ -310,6 +310,14 @@ class Signer implements PodCertificateSigner {
     const deny = (reason: string, message: string): Decision => ({ kind: 'refuse', refusal: { type: 'Denied', reason, message } });
     const key = requestKey(pcr);
     if (key.kind === 'refused') return { kind: 'refuse', refusal: key.refusal };
+    // Signers deny annotations they do not know; this one knows none.
+    const annotations = Object.keys(spec.unverifiedUserAnnotations ?? {});
+    if (annotations.length > 0) {
+      return deny(
+        'InvalidUnverifiedUserAnnotations',
+        `this signer takes no userAnnotations (got ${annotations.slice(0, 5).join(', ')}); remove userAnnotations from the podCertificate projected volume`,
+      );
+    }
 
     const readiness = await this.options.pods.whenReady(POD_CACHE_WAIT_MS);
     if (!readiness.ready) return { kind: 'wait', reason: readiness.reason };
