@@ -24,6 +24,8 @@ import type { WorkloadSigner } from '../src/ca/signer.js';
 import { loadKubeClient } from '../src/kube/client.js';
 import { createCsr, generateKeyPairFor } from '../src/pki/index.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
+import { runMeshca } from './support/process.js';
+import { cleanEnv } from './ca-helpers.js';
 
 const SIGNER = 'meshca.io/workloads';
 const ISTIOD = 'system:serviceaccount:istio-system:istiod';
@@ -84,7 +86,11 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     eventually(`a Failed condition on ${name}`, () => Promise.resolve(read(name).status?.conditions?.find((c) => c.type === 'Failed')));
   const statusWrites = (name: string): number => kube.state.requests.filter((r) => r.method === 'PUT' && r.path.endsWith(`/certificatesigningrequests/${name}/status`)).length;
 
+  let cliRun: ReturnType<typeof runMeshca>;
+
   before(async () => {
+    // Through the built CLI, alongside the set-up: the flag and its variable reach the plugin's check at start-up.
+    cliRun = runMeshca(['ca', '--state-dir', '/nonexistent'], { env: cleanEnv({ MESHCA_CSR_SIGNER: 'Meshca.io/workloads' }) });
     kube = await startKubeStandin();
     kube.state.bearerTokens.set('istiod-token', ISTIOD);
     kube.state.bearerTokens.set('mallory-token', MALLORY);
@@ -117,7 +123,10 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('is off by default and refuses a signer name the API would refuse', () => {
+  it('is off by default and refuses a signer name the API would refuse', async () => {
+    const cli = await cliRun;
+    assert.equal(cli.code, 2, cli.stderr);
+    assert.match(cli.stderr, /^meshca: invalid --csr-signer \(env MESHCA_CSR_SIGNER\)="Meshca.io\/workloads": expected a Kubernetes signer name such as meshca.io\/workloads \(domain "Meshca.io" is not a DNS subdomain/m);
     assert.equal(csrSignerPlugin.configure({}, {}), undefined);
     assert.throws(() => csrSignerPlugin.configure({ csrSigner: 'workloads' }, {}), /invalid --csr-signer \(env MESHCA_CSR_SIGNER\)="workloads": expected a Kubernetes signer name/);
     assert.throws(() => csrSignerPlugin.configure({}, { MESHCA_CSR_SIGNER: 'kubernetes.io/kubelet-serving' }), /reserved/);

@@ -8,6 +8,9 @@ import type { KubernetesPlugin } from '../types.js';
 import { startCsrSigner } from './controller.js';
 import { signerNameProblem } from './signer-name.js';
 
+/** The signer name the docs and deploy/kubernetes/ca-rbac.yaml use. */
+export const EXAMPLE_CSR_SIGNER_NAME = 'meshca.io/workloads';
+
 /** Istiod's service account in its default namespace: the requester of ISTIOD_RA_KUBERNETES_API. */
 export const DEFAULT_CSR_REQUESTERS: readonly string[] = ['system:serviceaccount:istio-system:istiod'];
 
@@ -34,7 +37,7 @@ export const csrSignerPlugin: KubernetesPlugin = {
     const signerName = readOptionalString(flags.csrSigner as string | undefined, env, source);
     if (signerName === undefined) return undefined;
     const problem = signerNameProblem(signerName);
-    if (problem) throw bad(source, signerName, `a Kubernetes signer name such as meshca.io/workloads (${problem})`);
+    if (problem) throw bad(source, signerName, `a Kubernetes signer name such as ${EXAMPLE_CSR_SIGNER_NAME} (${problem})`);
     const requesters = readList(flags.csrSignerRequesters as string | undefined, env, sourceOf(CSR_SIGNER_FLAGS.csrSignerRequesters), DEFAULT_CSR_REQUESTERS);
     if (requesters.length === 0) throw bad(sourceOf(CSR_SIGNER_FLAGS.csrSignerRequesters), '', 'at least one user name, e.g. system:serviceaccount:istio-system:istiod');
     return (context) => Promise.resolve(startCsrSigner(context, { signerName, requesters }));
