@@ -377,9 +377,9 @@ export class CsrStore {
     const now = isoSeconds();
     return conditions.map((c) => {
       const before = old.find((o) => o.type === c.type);
-      const stamped: Condition = { ...c, lastTransitionTime: c.lastTransitionTime ?? before?.lastTransitionTime ?? now };
-      stamped.lastUpdateTime ??= now;
-      return stamped;
+      // Stored at second precision, as the API server's metav1.Time is.
+      const seconds = (t: unknown): string | undefined => (typeof t === 'string' && !Number.isNaN(Date.parse(t)) ? isoSeconds(new Date(t)) : undefined);
+      return { ...c, lastTransitionTime: seconds(c.lastTransitionTime) ?? seconds(before?.lastTransitionTime) ?? now, lastUpdateTime: seconds(c.lastUpdateTime) ?? now };
     });
   }
 
