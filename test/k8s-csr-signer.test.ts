@@ -203,8 +203,48 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     assert.equal(failures, -1, 'the first signature failed and a second one was made');
     assert.equal(read(retried).status?.conditions?.some((c) => c.type === 'Failed'), false, 'a transient failure is not a Failed condition');
 
+    // Without `sign` on the signer the status write is a 403: retried (not Failed) until the grant arrives.
+    kube.state.csr.signerGrants = new Set([`${ISTIOD} approve ${SIGNER}`]);
+    const ungranted = await request(istiod, workloadCsr('spiffe://cluster.local/ns/default/sa/ungranted'));
+    await eventually('a refused status write', () => Promise.resolve(statusWrites(ungranted) >= 2 ? true : undefined));
+    assert.equal(read(ungranted).status?.conditions?.some((c) => c.type === 'Failed'), false);
+    kube.state.csr.signerGrants.add(`system:serviceaccount:meshca-system:meshca sign meshca.io/*`);
+    await signed(ungranted);
+    kube.state.csr.signerGrants = undefined;
+
     assert.equal((kube.state.csr.get('csr-workload-1')?.status as { certificate?: string }).certificate, before.certificate);
     assert.equal(statusWrites('csr-workload-1'), writesBefore, 'the restarted signer did not write an already signed CSR');
 
+  });
+
+  it("the stand-in enforces the API's CSR rules (422 Invalid, 409 Conflict)", async () => {
+    const rejects = async (call: Promise<unknown>, code: number, message: RegExp): Promise<void> => {
+      await assert.rejects(call, (error: { code?: number; body?: unknown }) => {
+        assert.equal(error.code, code);
+        assert.match(typeof error.body === 'string' ? error.body : JSON.stringify(error.body), message);
+        return true;
+      });
+    };
+    const body = (request: string, extra: Record<string, unknown> = {}): V1CertificateSigningRequest => ({
+      metadata: { name: `rules-${++serial}` },
+      spec: { request, signerName: SIGNER, usages: USAGES, ...extra },
+    });
+    const good = Buffer.from(workloadCsr('spiffe://cluster.local/ns/default/sa/rules')).toString('base64');
+    await rejects(istiod.createCertificateSigningRequest({ body: body(Buffer.from('not a CSR').toString('base64')) }), 422, /spec.request: Invalid value.*CERTIFICATE REQUEST/);
+    await rejects(istiod.createCertificateSigningRequest({ body: body(good, { expirationSeconds: 300 }) }), 422, /spec.expirationSeconds: Invalid value: 300/);
+    await rejects(istiod.createCertificateSigningRequest({ body: body(good, { signerName: 'kubernetes.io/legacy-unknown' }) }), 422, /legacy signerName is not allowed/);
+    const name = await request(istiod, workloadCsr('spiffe://cluster.local/ns/default/sa/rules'), 'none');
+    const csr = await istiod.readCertificateSigningRequest({ name });
+    csr.status = { conditions: [{ type: 'Approved', status: 'True' }, { type: 'Denied', status: 'True' }] };
+    await rejects(istiod.replaceCertificateSigningRequestApproval({ name, body: csr }), 422, /mutually exclusive/);
+    const notPem = { ...csr, status: { certificate: Buffer.from('-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n').toString('base64') } };
+    await rejects(istiod.replaceCertificateSigningRequestStatus({ name, body: notPem }), 422, /status.certificate: Invalid value.*only CERTIFICATE PEM blocks/);
+    const stale = { ...csr, metadata: { ...csr.metadata, resourceVersion: '1' } };
+    await rejects(istiod.replaceCertificateSigningRequestStatus({ name, body: stale }), 409, /the object has been modified/);
+    // A signed CSR's certificate cannot change, and its approval cannot be taken back.
+    const done = await istiod.readCertificateSigningRequest({ name: 'csr-workload-1' });
+    const other = Buffer.from(rootPem).toString('base64');
+    await rejects(istiod.replaceCertificateSigningRequestStatus({ name: 'csr-workload-1', body: { ...done, status: { ...done.status, certificate: other } } }), 422, /may not modify existing certificate content/);
+    await rejects(istiod.replaceCertificateSigningRequestApproval({ name: 'csr-workload-1', body: { ...done, status: { ...done.status, conditions: [] } } }), 422, /may not remove a condition of type \\"Approved\\"/);
   });
 });
