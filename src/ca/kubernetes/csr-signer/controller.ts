@@ -158,13 +158,17 @@ class CsrSignerController implements RunningKubernetesPlugin {
       try {
         csr = await this.api.readCertificateSigningRequest({ name });
       } catch (error) {
-        if (kubeStatusCode(error) === 404) return;
+        if (kubeStatusCode(error) === 404) {
+          this.clearRetry(name);
+          return;
+        }
         this.retryLater(name, `cannot read it: ${kubeErrorMessage(error)}`);
         return;
       }
       const uid = csr.metadata?.uid ?? '';
       if (!awaitsSignature(csr, this.settings.signerName)) {
         this.unwritten.delete(uid);
+        this.clearRetry(name);
         return;
       }
       let status: NonNullable<V1CertificateSigningRequest['status']>;
@@ -189,6 +193,7 @@ class CsrSignerController implements RunningKubernetesPlugin {
         if (kubeStatusCode(error) === 409) continue; // Changed since the read: read again, write the same chain.
         if (kubeStatusCode(error) === 404) {
           this.unwritten.delete(uid);
+          this.clearRetry(name);
           return;
         }
         this.retryLater(name, `cannot write its status: ${kubeErrorMessage(error)}`);
