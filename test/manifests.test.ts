@@ -19,6 +19,7 @@ import * as k8s from '@kubernetes/client-node';
 import { Command } from 'commander';
 import { SDS_TOKEN_HEADER } from '../src/agent/credentials.js';
 import { CA_SECRET_NAME, ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../src/ca/index.js';
+import { EXAMPLE_CSR_SIGNER_NAME } from '../src/ca/kubernetes/csr-signer/index.js';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
 import { registerCacertsCommand } from '../src/commands/cacerts.js';
@@ -341,6 +342,9 @@ function apiUsesInSource(): ApiUse[] {
       if (!classes || classes.includes('CustomObjectsApi') || !/^(create|read|replace|patch|delete|list)[A-Z]/.test(match[1]!)) continue;
       uses.push(apiUseOfMethod(match[1]!, classes, file));
     }
+    // The CertificateSigning admission plugin lets a CSR's status (certificate or conditions) change only for a
+    // caller with `sign` on the signer name: that write implies the grant.
+    if (/\.replaceCertificateSigningRequestStatus\s*\(/.test(text)) uses.push({ group: 'certificates.k8s.io', resource: 'signers', verb: 'sign', where: file });
     // CustomObjectsApi calls name their resource in the call: { group: '…', version, plural: '…' }.
     for (const match of text.matchAll(/\.(get|list|create|replace|patch|delete)(?:Namespaced|Cluster)CustomObject(Status)?\(\{([^}]*)/g)) {
       const group = /group:\s*'([^']*)'/.exec(match[3]!)?.[1];
@@ -550,7 +554,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     assert.deepEqual(unused, [], `RBAC rules no code uses: ${unused.join(', ')}`);
     // Names in resourceNames are the ones the code reads and writes.
     const names = grants.flatMap((g) => g.role.rules.flatMap((r) => (r.resourceNames ?? []).map((n) => `${r.resources.join(',')}/${n}`)));
-    assert.deepEqual(names.sort(), [`configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, 'signers/meshca.io/*']);
+    assert.deepEqual(names.sort(), [`configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, 'signers/meshca.io/*', `signers/${EXAMPLE_CSR_SIGNER_NAME}`]);
     // The agent talks to no API server: no binding, no token.
     assert.deepEqual(grantsFor(objects, { name: 'meshca-agent', namespace: 'istio-system' }), []);
     assert.equal(daemonSet.spec.template.spec.automountServiceAccountToken, false);

@@ -1,7 +1,8 @@
 /**
  * PodCertificateRequests for the Kubernetes stand-in (test code only): `certificates.k8s.io` v1beta1 (and v1 when
  * `served` includes it), following the wire contract a real API server keeps:
- *  - discovery: `/apis/certificates.k8s.io` and `/apis/certificates.k8s.io/<v>` (404 for a version not served);
+ *  - discovery: `/apis/certificates.k8s.io` and `/apis/certificates.k8s.io/<v>` (v1 always, with the
+ *    CertificateSigningRequests of kube-csr.ts; v1beta1 only while PodCertificateRequests are served there);
  *  - create (generateName, status wiped, the spec rules: required fields, signer name, maxExpirationSeconds range,
  *    one key encoding, key types RSA 3072/4096, ECDSA P-256/384/521 and Ed25519, the proof of possession over the
  *    pod UID or the stub CSR's self-signature), get, list and watch (cluster-wide or per namespace, field selectors
@@ -487,27 +488,35 @@ export async function routePodCertificateRequests(state: KubeStandinState, req: 
   if (segs[0] !== 'apis' || segs[1] !== GROUP) return false;
   const store = podCertificateRequests(state);
   const method = (req.method ?? 'GET').toUpperCase();
-  const served = PCR_VERSIONS.filter((v) => store.served.has(v));
+  // Discovery: v1 is always there (CertificateSigningRequests, kube-csr.ts); PodCertificateRequests where served.
+  const versions = PCR_VERSIONS.filter((v) => v === 'v1' || store.served.has(v));
   if (segs.length === 2) {
-    const versions = served.map((v) => ({ groupVersion: `${GROUP}/${v}`, version: v }));
-    sendJson(res, 200, { kind: 'APIGroup', apiVersion: 'v1', name: GROUP, versions, preferredVersion: versions[versions.length - 1] ?? null });
+    const list = versions.map((v) => ({ groupVersion: `${GROUP}/${v}`, version: v }));
+    sendJson(res, 200, { kind: 'APIGroup', apiVersion: 'v1', name: GROUP, versions: list, preferredVersion: list.find((v) => v.version === 'v1') ?? null });
     return true;
   }
   const version = segs[2] as Version;
-  if (!store.served.has(version)) throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});
+  if (!(versions as readonly string[]).includes(version)) throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});
   if (segs.length === 3) {
     const verbs = ['create', 'delete', 'get', 'list', 'update', 'watch'];
-    sendJson(res, 200, {
-      kind: 'APIResourceList',
-      apiVersion: 'v1',
-      groupVersion: `${GROUP}/${version}`,
-      resources: [
-        { name: 'podcertificaterequests', singularName: 'podcertificaterequest', namespaced: true, kind: 'PodCertificateRequest', verbs },
-        { name: 'podcertificaterequests/status', singularName: '', namespaced: true, kind: 'PodCertificateRequest', verbs: ['get', 'update'] },
-      ],
-    });
+    const pcr = store.served.has(version)
+      ? [
+          { name: 'podcertificaterequests', singularName: 'podcertificaterequest', namespaced: true, kind: 'PodCertificateRequest', verbs },
+          { name: 'podcertificaterequests/status', singularName: '', namespaced: true, kind: 'PodCertificateRequest', verbs: ['get', 'update'] },
+        ]
+      : [];
+    const csr =
+      version === 'v1'
+        ? [
+            { name: 'certificatesigningrequests', singularName: 'certificatesigningrequest', namespaced: false, kind: 'CertificateSigningRequest', verbs: [...verbs, 'deletecollection', 'patch'] },
+            { name: 'certificatesigningrequests/approval', singularName: '', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['get', 'patch', 'update'] },
+            { name: 'certificatesigningrequests/status', singularName: '', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['get', 'patch', 'update'] },
+          ]
+        : [];
+    sendJson(res, 200, { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: `${GROUP}/${version}`, resources: [...csr, ...pcr] });
     return true;
   }
+  if (!store.served.has(version)) throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});
   let rest = segs.slice(3);
   let namespace: string | undefined;
   if (rest[0] === 'namespaces' && rest.length >= 3) {

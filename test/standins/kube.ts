@@ -46,6 +46,7 @@ import * as jose from 'jose';
 import { closeServer, isRecord, listen, readBody, sendJson, sendRaw, sleep, SocketTracker } from './http-util.js';
 import { routePodCertificateRequests } from './kube-pcr.js';
 import { makeServerTls, type CryptoKey } from './pki.js';
+import { CsrStore } from './kube-csr.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -531,6 +532,8 @@ export class KubeStandinState {
   jwksUri: string | undefined;
   /** Set by the server once listening. */
   url = '';
+  /** certificates.k8s.io/v1 CertificateSigningRequests (kube-csr.ts). */
+  readonly csr = new CsrStore(() => ++this.rv, () => this.rv);
 
   /** @internal */ readonly reviewerToken: string;
   /** @internal */ readonly reviewerUser: string;
@@ -691,6 +694,7 @@ export class KubeStandinState {
   /** End every open watch stream (clients see the stream close and must re-watch). */
   closeWatches(): void {
     for (const w of [...this.watchers]) w.close();
+    this.csr.closeWatches();
   }
 
   /** Forget watch history: watches from an older resourceVersion now get 410 Expired. */
@@ -1293,6 +1297,7 @@ async function route(state: KubeStandinState, req: IncomingMessage, res: ServerR
     return;
   }
 
+  if (path.startsWith('/apis/certificates.k8s.io/') && (await state.csr.route(user, method, path, q, req, res))) return;
   if (await routePodCertificateRequests(state, req, res, url, user)) return;
   let segs = path.split('/').filter(Boolean);
   if (segs[0] !== 'api' || segs[1] !== 'v1') {

@@ -4,6 +4,7 @@
  */
 import { bad, raw, type Env } from '../../../config/env.js';
 import { flagOption, sourceOf, type FlagSpec } from '../../../config/flags.js';
+import { signerNameProblem } from '../csr-signer/signer-name.js';
 import type { KubernetesPlugin } from '../types.js';
 import { startPodCertificateSigner } from './signer.js';
 
@@ -15,25 +16,6 @@ export const POD_CERTIFICATE_SIGNER_FLAG: FlagSpec = {
   defaultText: 'off',
 };
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-
-/** Why `name` is not a signer name Kubernetes accepts (`<domain>/<path>`), or undefined when it is one. */
-export function signerNameProblem(name: string): string | undefined {
-  const parts = name.split('/');
-  if (parts.length !== 2) return 'exactly one "/" between a domain and a path';
-  const [domain, path] = parts as [string, string];
-  const labels = domain.split('.');
-  if (domain.length > 253 || labels.length < 2 || !labels.every((l) => l.length <= 63 && DNS_LABEL.test(l))) {
-    return 'a lowercase DNS domain with at least one dot before the "/"';
-  }
-  if (domain === 'kubernetes.io' || domain.endsWith('.kubernetes.io')) return 'a domain of your own (kubernetes.io is reserved for Kubernetes)';
-  const segments = path.split('.');
-  if (path.length === 0 || path.length > 317 || !segments.every((s) => s.length <= 63 && DNS_LABEL.test(s))) {
-    return 'a path of lowercase DNS labels after the "/"';
-  }
-  return undefined;
-}
-
 export const podCertificatesPlugin: KubernetesPlugin = {
   name: 'pod-certificates',
   options: () => [flagOption(POD_CERTIFICATE_SIGNER_FLAG)],
@@ -43,7 +25,7 @@ export const podCertificatesPlugin: KubernetesPlugin = {
     const signerName = raw(typeof flag === 'string' ? flag : undefined, env, source);
     if (signerName === undefined) return undefined;
     const problem = signerNameProblem(signerName);
-    if (problem) throw bad(source, signerName, `a Kubernetes signer name such as meshca.io/spiffe: ${problem}`);
+    if (problem) throw bad(source, signerName, `a Kubernetes signer name such as meshca.io/spiffe (${problem})`);
     return async (context) => {
       if (!context.pods) throw new Error('pod certificates: no pod cache was given to the plugin (a bug in meshca)');
       const signer = startPodCertificateSigner({
