@@ -43,6 +43,7 @@ import { join } from 'node:path';
 import * as jose from 'jose';
 import { closeServer, isRecord, listen, readBody, sendJson, sendRaw, sleep, SocketTracker } from './http-util.js';
 import { makeServerTls, type CryptoKey } from './pki.js';
+import { ClusterTrustBundleApi } from './kube-ctb.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -528,6 +529,8 @@ export class KubeStandinState {
   jwksUri: string | undefined;
   /** Set by the server once listening. */
   url = '';
+  /** certificates.k8s.io ClusterTrustBundles (./kube-ctb.ts). */
+  readonly clusterTrustBundles = new ClusterTrustBundleApi(this.forbidden);
 
   /** @internal */ readonly reviewerToken: string;
   /** @internal */ readonly reviewerUser: string;
@@ -688,6 +691,7 @@ export class KubeStandinState {
   /** End every open watch stream (clients see the stream close and must re-watch). */
   closeWatches(): void {
     for (const w of [...this.watchers]) w.close();
+    this.clusterTrustBundles.closeWatches();
   }
 
   /** Forget watch history: watches from an older resourceVersion now get 410 Expired. */
@@ -1290,6 +1294,7 @@ async function route(state: KubeStandinState, req: IncomingMessage, res: ServerR
     return;
   }
 
+  if (await state.clusterTrustBundles.handle(req, res, path, q, user)) return;
   let segs = path.split('/').filter(Boolean);
   if (segs[0] !== 'api' || segs[1] !== 'v1') {
     throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});

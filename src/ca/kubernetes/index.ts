@@ -5,10 +5,11 @@
 import type { Command } from 'commander';
 import type { Env } from '../../config/env.js';
 import type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
+import { clusterTrustBundlePlugin } from './cluster-trust-bundle/index.js';
 
 export type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
 
-export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [];
+export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [clusterTrustBundlePlugin];
 
 /** A plugin turned on by the configuration. */
 export interface ConfiguredKubernetesPlugin {
