@@ -19,6 +19,8 @@ import * as k8s from '@kubernetes/client-node';
 import { Command } from 'commander';
 import { SDS_TOKEN_HEADER } from '../src/agent/credentials.js';
 import { CA_SECRET_NAME, ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../src/ca/index.js';
+import { DEFAULT_TRUST_BUNDLE_SIGNER } from '../src/ca/kubernetes/cluster-trust-bundle/index.js';
+import { clusterTrustBundleName } from '../src/ca/kubernetes/cluster-trust-bundle/publisher.js';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
 import { registerCacertsCommand } from '../src/commands/cacerts.js';
@@ -257,6 +259,8 @@ const API_GROUP_OF_CLIENT: Record<string, string> = {
   CoordinationV1Api: 'coordination.k8s.io',
   AppsV1Api: 'apps',
   CertificatesV1Api: 'certificates.k8s.io',
+  CertificatesV1alpha1Api: 'certificates.k8s.io',
+  CertificatesV1beta1Api: 'certificates.k8s.io',
 };
 const VERB_OF_PREFIX: Record<string, string> = {
   create: 'create',
@@ -339,6 +343,10 @@ function apiUsesInSource(): ApiUse[] {
       const classes = methods.get(match[1]!);
       if (!classes || !/^(create|read|replace|patch|delete|list)[A-Z]/.test(match[1]!)) continue;
       uses.push(apiUseOfMethod(match[1]!, classes, file));
+    }
+    // Verbs no API call makes but admission checks (e.g. "attest" on signers for a signer-linked ClusterTrustBundle).
+    for (const match of text.matchAll(/\{ group: '([^']*)', resource: '([a-z]+)', verb: '([a-z]+)' \}/g)) {
+      uses.push({ group: match[1]!, resource: match[2]!, verb: match[3]!, where: file });
     }
     if (/\bnew Watch\(/.test(text)) {
       for (const match of text.matchAll(/['`](\/apis?\/[^'`]+)['`]/g)) {
@@ -540,7 +548,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     assert.deepEqual(unused, [], `RBAC rules no code uses: ${unused.join(', ')}`);
     // Names in resourceNames are the ones the code reads and writes.
     const names = grants.flatMap((g) => g.role.rules.flatMap((r) => (r.resourceNames ?? []).map((n) => `${r.resources.join(',')}/${n}`)));
-    assert.deepEqual(names.sort(), [`configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`]);
+    assert.deepEqual(names.sort(), [`clustertrustbundles/${clusterTrustBundleName(DEFAULT_TRUST_BUNDLE_SIGNER)}`, `configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, `signers/${DEFAULT_TRUST_BUNDLE_SIGNER}`]);
     // The agent talks to no API server: no binding, no token.
     assert.deepEqual(grantsFor(objects, { name: 'meshca-agent', namespace: 'istio-system' }), []);
     assert.equal(daemonSet.spec.template.spec.automountServiceAccountToken, false);

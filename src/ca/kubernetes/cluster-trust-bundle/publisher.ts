@@ -21,6 +21,8 @@ export type ClusterTrustBundleVersion = (typeof CLUSTER_TRUST_BUNDLE_VERSIONS)[n
 /** The last part of the bundle's name, after the signer-name prefix. */
 export const BUNDLE_NAME_SUFFIX = 'roots';
 export const BUNDLE_LABELS: Readonly<Record<string, string>> = { 'app.kubernetes.io/managed-by': 'meshca' };
+/** What admission (ClusterTrustBundleAttest) requires of whoever writes a signer-linked bundle, on the signer's name. */
+export const ATTEST_PERMISSION = { group: 'certificates.k8s.io', resource: 'signers', verb: 'attest' } as const;
 
 /** The name the API requires of a bundle linked to `signerName`: the signer with "/" as ":", then ":" and a suffix. */
 export function clusterTrustBundleName(signerName: string): string {
@@ -120,11 +122,11 @@ class Publisher implements ClusterTrustBundlePublisher {
   }
 
   private rewrite(context: RequestContext): RequestContext {
-    const from = `/apis/${CERTIFICATES_GROUP}/v1beta1`;
+    const group = '/apis/' + CERTIFICATES_GROUP;
     const to = this.probing ?? this.version;
     const url = context.getUrl();
-    const at = url.indexOf(from);
-    if (at !== -1 && to) context.setUrl(`${url.slice(0, at)}/apis/${CERTIFICATES_GROUP}/${to}${url.slice(at + from.length)}`);
+    const at = url.indexOf(`${group}/v1beta1`);
+    if (at !== -1 && to) context.setUrl(`${url.slice(0, at)}${group}/${to}${url.slice(at + group.length + '/v1beta1'.length)}`);
     return context;
   }
 
@@ -192,7 +194,7 @@ class Publisher implements ClusterTrustBundlePublisher {
     this.watchedVersion = version;
     this.stopWatch = followResumable(
       this.watcher,
-      `/apis/${CERTIFICATES_GROUP}/${version}/clustertrustbundles`,
+      `/apis/certificates.k8s.io/${version}/clustertrustbundles`,
       { fieldSelector: `metadata.name=${this.name}` },
       (type, obj) => {
         const bundle = obj as WatchedBundle;
@@ -280,7 +282,8 @@ class Publisher implements ClusterTrustBundlePublisher {
     const message = error instanceof Error && !kubeStatusCode(error) ? error.message : kubeErrorMessage(error);
     if (this.lastError === message) return;
     this.lastError = message;
-    const hint = kubeStatusCode(error) === 403 ? ` (the CA needs create/get/update/watch on clustertrustbundles and "attest" on signers ${this.options.signerName})` : '';
+    const { verb, resource } = ATTEST_PERMISSION;
+    const hint = kubeStatusCode(error) === 403 ? ` (the CA needs create, get, update and watch on clustertrustbundles, and "${verb}" on ${resource} ${this.options.signerName})` : '';
     this.options.logger.error({ name: this.name, err: message }, `cannot publish ClusterTrustBundle ${this.name}${hint}; will retry at the next change or resync`);
   }
 
