@@ -260,7 +260,7 @@ class Publisher implements ClusterTrustBundlePublisher {
           },
           spec: { signerName: this.options.signerName, trustBundle: desired.pem },
         };
-        const fields = { name: this.name, version: this.version, roots: desired.count, ...(desired.skipped.length ? { skipped: desired.skipped } : {}) };
+        const fields = { bundle: this.name, version: this.version, roots: desired.count, ...(desired.skipped.length ? { skipped: desired.skipped } : {}) };
         if (existing) {
           await this.api.replaceClusterTrustBundle({ name: this.name, body }, this.served);
           this.options.logger.info(fields, `ClusterTrustBundle ${this.name} updated`);
@@ -284,7 +284,7 @@ class Publisher implements ClusterTrustBundlePublisher {
     this.lastError = message;
     const { verb, resource } = ATTEST_PERMISSION;
     const hint = kubeStatusCode(error) === 403 ? ` (the CA needs create, get, update and watch on clustertrustbundles, and "${verb}" on ${resource} ${this.options.signerName})` : '';
-    this.options.logger.error({ name: this.name, err: message }, `cannot publish ClusterTrustBundle ${this.name}${hint}; will retry at the next change or resync`);
+    this.options.logger.error({ bundle: this.name, err: message }, `cannot publish ClusterTrustBundle ${this.name}${hint}; will retry at the next change or resync`);
   }
 
   async close(): Promise<void> {
