@@ -19,7 +19,7 @@ import type { CertificateAuthority } from '../src/ca/authority.js';
 import { kubeClient } from '../src/kube/client.js';
 import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
-import { eventually } from './keysource-helpers.js';
+import { eventually } from './support/eventually.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { Registry } from 'prom-client';
 

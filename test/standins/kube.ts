@@ -22,6 +22,8 @@
  *    preconditions; namespaces cascade) and `?watch=true` / `/api/v1/watch/...` streams of newline-delimited
  *    ADDED/MODIFIED/DELETED events with resourceVersion replay, selector transitions, `timeoutSeconds` and
  *    410 Expired after `state.compact()`. Secrets honour `stringData` and base64-validate `data`.
+ *  - `certificates.k8s.io` ClusterTrustBundles with discovery, validation and attest admission: ./kube-ctb.ts
+ *    (`state.clusterTrustBundles`).
  *  - `GET /.well-known/openid-configuration`, `GET /openid/v1/jwks` (anonymous unless `state.oidcRequiresAuth`),
  *    `/version`, `/healthz`, `/readyz`, `/livez`.
  *  - Pod helpers for node checks: `setPodPhase()` and `markPodDeleting()` (deletionTimestamp set, pod kept).
