@@ -4,7 +4,7 @@
  *  - the plugin publishes `meshca.io:spiffe:roots` with every root of the signer; a new root in the signer (what
  *    rotation's "publish" step and a cacerts reload do) updates it; an edited bundle is repaired and a deleted one
  *    re-created; the stand-in never answered one of its writes with 422 or 403; openssl parses every certificate;
- *  - the version comes from discovery (v1beta1 on a 1.33-1.36 server, v1 on 1.37) and a cluster without the API
+ *  - the version comes from discovery (v1beta1 on a 1.33-1.36 server, v1 on 1.37, v1alpha1 before) and a cluster without the API
  *    refuses to start with what to turn on;
  *  - the stand-in itself refuses what the API refuses (so "no 422" above means something).
  */
@@ -116,6 +116,16 @@ describe('ClusterTrustBundle publishing', () => {
     } finally {
       await publisher.close();
     }
+    // A 1.27-1.32 server: v1alpha1 only. The bundle written through v1 is current, so nothing is written.
+    ctb.versions = ['v1alpha1'];
+    const alphaFrom = ctb.log.length;
+    const alpha = await startClusterTrustBundlePublisher({ kubeConfig, bundle: source, signerName: 'example.com/mesh', logger });
+    await alpha.close();
+    assert.equal(alpha.version, 'v1alpha1');
+    const alphaCalls = ctb.log.slice(alphaFrom);
+    assert.ok(alphaCalls.length >= 2 && alphaCalls.every((e) => e.method === 'GET' && e.code === 200 && e.path.startsWith('/apis/certificates.k8s.io/v1alpha1/clustertrustbundles')), JSON.stringify(alphaCalls));
+    ctb.versions = ['v1alpha1', 'v1beta1'];
+
     // No example.com attest grant: the API's admission refuses, and meshca keeps running (logged, retried).
     ctb.remove('example.com:mesh:roots');
     const denied = await startClusterTrustBundlePublisher({ kubeConfig, bundle: source, signerName: 'example.com/other', logger });
