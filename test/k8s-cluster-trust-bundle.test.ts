@@ -6,6 +6,7 @@
  *    re-created; the stand-in never answered one of its writes with 422 or 403; openssl parses every certificate;
  *  - the version comes from discovery (v1beta1 on a 1.33-1.36 server, v1 on 1.37, v1alpha1 before) and a cluster without the API
  *    refuses to start with what to turn on;
+ *  - an API server that is down at start-up does not stop the CA: the bundle is published once it is back;
  *  - the stand-in itself refuses what the API refuses (so "no 422" above means something).
  */
 import assert from 'node:assert/strict';
@@ -144,6 +145,22 @@ describe('ClusterTrustBundle publishing', () => {
     // Bad signer names are refused at start-up.
     assert.throws(() => clusterTrustBundlePlugin.configure({ clusterTrustBundle: true, clusterTrustBundleSigner: 'kubernetes.io/x' }, {}), /reserved for Kubernetes/);
     assert.throws(() => clusterTrustBundlePlugin.configure({}, { MESHCA_CLUSTER_TRUST_BUNDLE_SIGNER: 'meshca/spiffe' }), /MESHCA_CLUSTER_TRUST_BUNDLE_SIGNER/);
+  });
+
+  test('an API server down at start-up: the CA starts, and the bundle is published once it is back', async () => {
+    const ctb = kube.state.clusterTrustBundles;
+    const root = await newRoot('root-f');
+    ctb.remove(NAME);
+    kube.state.down = true;
+    const publisher = await startClusterTrustBundlePublisher({ kubeConfig, bundle: { trustBundlePem: () => root.certPem, onChange: () => () => undefined }, signerName: 'meshca.io/spiffe', logger });
+    try {
+      assert.equal(ctb.get(NAME), undefined);
+      kube.state.down = false;
+      await eventually(() => (ctb.get(NAME)?.spec.trustBundle === root.certPem ? true : undefined), 5000, 'the bundle after the API server came back');
+    } finally {
+      kube.state.down = false;
+      await publisher.close();
+    }
   });
 
   test('the stand-in refuses what the API refuses', async () => {

@@ -132,8 +132,11 @@ class Publisher implements ClusterTrustBundlePublisher {
 
   /** The periodic resync, and (when the first attempt failed, e.g. the API server was unreachable) retries with backoff until one works. */
   start(retryInitialization: boolean): void {
-    this.resyncTimer = setInterval(() => void this.resync(), this.options.resyncIntervalMs ?? 300_000);
-    this.resyncTimer.unref();
+    if (this.closed) return;
+    if (!this.resyncTimer) {
+      this.resyncTimer = setInterval(() => void this.resync(), this.options.resyncIntervalMs ?? 300_000);
+      this.resyncTimer.unref();
+    }
     if (retryInitialization) void this.retry(500);
   }
 
@@ -296,24 +299,39 @@ class Publisher implements ClusterTrustBundlePublisher {
   }
 }
 
+/** How long start-up waits for the first discovery and write before going on and finishing them in the background. */
+export const FIRST_SYNC_WAIT_MS = 10_000;
+
 /**
- * Starts publishing: discovers the version and writes the bundle before resolving. Rejects with
- * ClusterTrustBundleNotServedError when the cluster serves no ClusterTrustBundle; other first-write failures are
- * logged and retried at the next change or resync.
+ * Starts publishing: discovers the version and writes the bundle before resolving (waiting at most
+ * FIRST_SYNC_WAIT_MS for an API server that does not answer). Rejects with ClusterTrustBundleNotServedError when
+ * the cluster serves no ClusterTrustBundle; other first-attempt failures are logged and retried with backoff.
  */
 export async function startClusterTrustBundlePublisher(options: ClusterTrustBundlePublisherOptions): Promise<ClusterTrustBundlePublisher> {
   const publisher = new Publisher(options);
-  let retryInitialization = false;
-  try {
-    await publisher.initialize();
-  } catch (error) {
-    if (error instanceof ClusterTrustBundleNotServedError) {
-      await publisher.close();
-      throw error;
-    }
-    publisher.report(error);
-    retryInitialization = true;
+  const first = publisher.initialize().then(
+    () => 'done' as const,
+    (error: unknown) => error,
+  );
+  let timer: NodeJS.Timeout | undefined;
+  const slow = new Promise<'slow'>((resolve) => (timer = setTimeout(() => resolve('slow'), FIRST_SYNC_WAIT_MS)));
+  const outcome = await Promise.race([first, slow]);
+  clearTimeout(timer);
+  if (outcome === 'slow') {
+    options.logger.warn({ waitedMs: FIRST_SYNC_WAIT_MS }, 'ClusterTrustBundle: the API server has not answered yet; publishing goes on in the background');
+    publisher.start(false);
+    void first.then((late) => {
+      if (late === 'done') return;
+      publisher.report(late);
+      publisher.start(true);
+    });
+    return publisher;
   }
-  publisher.start(retryInitialization);
+  if (outcome instanceof ClusterTrustBundleNotServedError) {
+    await publisher.close();
+    throw outcome;
+  }
+  if (outcome !== 'done') publisher.report(outcome);
+  publisher.start(outcome !== 'done');
   return publisher;
 }
