@@ -152,7 +152,7 @@ describe('ClusterTrustBundle publishing', () => {
     const root = await newRoot('root-f');
     ctb.remove(NAME);
     kube.state.down = true;
-    const publisher = await startClusterTrustBundlePublisher({ kubeConfig, bundle: { trustBundlePem: () => root.certPem, onChange: () => () => undefined }, signerName: 'meshca.io/spiffe', logger });
+    const publisher = await startClusterTrustBundlePublisher({ kubeConfig, bundle: { trustBundlePem: () => root.certPem, onChange: () => () => undefined }, signerName: 'meshca.io/spiffe', logger, firstRetryMs: 50 });
     try {
       assert.equal(ctb.get(NAME), undefined);
       kube.state.down = false;

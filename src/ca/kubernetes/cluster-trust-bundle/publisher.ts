@@ -68,6 +68,8 @@ export interface ClusterTrustBundlePublisherOptions {
   logger: Logger;
   /** Rediscovery, re-read and repair (default 5 minutes). */
   resyncIntervalMs?: number;
+  /** The first retry after a failed start-up attempt (default 500 ms, doubling to 30 s). */
+  firstRetryMs?: number;
 }
 
 export interface ClusterTrustBundlePublisher {
@@ -137,7 +139,7 @@ class Publisher implements ClusterTrustBundlePublisher {
       this.resyncTimer = setInterval(() => void this.resync(), this.options.resyncIntervalMs ?? 300_000);
       this.resyncTimer.unref();
     }
-    if (retryInitialization) void this.retry(500);
+    if (retryInitialization) void this.retry(this.options.firstRetryMs ?? 500);
   }
 
   private async retry(delayMs: number): Promise<void> {
