@@ -21,6 +21,7 @@ import { SDS_TOKEN_HEADER } from '../src/agent/credentials.js';
 import { CA_SECRET_NAME, ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../src/ca/index.js';
 import { DEFAULT_TRUST_BUNDLE_SIGNER } from '../src/ca/kubernetes/cluster-trust-bundle/index.js';
 import { clusterTrustBundleName } from '../src/ca/kubernetes/cluster-trust-bundle/publisher.js';
+import { EXAMPLE_CSR_SIGNER_NAME } from '../src/ca/kubernetes/csr-signer/index.js';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
 import { registerCacertsCommand } from '../src/commands/cacerts.js';
@@ -344,6 +345,9 @@ function apiUsesInSource(): ApiUse[] {
       if (!classes || !/^(create|read|replace|patch|delete|list)[A-Z]/.test(match[1]!)) continue;
       uses.push(apiUseOfMethod(match[1]!, classes, file));
     }
+    // The CertificateSigning admission plugin lets a CSR's status (certificate or conditions) change only for a
+    // caller with `sign` on the signer name: that write implies the grant.
+    if (/\.replaceCertificateSigningRequestStatus\s*\(/.test(text)) uses.push({ group: 'certificates.k8s.io', resource: 'signers', verb: 'sign', where: file });
     // Verbs no API call makes but admission checks (e.g. "attest" on signers for a signer-linked ClusterTrustBundle).
     for (const match of text.matchAll(/\{ group: '([^']*)', resource: '([a-z]+)', verb: '([a-z]+)' \}/g)) {
       uses.push({ group: match[1]!, resource: match[2]!, verb: match[3]!, where: file });
@@ -548,7 +552,7 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     assert.deepEqual(unused, [], `RBAC rules no code uses: ${unused.join(', ')}`);
     // Names in resourceNames are the ones the code reads and writes.
     const names = grants.flatMap((g) => g.role.rules.flatMap((r) => (r.resourceNames ?? []).map((n) => `${r.resources.join(',')}/${n}`)));
-    assert.deepEqual(names.sort(), [`clustertrustbundles/${clusterTrustBundleName(DEFAULT_TRUST_BUNDLE_SIGNER)}`, `configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, `signers/${DEFAULT_TRUST_BUNDLE_SIGNER}`]);
+    assert.deepEqual(names.sort(), [`clustertrustbundles/${clusterTrustBundleName(DEFAULT_TRUST_BUNDLE_SIGNER)}`, `configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, `signers/${DEFAULT_TRUST_BUNDLE_SIGNER}`, `signers/${EXAMPLE_CSR_SIGNER_NAME}`]);
     // The agent talks to no API server: no binding, no token.
     assert.deepEqual(grantsFor(objects, { name: 'meshca-agent', namespace: 'istio-system' }), []);
     assert.equal(daemonSet.spec.template.spec.automountServiceAccountToken, false);

@@ -79,6 +79,11 @@ export class CertificateAuthority {
     return checkedCsr(csrPem);
   }
 
+  /** MAX_WORKLOAD_CERT_TTL in seconds. */
+  get maxTtlSeconds(): number {
+    return this.options.maxTtlSeconds;
+  }
+
   ttlFor(requestedTtlSeconds: number): number {
     if (!Number.isFinite(requestedTtlSeconds) || requestedTtlSeconds <= 0) return this.options.defaultTtlSeconds;
     if (requestedTtlSeconds > this.options.maxTtlSeconds) {

@@ -3,8 +3,8 @@
  * §4 describe it:
  *  - served at the versions in `versions` (default v1alpha1 + v1beta1, as on 1.33-1.36; ['v1beta1', 'v1'] is
  *    1.37), cluster-scoped, no status subresource, with discovery: `/apis` lists the group, `/apis/certificates.k8s.io`
- *    its versions (v1 is always there: it serves CertificateSigningRequests), `/apis/certificates.k8s.io/<v>` the
- *    resources (clustertrustbundles only where served);
+ *    its versions (v1 is always there: it serves CertificateSigningRequests, ./kube-csr.ts), `/apis/certificates.k8s.io/<v>`
+ *    the resources (clustertrustbundles only where served);
  *  - get, list and watch (field selectors metadata.name and spec.signerName, label selectors not needed), create,
  *    update (PUT; 409 Conflict on a stale resourceVersion), delete;
  *  - validation with the API's 422 Invalid: the name (signer-linked: `<signer with "/" as ":">:` then a DNS
@@ -27,6 +27,11 @@ const KIND = 'ClusterTrustBundle';
 const RESOURCE = 'clustertrustbundles';
 const MAX_TRUST_BUNDLE_SIZE = 1024 * 1024;
 const ALL_VERSIONS = ['v1', 'v1beta1', 'v1alpha1'];
+const CSR_RESOURCES = [
+  { name: 'certificatesigningrequests', singularName: 'certificatesigningrequest', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'], shortNames: ['csr'] },
+  { name: 'certificatesigningrequests/approval', singularName: '', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['get', 'patch', 'update'] },
+  { name: 'certificatesigningrequests/status', singularName: '', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['get', 'patch', 'update'] },
+];
 
 interface Bundle {
   metadata: { name: string; uid: string; resourceVersion: string; creationTimestamp: string; labels?: Record<string, string>; [k: string]: unknown };
@@ -264,7 +269,11 @@ export class ClusterTrustBundleApi {
         kind: 'APIResourceList',
         apiVersion: 'v1',
         groupVersion: `${CERTIFICATES_GROUP}/${version}`,
-        resources: served ? [{ name: RESOURCE, singularName: 'clustertrustbundle', namespaced: false, kind: KIND, verbs: ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'] }] : [],
+        resources: [
+          // certificates.k8s.io/v1 always serves CertificateSigningRequests (./kube-csr.ts).
+          ...(version === 'v1' ? CSR_RESOURCES : []),
+          ...(served ? [{ name: RESOURCE, singularName: 'clustertrustbundle', namespaced: false, kind: KIND, verbs: ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'] }] : []),
+        ],
       });
       return true;
     }

@@ -45,6 +45,7 @@ import { join } from 'node:path';
 import * as jose from 'jose';
 import { closeServer, isRecord, listen, readBody, sendJson, sendRaw, sleep, SocketTracker } from './http-util.js';
 import { makeServerTls, type CryptoKey } from './pki.js';
+import { CsrStore } from './kube-csr.js';
 import { ClusterTrustBundleApi } from './kube-ctb.js';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -531,6 +532,8 @@ export class KubeStandinState {
   jwksUri: string | undefined;
   /** Set by the server once listening. */
   url = '';
+  /** certificates.k8s.io/v1 CertificateSigningRequests (kube-csr.ts). */
+  readonly csr = new CsrStore(() => ++this.rv, () => this.rv);
   /** certificates.k8s.io ClusterTrustBundles (./kube-ctb.ts). */
   readonly clusterTrustBundles = new ClusterTrustBundleApi(this.forbidden);
 
@@ -693,6 +696,7 @@ export class KubeStandinState {
   /** End every open watch stream (clients see the stream close and must re-watch). */
   closeWatches(): void {
     for (const w of [...this.watchers]) w.close();
+    this.csr.closeWatches();
     this.clusterTrustBundles.closeWatches();
   }
 
@@ -1296,6 +1300,7 @@ async function route(state: KubeStandinState, req: IncomingMessage, res: ServerR
     return;
   }
 
+  if (path.startsWith('/apis/certificates.k8s.io/') && (await state.csr.route(user, method, path, q, req, res))) return;
   if (await state.clusterTrustBundles.handle(req, res, path, q, user)) return;
   let segs = path.split('/').filter(Boolean);
   if (segs[0] !== 'api' || segs[1] !== 'v1') {

@@ -6,10 +6,11 @@ import type { Command } from 'commander';
 import type { Env } from '../../config/env.js';
 import type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
 import { clusterTrustBundlePlugin } from './cluster-trust-bundle/index.js';
+import { csrSignerPlugin } from './csr-signer/index.js';
 
 export type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
 
-export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [clusterTrustBundlePlugin];
+export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [csrSignerPlugin, clusterTrustBundlePlugin];
 
 /** A plugin turned on by the configuration. */
 export interface ConfiguredKubernetesPlugin {

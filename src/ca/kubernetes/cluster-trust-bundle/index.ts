@@ -34,7 +34,7 @@ export const clusterTrustBundlePlugin: KubernetesPlugin = {
     const source = sourceOf(F.clusterTrustBundleSigner);
     const signerName = readString(flags.clusterTrustBundleSigner as string | undefined, env, source, DEFAULT_TRUST_BUNDLE_SIGNER);
     const problem = signerNameProblem(signerName);
-    if (problem) throw bad(source, signerName, `a Kubernetes signer name such as ${DEFAULT_TRUST_BUNDLE_SIGNER}: ${problem}`);
+    if (problem) throw bad(source, signerName, `a Kubernetes signer name such as ${DEFAULT_TRUST_BUNDLE_SIGNER} (${problem})`);
     if (!readBoolean(flags.clusterTrustBundle as boolean | string | undefined, env, sourceOf(F.clusterTrustBundle), false)) return undefined;
     return async (context) => {
       const publisher = await startClusterTrustBundlePublisher({ kubeConfig: context.kubeConfig, bundle: context.signer, signerName, logger: context.logger });
