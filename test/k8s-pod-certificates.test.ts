@@ -72,6 +72,7 @@ describe('PodCertificateRequest signer', () => {
     // Both take a while (the client's modules, the stand-in's token keys): at once.
     [, standin] = await Promise.all([loadKubeClient(), startKubeStandin()]);
     store = podCertificateRequests(standin.state);
+    store.served = new Set(['v1beta1']);
     store.now = now;
     kubeConfig = await loadKubeConfig(standin.kubeconfigPath, {});
     api = kubeConfig.makeApiClient(kubeClient().CustomObjectsApi);

@@ -149,17 +149,5 @@ export async function expectStartFailure(args: string[], env: NodeJS.ProcessEnv 
   return { code, stderr: proc.lines.filter((l) => l.startsWith('meshca: ')).join('\n') || proc.lines.join('\n') };
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Polls `check` until it returns a value (not undefined) or the timeout passes. */
-export async function eventually<T>(check: () => T | undefined | Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+// In a module of their own, so that a test needing only these does not load what this file imports.
+export { eventually, sleep } from './support/eventually.js';

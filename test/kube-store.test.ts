@@ -191,15 +191,21 @@ describe('Kubernetes Secret store and root distribution', () => {
     const chainB = await makeChain('ec', 2, 'dist-b');
     const dir = path.join(temp.dir, 'dist-cacerts');
     await writeSecretVolume(dir, istioFiles(chainA));
+    // The same CA also publishes ClusterTrustBundle meshca.io:spiffe:roots (--cluster-trust-bundle, issue 14).
+    kube.state.clusterTrustBundles.attestGrants.add(`${kube.state.reviewerUser} meshca.io/spiffe`);
+    // And signs PodCertificateRequests (the API served as on 1.35/1.36 with the gate on).
+    podCertificateRequests(kube.state).served.add('v1beta1');
+    const trustBundle = (): string | undefined => kube.state.clusterTrustBundles.get('meshca.io:spiffe:roots')?.spec.trustBundle;
     const ca = await startCaProcess(
-      ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--distribute-root-configmap', '--state-dir', path.join(temp.dir, 'dist-state')],
-      // With node impersonation on, the signer looks pods up in its pod cache (one watch for both).
+      ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--distribute-root-configmap', '--cluster-trust-bundle', '--state-dir', path.join(temp.dir, 'dist-state')],
+      // With node impersonation on, the pod-certificate signer looks pods up in its pod cache (one watch for both).
       { ROOT_CA_DIR: dir, MESHCA_POD_CERTIFICATE_SIGNER: 'meshca.io/spiffe', CA_TRUSTED_NODE_ACCOUNTS: 'istio-system/ztunnel' },
     );
     processes.push(ca);
     await ca.proc.waitForLog(/^root distribution: trust bundle published in every namespace$/, 20_000);
     await podCertificateThroughCli(ca);
     const rootA = `${chainA.root.pem.trim()}\n`;
+    await eventually(() => (trustBundle() === rootA ? true : undefined), 10_000, 'the ClusterTrustBundle with the root');
     const namespaces = kube.state.list('namespaces').map((n) => n.metadata.name!);
     assert.ok(namespaces.length >= 4);
     for (const ns of namespaces) {
@@ -222,6 +228,8 @@ describe('Kubernetes Secret store and root distribution', () => {
     const both = await eventually(() => (bundleOf('istio-system')?.includes(chainB.root.pem.split('\n')[1]!) ? bundleOf('istio-system') : undefined), 10_000, 'the new bundle');
     assert.ok(both.includes(chainA.root.pem.split('\n')[1]!), 'old root kept until it expires');
     for (const ns of [...namespaces, 'team-a']) await eventually(() => (bundleOf(ns) === both ? true : undefined), 10_000, `the new bundle in ${ns}`);
+    await eventually(() => (trustBundle() === both ? true : undefined), 10_000, 'the new bundle in the ClusterTrustBundle');
+    assert.deepEqual(kube.state.clusterTrustBundles.log.filter((e) => e.code >= 400 && e.code !== 404), [], 'no ClusterTrustBundle write refused');
 
     // The same CA, as an operator sees it: `meshca decisions` and `meshca status` (issue 17).
     await decisionsAndStatus(ca, both);

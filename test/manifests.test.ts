@@ -19,6 +19,8 @@ import * as k8s from '@kubernetes/client-node';
 import { Command } from 'commander';
 import { SDS_TOKEN_HEADER } from '../src/agent/credentials.js';
 import { CA_SECRET_NAME, ROOT_CONFIGMAP_KEY, ROOT_CONFIGMAP_NAME } from '../src/ca/index.js';
+import { DEFAULT_TRUST_BUNDLE_SIGNER } from '../src/ca/kubernetes/cluster-trust-bundle/index.js';
+import { clusterTrustBundleName } from '../src/ca/kubernetes/cluster-trust-bundle/publisher.js';
 import { EXAMPLE_CSR_SIGNER_NAME } from '../src/ca/kubernetes/csr-signer/index.js';
 import { registerAgentCommand } from '../src/commands/agent.js';
 import { registerCaCommand } from '../src/commands/ca.js';
@@ -258,6 +260,8 @@ const API_GROUP_OF_CLIENT: Record<string, string> = {
   CoordinationV1Api: 'coordination.k8s.io',
   AppsV1Api: 'apps',
   CertificatesV1Api: 'certificates.k8s.io',
+  CertificatesV1alpha1Api: 'certificates.k8s.io',
+  CertificatesV1beta1Api: 'certificates.k8s.io',
 };
 const VERB_OF_PREFIX: Record<string, string> = {
   create: 'create',
@@ -351,6 +355,10 @@ function apiUsesInSource(): ApiUse[] {
       const resource = /plural:\s*'([^']*)'/.exec(match[3]!)?.[1];
       assert.ok(group !== undefined && resource, `${file}: ${match[0]}: name the group and plural literally so the RBAC check can read them`);
       uses.push({ group, resource: `${resource}${match[2] ? '/status' : ''}`, verb: VERB_OF_PREFIX[match[1]!] ?? match[1]!, where: file });
+    }
+    // Verbs no API call makes but admission checks (e.g. "attest" on signers for a signer-linked ClusterTrustBundle).
+    for (const match of text.matchAll(/\{ group: '([^']*)', resource: '([a-z]+)', verb: '([a-z]+)' \}/g)) {
+      uses.push({ group: match[1]!, resource: match[2]!, verb: match[3]!, where: file });
     }
     if (/\bnew Watch\(/.test(text)) {
       for (const match of text.matchAll(/['`](\/apis?\/[^'`]+)['`]/g)) {
@@ -546,15 +554,13 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
         }
       }
     }
-    // `sign` is no API call: the API server checks it when the CA writes a certificate to a PodCertificateRequest.
-    if (used.has('update podcertificaterequests/status.certificates.k8s.io')) used.add('sign signers.certificates.k8s.io');
     const missing = [...used].filter((u) => !granted.has(u));
     const unused = [...granted].filter((g) => !used.has(g));
     assert.deepEqual(missing, [], `API calls without an RBAC rule: ${missing.join(', ')} (used in ${uses.filter((u) => missing.includes(key(u))).map((u) => u.where).join(', ')})`);
     assert.deepEqual(unused, [], `RBAC rules no code uses: ${unused.join(', ')}`);
     // Names in resourceNames are the ones the code reads and writes.
     const names = grants.flatMap((g) => g.role.rules.flatMap((r) => (r.resourceNames ?? []).map((n) => `${r.resources.join(',')}/${n}`)));
-    assert.deepEqual(names.sort(), [`configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, 'signers/meshca.io/*', `signers/${EXAMPLE_CSR_SIGNER_NAME}`]);
+    assert.deepEqual(names.sort(), [`clustertrustbundles/${clusterTrustBundleName(DEFAULT_TRUST_BUNDLE_SIGNER)}`, `configmaps/${ROOT_CONFIGMAP_NAME}`, `secrets/${CA_SECRET_NAME}`, 'signers/meshca.io/*', `signers/${DEFAULT_TRUST_BUNDLE_SIGNER}`, `signers/${EXAMPLE_CSR_SIGNER_NAME}`]);
     // The agent talks to no API server: no binding, no token.
     assert.deepEqual(grantsFor(objects, { name: 'meshca-agent', namespace: 'istio-system' }), []);
     assert.equal(daemonSet.spec.template.spec.automountServiceAccountToken, false);

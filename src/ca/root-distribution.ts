@@ -7,7 +7,7 @@
 import type { CoreV1Api, KubeConfig, V1ConfigMap, Watch } from '@kubernetes/client-node';
 import { kubeClient } from '../kube/client.js';
 import type { Logger } from '../log.js';
-import { watchWithBackoff } from '../kube/config.js';
+import { followResumable } from '../kube/config.js';
 import { kubeErrorMessage, kubeStatusCode } from './kube-store.js';
 
 export const ROOT_CONFIGMAP_NAME = 'istio-ca-root-cert';
@@ -191,23 +191,7 @@ class RootDistributionController implements RootDistribution {
 
   /** A watch that resumes from the last seen resourceVersion, and relists everything when that is too old. */
   private follow(path: string, query: Record<string, string>, onEvent: (type: string, obj: WatchedObject) => void): () => void {
-    let resourceVersion: string | undefined;
-    return watchWithBackoff(
-      this.watcher,
-      path,
-      () => ({ ...query, ...(resourceVersion ? { resourceVersion } : {}) }),
-      (type, raw) => {
-        const obj = raw as WatchedObject;
-        if (type === 'ERROR') {
-          // 410 Expired and friends: start over from a fresh list.
-          resourceVersion = undefined;
-          void this.syncAll().catch(() => undefined);
-          return;
-        }
-        if (obj?.metadata?.resourceVersion) resourceVersion = obj.metadata.resourceVersion;
-        onEvent(type, obj);
-      },
-    );
+    return followResumable(this.watcher, path, query, (type, obj) => onEvent(type, obj as WatchedObject), () => void this.syncAll().catch(() => undefined));
   }
 
   async close(): Promise<void> {

@@ -130,3 +130,33 @@ export function watchWithBackoff(
     controller?.abort();
   };
 }
+
+/**
+ * `watchWithBackoff` that resumes from the last resourceVersion it saw, so a re-established watch misses nothing;
+ * when the server says that version is too old (an ERROR event, e.g. 410 Expired) it starts over from now and
+ * calls `onExpired`, whose job is a full relist (events in between are lost to the watch).
+ */
+export function followResumable(
+  watch: Watch,
+  path: string,
+  query: Readonly<Record<string, string>>,
+  onEvent: (type: string, obj: unknown) => void,
+  onExpired: () => void,
+): () => void {
+  let resourceVersion: string | undefined;
+  return watchWithBackoff(
+    watch,
+    path,
+    () => ({ ...query, ...(resourceVersion ? { resourceVersion } : {}) }),
+    (type, obj) => {
+      if (type === 'ERROR') {
+        resourceVersion = undefined;
+        onExpired();
+        return;
+      }
+      const seen = (obj as { metadata?: { resourceVersion?: string } } | undefined)?.metadata?.resourceVersion;
+      if (seen) resourceVersion = seen;
+      onEvent(type, obj);
+    },
+  );
+}

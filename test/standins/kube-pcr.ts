@@ -1,8 +1,7 @@
 /**
  * PodCertificateRequests for the Kubernetes stand-in (test code only): `certificates.k8s.io` v1beta1 (and v1 when
  * `served` includes it), following the wire contract a real API server keeps:
- *  - discovery: `/apis/certificates.k8s.io` and `/apis/certificates.k8s.io/<v>` (v1 always, with the
- *    CertificateSigningRequests of kube-csr.ts; v1beta1 only while PodCertificateRequests are served there);
+ *  - discovery entries (`podCertificateRequestResources`, served by kube-ctb.ts's discovery) where served;
  *  - create (generateName, status wiped, the spec rules: required fields, signer name, maxExpirationSeconds range,
  *    one key encoding, key types RSA 3072/4096, ECDSA P-256/384/521 and Ed25519, the proof of possession over the
  *    pod UID or the stub CSR's self-signature), get, list and watch (cluster-wide or per namespace, field selectors
@@ -39,7 +38,6 @@ export interface PcrRejection {
 }
 
 const GROUP = 'certificates.k8s.io';
-const PCR_VERSIONS: readonly Version[] = ['v1beta1', 'v1'];
 const FIELDS = ['metadata.name', 'metadata.namespace', 'spec.signerName', 'spec.podName', 'spec.nodeName'];
 const REASON_RE = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
 const LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -130,8 +128,11 @@ function popVerifies(key: KeyObject, podUid: string, proof: Buffer): boolean {
 const rfc3339 = (ms: number): string => new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
 export class PodCertificateRequestStore {
-  /** Versions served (v1beta1 by default; add 'v1' for a 1.37-style server). */
-  served = new Set<Version>(['v1beta1']);
+  /**
+   * Versions served: none by default, as on 1.35/1.36 where the PodCertificateRequest gate is off; a test turns on
+   * 'v1beta1' (the gate and runtime-config on) or 'v1' (1.37+).
+   */
+  served = new Set<Version>();
   /** The API server's clock (epoch ms) for the 5-minute notBefore rule; tests may drive it. */
   now: () => number = Date.now;
   /** Every write the validation refused (422), in order. */
@@ -466,6 +467,15 @@ export class PodCertificateRequestStore {
 
 const stores = new WeakMap<KubeStandinState, PodCertificateRequestStore>();
 
+/** The discovery entries of PodCertificateRequests at `version`: none where they are not served. */
+export function podCertificateRequestResources(state: KubeStandinState, version: string): Record<string, unknown>[] {
+  if (!podCertificateRequests(state).served.has(version as Version)) return [];
+  return [
+    { name: 'podcertificaterequests', singularName: 'podcertificaterequest', namespaced: true, kind: 'PodCertificateRequest', verbs: ['create', 'delete', 'get', 'list', 'update', 'watch'] },
+    { name: 'podcertificaterequests/status', singularName: '', namespaced: true, kind: 'PodCertificateRequest', verbs: ['get', 'update'] },
+  ];
+}
+
 /** The stand-in's PodCertificateRequests (created on first use). */
 export function podCertificateRequests(state: KubeStandinState): PodCertificateRequestStore {
   let store = stores.get(state);
@@ -488,34 +498,9 @@ export async function routePodCertificateRequests(state: KubeStandinState, req: 
   if (segs[0] !== 'apis' || segs[1] !== GROUP) return false;
   const store = podCertificateRequests(state);
   const method = (req.method ?? 'GET').toUpperCase();
-  // Discovery: v1 is always there (CertificateSigningRequests, kube-csr.ts); PodCertificateRequests where served.
-  const versions = PCR_VERSIONS.filter((v) => v === 'v1' || store.served.has(v));
-  if (segs.length === 2) {
-    const list = versions.map((v) => ({ groupVersion: `${GROUP}/${v}`, version: v }));
-    sendJson(res, 200, { kind: 'APIGroup', apiVersion: 'v1', name: GROUP, versions: list, preferredVersion: list.find((v) => v.version === 'v1') ?? null });
-    return true;
-  }
+  // Discovery (/apis/certificates.k8s.io[/<v>]) is kube-ctb.ts's, with podCertificateRequestResources added.
+  if (segs.length <= 3) return false;
   const version = segs[2] as Version;
-  if (!(versions as readonly string[]).includes(version)) throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});
-  if (segs.length === 3) {
-    const verbs = ['create', 'delete', 'get', 'list', 'update', 'watch'];
-    const pcr = store.served.has(version)
-      ? [
-          { name: 'podcertificaterequests', singularName: 'podcertificaterequest', namespaced: true, kind: 'PodCertificateRequest', verbs },
-          { name: 'podcertificaterequests/status', singularName: '', namespaced: true, kind: 'PodCertificateRequest', verbs: ['get', 'update'] },
-        ]
-      : [];
-    const csr =
-      version === 'v1'
-        ? [
-            { name: 'certificatesigningrequests', singularName: 'certificatesigningrequest', namespaced: false, kind: 'CertificateSigningRequest', verbs: [...verbs, 'deletecollection', 'patch'] },
-            { name: 'certificatesigningrequests/approval', singularName: '', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['get', 'patch', 'update'] },
-            { name: 'certificatesigningrequests/status', singularName: '', namespaced: false, kind: 'CertificateSigningRequest', verbs: ['get', 'patch', 'update'] },
-          ]
-        : [];
-    sendJson(res, 200, { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: `${GROUP}/${version}`, resources: [...csr, ...pcr] });
-    return true;
-  }
   if (!store.served.has(version)) throw new StatusError(404, 'NotFound', 'the server could not find the requested resource', {});
   let rest = segs.slice(3);
   let namespace: string | undefined;

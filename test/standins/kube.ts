@@ -22,6 +22,8 @@
  *    preconditions; namespaces cascade) and `?watch=true` / `/api/v1/watch/...` streams of newline-delimited
  *    ADDED/MODIFIED/DELETED events with resourceVersion replay, selector transitions, `timeoutSeconds` and
  *    410 Expired after `state.compact()`. Secrets honour `stringData` and base64-validate `data`.
+ *  - `certificates.k8s.io` ClusterTrustBundles with discovery, validation and attest admission: ./kube-ctb.ts
+ *    (`state.clusterTrustBundles`).
  *  - `GET /.well-known/openid-configuration`, `GET /openid/v1/jwks` (anonymous unless `state.oidcRequiresAuth`),
  *    `/version`, `/healthz`, `/readyz`, `/livez`.
  *  - Pod helpers for node checks: `setPodPhase()` and `markPodDeleting()` (deletionTimestamp set, pod kept).
@@ -44,9 +46,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as jose from 'jose';
 import { closeServer, isRecord, listen, readBody, sendJson, sendRaw, sleep, SocketTracker } from './http-util.js';
-import { routePodCertificateRequests } from './kube-pcr.js';
+import { podCertificateRequestResources, routePodCertificateRequests } from './kube-pcr.js';
 import { makeServerTls, type CryptoKey } from './pki.js';
 import { CsrStore } from './kube-csr.js';
+import { ClusterTrustBundleApi } from './kube-ctb.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -534,6 +537,8 @@ export class KubeStandinState {
   url = '';
   /** certificates.k8s.io/v1 CertificateSigningRequests (kube-csr.ts). */
   readonly csr = new CsrStore(() => ++this.rv, () => this.rv);
+  /** certificates.k8s.io ClusterTrustBundles (./kube-ctb.ts). */
+  readonly clusterTrustBundles = new ClusterTrustBundleApi(this.forbidden);
 
   /** @internal */ readonly reviewerToken: string;
   /** @internal */ readonly reviewerUser: string;
@@ -559,6 +564,7 @@ export class KubeStandinState {
     this.jwksUri = opts.jwksUri;
     for (const r of Object.keys(RESOURCES) as ResourceName[]) this.store.set(r, new Map());
     for (const ns of opts.namespaces ?? ['default', 'kube-system', 'kube-public', 'istio-system']) this.addNamespace(ns);
+    this.clusterTrustBundles.discoveryExtras.push((version) => podCertificateRequestResources(this, version));
   }
 
   /** true ⇒ every new and existing connection is destroyed (API server unreachable). */
@@ -695,6 +701,7 @@ export class KubeStandinState {
   closeWatches(): void {
     for (const w of [...this.watchers]) w.close();
     this.csr.closeWatches();
+    this.clusterTrustBundles.closeWatches();
   }
 
   /** Forget watch history: watches from an older resourceVersion now get 410 Expired. */
@@ -1298,6 +1305,7 @@ async function route(state: KubeStandinState, req: IncomingMessage, res: ServerR
   }
 
   if (path.startsWith('/apis/certificates.k8s.io/') && (await state.csr.route(user, method, path, q, req, res))) return;
+  if (await state.clusterTrustBundles.handle(req, res, path, q, user)) return;
   if (await routePodCertificateRequests(state, req, res, url, user)) return;
   let segs = path.split('/').filter(Boolean);
   if (segs[0] !== 'api' || segs[1] !== 'v1') {

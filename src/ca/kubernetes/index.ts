@@ -6,11 +6,12 @@ import type { Command } from 'commander';
 import type { Env } from '../../config/env.js';
 import { podCertificatesPlugin } from './pod-certificates/index.js';
 import type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, RunningKubernetesPlugin } from './types.js';
+import { clusterTrustBundlePlugin } from './cluster-trust-bundle/index.js';
 import { csrSignerPlugin } from './csr-signer/index.js';
 
 export type { KubernetesPlugin, KubernetesPluginContext, KubernetesPluginStarter, LookedUpPod, PodLookup, RunningKubernetesPlugin } from './types.js';
 
-export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [csrSignerPlugin, podCertificatesPlugin];
+export const KUBERNETES_PLUGINS: readonly KubernetesPlugin[] = [csrSignerPlugin, clusterTrustBundlePlugin, podCertificatesPlugin];
 
 /** A plugin turned on by the configuration. */
 export interface ConfiguredKubernetesPlugin {

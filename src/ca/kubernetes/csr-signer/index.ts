@@ -6,7 +6,7 @@ import { bad, readList, readOptionalString } from '../../../config/env.js';
 import { flagOption, sourceOf, type FlagSpec } from '../../../config/flags.js';
 import type { KubernetesPlugin } from '../types.js';
 import { startCsrSigner } from './controller.js';
-import { signerNameProblem } from './signer-name.js';
+import { signerNameProblem } from '../signer-name.js';
 
 /** The signer name the docs and deploy/kubernetes/ca-rbac.yaml use. */
 export const EXAMPLE_CSR_SIGNER_NAME = 'meshca.io/workloads';

@@ -4,7 +4,7 @@
  */
 import { bad, raw, type Env } from '../../../config/env.js';
 import { flagOption, sourceOf, type FlagSpec } from '../../../config/flags.js';
-import { signerNameProblem } from '../csr-signer/signer-name.js';
+import { signerNameProblem } from '../signer-name.js';
 import type { KubernetesPlugin } from '../types.js';
 import { startPodCertificateSigner } from './signer.js';
 

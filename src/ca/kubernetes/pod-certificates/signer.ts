@@ -59,6 +59,12 @@ export interface PodCertificateSigner {
 /** What to do with a request now. */
 type Decision = { kind: 'issue'; identity: WorkloadId; spkiDer: Buffer; csrPem?: string } | { kind: 'refuse'; refusal: Refusal } | { kind: 'wait'; reason: string };
 
+/**
+ * What the API server checks, beyond the calls below, when the status carries a certificate: `sign` on the signer
+ * name (or `<domain>/*`). No call makes it; test/manifests.test.ts reads it to check the CA's RBAC rules.
+ */
+export const ADMISSION_CHECK = { group: 'certificates.k8s.io', resource: 'signers', verb: 'sign' } as const;
+
 const MAX_RETRY_MS = 30_000;
 /** How long one pod-cache wait lasts before the request is retried. */
 const POD_CACHE_WAIT_MS = 10_000;
