@@ -5,9 +5,10 @@ import type { CoreKindResult } from './core.js';
 import type { PartContention } from './contention.js';
 import type { ApiServerResult, E2eKindResult } from './e2e.js';
 import type { LimitResult } from './limit.js';
+import type { KubernetesBenchResult } from './kubernetes.js';
 import type { Pkcs11Result } from './pkcs11.js';
 
-export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11'] as const;
+export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11', 'kubernetes'] as const;
 export type PartName = (typeof PART_NAMES)[number];
 
 /** A part whose command is not in this build: reported, but not a failure of the benchmark. */
@@ -55,6 +56,7 @@ export interface BenchResults {
   apiserver?: ApiServerResult;
   agent?: AgentResult;
   pkcs11?: Pkcs11Result;
+  kubernetes?: KubernetesBenchResult;
   targets: TargetResult[];
   /** Parts that could not run, and why. */
   problems: PartProblem[];
@@ -159,6 +161,13 @@ export function renderMarkdown(results: BenchResults): string {
           r.tokenShareOfServerCpu === null ? '—' : `${Math.round(r.tokenShareOfServerCpu * 100)}%`, r.errors === 0 ? '0' : int(r.errors)];
       })));
     out.push('', 'Intermediate mode: the token signs one intermediate when the CA starts (and at each renewal), so its row should match in-memory signing. Direct mode: every certificate is signed in the token, and with `--workers` every request is forwarded to the primary process that holds the token session. SoftHSM2 signs on the server\'s own thread pool, so its CPU is inside the server\'s: its share is estimated as direct mode\'s CPU per certificate beyond intermediate mode\'s, over direct mode\'s. Token wall time includes waiting for one of its 4 sessions. A network HSM adds a round trip per signature instead.');
+  }
+  if (results.kubernetes) {
+    const k = results.kubernetes;
+    out.push('', `**7. Pod certificates** — ${int(k.requests)} PodCertificateRequests filed at once for ${int(k.requests)} pods; the signer (in process, P-256 root) against the Kubernetes stand-in over HTTPS`, '');
+    out.push(table(['requests', 'Issued', 'not Issued', 'all answered in s', 'of which filing s', 'requests/s', 'API calls', 'API calls per request', 'status writes refused'],
+      [[int(k.requests), int(k.issued), int(k.notIssued), fixed(k.seconds, 2), fixed(k.filingSeconds, 2), int(k.requestsPerSecond), int(k.apiCalls), fixed(k.apiCallsPerRequest, 2), int(k.rejectedStatusWrites)]]));
+    out.push('', `API calls by kind: ${Object.entries(k.apiCallsByKind).sort((a, b) => b[1] - a[1]).map(([kind, n]) => `${kind} ${int(n)}`).join(', ')}.`);
   }
   out.push('', '**Targets**', '');
   out.push(table(['target', 'goal', 'measured', 'met'], results.targets.map((t) => [t.description, t.target, t.measured ?? 'not run',

@@ -181,6 +181,13 @@ export function evaluateTargets(results: BenchResults): TargetResult[] {
     measured: agent500 ? `${agent500.rssPerStreamKiB.toFixed(1)} KiB` : null,
     met: agent500 ? agent500.rssPerStreamKiB < 50 : null,
   });
+  const k8s = results.kubernetes;
+  targets.push({
+    description: '1,000 PodCertificateRequests filed at once: all Issued, API calls per request',
+    target: 'all Issued, <= 3 API calls per request, 0 refused status writes',
+    measured: k8s ? `${k8s.issued}/${k8s.requests} Issued in ${k8s.seconds.toFixed(2)} s, ${k8s.apiCallsPerRequest.toFixed(2)} calls per request, ${k8s.rejectedStatusWrites} refused` : null,
+    met: k8s ? k8s.issued === k8s.requests && k8s.apiCallsPerRequest <= 3 && k8s.rejectedStatusWrites === 0 : null,
+  });
   const pkcs11 = results.pkcs11;
   targets.push({
     description: 'PKCS#11 intermediate mode vs the in-memory key source, P-256, concurrency 64',
@@ -269,6 +276,11 @@ async function main(): Promise<number> {
         core.push({ ...result, singleRatio: result.single.certsPerSecond / perProcess, allRatio: result.all.certsPerSecond / (perProcess * result.all.threads) });
       }
       results.core = core;
+    });
+
+    await attempt('kubernetes', async () => {
+      const { runKubernetesBench } = await import('./kubernetes.js');
+      results.kubernetes = await runKubernetesBench({ requests: 1000, log });
     });
 
     const needsServer = parts.includes('e2e') || parts.includes('apiserver') || parts.includes('agent') || parts.includes('pkcs11');
