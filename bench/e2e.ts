@@ -14,7 +14,8 @@ import { BENCH_NAMESPACE, CA_KINDS, makeWorkloadCsrs, workloadServiceAccount, ty
 import type { LoadgenConfig, LoadgenMessage, LoadgenPhase, LoadgenPhaseResult, LoadgenRequest } from './loadgen.js';
 import { readProcessTreeMemoryKiB } from './proc.js';
 
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export { REPO_ROOT } from './paths.js';
+import { REPO_ROOT } from './paths.js';
 export const CLI = path.join(REPO_ROOT, 'dist/cli.js');
 export const SERVER_NAME = 'meshca.istio-system.svc';
 const CLUSTER_ID = 'Kubernetes';

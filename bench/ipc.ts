@@ -2,6 +2,7 @@
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { stopChild, trackChild } from './children.js';
+import { runnableModule } from './workers.js';
 
 export interface IpcChild<Command, Message> {
   /** The child's next message (e.g. its first 'ready'). */
@@ -12,7 +13,8 @@ export interface IpcChild<Command, Message> {
 }
 
 export function forkTs<Command, Message>(moduleUrl: URL, args: string[], nodeArgs: string[] = []): IpcChild<Command, Message> {
-  const child = trackChild(fork(fileURLToPath(moduleUrl), args, { execArgv: ['--import', 'tsx', ...nodeArgs], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const { url, tsx } = runnableModule(moduleUrl);
+  const child = trackChild(fork(fileURLToPath(url), args, { execArgv: [...(tsx ? ['--import', 'tsx'] : []), ...nodeArgs], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   const next = (): Promise<Message> =>
     new Promise((resolve, reject) => {
       const onMessage = (message: Message): void => {

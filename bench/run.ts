@@ -17,17 +17,15 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { availableParallelism, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { AgentOptions } from './agent.js';
 import { runCoreBench } from './core.js';
 import { ContentionMonitor } from './contention.js';
 import { CA_KINDS, type CaKind } from './fixtures.js';
 import { measureOpensslLimit, type LimitResult } from './limit.js';
+import { BENCH_DIR, REPO_ROOT } from './paths.js';
 import { machineInfo, PART_NAMES, PartUnavailable, renderMarkdown, type BenchResults, type CoreKindReport, type PartName, type TargetResult } from './report.js';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(BENCH_DIR, '..');
 
 interface Settings {
   limitSeconds: number;
