@@ -15,6 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import type { CertificatesV1Api, KubeConfig, V1CertificateSigningRequest } from '@kubernetes/client-node';
 import pino from 'pino';
 import { Registry } from 'prom-client';
+import type { IssuanceRecord } from '../src/ca/kubernetes/audit.js';
 import { CertificateAuthority, createSelfSignedRoot, LocalSigner } from '../src/ca/index.js';
 import { CaError } from '../src/ca/errors.js';
 import { csrSignerPlugin } from '../src/ca/kubernetes/csr-signer/index.js';
@@ -47,6 +48,8 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
   let dir: string;
   let rootPem: string;
   let context: KubernetesPluginContext;
+  /** What the plugin reported for the CA's audit line. */
+  const issuedRecords: IssuanceRecord[] = [];
   let signerPlugin: RunningKubernetesPlugin | undefined;
   let istiod: CertificatesV1Api;
   let mallory: CertificatesV1Api;
@@ -109,6 +112,7 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
       trustDomain: 'cluster.local',
       logger: pino({ level: 'silent' }),
       registry: new Registry(),
+      recordIssued: (record) => issuedRecords.push(record),
     };
     istiod = await clientAs('istiod-token');
     mallory = await clientAs('mallory-token');
@@ -146,6 +150,13 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     assert.ok(lifetimeHours >= 24 && lifetimeHours <= 24.1, `lifetime ${lifetimeHours}h`);
     assert.equal(chainPem.includes(rootPem.trim()), false, 'the root is not part of status.certificate');
     assert.equal(read(name).status?.conditions?.some((c) => c.type === 'Failed'), false);
+    // Reported for the CA's audit line and issuance count, as CreateCertificate's certificates are.
+    const record = await eventually('the issuance record', () => Promise.resolve(issuedRecords.find((r) => r.object === name)));
+    assert.deepEqual(
+      { ...record },
+      { via: 'csr-signer', caller: record.caller, object: name, spiffeId: uri, serial: leaf.serialNumber.toLowerCase(), notAfter: new Date(leaf.validTo).toISOString() },
+    );
+    assert.match(record.caller, /istiod/);
   });
 
   it('resumes a dropped watch from its resourceVersion; leaves unapproved and denied requests alone, fails refused ones with a reason', async () => {

@@ -34,7 +34,7 @@ import { checkClock, formatResults, runStatusChecks, type StatusOptions } from '
 import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
 import { certificateToPem, createCaCertificate, createCsr, generateKeyPairFor } from '../src/pki/index.js';
-import { caClient, cleanEnv, createCertificate, opensslKeyAndCsr, SERVER_NAME } from './ca-helpers.js';
+import { caClient, cleanEnv, createCertificate, metricValue, opensslKeyAndCsr, SERVER_NAME } from './ca-helpers.js';
 import { eventually, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
 import { podCertificateRequests } from './standins/kube-pcr.js';
 import { startKubeStandin, type KubeObject, type KubeStandin } from './standins/kube.js';
@@ -239,6 +239,9 @@ describe('Kubernetes Secret store and root distribution', () => {
   /** A pod's PodCertificateRequest (the kubelet's 1.36 stub CSR) answered by the CA process: Issued, its SPIFFE ID. */
   async function podCertificateThroughCli(ca: StartedCa): Promise<void> {
     await ca.proc.waitForLog(/^pod certificates: signing PodCertificateRequests$/, 10_000);
+    const issuedCount = async (): Promise<number> =>
+      metricValue(await (await fetch(`http://${String(ca.ready.monitoringAddress)}/metrics`)).text(), 'citadel_server_success_cert_issuance_count');
+    const issuedBefore = await issuedCount();
     const pod = kube.state.addPod({ namespace: 'default', name: 'pcr-0', serviceAccount: 'httpbin', nodeName: 'node-a' });
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
     const stub = Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
@@ -250,6 +253,14 @@ describe('Kubernetes Secret store and root distribution', () => {
     assert.match(new X509Certificate(status.certificateChain).subjectAltName ?? '', /URI:spiffe:\/\/cluster\.local\/ns\/default\/sa\/httpbin/);
     // The signer used node impersonation's pod cache: pods were listed once, not once more for the signer.
     assert.equal(kube.state.requests.filter((r) => r.method === 'GET' && r.path === '/api/v1/pods' && !/watch=/.test(r.query)).length, 1);
+    // The CA's audit line, as for CreateCertificate, and its issuance count.
+    const leaf = new X509Certificate(status.certificateChain);
+    const audit = await eventually(() => ca.proc.records.find((r) => r.audit === true && r.via === 'pod-certificates'), 5000, 'the audit line');
+    assert.equal(audit.msg, 'certificate issued');
+    assert.equal(audit.spiffeId, 'spiffe://cluster.local/ns/default/sa/httpbin');
+    assert.equal(audit.serial, leaf.serialNumber.toLowerCase());
+    assert.equal(audit.caller, 'default/pcr-0');
+    assert.equal(await issuedCount(), issuedBefore + 1);
   }
 
   /**

@@ -1,10 +1,11 @@
 /** `meshca ca`: the CA server (Istio-compatible CreateCertificate over gRPC/TLS) until SIGTERM. */
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { openSigner } from '../ca/index.js';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { kubePodSource, PodCache, whyPodIsNotLive } from '../authn/index.js';
+import type { IssuanceRecord } from '../ca/kubernetes/audit.js';
 import { startKubernetesPlugins, type PodLookup, type RunningKubernetesPlugin } from '../ca/kubernetes/index.js';
 import { kubeClient } from '../kube/client.js';
 import type { Logger } from '../log.js';
@@ -71,6 +72,18 @@ function pluginPods(shared: PodCache | undefined, kubeConfig: KubeConfig, cluste
   };
 }
 
+/**
+ * The audit line and count of a certificate a Kubernetes plugin issued: the same message, `audit: true` and
+ * counter (citadel_server_success_cert_issuance_count, on the shared registry) as CreateCertificate's.
+ */
+function issuanceAuditor(logger: Logger, registry: Registry): (record: IssuanceRecord) => void {
+  return (record) => {
+    logger.info({ audit: true, ...record }, 'certificate issued');
+    const counter = registry.getSingleMetric('citadel_server_success_cert_issuance_count');
+    if (counter instanceof Counter) counter.inc();
+  };
+}
+
 export function registerCaCommand(program: Command): void {
   const command = program
     .command('ca')
@@ -117,6 +130,7 @@ export function registerCaCommand(program: Command): void {
           logger,
           registry,
           pods,
+          recordIssued: issuanceAuditor(logger, registry),
         });
       } catch (error) {
         pluginPodCache?.close();

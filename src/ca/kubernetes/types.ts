@@ -11,6 +11,7 @@ import type { Env } from '../../config/env.js';
 import type { Logger } from '../../log.js';
 import type { CertificateAuthority } from '../authority.js';
 import type { WorkloadSigner } from '../signer.js';
+import type { IssuanceRecord } from './audit.js';
 
 /** A pod as a plugin sees it: who it runs as, where, and whether it still runs. */
 export interface LookedUpPod {
@@ -43,6 +44,8 @@ export interface KubernetesPluginContext {
   now?: () => number;
   /** The local cluster's pods (watched once, on first use), for plugins that check a pod's identity. */
   pods?: PodLookup;
+  /** Called for every certificate a plugin wrote to the API: the CA's audit line and issuance metric. */
+  recordIssued?: (record: IssuanceRecord) => void;
 }
 
 export interface RunningKubernetesPlugin {

@@ -12,6 +12,7 @@
  * is kept and written again instead of signing anew. A refusal is a Failed condition with a reason a person can
  * act on; a transient failure (the key source down, a conflict, the API server unreachable) is retried.
  */
+import { issuanceRecord } from '../audit.js';
 import type { CertificatesV1Api, V1CertificateSigningRequest, V1CertificateSigningRequestCondition, Watch } from '@kubernetes/client-node';
 import { kubeClient } from '../../../kube/client.js';
 import { watchWithBackoff } from '../../../kube/config.js';
@@ -201,7 +202,10 @@ class CsrSignerController implements RunningKubernetesPlugin {
       }
       this.unwritten.delete(uid);
       this.clearRetry(name);
-      if (status.certificate) this.context.logger.info({ csr: name, requester: csr.spec.username }, 'CSR signer: signed a CertificateSigningRequest');
+      if (status.certificate) {
+        this.context.logger.info({ csr: name, requester: csr.spec.username }, 'CSR signer: signed a CertificateSigningRequest');
+        this.context.recordIssued?.(issuanceRecord(Buffer.from(status.certificate, 'base64').toString('utf8'), { via: 'csr-signer', caller: csr.spec.username ?? '', object: name }));
+      }
       return;
     }
     if (!this.closed) this.retryLater(name, 'it kept changing while being written');

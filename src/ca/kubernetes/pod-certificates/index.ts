@@ -36,6 +36,7 @@ export const podCertificatesPlugin: KubernetesPlugin = {
         pods: context.pods,
         logger: context.logger,
         ...(context.now ? { now: context.now } : {}),
+        ...(context.recordIssued ? { recordIssued: context.recordIssued } : {}),
       });
       return { close: () => signer.close() };
     };

@@ -15,6 +15,7 @@ import type { Logger } from '../../../log.js';
 import type { CertificateAuthority } from '../../authority.js';
 import { CaError } from '../../errors.js';
 import type { PodLookup } from '../types.js';
+import { issuanceRecord, type IssuanceRecord } from '../audit.js';
 import {
   issuedTimes,
   maxExpirationSeconds,
@@ -44,6 +45,8 @@ export interface PodCertificateSignerOptions {
   resyncIntervalMs?: number;
   /** First retry delay after transient trouble, doubling to 30 s (default 500 ms). */
   retryDelayMs?: number;
+  /** Told of every certificate written (the CA's audit line and issuance metric). */
+  recordIssued?: (record: IssuanceRecord) => void;
 }
 
 export interface PodCertificateSigner {
@@ -266,7 +269,10 @@ class Signer implements PodCertificateSigner {
         this.answered.add(pcr.metadata!.uid!);
         const condition = status.conditions![0]!;
         const fields = { request: pcrName(pcr), pod: pcr.spec?.podName, outcome: condition.type, reason: condition.reason };
-        if (condition.type === 'Issued') this.log().info({ ...fields, notAfter: status.notAfter }, 'pod certificates: issued');
+        if (condition.type === 'Issued') {
+          this.log().info({ ...fields, notAfter: status.notAfter }, 'pod certificates: issued');
+          this.options.recordIssued?.(issuanceRecord(status.certificateChain!, { via: 'pod-certificates', caller: `${pcr.metadata?.namespace}/${pcr.spec?.podName}`, object: pcrName(pcr) }));
+        }
         else this.log().warn({ ...fields, message: condition.message }, `pod certificates: ${(condition.type ?? '').toLowerCase()}`);
         return;
       }
