@@ -24,6 +24,7 @@ import type { KubernetesPluginContext, RunningKubernetesPlugin } from '../src/ca
 import type { WorkloadSigner } from '../src/ca/signer.js';
 import { loadKubeClient } from '../src/kube/client.js';
 import { createCsr, generateKeyPairFor } from '../src/pki/index.js';
+import { eventually } from './support/eventually.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { runMeshca } from './support/process.js';
 import { cleanEnv } from './ca-helpers.js';
@@ -32,16 +33,6 @@ const SIGNER = 'meshca.io/workloads';
 const ISTIOD = 'system:serviceaccount:istio-system:istiod';
 const MALLORY = 'system:serviceaccount:default:mallory';
 const USAGES = ['digital signature', 'key encipherment', 'server auth', 'client auth'];
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
   let kube: KubeStandin;
@@ -81,12 +72,16 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
   const workloadCsr = (uri: string): string => createCsr({ privateKey: generateKeyPairFor('ec-p256').privateKey, uris: [uri] });
   const read = (name: string): V1CertificateSigningRequest => kube.state.csr.get(name) as unknown as V1CertificateSigningRequest;
   const signed = (name: string): Promise<string> =>
-    eventually(`status.certificate of ${name}`, () => {
-      const certificate = read(name).status?.certificate;
-      return Promise.resolve(certificate ? Buffer.from(certificate, 'base64').toString('utf8') : undefined);
-    });
+    eventually(
+      () => {
+        const certificate = read(name).status?.certificate;
+        return certificate ? Buffer.from(certificate, 'base64').toString('utf8') : undefined;
+      },
+      5000,
+      `status.certificate of ${name}`,
+    );
   const failed = (name: string): Promise<{ reason?: string; message?: string }> =>
-    eventually(`a Failed condition on ${name}`, () => Promise.resolve(read(name).status?.conditions?.find((c) => c.type === 'Failed')));
+    eventually(() => read(name).status?.conditions?.find((c) => c.type === 'Failed'), 5000, `a Failed condition on ${name}`);
   const statusWrites = (name: string): number => kube.state.requests.filter((r) => r.method === 'PUT' && r.path.endsWith(`/certificatesigningrequests/${name}/status`)).length;
 
   let cliRun: ReturnType<typeof runMeshca>;
@@ -151,7 +146,7 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     assert.equal(chainPem.includes(rootPem.trim()), false, 'the root is not part of status.certificate');
     assert.equal(read(name).status?.conditions?.some((c) => c.type === 'Failed'), false);
     // Reported for the CA's audit line and issuance count, as CreateCertificate's certificates are.
-    const record = await eventually('the issuance record', () => Promise.resolve(issuedRecords.find((r) => r.object === name)));
+    const record = await eventually(() => issuedRecords.find((r) => r.object === name), 5000, 'the issuance record');
     assert.deepEqual(
       { ...record },
       { via: 'csr-signer', caller: record.caller, object: name, spiffeId: uri, serial: leaf.serialNumber.toLowerCase(), notAfter: new Date(leaf.validTo).toISOString() },
@@ -217,7 +212,7 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     // Without `sign` on the signer the status write is a 403: retried (not Failed) until the grant arrives.
     kube.state.csr.signerGrants = new Set([`${ISTIOD} approve ${SIGNER}`]);
     const ungranted = await request(istiod, workloadCsr('spiffe://cluster.local/ns/default/sa/ungranted'));
-    await eventually('a refused status write', () => Promise.resolve(statusWrites(ungranted) >= 2 ? true : undefined));
+    await eventually(() => (statusWrites(ungranted) >= 2 ? true : undefined), 5000, 'a refused status write');
     assert.equal(read(ungranted).status?.conditions?.some((c) => c.type === 'Failed'), false);
     kube.state.csr.signerGrants.add(`system:serviceaccount:meshca-system:meshca sign meshca.io/*`);
     await signed(ungranted);

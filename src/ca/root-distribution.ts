@@ -9,6 +9,7 @@ import { kubeClient } from '../kube/client.js';
 import type { Logger } from '../log.js';
 import { followResumable } from '../kube/config.js';
 import { kubeErrorMessage, kubeStatusCode } from './kube-store.js';
+import { CoalescingRunner } from '../util/coalescing-runner.js';
 
 export const ROOT_CONFIGMAP_NAME = 'istio-ca-root-cert';
 export const ROOT_CONFIGMAP_KEY = 'root-cert.pem';
@@ -51,8 +52,7 @@ class RootDistributionController implements RootDistribution {
   readonly ready: Promise<void>;
   private readonly api: CoreV1Api;
   private readonly watcher: Watch;
-  private readonly inFlight = new Map<string, Promise<void>>();
-  private readonly rerun = new Set<string>();
+  private readonly passes = new CoalescingRunner<string>((key) => this.reconcileOnce(key), () => this.closed);
   private readonly namespaces = new Set<string>();
   private readonly stops: (() => void)[] = [];
   private resyncTimer: NodeJS.Timeout | undefined;
@@ -125,19 +125,7 @@ class RootDistributionController implements RootDistribution {
 
   /** One reconcile per namespace at a time; a request during one causes one more pass. */
   reconcile(ns: string): Promise<void> {
-    const running = this.inFlight.get(ns);
-    if (running) {
-      this.rerun.add(ns);
-      return running;
-    }
-    const run = (async () => {
-      do {
-        this.rerun.delete(ns);
-        await this.reconcileOnce(ns);
-      } while (this.rerun.has(ns) && !this.closed);
-    })().finally(() => this.inFlight.delete(ns));
-    this.inFlight.set(ns, run);
-    return run;
+    return this.passes.run(ns);
   }
 
   private async reconcileOnce(ns: string): Promise<void> {
@@ -198,7 +186,7 @@ class RootDistributionController implements RootDistribution {
     this.closed = true;
     if (this.resyncTimer) clearInterval(this.resyncTimer);
     for (const stop of this.stops.splice(0)) stop();
-    await Promise.allSettled([...this.inFlight.values()]);
+    await this.passes.idle();
   }
 }
 

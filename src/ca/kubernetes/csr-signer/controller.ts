@@ -20,6 +20,7 @@ import { WorkloadId, isPkiError, type ParsedCsr } from '../../../pki/index.js';
 import { CaError } from '../../errors.js';
 import { kubeErrorMessage, kubeStatusCode } from '../../kube-store.js';
 import type { KubernetesPluginContext, RunningKubernetesPlugin } from '../types.js';
+import { CoalescingRunner } from '../../../util/coalescing-runner.js';
 
 export const CSR_PATH = '/apis/certificates.k8s.io/v1/certificatesigningrequests';
 /** Where istiod puts the TTL it wants (a Go duration such as "24h0m0s"); spec.expirationSeconds wins when set. */
@@ -90,8 +91,7 @@ interface Decision {
 class CsrSignerController implements RunningKubernetesPlugin {
   private readonly api: CertificatesV1Api;
   private readonly watcher: Watch;
-  private readonly inFlight = new Map<string, Promise<void>>();
-  private readonly rerun = new Set<string>();
+  private readonly passes = new CoalescingRunner<string>((key) => this.handleOnce(key), () => this.closed);
   /** Chains signed but not written yet, by CSR uid: written again rather than signed again. */
   private readonly unwritten = new Map<string, string>();
   private readonly retryTimers = new Map<string, NodeJS.Timeout>();
@@ -138,19 +138,7 @@ class CsrSignerController implements RunningKubernetesPlugin {
 
   /** One pass per CSR at a time; an event during one causes one more pass. */
   handle(name: string): Promise<void> {
-    const running = this.inFlight.get(name);
-    if (running) {
-      this.rerun.add(name);
-      return running;
-    }
-    const run = (async () => {
-      do {
-        this.rerun.delete(name);
-        await this.handleOnce(name);
-      } while (this.rerun.has(name) && !this.closed);
-    })().finally(() => this.inFlight.delete(name));
-    this.inFlight.set(name, run);
-    return run;
+    return this.passes.run(name);
   }
 
   private async handleOnce(name: string): Promise<void> {
@@ -336,7 +324,7 @@ class CsrSignerController implements RunningKubernetesPlugin {
     for (const timer of this.retryTimers.values()) clearTimeout(timer);
     this.retryTimers.clear();
     for (const stop of this.stops.splice(0)) stop();
-    await Promise.allSettled([...this.inFlight.values()]);
+    await this.passes.idle();
   }
 }
 

@@ -4,6 +4,7 @@
  */
 import { ConfigError, readBoolean, readDuration, readEnum, readOptionalString, type Env } from '../../../config/env.js';
 import { sourceOf, type EnvOnlySpec, type FlagSpec } from '../../../config/flags.js';
+import type { Pkcs11KeyConfig } from './pkcs11-key.js';
 
 export const PKCS11_MODES = ['intermediate', 'direct'] as const;
 export type Pkcs11Mode = (typeof PKCS11_MODES)[number];
@@ -68,14 +69,8 @@ export interface Pkcs11Flags {
   pkcs11AllowExtractable?: boolean;
 }
 
-export interface Pkcs11SourceConfig {
-  modulePath: string;
-  tokenLabel: string;
-  keyLabel?: string;
-  keyIdHex?: string;
-  /** Exactly one of pinFile and pinEnv. */
-  pinFile?: string;
-  pinEnv?: string;
+/** The token key's settings (exactly one of pinFile and pinEnv), and the source's own. */
+export interface Pkcs11SourceConfig extends Pick<Pkcs11KeyConfig, 'modulePath' | 'tokenLabel' | 'keyLabel' | 'keyIdHex' | 'pinFile' | 'pinEnv'> {
   certFile: string;
   rootsFile?: string;
   mode: Pkcs11Mode;

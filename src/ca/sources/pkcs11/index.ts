@@ -51,12 +51,13 @@ async function loadCertificates(config: Pkcs11SourceConfig): Promise<{ certifica
 async function openPkcs11Signer(config: Pkcs11SourceConfig, trustDomain: string, context: KeySourceContext, keySpec: KeySpec): Promise<WorkloadSigner> {
   const { certificate, chain, roots } = await loadCertificates(config);
   const observe = tokenSignObserver(context.registry);
+  const { modulePath, tokenLabel, keyLabel, keyIdHex, pinFile, pinEnv } = config;
   const key: Pkcs11Key = await openPkcs11Key({
-    modulePath: config.modulePath,
-    tokenLabel: config.tokenLabel,
-    ...(config.keyLabel !== undefined ? { keyLabel: config.keyLabel } : {}),
-    ...(config.keyIdHex !== undefined ? { keyIdHex: config.keyIdHex } : {}),
-    ...(config.pinFile !== undefined ? { pinFile: config.pinFile } : { pinEnv: config.pinEnv! }),
+    modulePath,
+    tokenLabel,
+    ...(keyLabel !== undefined ? { keyLabel } : {}),
+    ...(keyIdHex !== undefined ? { keyIdHex } : {}),
+    ...(pinFile !== undefined ? { pinFile } : { pinEnv: pinEnv! }),
     allowExtractable: config.allowExtractable,
     ...(context.now ? { now: context.now } : {}),
     ...(observe ? { observe } : {}),
