@@ -13,7 +13,8 @@ export type PkiErrorCode =
   | 'ERR_SPIFFE_ID'
   | 'ERR_CERT_MALFORMED'
   | 'ERR_KEY_MISMATCH'
-  | 'ERR_CHAIN';
+  | 'ERR_CHAIN'
+  | 'ERR_BUNDLE';
 
 export class PkiError extends CodedError<PkiErrorCode> {
   override name = 'PkiError';

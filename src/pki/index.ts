@@ -58,3 +58,12 @@ export {
   type NameAttributes,
 } from './issue.js';
 export { verifyChain, verifyPemChain, describeCertificate, signatureVerifies, type VerifyChainOptions } from './chain.js';
+export {
+  parseSpiffeBundle,
+  spiffeBundleOf,
+  formatSpiffeBundle,
+  bundlePem,
+  sameAuthorities,
+  MAX_BUNDLE_BYTES,
+  type SpiffeBundle,
+} from './spiffe-bundle.js';
