@@ -340,6 +340,9 @@ export async function createSelfSignedRoot(options: SelfSignedOptions): Promise<
   const der = createCaCertificate({
     subject: { organization: options.organization ?? options.trustDomain },
     subjectKey: keys.privateKey,
+    // The trust domain's SPIFFE ID (the X.509-SVID spec's advice for signing certificates): a federated peer can
+    // then tell a bundle of this trust domain from one of another.
+    uris: [`spiffe://${options.trustDomain}`],
     notBefore: new Date(Math.floor(now / 1000) * 1000 - 2 * 60 * 1000),
     notAfter: new Date(now + options.ttlSeconds * 1000),
   });

@@ -9,6 +9,7 @@
  */
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { PkiError } from './errors.js';
+import { signatureVerifies } from './chain.js';
 import { certificateToPem } from './pem.js';
 import { parseSpiffeId, validateTrustDomain } from './spiffe.js';
 import { certificatePublicKey, isCaCertificate, parseCertificate, type ParsedCertificate } from './x509.js';
@@ -68,6 +69,8 @@ function x509Authority(trustDomain: string, key: Record<string, unknown>, index:
     fail(trustDomain, `${where}: x5c[0] is not a DER certificate: ${(error as Error).message}`);
   }
   if (!isAuthority(cert)) fail(trustDomain, `${where}: ${cert.subject} is not a CA certificate (basicConstraints CA and keyCertSign)`);
+  // A self-issued root's only integrity check: a flipped bit anywhere in it should not pass for a trust anchor.
+  if (cert.issuerDer.equals(cert.subjectDer) && !signatureVerifies(cert, cert)) fail(trustDomain, `${where}: ${cert.subject} is self-issued but its signature does not verify`);
   // The JWK's own parameters must be the certificate's key, or two readers of the bundle could trust different keys.
   let jwkSpki: Buffer;
   try {
