@@ -11,6 +11,8 @@ import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
 import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
 import { addKubernetesPluginOptions, readKubernetesPlugins, type ConfiguredKubernetesPlugin } from '../ca/kubernetes/index.js';
+import { parseFederationTargets, splitFederateWithEnv } from '../ca/federation/targets.js';
+import type { FederationTarget } from '../ca/federation/types.js';
 import { LOG_LEVELS, type LogFormat } from '../log.js';
 import { addFlag, addLogOptions, collect, longFlag, readLogFormat, readLogLevel, sourceOf, type FlagSpec } from './flags.js';
 import { bad, ConfigError, raw, readAddress, readBoolean, readDuration, readInteger, readList, readString, type Env } from './env.js';
@@ -62,6 +64,8 @@ export interface CaServerConfig {
   decisionRecordSize: number;
   /** The Kubernetes plugins turned on (ca/kubernetes/: CSR signer, ClusterTrustBundle, ...); run by the primary only. */
   kubernetesPlugins: ConfiguredKubernetesPlugin[];
+  /** Other trust domains whose bundles this CA fetches or reads (--federate-with); none by default. */
+  federation: { targets: FederationTarget[] };
 }
 
 export interface CaServerFlags extends KeySourceFlags {
@@ -85,6 +89,7 @@ export interface CaServerFlags extends KeySourceFlags {
   logFormat?: string;
   workers?: string;
   decisionRecordSize?: string;
+  federateWith?: string[];
 }
 
 /** Services the CA answers as, in its namespace: its own (deploy/kubernetes/ca.yaml) and istiod's, like istiod's own default. */
@@ -154,6 +159,12 @@ export const CA_SERVER_FLAGS = {
     env: ['MESHCA_DECISION_RECORD_SIZE'],
     defaultText: String(DEFAULT_DECISION_RECORD_SIZE),
   },
+  federateWith: {
+    flags: '--federate-with <td=source>',
+    description:
+      'federate with another trust domain, repeatable: <td>=<https URL>[,profile=https_web][,ca-file=<pem>], <td>=<https URL>,profile=https_spiffe,endpoint-id=spiffe://<td>/...[,bundle=<file>], or <td>=file:<path> (variable: entries separated by spaces or ";")',
+    env: ['MESHCA_FEDERATE_WITH'],
+  },
 } as const satisfies Record<string, FlagSpec>;
 
 const F = CA_SERVER_FLAGS;
@@ -174,6 +185,7 @@ export function addCaServerOptions(command: Command): Command {
   for (const spec of [F.tokenAudiences, F.tokenreviewCacheTtl, F.tokenreviewTimeout, F.maxInflightTokenreviews, F.maxCsrPerIdentityPerMinute]) addFlag(command, spec);
   for (const spec of [F.jwtRule, F.trustedNodeAccounts, F.defaultWorkloadCertTtl, F.maxWorkloadCertTtl, F.workers]) addFlag(command, spec);
   addFlag(command, F.decisionRecordSize);
+  addFlag(command, F.federateWith, collect);
   addKubernetesPluginOptions(command);
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);
@@ -251,6 +263,14 @@ export function usableCpus(cpuMaxPath = '/sys/fs/cgroup/cpu.max'): number {
   return Math.max(1, Math.min(cpus, Math.ceil(Number(match[1]) / Number(match[2]))));
 }
 
+/** --federate-with (repeatable) or MESHCA_FEDERATE_WITH (entries separated by whitespace or ';'). */
+function readFederation(flags: readonly string[] | undefined, env: Env, trustDomain: string): { targets: FederationTarget[] } {
+  const source = sourceOf(F.federateWith);
+  if (flags && flags.length > 0) return { targets: parseFederationTargets(flags, { trustDomain }, source.flag!) };
+  const value = raw(undefined, env, source);
+  return { targets: value === undefined ? [] : parseFederationTargets(splitFederateWithEnv(value), { trustDomain }, source.env!) };
+}
+
 /** Reads the whole `ca` configuration. Does not touch the network or the key files. */
 export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConfig {
   const keySource = readKeySourceConfig(flags, env);
@@ -305,6 +325,7 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
       min: 0,
       max: MAX_DECISION_RECORD_SIZE,
     }),
+    federation: readFederation(flags.federateWith, env, keySource.trustDomain),
   };
 }
 
