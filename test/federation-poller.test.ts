@@ -95,14 +95,14 @@ describe('fetchBundle: one fetch over HTTPS with the endpoint profile', () => {
       });
     };
     // The server's certificate is not from the default roots, nor is the SVID for the configured endpoint ID.
-    await refused(fetchBundle(TD, web.url, { kind: 'https_web' }, undefined), 'tls', /TLS/);
+    await refused(fetchBundle(TD, web.url, { kind: 'https_web' }, undefined), 'tls', /TLS: .*for a private CA add ,ca-file=<pem>$/);
     await refused(
       fetchBundle(TD, spiffe.url, { kind: 'https_spiffe', endpointId: `spiffe://${TD}/elsewhere` }, initial),
       'tls',
       /presented spiffe:\/\/other\.test\/bundle-endpoint, not the configured endpoint-id spiffe:\/\/other\.test\/elsewhere/,
     );
     // An SVID that does not chain to the trust domain's bundle.
-    await refused(fetchBundle(TD, spiffe.url, { kind: 'https_spiffe', endpointId: ENDPOINT_ID }, parseBundleFile(TD, root2.pem)), 'tls', /TLS/);
+    await refused(fetchBundle(TD, spiffe.url, { kind: 'https_spiffe', endpointId: ENDPOINT_ID }, parseBundleFile(TD, root2.pem)), 'tls', /TLS: .*must chain to the bundle of other\.test in use/);
     const cases: [Parameters<BundleEndpoint['serve']>[0], string, RegExp][] = [
       [{ body: 'garbage' }, 'invalid', /not JSON/],
       [{ body: bundleDocument([thirdRoot]) }, 'invalid', /belongs to trust domain "third\.test"/],
@@ -115,6 +115,8 @@ describe('fetchBundle: one fetch over HTTPS with the endpoint profile', () => {
       web.serve(answer);
       await refused(fetchBundle(TD, web.url, { kind: 'https_web', caFile }, undefined), reason, message);
     }
+    web.serve({ body: '{"keys": [', stall: true });
+    await refused(fetchBundle(TD, web.url, { kind: 'https_web', caFile }, undefined, { timeoutMs: 200 }), 'timeout', /no complete answer within 0\.2s/);
   });
 });
 

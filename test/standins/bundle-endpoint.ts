@@ -21,6 +21,8 @@ export interface Answer {
   headers?: Record<string, string>;
   /** Send without content-length (chunked), so only counting the bytes read can bound it. */
   chunked?: boolean;
+  /** Send the headers and then nothing more: a client needs its own deadline. */
+  stall?: boolean;
 }
 
 export interface BundleEndpoint {
@@ -41,6 +43,10 @@ export async function startBundleEndpoint(identity: ServerIdentity, path = '/bun
     const body = typeof answer.body === 'string' ? Buffer.from(answer.body) : answer.body;
     const length = answer.chunked ? {} : { 'content-length': String(body.length) };
     response.writeHead(answer.status ?? 200, { 'content-type': 'application/json', ...length, ...answer.headers });
+    if (answer.stall) {
+      response.flushHeaders();
+      return;
+    }
     response.end(request.method === 'HEAD' ? undefined : body);
   });
   // Each fetch opens its own connection (no keep-alive): a new identity applies to the next fetch.

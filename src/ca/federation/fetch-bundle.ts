@@ -71,10 +71,20 @@ async function tlsOptions(profile: EndpointProfile, current: SpiffeBundle | unde
   return { ...servername, ca: bundlePem(current), checkServerIdentity: endpointIdCheck(profile.endpointId) };
 }
 
-function classify(error: Error & { code?: string }, connected: boolean): BundleRefreshError {
+/** What to do about a certificate the client did not accept, by profile. */
+function tlsHint(trustDomain: string, profile: EndpointProfile): string {
+  if (profile.kind === 'https_spiffe') {
+    return `the endpoint's certificate must chain to the bundle of ${trustDomain} in use; if that trust domain replaced its roots, give its new bundle with meshca bundle set ${trustDomain} --file <bundle>`;
+  }
+  return profile.caFile === undefined
+    ? 'the endpoint\'s certificate must chain to a public root and name the URL\'s host; for a private CA add ,ca-file=<pem>'
+    : `the endpoint's certificate must chain to a root in ${profile.caFile} and name the URL's host`;
+}
+
+function classify(error: Error & { code?: string }, connected: boolean, hint: () => string): BundleRefreshError {
   if (error instanceof BundleRefreshError) return error;
   if (error.code !== undefined && NETWORK_CODES.has(error.code)) return new BundleRefreshError('network', `cannot reach it: ${error.message}`);
-  if (!connected) return new BundleRefreshError('tls', `TLS: ${error.message}`);
+  if (!connected) return new BundleRefreshError('tls', `TLS: ${error.message}: ${hint()}`);
   return new BundleRefreshError('network', error.message);
 }
 
@@ -87,6 +97,7 @@ export async function fetchBundle(trustDomain: string, url: URL, profile: Endpoi
   const maxBytes = options.maxBytes ?? MAX_BUNDLE_BYTES;
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const tls = await tlsOptions(profile, current, host);
+  const hint = (): string => tlsHint(trustDomain, profile);
   const body = await new Promise<Buffer>((resolve, reject) => {
     let connected = false;
     let settled = false;
@@ -119,10 +130,10 @@ export async function fetchBundle(trustDomain: string, url: URL, profile: Endpoi
         else chunks.push(chunk);
       });
       response.on('end', () => finish(undefined, Buffer.concat(chunks)));
-      response.on('error', (error) => finish(classify(error, true)));
+      response.on('error', (error) => finish(classify(error, true, hint)));
     });
     request.on('socket', (socket) => socket.once('secureConnect', () => (connected = true)));
-    request.on('error', (error: Error & { code?: string }) => finish(classify(error, connected)));
+    request.on('error', (error: Error & { code?: string }) => finish(classify(error, connected, hint)));
     const timer = setTimeout(() => finish(new BundleRefreshError('timeout', `no complete answer within ${timeoutMs / 1000}s`)), timeoutMs);
     const onAbort = (): void => finish(new BundleRefreshError('network', 'the fetch was cancelled'));
     if (options.signal?.aborted) onAbort();
