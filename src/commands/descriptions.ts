@@ -16,7 +16,6 @@ export const COMMAND_DESCRIPTIONS = {
   secrets: "list the identities a running node agent holds (serial, expiry, next renewal, streams, state) from its status server",
   decisions: "show a running CA's recent certificate decisions (issued, or refused and why), for one identity or all",
   status: 'check from here that the CA is reachable with the right TLS name and root, roots agree, RBAC allows what the CA needs, and clocks agree',
-  bundle: 'SPIFFE federation bundles: list the federated bundles kept in the state directory, or set one from a file',
 } as const;
 
 export type CommandName = keyof typeof COMMAND_DESCRIPTIONS;
