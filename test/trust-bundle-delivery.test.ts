@@ -16,7 +16,8 @@ import * as grpc from '@grpc/grpc-js';
 import { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { GrpcCaClient } from '../src/agent/ca-client.js';
-import { grpcTrustBundleSource, readAgentConfig, type RunningAgent } from '../src/agent/index.js';
+import { grpcTrustBundleSource, parseTrustBundleSet, readAgentConfig, TrustBundleWatcher, type RunningAgent, type TrustBundleSource } from '../src/agent/index.js';
+import type { WatchEnd } from '../src/agent/trust-bundles.js';
 import { trustBundleFeed } from '../src/ca/federation/feed.js';
 import type { FederatedBundles, OwnBundle, TrustBundleFeed } from '../src/ca/federation/types.js';
 import { openSigner, type WorkloadSigner } from '../src/ca/index.js';
@@ -33,16 +34,19 @@ import {
   type SpiffeBundle,
 } from '../src/pki/index.js';
 import { startCaServer, type CaServer } from '../src/server/index.js';
-import { decodeTrustBundleNotice, encodeTrustBundleNotice, NoticeFeed } from '../src/server/trust-bundles.js';
+import { decodeTrustBundleNotice, encodeTrustBundleNotice, NoticeFeed, trustBundleSetMessage } from '../src/server/trust-bundles.js';
 import {
   decodeSecretAny,
   decodeSpiffeValidatorAny,
   SPIFFE_VALIDATOR_NAME,
   TrustBundleServiceClient,
+  decodeTrustBundleSet,
+  encodeTrustBundleSet,
   type DiscoveryResponse,
   type TrustBundleSetMessage,
 } from '../src/wire/protos.js';
-import { eventually, InProcessCa, memoryLogger, RawSotwStream, startTestAgent, type TestAgent } from './agent-helpers.js';
+import { eventually, InProcessCa, memoryLogger, RawDeltaStream, RawSotwStream, startTestAgent, type TestAgent } from './agent-helpers.js';
+import { ManualClock } from './support/manual-clock.js';
 import { cleanEnv } from './ca-helpers.js';
 import { makeTempDir } from './support/process.js';
 
@@ -233,6 +237,18 @@ describe('trust bundles from the CA to the agent, and to Envoy over SDS', () => 
     const gone = await leaving.ended();
     assert.equal(gone?.code, grpc.status.NOT_FOUND);
     assert.match(gone!.details, /"third\.example"/);
+
+    // On a delta stream, it is reported removed and the stream goes on.
+    federation.set([spiffeBundleOf('other.example', [other2.cert, other1.cert], { sequence: 4 }), spiffeBundleOf('third.example', [third.cert])]);
+    await eventually(() => federationOf(agent.agent).federatedBundles().length === 2, 'third.example back');
+    const delta = new RawDeltaStream(agent.client, 'tok-a');
+    delta.send({ node: { id: 'sidecar~10.0.0.1~test.default~default.svc.cluster.local' }, resource_names_subscribe: ['spiffe://third.example'] });
+    const added = await delta.next();
+    assert.deepEqual(added.resources.map((r) => r.name), ['spiffe://third.example']);
+    delta.send({ response_nonce: added.nonce });
+    federation.set([spiffeBundleOf('other.example', [other2.cert, other1.cert], { sequence: 4 })]);
+    assert.deepEqual((await delta.next()).removed_resources, ['spiffe://third.example']);
+    delta.close();
   });
 
   test('a bad set is refused and logged, the last good one kept; the next good one is taken', async () => {
@@ -315,5 +331,74 @@ describe('--workers: the trust bundles cross the IPC channel as DER and are rebu
     const bad = { ...(crossed as Record<string, unknown>), bundles: [{ trustDomain: 'other.example', authorities: [Buffer.from('not DER')] }] };
     assert.throws(() => decodeTrustBundleNotice(bad));
     assert.throws(() => decodeTrustBundleNotice({ ...(crossed as Record<string, unknown>), trustDomain: 'wrong.example' }), /the first bundle is for "cluster\.local", not the own trust domain "wrong\.example"/);
+  });
+});
+
+describe('the agent\'s watcher, transport-free, on virtual time', () => {
+  const own = caCert('own');
+  const other = caCert('other');
+  /** A set as the agent decodes it from the wire. */
+  const feedSet = (federated: SpiffeBundle[]): TrustBundleSetMessage => {
+    const bundles = new SettableFederation();
+    bundles.set(federated);
+    const ownBundle = { current: () => spiffeBundleOf(TRUST_DOMAIN, [own.cert]), onChange: () => () => undefined };
+    const set = trustBundleFeed({ trustDomain: TRUST_DOMAIN, aliases: [], own: ownBundle, federated: bundles }).current();
+    return decodeTrustBundleSet(encodeTrustBundleSet(trustBundleSetMessage(set)));
+  };
+
+  /** Opens watches on demand; the test ends them and sends messages. */
+  class ScriptedSource implements TrustBundleSource {
+    readonly address = 'scripted';
+    readonly opened: { message(m: TrustBundleSetMessage): void; end(outcome: WatchEnd): void }[] = [];
+    watch(handlers: { message(m: TrustBundleSetMessage): void; end(outcome: WatchEnd): void }): { cancel(): void } {
+      this.opened.push(handlers);
+      return { cancel: () => undefined };
+    }
+  }
+
+  test('reconnects after the backoff on its clock, resets it on a good message, and stops for good on UNIMPLEMENTED', async () => {
+    const clock = new ManualClock(Date.parse('2030-01-01T00:00:00Z'));
+    const source = new ScriptedSource();
+    const { log, records } = memoryLogger();
+    const watcher = new TrustBundleWatcher({ source, trustDomain: TRUST_DOMAIN, log, clock, random: () => 0 }).start();
+    assert.equal(source.opened.length, 1);
+    source.opened[0]!.end({ code: grpc.status.UNAVAILABLE, details: 'connection refused' });
+    // backoffDelayMs(0) with no jitter: 50 ms, then 100, 200.
+    await clock.advance(49);
+    assert.equal(source.opened.length, 1, 'not before the backoff');
+    await clock.advance(1);
+    assert.equal(source.opened.length, 2);
+    source.opened[1]!.end(null);
+    await clock.advance(100);
+    assert.equal(source.opened.length, 3);
+    source.opened[2]!.message(feedSet([spiffeBundleOf('other.example', [other.cert])]));
+    assert.deepEqual(watcher.federatedBundles().map((b) => b.trustDomain), ['other.example']);
+    source.opened[2]!.end({ code: grpc.status.UNAVAILABLE, details: 'gone' });
+    await clock.advance(50);
+    assert.equal(source.opened.length, 4, 'the good message reset the backoff');
+    source.opened[3]!.end({ code: grpc.status.UNIMPLEMENTED, details: 'not served' });
+    await clock.advance(3600_000);
+    assert.equal(source.opened.length, 4);
+    assert.ok(watcher.isStopped);
+    assert.deepEqual(watcher.federatedBundles().map((b) => b.trustDomain), ['other.example'], 'what it had is kept');
+    assert.equal(records.filter((r) => typeof r.msg === 'string' && r.msg.startsWith('the CA serves no trust bundles')).length, 1);
+    watcher.close();
+  });
+
+  test('refuses a set for another trust domain, a non-CA authority, a repeated trust domain, and too many trust domains', () => {
+    const good = feedSet([spiffeBundleOf('other.example', [other.cert])]);
+    assert.deepEqual(parseTrustBundleSet(good, TRUST_DOMAIN).federated.map((b) => b.trustDomain), ['other.example']);
+    const refusals: [TrustBundleSetMessage, RegExp][] = [
+      [good, /the CA's trust domain is "cluster\.local", but this agent's certificates are in "elsewhere\.example"/],
+      [{ ...good, bundles: [good.bundles[0]!, { ...good.bundles[1]!, x509_authorities: [Buffer.from('junk')] }] }, /authority 0 of "other\.example" is not a DER certificate/],
+      [{ ...good, bundles: [good.bundles[0]!, good.bundles[1]!, good.bundles[1]!] }, /trust domain "other\.example" appears twice/],
+      [{ ...good, bundles: [good.bundles[0]!, { ...good.bundles[1]!, trust_domain: 'Bad_Domain' }] }, /federated trust domain "Bad_Domain" is not a valid trust domain/],
+      [{ ...good, aliases: [TRUST_DOMAIN] }, /alias "cluster\.local" is the own trust domain or listed twice/],
+      [{ ...good, bundles: [good.bundles[0]!, ...Array.from({ length: 256 }, (_, i) => ({ ...good.bundles[1]!, trust_domain: `td${i}.example` }))] }, /257 trust domains, more than the 256 allowed/],
+      [{ ...good, version: '' }, /the set has no version/],
+    ];
+    refusals.forEach(([message, expected], index) => {
+      assert.throws(() => parseTrustBundleSet(message, index === 0 ? 'elsewhere.example' : TRUST_DOMAIN), expected);
+    });
   });
 });

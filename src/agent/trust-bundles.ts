@@ -78,12 +78,7 @@ export function parseTrustBundleSet(message: TrustBundleSetMessage, ownTrustDoma
     if (seen.has(alias)) fail(`alias "${alias}" is the own trust domain or listed twice`);
     seen.add(alias);
   }
-  const [own, ...others] = message.bundles;
-  if (own!.trust_domain !== ownTrustDomain) fail(`the first bundle is for "${own!.trust_domain.slice(0, 256)}", not the own trust domain "${ownTrustDomain}"`);
-  const federated = others.map((entry): SpiffeBundle => {
-    validTrustDomain(entry.trust_domain, 'federated trust domain');
-    if (seen.has(entry.trust_domain)) fail(`trust domain "${entry.trust_domain}" appears twice (or is the own trust domain or an alias)`);
-    seen.add(entry.trust_domain);
+  const bundleOf = (entry: TrustBundleSetMessage['bundles'][number]): SpiffeBundle => {
     if (entry.x509_authorities.length > MAX_AUTHORITIES_PER_TRUST_DOMAIN) {
       fail(`"${entry.trust_domain}" has ${entry.x509_authorities.length} authorities, more than the ${MAX_AUTHORITIES_PER_TRUST_DOMAIN} allowed`);
     }
@@ -100,6 +95,17 @@ export function parseTrustBundleSet(message: TrustBundleSetMessage, ownTrustDoma
     } catch (error) {
       return fail((error as Error).message);
     }
+  };
+  const [own, ...others] = message.bundles;
+  if (own!.trust_domain !== ownTrustDomain) fail(`the first bundle is for "${own!.trust_domain.slice(0, 256)}", not the own trust domain "${ownTrustDomain}"`);
+  // The own roots served to Envoy are the agent's verified bundle (from its certificates), not these; they are
+  // checked all the same, as a CA that sends garbage there is not to be trusted with the rest.
+  bundleOf(own!);
+  const federated = others.map((entry): SpiffeBundle => {
+    validTrustDomain(entry.trust_domain, 'federated trust domain');
+    if (seen.has(entry.trust_domain)) fail(`trust domain "${entry.trust_domain}" appears twice (or is the own trust domain or an alias)`);
+    seen.add(entry.trust_domain);
+    return bundleOf(entry);
   });
   federated.sort((a, b) => (a.trustDomain < b.trustDomain ? -1 : a.trustDomain > b.trustDomain ? 1 : 0));
   return { version: message.version, aliases: [...message.aliases], federated };
