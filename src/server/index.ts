@@ -274,6 +274,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     try {
       grpcPort = await bindGrpc(grpcServer, formatHostPort(config.grpcAddress.host, config.grpcAddress.port), credentials);
     } catch (error) {
+      watches?.close();
       grpcServer.forceShutdown();
       throw listenError(config.grpcAddress, 'the CA gRPC API', '--grpc-addr', error);
     }
