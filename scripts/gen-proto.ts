@@ -30,15 +30,19 @@ export const GENERATED_DIR = 'src/wire/generated';
 
 /**
  * The root .proto files; everything they import is generated too. Services get
- * grpc-js client/handler types and a `ProtoGrpcType` root file (ca.ts, sds.ts).
+ * grpc-js client/handler types and a `ProtoGrpcType` root file (ca.ts, sds.ts, trust_bundles.ts).
  */
-export const SERVICE_PROTOS: readonly string[] = ['istio/v1/auth/ca.proto', 'envoy/service/secret/v3/sds.proto'];
+export const SERVICE_PROTOS: readonly string[] = ['istio/v1/auth/ca.proto', 'envoy/service/secret/v3/sds.proto', 'meshca/federation/v1/trust_bundles.proto'];
 
 /**
- * Message-only roots (the SDS `Secret` carried inside google.protobuf.Any). Generated
+ * Message-only roots (the SDS `Secret` carried inside google.protobuf.Any, and the SPIFFE validator configuration
+ * carried inside the Secret's custom_validator_config). Generated
  * without --grpcLib, which would emit a root file with unused imports for a file with no service.
  */
-export const MESSAGE_PROTOS: readonly string[] = ['envoy/extensions/transport_sockets/tls/v3/secret.proto'];
+export const MESSAGE_PROTOS: readonly string[] = [
+  'envoy/extensions/transport_sockets/tls/v3/secret.proto',
+  'envoy/extensions/transport_sockets/tls/v3/tls_spiffe_validator_config.proto',
+];
 
 /** proto-loader-gen-types arguments shared by both runs, apart from the output directory. */
 export const GENERATOR_ARGS: readonly string[] = [

@@ -226,10 +226,16 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
     try {
       const tokenFile = path.join(dir, 'token');
       writeFileSync(tokenFile, await kube.mintToken({ namespace: 'shop', serviceAccount: 'fetcher' }));
-      const printed = await runMeshca(['fetch', '--sds-socket', agent.socket, '--token-file', tokenFile, '--resource', 'default', '--resource', 'ROOTCA']);
+      // ALL and spiffe://<own trust domain> too: this CA federates with nobody, so ALL holds the own trust domain only.
+      const printed = await runMeshca([
+        'fetch', '--sds-socket', agent.socket, '--token-file', tokenFile,
+        '--resource', 'default', '--resource', 'ROOTCA', '--resource', 'ALL', '--resource', 'spiffe://cluster.local',
+      ]);
       assert.equal(printed.code, 0, printed.stderr);
       assert.match(printed.stdout, /^# default: spiffe:\/\/cluster\.local\/ns\/shop\/sa\/fetcher serial [0-9a-f]+ expires /m);
       assert.match(printed.stdout, /^# ROOTCA: 1 trusted root\(s\)/m);
+      assert.match(printed.stdout, /^# ALL: SPIFFE validator, 1 trust domain\(s\): cluster\.local \(1 root\(s\)\) \(version /m);
+      assert.match(printed.stdout, /^# spiffe:\/\/cluster\.local: 1 trusted root\(s\)/m);
       // The key is not printed unless asked for.
       assert.ok(!printed.stdout.includes('PRIVATE KEY'), printed.stdout);
       assert.ok(printed.stdout.includes('[private key hidden: use --show-key to print it, or --out DIR to write it to key.pem (0600)]\n'));

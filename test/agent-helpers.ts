@@ -20,6 +20,7 @@ import {
   type Clock,
   type CertificateRequest,
   type RunningAgent,
+  type TrustBundleSource,
 } from '../src/agent/index.js';
 import type { KeySource } from '../src/agent/keys.js';
 import { connectSds, workloadTokenMetadata } from '../src/agent/sds-client.js';
@@ -225,7 +226,7 @@ export interface TestAgent<Ca extends CaClient = InProcessCa> {
  * agent's cache, token checks and expiry metrics run on it, the default CA signs on it, and keys are ReadyKeys.
  */
 export async function startTestAgent<Ca extends CaClient = InProcessCa>(
-  options: { ca?: Ca; flags?: AgentFlags; env?: Record<string, string>; clock?: Clock; keys?: KeySource } = {},
+  options: { ca?: Ca; flags?: AgentFlags; env?: Record<string, string>; clock?: Clock; keys?: KeySource; trustBundles?: TrustBundleSource } = {},
 ): Promise<TestAgent<Ca>> {
   const { dir, cleanup } = tempDir();
   const socket = path.join(dir, 'sds', 'socket');
@@ -238,7 +239,12 @@ export async function startTestAgent<Ca extends CaClient = InProcessCa>(
   );
   const { log, records } = memoryLogger();
   const keys = options.keys ?? (clock ? new ReadyKeys() : undefined);
-  const agent = await startAgent(config, log, { caClient: ca, ...(clock ? { clock } : {}), ...(keys ? { keys } : {}) });
+  const agent = await startAgent(config, log, {
+    caClient: ca,
+    ...(clock ? { clock } : {}),
+    ...(keys ? { keys } : {}),
+    ...(options.trustBundles ? { trustBundles: options.trustBundles } : {}),
+  });
   const client = connectSds(socket);
   return {
     agent,

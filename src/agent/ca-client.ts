@@ -68,6 +68,11 @@ export class GrpcCaClient implements CaClient {
     return new IstioCaClient(this.config.address, caChannelCredentials(rootCertPem), options);
   }
 
+  /** The channel to the CA that new calls use (other services on the CA port share it, e.g. WatchTrustBundles). */
+  channel(): grpc.Channel {
+    return this.client.getChannel() as grpc.Channel;
+  }
+
   /** The mesh root changed (CA root rotation): new connections verify against the new bundle. */
   updateRootCertificate(rootCertPem: Buffer): void {
     const old = this.client;

@@ -25,6 +25,8 @@ import { startStatusServer, type StatusServer } from './status-server.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { IdentityCache } from './cache/identity-cache.js';
 import { WorkloadSecrets, type IdentityLease } from './workload-secrets.js';
+import { grpcTrustBundleSource } from './trust-bundle-client.js';
+import { TrustBundleWatcher, type FederationView, type TrustBundleSource } from './trust-bundles.js';
 
 export { readAgentConfig, type AgentConfig, type AgentFlags } from '../config/agent.js';
 export type { CaClient, CertificateRequest } from './ca-client.js';
@@ -34,6 +36,8 @@ export type { IdentitySecret, TrustBundle } from './workload-secrets.js';
 export { AgentError, CaFailure, type AgentErrorCode } from './cache/errors.js';
 export type { CachedIdentity, IdentityCache } from './cache/identity-cache.js';
 export type { Clock } from '../util/clock.js';
+export { TrustBundleWatcher, parseTrustBundleSet, type FederationState, type FederationView, type TrustBundleSource } from './trust-bundles.js';
+export { grpcTrustBundleSource } from './trust-bundle-client.js';
 
 export interface AgentDependencies {
   /** Replaces the gRPC CA client (tests use an in-process signer). */
@@ -46,6 +50,11 @@ export interface AgentDependencies {
   clock?: Clock;
   /** Replaces the key pool (tests use keys that are ready at once, so virtual time waits for no worker thread). */
   keys?: KeySource;
+  /**
+   * Where the trust bundles (aliases, federated trust domains) come from. Default: WatchTrustBundles on the gRPC CA
+   * client's channel; with `caClient` given and no source, none (SDS ALL then holds the own trust domain only).
+   */
+  trustBundles?: TrustBundleSource;
 }
 
 export interface RunningAgent {
@@ -57,6 +66,8 @@ export interface RunningAgent {
   cache: IdentityCache;
   /** Its PEM view with gRPC statuses, which SDS and OUTPUT_CERTS serve. */
   secrets: WorkloadSecrets;
+  /** The trust bundles from the CA (aliases, federated trust domains), when watched. */
+  federation?: FederationView;
   sds: SdsServer;
   close(): Promise<void>;
 }
@@ -125,15 +136,20 @@ async function start(
   const clock = deps.clock ?? systemClock;
   let ca: CaClient;
   let rootWatch: { close(): void } | null = null;
+  let trustBundleSource = deps.trustBundles;
   if (deps.caClient) {
     ca = deps.caClient;
   } else {
     const grpcCa = new GrpcCaClient(config.ca, await readCaRoot(config.ca.rootCertPath), log);
     ca = grpcCa;
     rootWatch = watchCaRoot(config.ca.rootCertPath, grpcCa, log, metrics);
+    trustBundleSource ??= grpcTrustBundleSource(grpcCa);
   }
   cleanups.push(() => ca.close());
   if (rootWatch) cleanups.push(() => rootWatch.close());
+  const federation = trustBundleSource ? new TrustBundleWatcher({ source: trustBundleSource, trustDomain: config.trustDomain, log, clock }).start() : undefined;
+  // Closed before the CA client (cleanups run in reverse), so its stream ends before the channel does.
+  if (federation) cleanups.push(() => federation.close());
 
   let keys: KeySource;
   if (deps.keys) {
@@ -172,6 +188,8 @@ async function start(
     log,
     metrics,
     clock: () => clock.now(),
+    trustDomain: config.trustDomain,
+    ...(federation ? { federation } : {}),
   });
   metrics.setExpirySource(() => secrets.expiryReadings(), () => clock.now());
   if (config.identityExpiryMetric.enabled) {
@@ -264,6 +282,7 @@ async function start(
     metrics,
     cache,
     secrets,
+    ...(federation ? { federation } : {}),
     sds,
     close: closeAll,
   };

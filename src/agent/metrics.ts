@@ -103,7 +103,8 @@ export class AgentMetrics {
 
 /** The resource type label of an SDS resource name. */
 export function resourceType(name: string): string {
-  if (name === 'default' || name === 'ROOTCA') return name;
+  if (name === 'default' || name === 'ROOTCA' || name === 'ALL') return name;
+  if (name.startsWith('spiffe://')) return 'trust-domain';
   if (name.startsWith('file-cert:')) return 'file-cert';
   if (name.startsWith('file-root:')) return 'file-root';
   return 'unknown';

@@ -1,9 +1,17 @@
 /**
  * SDS resource names and what they serve:
  *   default                     -> tls_certificate: the workload's key and certificate chain
- *   ROOTCA                      -> validation_context.trusted_ca: the trust bundle (all roots)
+ *   ROOTCA                      -> validation_context.trusted_ca: the own trust domain's roots (all of them, flat)
+ *   ALL                         -> validation_context.custom_validator_config: Envoy's SPIFFE certificate validator
+ *                                  with one entry per trust domain (own, each alias, each federated trust domain),
+ *                                  so each peer is checked against its own trust domain's roots only
+ *   spiffe://<trust-domain>     -> validation_context.trusted_ca: that trust domain's roots (own, alias or federated)
  *   file-cert:<cert>~<key>      -> tls_certificate read from two files
  *   file-root:<path>            -> validation_context.trusted_ca read from a file
+ * The own roots are the agent's verified trust bundle (from the CA's answers); aliases and federated bundles come
+ * from the CA's trust-bundle feed (trust-bundles.ts). `ALL` and `spiffe://<trust-domain>` are pushed again when
+ * either changes. `spiffe://<trust-domain>` for a trust domain the agent does not know (yet) is NOT_FOUND; a trust
+ * domain that leaves the set ends the stream with NOT_FOUND (SotW) or is reported removed (delta).
  * Every stream first proves a workload identity with its token (node mode) or the pod's token file (sidecar
  * mode), whatever it asks for: nothing is served to a stream that proved nothing.
  */
@@ -11,12 +19,23 @@ import * as path from 'node:path';
 import { status as GrpcStatus, type Metadata } from '@grpc/grpc-js';
 import type { AgentMode } from '../config/agent.js';
 import type { Logger } from '../log.js';
-import { certificatesFromPem, keysMatch, loadPrivateKey, parseCertificate, certificatePublicKey } from '../pki/index.js';
-import { encodeSecretAny, type Init, type SecretMessage } from '../wire/protos.js';
+import { createHash } from 'node:crypto';
+import {
+  bundlePem,
+  certificatesFromPem,
+  keysMatch,
+  loadPrivateKey,
+  parseCertificate,
+  certificatePublicKey,
+  validateTrustDomain,
+  type SpiffeBundle,
+} from '../pki/index.js';
+import { encodeSecretAny, encodeSpiffeValidatorAny, SPIFFE_VALIDATOR_NAME, type Init, type SecretMessage } from '../wire/protos.js';
 import { checkWorkloadToken, SDS_TOKEN_HEADER, tokenFromMetadata, type WorkloadCredential } from './credentials.js';
 import { SdsError } from './errors.js';
 import type { FileContent, FileWatch, FileWatcher } from './files.js';
 import type { AgentMetrics } from './metrics.js';
+import { NO_FEDERATION, type FederationState, type FederationView } from './trust-bundles.js';
 import type { IdentityLease, IdentitySecret, TrustBundle, WorkloadSecrets } from './workload-secrets.js';
 
 export interface ResourceSnapshot {
@@ -32,20 +51,36 @@ export interface ResourceSnapshot {
 export interface ResourceWatch {
   current(): ResourceSnapshot;
   onChange(listener: (snapshot: ResourceSnapshot) => void): void;
+  /** The resource stopped existing (a trust domain left the set): the stream reports it (SdsError NOT_FOUND). */
+  onGone?(listener: (error: SdsError) => void): void;
   close(): void;
 }
 
 export type ParsedResourceName =
   | { kind: 'default' }
   | { kind: 'ROOTCA' }
+  | { kind: 'ALL' }
+  | { kind: 'trust-domain'; trustDomain: string }
   | { kind: 'file-cert'; certPath: string; keyPath: string }
   | { kind: 'file-root'; path: string };
 
-export const RESOURCE_NAMES_HELP = 'default, ROOTCA, file-cert:<cert-path>~<key-path> or file-root:<path>';
+export const RESOURCE_NAMES_HELP = 'default, ROOTCA, ALL, spiffe://<trust-domain>, file-cert:<cert-path>~<key-path> or file-root:<path>';
+
+const SPIFFE_PREFIX = 'spiffe://';
 
 export function parseResourceName(name: string): ParsedResourceName | null {
   if (name === 'default') return { kind: 'default' };
   if (name === 'ROOTCA') return { kind: 'ROOTCA' };
+  if (name === 'ALL') return { kind: 'ALL' };
+  if (name.startsWith(SPIFFE_PREFIX)) {
+    const trustDomain = name.slice(SPIFFE_PREFIX.length);
+    try {
+      validateTrustDomain(trustDomain);
+    } catch {
+      return null;
+    }
+    return { kind: 'trust-domain', trustDomain };
+  }
   if (name.startsWith('file-cert:')) {
     const rest = name.slice('file-cert:'.length);
     const separator = rest.indexOf('~');
@@ -92,6 +127,73 @@ function rootSnapshot(bundle: TrustBundle): ResourceSnapshot {
       validation_context: { trusted_ca: { inline_bytes: Buffer.from(bundle.pem) } },
     });
     rootSnapshots.set(bundle, snapshot);
+  }
+  return snapshot;
+}
+
+/** A federated bundle's PEM and content version, made once per bundle object. */
+const bundleTexts = new WeakMap<SpiffeBundle, { pem: string; version: string }>();
+
+function bundleText(bundle: SpiffeBundle): { pem: string; version: string } {
+  let text = bundleTexts.get(bundle);
+  if (!text) {
+    const hash = createHash('sha256');
+    for (const cert of bundle.x509Authorities) hash.update(cert.der);
+    text = { pem: bundlePem(bundle), version: hash.digest('hex').slice(0, 32) };
+    bundleTexts.set(bundle, text);
+  }
+  return text;
+}
+
+/** ALL, encoded once per (own bundle, federation set): every stream watching it shares the bytes. */
+const allSnapshots = new WeakMap<TrustBundle, WeakMap<FederationState, ResourceSnapshot>>();
+
+function allSnapshot(trustDomain: string, own: TrustBundle, state: FederationState): ResourceSnapshot {
+  let byState = allSnapshots.get(own);
+  if (!byState) {
+    byState = new WeakMap();
+    allSnapshots.set(own, byState);
+  }
+  let snapshot = byState.get(state);
+  if (!snapshot) {
+    const ownPem = Buffer.from(own.pem);
+    const trustDomains = [
+      { name: trustDomain, trust_bundle: { inline_bytes: ownPem } },
+      ...state.aliases.map((alias) => ({ name: alias, trust_bundle: { inline_bytes: ownPem } })),
+      ...state.federated.map((bundle) => ({ name: bundle.trustDomain, trust_bundle: { inline_bytes: Buffer.from(bundleText(bundle).pem) } })),
+    ];
+    // No trusted_ca beside the validator: with custom_validator_config set, Envoy leaves all validation to it.
+    snapshot = snapshotOf('ALL', `${own.version}.${state.version || 'own'}`, {
+      name: 'ALL',
+      validation_context: {
+        custom_validator_config: { name: SPIFFE_VALIDATOR_NAME, typed_config: encodeSpiffeValidatorAny({ trust_domains: trustDomains }) },
+      },
+    });
+    byState.set(state, snapshot);
+  }
+  return snapshot;
+}
+
+/** The roots of one trust domain: what keys its cached snapshot, its PEM and its version. */
+interface TrustDomainRoots {
+  key: object;
+  pem: string;
+  version: string;
+}
+
+/** spiffe://<trust-domain>, encoded once per bundle object and name. */
+const trustDomainSnapshots = new WeakMap<object, Map<string, ResourceSnapshot>>();
+
+function trustDomainSnapshot(name: string, roots: TrustDomainRoots): ResourceSnapshot {
+  let byName = trustDomainSnapshots.get(roots.key);
+  if (!byName) {
+    byName = new Map();
+    trustDomainSnapshots.set(roots.key, byName);
+  }
+  let snapshot = byName.get(name);
+  if (!snapshot) {
+    snapshot = snapshotOf(name, roots.version, { name, validation_context: { trusted_ca: { inline_bytes: Buffer.from(roots.pem) } } });
+    byName.set(name, snapshot);
   }
   return snapshot;
 }
@@ -188,6 +290,10 @@ export interface ResourceProviderOptions {
   /** The clock a token's exp is checked against (epoch ms; default Date.now). */
   clock?: () => number;
   metrics?: AgentMetrics;
+  /** The trust domain of this agent's certificates (ALL's first entry, spiffe://<it>). */
+  trustDomain: string;
+  /** Aliases and federated bundles from the CA; the own trust domain alone when absent. */
+  federation?: FederationView;
 }
 
 export class ResourceProvider {
@@ -235,6 +341,10 @@ export class ResourceProvider {
         return this.openDefault(lease);
       case 'ROOTCA':
         return this.openRoots();
+      case 'ALL':
+        return this.openAll();
+      case 'trust-domain':
+        return this.openTrustDomain(name, parsed.trustDomain);
       case 'file-cert':
         return this.openFileCert(name, parsed.certPath, parsed.keyPath);
       case 'file-root':
@@ -263,6 +373,81 @@ export class ResourceProvider {
       current: () => rootSnapshot(secrets.trustBundle() ?? bundle),
       onChange: (listener) => {
         unsubscribe = secrets.onTrustBundle((next) => listener(rootSnapshot(next)));
+      },
+      close: () => unsubscribe?.(),
+    };
+  }
+
+  /** Resubscribes `listener` to both the own bundle and the federation set; returns the unsubscribe. */
+  private onTrustChange(listener: () => void): () => void {
+    const own = this.options.secrets.onTrustBundle(() => listener());
+    const federated = this.options.federation?.onChange(() => listener());
+    return () => {
+      own();
+      federated?.();
+    };
+  }
+
+  private openAll(): ResourceWatch {
+    const { secrets, trustDomain, federation } = this.options;
+    const first = secrets.trustBundle();
+    if (!first) throw new SdsError(GrpcStatus.UNAVAILABLE, 'no trust bundle yet: the CA has not answered');
+    const build = (): ResourceSnapshot => allSnapshot(trustDomain, secrets.trustBundle() ?? first, federation?.current() ?? NO_FEDERATION);
+    let unsubscribe: (() => void) | null = null;
+    return {
+      current: build,
+      onChange: (listener) => {
+        unsubscribe = this.onTrustChange(() => listener(build()));
+      },
+      close: () => unsubscribe?.(),
+    };
+  }
+
+  /** The roots that verify peers in `trustDomain`, or null when this agent knows none. */
+  private rootsOf(trustDomain: string): TrustDomainRoots | null {
+    const own = this.options.secrets.trustBundle();
+    const state = this.options.federation?.current() ?? NO_FEDERATION;
+    if (trustDomain === this.options.trustDomain || state.aliases.includes(trustDomain)) {
+      return own && { key: own, pem: own.pem, version: own.version };
+    }
+    const bundle = state.federated.find((b) => b.trustDomain === trustDomain);
+    return bundle ? { key: bundle, ...bundleText(bundle) } : null;
+  }
+
+  private unknownTrustDomain(trustDomain: string): SdsError {
+    const state = this.options.federation?.current() ?? NO_FEDERATION;
+    const known = [this.options.trustDomain, ...state.aliases, ...state.federated.map((b) => b.trustDomain)];
+    return new SdsError(
+      GrpcStatus.NOT_FOUND,
+      `no trust bundle for trust domain "${trustDomain}": this agent knows ${known.map((td) => `spiffe://${td}`).join(', ')}; ` +
+        'a trust domain appears once the CA federates with it (meshca ca --federate-with) and its bundle has reached the agent',
+    );
+  }
+
+  private openTrustDomain(name: string, trustDomain: string): ResourceWatch {
+    const first = this.rootsOf(trustDomain);
+    if (!first) {
+      if (trustDomain === this.options.trustDomain) throw new SdsError(GrpcStatus.UNAVAILABLE, 'no trust bundle yet: the CA has not answered');
+      throw this.unknownTrustDomain(trustDomain);
+    }
+    let last = trustDomainSnapshot(name, first);
+    let unsubscribe: (() => void) | null = null;
+    let gone: ((error: SdsError) => void) | null = null;
+    return {
+      current: () => last,
+      onChange: (listener) => {
+        unsubscribe = this.onTrustChange(() => {
+          const roots = this.rootsOf(trustDomain);
+          if (!roots) {
+            gone?.(this.unknownTrustDomain(trustDomain));
+            return;
+          }
+          last = trustDomainSnapshot(name, roots);
+          listener(last);
+        });
+      },
+      onGone: (listener) => {
+        gone = listener;
       },
       close: () => unsubscribe?.(),
     };

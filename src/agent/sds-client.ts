@@ -17,7 +17,9 @@ import {
 import {
   SdsClient,
   SECRET_TYPE_URL,
+  SPIFFE_VALIDATOR_NAME,
   decodeSecretAny,
+  decodeSpiffeValidatorAny,
   type DataSource,
   type DiscoveryRequest,
   type DiscoveryResponse,
@@ -55,6 +57,8 @@ export interface SecretUpdate {
   certificateChain?: string;
   privateKey?: string;
   trustedCa?: string;
+  /** A SPIFFE certificate validator (SDS `ALL`): each trust domain and its roots, PEM. */
+  trustDomains?: { name: string; pem: string }[];
 }
 
 export interface SecretWatchOptions {
@@ -83,7 +87,7 @@ function dataSourceText(source: DataSource | null, what: string): string {
 }
 
 /** Envoy's checks on a secret before applying it (E7): chain and key parse and belong together, roots parse. */
-function readSecret(secret: SecretMessage): Pick<SecretUpdate, 'certificateChain' | 'privateKey' | 'trustedCa'> {
+function readSecret(secret: SecretMessage): Pick<SecretUpdate, 'certificateChain' | 'privateKey' | 'trustedCa' | 'trustDomains'> {
   if (secret.type === 'tls_certificate') {
     const chain = dataSourceText(secret.tls_certificate?.certificate_chain ?? null, 'certificate_chain');
     const key = dataSourceText(secret.tls_certificate?.private_key ?? null, 'private_key');
@@ -93,6 +97,18 @@ function readSecret(secret: SecretMessage): Pick<SecretUpdate, 'certificateChain
       throw new Error('Failed to load private key: it does not match the certificate');
     }
     return { certificateChain: chain, privateKey: key };
+  }
+  const validator = secret.type === 'validation_context' ? secret.validation_context?.custom_validator_config : null;
+  if (validator) {
+    if (validator.name !== SPIFFE_VALIDATOR_NAME || !validator.typed_config) throw new Error(`unsupported custom validator "${validator.name}"`);
+    const config = decodeSpiffeValidatorAny(validator.typed_config);
+    if (config.trust_domains.length === 0) throw new Error('the SPIFFE validator holds no trust domain');
+    const trustDomains = config.trust_domains.map((td) => {
+      const pem = dataSourceText(td.trust_bundle, `trust_bundle of ${td.name}`);
+      if (certificatesFromPem(pem).length === 0) throw new Error(`Failed to load trusted CA certificates of trust domain ${td.name}`);
+      return { name: td.name, pem };
+    });
+    return { trustDomains };
   }
   if (secret.type === 'validation_context') {
     const roots = dataSourceText(secret.validation_context?.trusted_ca ?? null, 'trusted_ca');

@@ -187,6 +187,10 @@ abstract class SecretStream<Call extends ErrorSink = ErrorSink> {
         }
         this.watches.set(name, watch);
         watch.onChange((snapshot) => this.changed(name, snapshot));
+        watch.onGone?.((error) => {
+          if (this.closed || !this.subscribed.has(name)) return;
+          this.openFailed(name, error);
+        });
         this.flush();
       },
       (error: unknown) => {

@@ -60,6 +60,10 @@ function describeUpdate(update: SecretUpdate): string {
     const id = leaf.sans.uris[0] ?? leaf.subject;
     return `${update.name}: ${id} serial ${leaf.serialHex} expires ${leaf.notAfter.toISOString()} (version ${update.versionInfo})`;
   }
+  if (update.trustDomains) {
+    const domains = update.trustDomains.map((td) => `${td.name} (${certificatesFromPem(td.pem).length} root(s))`);
+    return `${update.name}: SPIFFE validator, ${domains.length} trust domain(s): ${domains.join(', ')} (version ${update.versionInfo})`;
+  }
   const roots = certificatesFromPem(update.trustedCa ?? '').map(parseCertificate);
   return `${update.name}: ${roots.length} trusted root(s): ${roots.map((r) => r.subject || r.serialHex).join('; ')} (version ${update.versionInfo})`;
 }
@@ -87,6 +91,11 @@ async function writeUpdate(dir: string, update: SecretUpdate): Promise<string[]>
     await writeFileAtomic(file, update.trustedCa, 0o644);
     written.push(file);
   }
+  for (const td of update.trustDomains ?? []) {
+    const file = path.join(dir, `${stem}${fileStem(td.name)}root-cert.pem`);
+    await writeFileAtomic(file, td.pem, 0o644);
+    written.push(file);
+  }
   return written;
 }
 
@@ -95,6 +104,7 @@ function printUpdate(update: SecretUpdate, showKey: boolean): void {
   if (update.certificateChain !== undefined) parts.push(update.certificateChain);
   if (update.privateKey !== undefined) parts.push(showKey ? update.privateKey : HIDDEN_KEY);
   if (update.trustedCa !== undefined) parts.push(update.trustedCa);
+  for (const td of update.trustDomains ?? []) parts.push(`# trust domain ${td.name}\n`, td.pem);
   process.stdout.write(parts.map((p) => (p.endsWith('\n') ? p : `${p}\n`)).join(''));
 }
 
@@ -104,7 +114,7 @@ export function registerFetchCommand(program: Command): void {
     .description(COMMAND_DESCRIPTIONS.fetch)
     .option('--sds-socket <path>', 'the agent\'s SDS Unix socket', DEFAULT_SDS_SOCKET)
     .option('--token-file <file>', 'service-account token sent as istio_sds_credentials_header-bin (re-read on reconnect)')
-    .option('--resource <name>', 'secret to get: default, ROOTCA, file-cert:<cert>~<key>, file-root:<path> (repeatable)', (value: string, all: string[]) => [...all, value], [] as string[])
+    .option('--resource <name>', 'secret to get: default, ROOTCA, ALL, spiffe://<trust-domain>, file-cert:<cert>~<key>, file-root:<path> (repeatable)', (value: string, all: string[]) => [...all, value], [] as string[])
     .option('--out <dir>', 'write key.pem (0600), cert-chain.pem, root-cert.pem here instead of printing')
     .option('--watch', 'keep the streams open and print (or write) every push')
     .option('--show-key', 'print the private key too (it is hidden by default; --out always writes it, mode 0600)')

@@ -10,6 +10,7 @@ import type { NodeCheckRequest, NodeCheckVerdict } from '../authn/index.js';
 import { CaError, type CaErrorCode, type SignedChain, type WorkloadSignRequest } from '../ca/index.js';
 import type { SignerSnapshot } from '../ca/snapshot-signer.js';
 import type { DecisionQuery, DecisionsAnswer } from './decisions.js';
+import type { TrustBundleNotice } from './trust-bundles.js';
 
 /** A method's parameters and result. */
 interface Method<P, R> {
@@ -26,6 +27,8 @@ export type PrimaryMethods = {
   /** The verdict comes back as a ReviewOutcomeMessage, decoded strictly by the worker (hence unknown). */
   review: Method<{ clusterId: string; token: string }, unknown>;
   checkNode: Method<NodeCheckRequest, NodeCheckVerdict>;
+  /** The trust bundles to serve (WatchTrustBundles), null when the CA has none (the method is then UNIMPLEMENTED). */
+  trustBundles: Method<null, TrustBundleNotice | null>;
 }
 
 /** What the primary asks a worker. */
@@ -43,6 +46,8 @@ export type WorkerNotices = {
 /** One-way notices from the primary to its workers. */
 export type PrimaryNotices = {
   snapshot: SignerSnapshot;
+  /** The trust bundles changed (decoded strictly by the worker, hence unknown). */
+  trustBundles: unknown;
   shutdown: null;
 }
 

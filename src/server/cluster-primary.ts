@@ -14,6 +14,7 @@ import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
 import { PodCaches, type AuthOutcome, type PodCache } from '../authn/index.js';
+import type { TrustBundleFeed } from '../ca/federation/types.js';
 import type { WorkloadSigner } from '../ca/index.js';
 import { takeSignerSnapshot } from '../ca/snapshot-signer.js';
 import type { CaServerConfig } from '../config/ca.js';
@@ -26,6 +27,7 @@ import { buildKubeClusters, describeCa, formatHostPort, logReady, mergeDecisions
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
+import { encodeTrustBundleNotice } from './trust-bundles.js';
 
 /** How long the primary waits for one worker's answer (metrics, decisions) before leaving that worker out. */
 const WORKER_ANSWER_TIMEOUT_MS = 2000;
@@ -42,6 +44,8 @@ export interface CaClusterOptions {
   logger: Logger;
   registry: Registry;
   env?: Env;
+  /** Served by every worker over WatchTrustBundles (see CaServerOptions.trustBundles); each change is sent to them. */
+  trustBundles?: TrustBundleFeed;
 }
 
 export interface CaCluster {
@@ -62,7 +66,7 @@ interface Slot {
 }
 
 export async function startCaCluster(options: CaClusterOptions): Promise<CaCluster> {
-  const { config, signer, logger, registry } = options;
+  const { config, signer, logger, registry, trustBundles } = options;
   const env = options.env ?? process.env;
   if (!registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: registry });
   const metrics = new CaMetrics(registry);
@@ -91,6 +95,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
       if (!podCaches) return { kind: 'denied', reason: 'node impersonation is not enabled (CA_TRUSTED_NODE_ACCOUNTS is empty)' };
       return podCaches.check(request);
     },
+    trustBundles: () => (trustBundles ? encodeTrustBundleNotice(trustBundles.current()) : null),
   };
 
   /** Forks the worker of a slot; resolves once it listens, rejects with its reason when it cannot start. */
@@ -170,6 +175,14 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
       void readiness.probe();
     });
     cleanups.push(unsubscribe);
+    if (trustBundles) {
+      cleanups.push(
+        trustBundles.onChange((set) => {
+          const notice = encodeTrustBundleNotice(set);
+          for (const slot of slots) slot.peer?.notify('trustBundles', notice);
+        }),
+      );
+    }
 
     const monitoring = await startMonitoring(config, {
       registry: {

@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import { WorkloadId } from '../pki/index.js';
 import { workerPeer, type IpcMessage } from './cluster-ipc.js';
 import { startCaServer, type CaServer } from './index.js';
+import { decodeTrustBundleNotice, NoticeFeed } from './trust-bundles.js';
 
 /**
  * A TokenReview verdict as it crosses from the primary to a worker. A WorkloadId does not survive the structured
@@ -76,6 +77,8 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
 
   let signer: SnapshotSigner | undefined;
   let server: CaServer | undefined;
+  /** Set once the primary said what to serve; notices before that are older than its answer and are dropped. */
+  let trustBundles: NoticeFeed | undefined;
   let stopping: Promise<void> | undefined;
   let failedToStart = false;
   const stop = (code: number): Promise<void> =>
@@ -98,6 +101,13 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
           logger.error({ err: (error as Error).message }, 'could not take the new CA material from the primary; still signing with the previous one');
         }
         return;
+      case 'trustBundles':
+        try {
+          trustBundles?.replace(decodeTrustBundleNotice(notice.params));
+        } catch (error) {
+          logger.error({ err: (error as Error).message }, 'could not take the new trust bundles from the primary; still serving the previous ones');
+        }
+        return;
       case 'shutdown':
         void stop(0);
         return;
@@ -116,11 +126,14 @@ export async function runCaWorker(options: { config: CaServerConfig; logger: Log
 
   try {
     signer = new SnapshotSigner(await peer.call('snapshot', null), (request) => peer.call('sign', request));
+    const bundles = await peer.call('trustBundles', null);
+    if (bundles !== null) trustBundles = new NoticeFeed(decodeTrustBundleNotice(bundles));
     server = await startCaServer({
       config,
       signer,
       logger,
       registry,
+      ...(trustBundles ? { trustBundles } : {}),
       worker: {
         reviewToken: (clusterId: string, token: string) =>
           peer.call('review', { clusterId, token }).then(

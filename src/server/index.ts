@@ -11,6 +11,7 @@ import { formatSeconds, type CertificateAuthority, type WorkloadSigner } from '.
 import type { CaServerConfig } from '../config/ca.js';
 import type { Env } from '../config/env.js';
 import { loadKubeConfigWithOrigin } from '../kube/config.js';
+import type { TrustBundleFeed } from '../ca/federation/types.js';
 import type { Logger } from '../log.js';
 import { istioCaService } from '../wire/protos.js';
 import { buildAuthenticators, createAuthority } from './assembly.js';
@@ -24,6 +25,7 @@ import type { FastifyInstance } from 'fastify';
 import { PerIdentityRateLimiter } from './rate-limit.js';
 import { ReadinessProbe } from './readiness.js';
 import { ServingCertificate } from './serving-cert.js';
+import { TrustBundleWatches } from './trust-bundles.js';
 
 export { CaMetrics } from './metrics.js';
 export { ListenError, formatHostPort } from './listen.js';
@@ -31,6 +33,7 @@ export { grpcStatusForCaError, MAX_CSR_BYTES, MAX_METADATA_KEYS, MAX_BEARER_TOKE
 export { RotatingServerCredentials, ServingCertificate, TLS_MIN_VERSION, TLS_CIPHERS } from './serving-cert.js';
 export { PerIdentityRateLimiter } from './rate-limit.js';
 export { DecisionRecord, mergeDecisions, type Decision, type DecisionQuery, type DecisionsAnswer } from './decisions.js';
+export { DEFAULT_MAX_TRUST_BUNDLE_WATCHES, TrustBundleWatches } from './trust-bundles.js';
 
 export interface CaServerOptions {
   config: CaServerConfig;
@@ -45,6 +48,13 @@ export interface CaServerOptions {
    * Default Date.now; tests inject a fake one so that no certificate has to expire in real time.
    */
   now?: () => number;
+  /**
+   * What agents may watch over meshca.federation.v1.TrustBundleService on the gRPC port (own bundle, aliases,
+   * federated bundles). Absent: the method answers UNIMPLEMENTED, as istiod does.
+   */
+  trustBundles?: TrustBundleFeed;
+  /** Most concurrent WatchTrustBundles streams (DEFAULT_MAX_TRUST_BUNDLE_WATCHES). */
+  maxTrustBundleWatches?: number;
   /**
    * A worker of `meshca ca --workers N` serves only the gRPC API: the primary process serves monitoring, says
    * "CA server ready" once every worker listens, and reviews tokens for all of them (one cache, one limit).
@@ -252,10 +262,19 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         inFlight,
       ),
     );
+    const watches = options.trustBundles
+      ? new TrustBundleWatches({
+          feed: options.trustBundles,
+          logger,
+          ...(options.maxTrustBundleWatches !== undefined ? { maxStreams: options.maxTrustBundleWatches } : {}),
+        })
+      : undefined;
+    watches?.register(grpcServer);
     let grpcPort: number;
     try {
       grpcPort = await bindGrpc(grpcServer, formatHostPort(config.grpcAddress.host, config.grpcAddress.port), credentials);
     } catch (error) {
+      watches?.close();
       grpcServer.forceShutdown();
       throw listenError(config.grpcAddress, 'the CA gRPC API', '--grpc-addr', error);
     }
@@ -269,6 +288,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       if (!waited) logger.warn({ inFlight: inFlight.size, graceSeconds: config.shutdownGraceSeconds }, 'in-flight calls did not finish in time; closing them');
       grpcServer.forceShutdown();
     });
+    // Runs before the shutdown above (the stack unwinds in reverse): watches never end on their own.
+    if (watches) cleanups.push(() => watches.close());
 
     const grpcAddress = formatHostPort(config.grpcAddress.host, grpcPort);
     let monitoringPort = 0;

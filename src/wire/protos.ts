@@ -1,7 +1,8 @@
 /**
  * Loader and TypeScript view of meshca's own wire-compatible proto definitions
- * (see `proto/`): the Istio CA API (`istio.v1.auth.IstioCertificateService`)
- * and Envoy SDS (`envoy.service.secret.v3.SecretDiscoveryService`).
+ * (see `proto/`): the Istio CA API (`istio.v1.auth.IstioCertificateService`),
+ * Envoy SDS (`envoy.service.secret.v3.SecretDiscoveryService`) and meshca's
+ * trust-bundle feed (`meshca.federation.v1.TrustBundleService`).
  *
  * The message, client and handler types are generated from `proto/` into
  * ./generated/ by `npm run gen:proto` (proto-loader-gen-types);
@@ -35,6 +36,17 @@ import * as protoLoader from '@grpc/proto-loader';
 
 import type { ProtoGrpcType as CaProtoGrpcType } from './generated/ca.js';
 import type { ProtoGrpcType as SdsProtoGrpcType } from './generated/sds.js';
+import type { ProtoGrpcType as TrustBundlesProtoGrpcType } from './generated/trust_bundles.js';
+import type {
+  SPIFFECertValidatorConfig as SpiffeValidatorConfigInit,
+  SPIFFECertValidatorConfig__Output,
+} from './generated/envoy/extensions/transport_sockets/tls/v3/SPIFFECertValidatorConfig.js';
+import type { TrustBundleSet as TrustBundleSetInit, TrustBundleSet__Output } from './generated/meshca/federation/v1/TrustBundleSet.js';
+import type { TrustDomainBundle__Output } from './generated/meshca/federation/v1/TrustDomainBundle.js';
+import type {
+  TrustBundleServiceClient as GeneratedTrustBundleServiceClient,
+  TrustBundleServiceDefinition,
+} from './generated/meshca/federation/v1/TrustBundleService.js';
 import type {
   DataSource as DataSourceInit,
   DataSource__Output,
@@ -89,6 +101,8 @@ export const PROTO_DIR: string = fileURLToPath(new URL('../../proto/', import.me
 const CA_PROTO = 'istio/v1/auth/ca.proto';
 const SDS_PROTO = 'envoy/service/secret/v3/sds.proto';
 const SECRET_PROTO = 'envoy/extensions/transport_sockets/tls/v3/secret.proto';
+const SPIFFE_VALIDATOR_PROTO = 'envoy/extensions/transport_sockets/tls/v3/tls_spiffe_validator_config.proto';
+const TRUST_BUNDLES_PROTO = 'meshca/federation/v1/trust_bundles.proto';
 
 /** The proto-loader options every meshca gRPC endpoint uses (scripts/gen-proto.ts generates types for these). */
 export const PROTO_LOADER_OPTIONS: Readonly<protoLoader.Options> = Object.freeze({
@@ -129,6 +143,12 @@ export type DiscoveryResponse = DiscoveryResponse__Output;
 export type DeltaDiscoveryRequest = DeltaDiscoveryRequest__Output;
 /** envoy.service.discovery.v3.DeltaDiscoveryResponse. */
 export type DeltaDiscoveryResponse = DeltaDiscoveryResponse__Output;
+/** envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig (inside a custom_validator_config Any). */
+export type SpiffeValidatorConfig = SPIFFECertValidatorConfig__Output;
+/** meshca.federation.v1.TrustBundleSet: the own trust domain's bundle first, then the federated ones. */
+export type TrustBundleSetMessage = TrustBundleSet__Output;
+/** meshca.federation.v1.TrustDomainBundle: `sequence` is a decimal string ('0' when unknown). */
+export type TrustDomainBundleMessage = TrustDomainBundle__Output;
 
 /** Decoded shape -> the generated permissive shape for building that message. */
 interface InitTable {
@@ -142,6 +162,8 @@ interface InitTable {
   DiscoveryResponse: [DiscoveryResponse, DiscoveryResponseInit];
   DeltaDiscoveryRequest: [DeltaDiscoveryRequest, DeltaDiscoveryRequestInit];
   DeltaDiscoveryResponse: [DeltaDiscoveryResponse, DeltaDiscoveryResponseInit];
+  SpiffeValidatorConfig: [SpiffeValidatorConfig, SpiffeValidatorConfigInit];
+  TrustBundleSet: [TrustBundleSetMessage, TrustBundleSetInit];
 }
 
 /**
@@ -170,12 +192,23 @@ export type IstioCaClient = IstioCertificateServiceClient;
 /** Client for envoy.service.secret.v3.SecretDiscoveryService. */
 export type SdsClient = SecretDiscoveryServiceClient;
 
-/** The Secret message (not part of either service's closure: SDS carries it inside google.protobuf.Any). */
+/** Client for meshca.federation.v1.TrustBundleService. */
+export type TrustBundleServiceClient = GeneratedTrustBundleServiceClient;
+
+/**
+ * The Secret message and the SPIFFE validator configuration (not part of any service's closure: SDS carries the
+ * Secret inside google.protobuf.Any, and the Secret carries the validator configuration inside another).
+ */
 interface SecretPackage {
   envoy: {
     extensions: {
       transport_sockets: {
-        tls: { v3: { Secret: protoLoader.MessageTypeDefinition<SecretInit, Secret__Output> } };
+        tls: {
+          v3: {
+            Secret: protoLoader.MessageTypeDefinition<SecretInit, Secret__Output>;
+            SPIFFECertValidatorConfig: protoLoader.MessageTypeDefinition<SpiffeValidatorConfigInit, SPIFFECertValidatorConfig__Output>;
+          };
+        };
       };
     };
   };
@@ -187,10 +220,11 @@ interface SecretPackage {
 
 export const ISTIO_CA_SERVICE_NAME = 'istio.v1.auth.IstioCertificateService';
 export const SDS_SERVICE_NAME = 'envoy.service.secret.v3.SecretDiscoveryService';
+export const TRUST_BUNDLE_SERVICE_NAME = 'meshca.federation.v1.TrustBundleService';
 
-/** The proto-loader package definition holding both services, the Secret resource and all their messages. */
+/** The proto-loader package definition holding the services, the Secret resource and all their messages. */
 export const packageDefinition: protoLoader.PackageDefinition = protoLoader.loadSync(
-  [CA_PROTO, SDS_PROTO, SECRET_PROTO],
+  [CA_PROTO, SDS_PROTO, TRUST_BUNDLES_PROTO, SECRET_PROTO, SPIFFE_VALIDATOR_PROTO],
   { ...PROTO_LOADER_OPTIONS, includeDirs: [PROTO_DIR] }, // fresh includeDirs array per load
 );
 
@@ -201,6 +235,7 @@ export const packageDefinition: protoLoader.PackageDefinition = protoLoader.load
  */
 const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as CaProtoGrpcType &
   SdsProtoGrpcType &
+  TrustBundlesProtoGrpcType &
   SecretPackage;
 
 /** Client class for the Istio CA API: `new IstioCaClient(address, credentials, options?)`. */
@@ -215,7 +250,51 @@ export const istioCaService: IstioCaServiceDefinition = IstioCaClient.service;
 /** grpc-js ServiceDefinition for envoy.service.secret.v3.SecretDiscoveryService. */
 export const sdsService: SdsServiceDefinition = SdsClient.service;
 
+/** Client class for the trust-bundle feed: `new TrustBundleServiceClient(address, credentials, options?)`. */
+export const TrustBundleServiceClient = loaded.meshca.federation.v1.TrustBundleService;
+
+/** grpc-js ServiceDefinition for meshca.federation.v1.TrustBundleService. */
+export const trustBundleService: TrustBundleServiceDefinition = TrustBundleServiceClient.service;
+
+const trustBundleSetType = loaded.meshca.federation.v1.TrustBundleSet;
+
+/** Encodes a TrustBundleSet once, for every stream that sends it (see `preEncodedTrustBundleService`). */
+export function encodeTrustBundleSet(set: Init<TrustBundleSetMessage>): Buffer {
+  return toBuffer(trustBundleSetType.serialize(set));
+}
+
+/** Decodes a TrustBundleSet (tests, and the IPC path's checks). */
+export function decodeTrustBundleSet(bytes: Uint8Array): TrustBundleSetMessage {
+  return trustBundleSetType.deserialize(toBuffer(bytes));
+}
+
+/**
+ * The TrustBundleService definition for a server that writes responses already encoded (`encodeTrustBundleSet`):
+ * its response serializer passes the bytes through, so thousands of watchers share one encoding of each set.
+ */
+export const preEncodedTrustBundleService: grpc.ServiceDefinition<{ WatchTrustBundles: grpc.handleServerStreamingCall<unknown, Buffer> }> = {
+  WatchTrustBundles: { ...trustBundleService.WatchTrustBundles, responseSerialize: (bytes: Buffer) => bytes },
+};
+
 const secretType = loaded.envoy.extensions.transport_sockets.tls.v3.Secret;
+const spiffeValidatorType = loaded.envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig;
+
+/** The custom validator extension whose configuration is a SPIFFECertValidatorConfig. */
+export const SPIFFE_VALIDATOR_NAME = 'envoy.tls.cert_validator.spiffe';
+export const SPIFFE_VALIDATOR_TYPE_URL = 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig';
+
+/** A SPIFFECertValidatorConfig as the google.protobuf.Any of a custom_validator_config. */
+export function encodeSpiffeValidatorAny(config: Init<SpiffeValidatorConfig>): { type_url: string; value: Buffer } {
+  return { type_url: SPIFFE_VALIDATOR_TYPE_URL, value: toBuffer(spiffeValidatorType.serialize(config)) };
+}
+
+/** Decodes the Any of a custom_validator_config holding a SPIFFECertValidatorConfig; throws on another type. */
+export function decodeSpiffeValidatorAny(any: { type_url: string; value: Uint8Array }): SpiffeValidatorConfig {
+  if (any.type_url !== SPIFFE_VALIDATOR_TYPE_URL) {
+    throw new TypeError(`expected Any of type ${SPIFFE_VALIDATOR_TYPE_URL}, got ${JSON.stringify(any.type_url)}`);
+  }
+  return spiffeValidatorType.deserialize(toBuffer(any.value));
+}
 
 // ---------------------------------------------------------------------------
 // Secret <-> google.protobuf.Any

@@ -3,6 +3,7 @@
 import type { DataSource as _envoy_config_core_v3_DataSource, DataSource__Output as _envoy_config_core_v3_DataSource__Output } from '../../../../../envoy/config/core/v3/DataSource.js';
 import type { BoolValue as _google_protobuf_BoolValue, BoolValue__Output as _google_protobuf_BoolValue__Output } from '../../../../../google/protobuf/BoolValue.js';
 import type { WatchedDirectory as _envoy_config_core_v3_WatchedDirectory, WatchedDirectory__Output as _envoy_config_core_v3_WatchedDirectory__Output } from '../../../../../envoy/config/core/v3/WatchedDirectory.js';
+import type { TypedExtensionConfig as _envoy_config_core_v3_TypedExtensionConfig, TypedExtensionConfig__Output as _envoy_config_core_v3_TypedExtensionConfig__Output } from '../../../../../envoy/config/core/v3/TypedExtensionConfig.js';
 import type { CertificateProviderPluginInstance as _envoy_extensions_transport_sockets_tls_v3_CertificateProviderPluginInstance, CertificateProviderPluginInstance__Output as _envoy_extensions_transport_sockets_tls_v3_CertificateProviderPluginInstance__Output } from '../../../../../envoy/extensions/transport_sockets/tls/v3/CertificateProviderPluginInstance.js';
 import type { UInt32Value as _google_protobuf_UInt32Value, UInt32Value__Output as _google_protobuf_UInt32Value__Output } from '../../../../../google/protobuf/UInt32Value.js';
 import type { SystemRootCerts as _envoy_extensions_transport_sockets_tls_v3_SystemRootCerts, SystemRootCerts__Output as _envoy_extensions_transport_sockets_tls_v3_SystemRootCerts__Output } from '../../../../../envoy/extensions/transport_sockets/tls/v3/SystemRootCerts.js';
@@ -31,6 +32,7 @@ export interface CertificateValidationContext {
   'allow_expired_certificate'?: (boolean);
   'trust_chain_verification'?: (_envoy_extensions_transport_sockets_tls_v3_CertificateValidationContext_TrustChainVerification);
   'watched_directory'?: (_envoy_config_core_v3_WatchedDirectory | null);
+  'custom_validator_config'?: (_envoy_config_core_v3_TypedExtensionConfig | null);
   'ca_certificate_provider_instance'?: (_envoy_extensions_transport_sockets_tls_v3_CertificateProviderPluginInstance | null);
   'only_verify_leaf_cert_crl'?: (boolean);
   'max_verify_depth'?: (_google_protobuf_UInt32Value | null);
@@ -46,6 +48,7 @@ export interface CertificateValidationContext__Output {
   'allow_expired_certificate': (boolean);
   'trust_chain_verification': (_envoy_extensions_transport_sockets_tls_v3_CertificateValidationContext_TrustChainVerification__Output);
   'watched_directory': (_envoy_config_core_v3_WatchedDirectory__Output | null);
+  'custom_validator_config': (_envoy_config_core_v3_TypedExtensionConfig__Output | null);
   'ca_certificate_provider_instance': (_envoy_extensions_transport_sockets_tls_v3_CertificateProviderPluginInstance__Output | null);
   'only_verify_leaf_cert_crl': (boolean);
   'max_verify_depth': (_google_protobuf_UInt32Value__Output | null);
