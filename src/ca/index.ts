@@ -6,6 +6,7 @@ export { CertificateAuthority, formatSeconds, type AuthorityOptions, type IssueR
 export { CaError, CaConfigError, CsrParseError, WithheldChainError, type CaErrorCode } from './errors.js';
 export { LocalSigner } from './local-signer.js';
 export { ManagedLocalSigner } from './managed-signer.js';
+export { OwnCertificate, type OwnCertificateOptions, type OwnCertificateState, type OwnTlsMaterial } from './own-certificate.js';
 export { buildCaMaterial, fingerprint, type CaMaterial } from './material.js';
 export {
   loadOrCreateSelfSignedCa,
