@@ -31,6 +31,7 @@ const COMMAND_MODULES: Record<CommandName, () => Promise<Register>> = {
   secrets: async () => (await import('./commands/secrets.js')).registerSecretsCommand,
   decisions: async () => (await import('./commands/decisions.js')).registerDecisionsCommand,
   status: async () => (await import('./commands/status.js')).registerStatusCommand,
+  bundle: async () => (await import('./commands/bundle.js')).registerBundleCommand,
 };
 
 function isCommandName(name: string | undefined): name is CommandName {

@@ -13,9 +13,10 @@ import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type Ke
 import { addKubernetesPluginOptions, readKubernetesPlugins, type ConfiguredKubernetesPlugin } from '../ca/kubernetes/index.js';
 import { parseFederationTargets, splitFederateWithEnv } from '../ca/federation/targets.js';
 import type { FederationTarget } from '../ca/federation/types.js';
+import { bundleEndpointIdProblem, DEFAULT_BUNDLE_ENDPOINT_PATH, type BundleEndpointConfig } from '../ca/federation/bundle-endpoint.js';
 import { LOG_LEVELS, type LogFormat } from '../log.js';
 import { addFlag, addLogOptions, collect, longFlag, readLogFormat, readLogLevel, sourceOf, type FlagSpec } from './flags.js';
-import { bad, ConfigError, raw, readAddress, readBoolean, readDuration, readInteger, readList, readString, type Env } from './env.js';
+import { bad, ConfigError, raw, readAddress, readBoolean, readDuration, readEnum, readInteger, readList, readString, type Env } from './env.js';
 import { kubeConfigAvailable } from '../kube/config.js';
 
 export interface ListenAddress {
@@ -66,9 +67,20 @@ export interface CaServerConfig {
   kubernetesPlugins: ConfiguredKubernetesPlugin[];
   /** Other trust domains whose bundles this CA fetches or reads (--federate-with); none by default. */
   federation: { targets: FederationTarget[] };
+  /** The SPIFFE bundle endpoint (--bundle-endpoint-*); absent when --bundle-endpoint-addr is not set. */
+  bundleEndpoint?: BundleEndpointConfig;
 }
 
-export interface CaServerFlags extends KeySourceFlags {
+export interface BundleEndpointFlags {
+  bundleEndpointAddr?: string;
+  bundleEndpointProfile?: string;
+  bundleEndpointCert?: string;
+  bundleEndpointKey?: string;
+  bundleEndpointRefreshHint?: string;
+  bundleEndpointSpiffeId?: string;
+}
+
+export interface CaServerFlags extends KeySourceFlags, BundleEndpointFlags {
   grpcAddr?: string;
   monitoringAddr?: string;
   plaintext?: boolean;
@@ -169,6 +181,37 @@ export const CA_SERVER_FLAGS = {
 
 const F = CA_SERVER_FLAGS;
 
+/** The SPIFFE bundle endpoint's flags (docs/federation.md#bundle-endpoint). */
+export const BUNDLE_ENDPOINT_FLAGS = {
+  bundleEndpointAddr: {
+    flags: '--bundle-endpoint-addr <host:port>',
+    description: "HTTPS listen address of the SPIFFE bundle endpoint serving this CA's roots to federated trust domains, e.g. :8443; off when unset",
+    env: ['MESHCA_BUNDLE_ENDPOINT_ADDR'],
+    defaultText: 'off',
+  },
+  bundleEndpointProfile: {
+    flags: '--bundle-endpoint-profile <https_spiffe|https_web>',
+    description: "how peers authenticate the endpoint: https_spiffe (an SVID from this CA) or https_web (--bundle-endpoint-cert/-key)",
+    env: ['MESHCA_BUNDLE_ENDPOINT_PROFILE'],
+    defaultText: 'https_spiffe',
+  },
+  bundleEndpointCert: { flags: '--bundle-endpoint-cert <file>', description: 'https_web: Web PKI certificate chain (PEM) of the endpoint, reloaded on change', env: ['MESHCA_BUNDLE_ENDPOINT_CERT'] },
+  bundleEndpointKey: { flags: '--bundle-endpoint-key <file>', description: 'https_web: private key (PEM) of --bundle-endpoint-cert, reloaded on change', env: ['MESHCA_BUNDLE_ENDPOINT_KEY'] },
+  bundleEndpointRefreshHint: {
+    flags: '--bundle-endpoint-refresh-hint <duration>',
+    description: 'spiffe_refresh_hint of the bundle served: how often peers should fetch it',
+    env: ['MESHCA_BUNDLE_ENDPOINT_REFRESH_HINT'],
+    defaultText: '5m',
+  },
+  bundleEndpointSpiffeId: {
+    flags: '--bundle-endpoint-spiffe-id <id>',
+    description: "https_spiffe: SPIFFE ID of the endpoint's SVID (peers pin it); not a workload ID (ns/.../sa/...)",
+    env: ['MESHCA_BUNDLE_ENDPOINT_SPIFFE_ID'],
+    defaultText: `spiffe://<trust-domain>${DEFAULT_BUNDLE_ENDPOINT_PATH}`,
+  },
+} as const satisfies Record<string, FlagSpec>;
+
+
 function hasOption(command: Command, long: string): boolean {
   return command.options.some((o) => o.long === long);
 }
@@ -186,6 +229,7 @@ export function addCaServerOptions(command: Command): Command {
   for (const spec of [F.jwtRule, F.trustedNodeAccounts, F.defaultWorkloadCertTtl, F.maxWorkloadCertTtl, F.workers]) addFlag(command, spec);
   addFlag(command, F.decisionRecordSize);
   addFlag(command, F.federateWith, collect);
+  for (const spec of Object.values(BUNDLE_ENDPOINT_FLAGS)) addFlag(command, spec);
   addKubernetesPluginOptions(command);
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);
@@ -271,6 +315,38 @@ function readFederation(flags: readonly string[] | undefined, env: Env, trustDom
   return { targets: value === undefined ? [] : parseFederationTargets(splitFederateWithEnv(value), { trustDomain }, source.env!) };
 }
 
+const B = BUNDLE_ENDPOINT_FLAGS;
+const MAX_REFRESH_HINT_SECONDS = 30 * 86400;
+
+/** --bundle-endpoint-*: undefined when no address is set (then no other bundle-endpoint setting may be). */
+export function readBundleEndpointConfig(flags: BundleEndpointFlags, env: Env, trustDomain: string): BundleEndpointConfig | undefined {
+  const given = (Object.keys(B) as (keyof typeof B)[]).filter((key) => raw(flags[key], env, sourceOf(B[key])) !== undefined);
+  if (raw(flags.bundleEndpointAddr, env, sourceOf(B.bundleEndpointAddr)) === undefined) {
+    if (given.length > 0) throw new ConfigError(`${given.map((key) => longFlag(B[key])).join(', ')} set without --bundle-endpoint-addr: set the address to serve the bundle endpoint, or drop them`);
+    return undefined;
+  }
+  const address = readAddress(flags.bundleEndpointAddr, env, sourceOf(B.bundleEndpointAddr), '');
+  const kind = readEnum(flags.bundleEndpointProfile, env, sourceOf(B.bundleEndpointProfile), ['https_spiffe', 'https_web'] as const, 'https_spiffe');
+  const refreshHintSeconds = readDuration(flags.bundleEndpointRefreshHint, env, sourceOf(B.bundleEndpointRefreshHint), 300, { min: 1, max: MAX_REFRESH_HINT_SECONDS });
+  const certFile = raw(flags.bundleEndpointCert, env, sourceOf(B.bundleEndpointCert));
+  const keyFile = raw(flags.bundleEndpointKey, env, sourceOf(B.bundleEndpointKey));
+  const spiffeIdText = raw(flags.bundleEndpointSpiffeId, env, sourceOf(B.bundleEndpointSpiffeId));
+  if (kind === 'https_web') {
+    if (certFile === undefined || keyFile === undefined) {
+      throw new ConfigError('--bundle-endpoint-profile https_web needs --bundle-endpoint-cert and --bundle-endpoint-key: the Web PKI certificate chain and key the endpoint serves');
+    }
+    if (spiffeIdText !== undefined) throw new ConfigError('--bundle-endpoint-spiffe-id is for --bundle-endpoint-profile https_spiffe; with https_web the endpoint serves --bundle-endpoint-cert');
+    return { address, profile: { kind, certFile, keyFile }, refreshHintSeconds };
+  }
+  if (certFile !== undefined || keyFile !== undefined) {
+    throw new ConfigError('--bundle-endpoint-cert/--bundle-endpoint-key are for --bundle-endpoint-profile https_web; with https_spiffe (the default) the CA issues the endpoint its own SVID');
+  }
+  const spiffeId = spiffeIdText ?? `spiffe://${trustDomain}${DEFAULT_BUNDLE_ENDPOINT_PATH}`;
+  const problem = bundleEndpointIdProblem(spiffeId, trustDomain);
+  if (problem) throw bad(sourceOf(B.bundleEndpointSpiffeId), spiffeId, problem);
+  return { address, profile: { kind, spiffeId }, refreshHintSeconds };
+}
+
 /** Reads the whole `ca` configuration. Does not touch the network or the key files. */
 export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConfig {
   const keySource = readKeySourceConfig(flags, env);
@@ -326,7 +402,12 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
       max: MAX_DECISION_RECORD_SIZE,
     }),
     federation: readFederation(flags.federateWith, env, keySource.trustDomain),
+    ...optionalBundleEndpoint(readBundleEndpointConfig(flags, env, keySource.trustDomain)),
   };
+}
+
+function optionalBundleEndpoint(config: BundleEndpointConfig | undefined): { bundleEndpoint?: BundleEndpointConfig } {
+  return config ? { bundleEndpoint: config } : {};
 }
 
 /** A CA with no way to authenticate a new workload would refuse every request: say so at start-up instead. */
