@@ -77,7 +77,7 @@ async function trustedRoots(file: string, what: string, trustDomain?: string): P
 
 /**
  * GET of a bundle endpoint, authenticated the way its profile says: https_spiffe (the server's certificate must
- * chain to `roots` and carry exactly the SPIFFE ID `endpointId`) or https_web (the system's roots or `roots`, and
+ * chain to `roots` and carry exactly the SPIFFE ID `endpointId`) or https_web (Node.js's Web PKI roots or `roots`, and
  * the URL's host name). No redirect is followed, and at most MAX_BUNDLE_BYTES are read.
  */
 export function fetchBundleDocument(url: URL, trust: { roots?: string; endpointId?: string }, timeoutMs: number): Promise<Buffer> {
@@ -171,7 +171,7 @@ function registerBundleShow(group: Command): void {
     .option('--from <url>', 'fetch the bundle from a SPIFFE bundle endpoint, e.g. https://meshca.example.com:8443/')
     .option('--endpoint-id <spiffe-id>', 'https_spiffe: the SPIFFE ID the endpoint must present (needs --bundle)')
     .option('--bundle <file>', "https_spiffe: the trust domain's bundle (SPIFFE JSON or PEM roots) the endpoint's SVID must chain to")
-    .option('--ca-file <file>', 'https_web: roots (PEM) to verify the endpoint with, instead of the system roots')
+    .option('--ca-file <file>', 'https_web: roots (PEM) to verify the endpoint with, instead of the Web PKI roots Node.js ships (and NODE_EXTRA_CA_CERTS)')
     .option('--trust-domain <domain>', 'trust domain of the bundle (default: that of --endpoint-id, else cluster.local)')
     .option('--format <format>', 'spiffe (the JSON document a bundle endpoint serves) | pem (the roots)', 'spiffe')
     .action(async (flags: ShowFlags) => {
