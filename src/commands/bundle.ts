@@ -1,29 +1,21 @@
 /**
  * `meshca bundle`: SPIFFE bundles for federation (docs/federation.md). One function per subcommand, each adding
  * itself to the `bundle` group:
- *   - `show`: this CA's bundle, read from its root files or fetched from a bundle endpoint.
+ *   - `show` (here): a trust domain's bundle, read from its root files or fetched from a bundle endpoint;
+ *   - `list` (bundle-list.ts), `set` (bundle-set.ts): the federated bundles kept in the state directory.
  */
 import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { request } from 'node:https';
 import * as path from 'node:path';
-import type { PeerCertificate } from 'node:tls';
 import type { Command } from 'commander';
 import { ISTIO_CACERTS_FILES, TLS_CACERTS_FILES } from '../ca/index.js';
+import { readBundleFile } from '../ca/federation/bundle-store.js';
+import { fetchBundle } from '../ca/federation/fetch-bundle.js';
 import { bundleOfRoots } from '../ca/federation/own-bundle.js';
 import { ConfigError, readEnum } from '../config/env.js';
-import {
-  bundlePem,
-  certificatesFromPem,
-  formatSpiffeBundle,
-  MAX_BUNDLE_BYTES,
-  parseCertificate,
-  parseSpiffeBundle,
-  parseSpiffeId,
-  validateTrustDomain,
-  type ParsedCertificate,
-  type SpiffeBundle,
-} from '../pki/index.js';
+import { bundlePem, certificatesFromPem, formatSpiffeBundle, parseCertificate, parseSpiffeId, validateTrustDomain, type ParsedCertificate, type SpiffeBundle } from '../pki/index.js';
+import { registerBundleList } from './bundle-list.js';
+import { registerBundleSet } from './bundle-set.js';
 import { COMMAND_DESCRIPTIONS } from './descriptions.js';
 
 interface ShowFlags {
@@ -36,8 +28,6 @@ interface ShowFlags {
   trustDomain?: string;
   format: string;
 }
-
-const FETCH_TIMEOUT_MS = 10_000;
 
 async function readText(file: string, what: string): Promise<string> {
   try {
@@ -67,53 +57,6 @@ async function cacertsRoots(dir: string): Promise<{ file: string; roots: ParsedC
   return { file, roots: certificatesIn(await readText(file, 'the roots file'), file) };
 }
 
-/** Roots to trust: PEM certificates (`--ca-file`, `--bundle`) or, `trustDomain` given, a SPIFFE bundle document (`--bundle`). */
-async function trustedRoots(file: string, what: string, trustDomain?: string): Promise<string> {
-  const text = await readText(file, what);
-  if (trustDomain !== undefined && text.trimStart().startsWith('{')) return bundlePem(parseSpiffeBundle(trustDomain, text));
-  certificatesIn(text, file);
-  return text;
-}
-
-/**
- * GET of a bundle endpoint, authenticated the way its profile says: https_spiffe (the server's certificate must
- * chain to `roots` and carry exactly the SPIFFE ID `endpointId`) or https_web (Node.js's Web PKI roots or `roots`, and
- * the URL's host name). No redirect is followed, and at most MAX_BUNDLE_BYTES are read.
- */
-export function fetchBundleDocument(url: URL, trust: { roots?: string; endpointId?: string }, timeoutMs: number): Promise<Buffer> {
-  const { endpointId } = trust;
-  const checkServerIdentity = endpointId
-    ? (_host: string, cert: PeerCertificate): Error | undefined => {
-        const uris = parseCertificate(cert.raw).sans.uris;
-        return uris.length === 1 && uris[0] === endpointId ? undefined : new Error(`the endpoint's certificate is for ${uris.join(', ') || 'no SPIFFE ID'}, not ${endpointId} (--endpoint-id)`);
-      }
-    : undefined;
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'GET', ...(trust.roots ? { ca: trust.roots } : {}), ...(checkServerIdentity ? { checkServerIdentity } : {}), timeout: timeoutMs, headers: { accept: 'application/json' } }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        reject(new Error(`${url.href} answered HTTP ${res.statusCode}${res.statusCode && res.statusCode >= 300 && res.statusCode < 400 ? ' (redirects are not followed: give the final URL)' : ''}`));
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > MAX_BUNDLE_BYTES) {
-          req.destroy(new Error(`${url.href} sent more than ${MAX_BUNDLE_BYTES} bytes: not a SPIFFE bundle`));
-          return;
-        }
-        chunks.push(chunk);
-      });
-      res.on('end', () => resolve(Buffer.concat(chunks)));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`${url.href} did not answer within ${timeoutMs / 1000}s`)));
-    req.on('error', (error) => reject(new Error(`cannot fetch ${url.href}: ${error.message}`)));
-    req.end();
-  });
-}
-
 function readUrl(text: string): URL {
   let url: URL;
   try {
@@ -134,9 +77,10 @@ async function showBundle(flags: ShowFlags): Promise<SpiffeBundle> {
   if (!flags.from && (flags.endpointId || flags.bundle || flags.caFile)) throw new ConfigError('--endpoint-id, --bundle and --ca-file are for --from URL');
   if (flags.from) {
     const url = readUrl(flags.from);
+    let fetched: Promise<SpiffeBundle>;
     if (flags.endpointId) {
       // https_spiffe: the endpoint's SVID is checked against a bundle of its trust domain we already hold.
-      if (!flags.bundle) throw new ConfigError('--endpoint-id needs --bundle FILE: the trust domain\'s bundle (or roots, PEM) that the endpoint\'s certificate must chain to');
+      if (!flags.bundle) throw new ConfigError("--endpoint-id needs --bundle FILE: the trust domain's bundle (SPIFFE JSON or PEM roots) that the endpoint's certificate must chain to");
       if (flags.caFile) throw new ConfigError('--ca-file is for https_web endpoints; with --endpoint-id (https_spiffe) the certificate is checked against --bundle');
       let endpointTrustDomain: string;
       try {
@@ -145,12 +89,17 @@ async function showBundle(flags: ShowFlags): Promise<SpiffeBundle> {
         throw new ConfigError(`invalid --endpoint-id="${flags.endpointId}": ${(error as Error).message}`);
       }
       const trustDomain = flags.trustDomain ?? endpointTrustDomain;
-      const roots = await trustedRoots(flags.bundle, '--bundle', trustDomain);
-      return parseSpiffeBundle(trustDomain, await fetchBundleDocument(url, { roots, endpointId: flags.endpointId }, FETCH_TIMEOUT_MS));
+      const trusted = await readBundleFile(trustDomain, flags.bundle);
+      fetched = fetchBundle(trustDomain, url, { kind: 'https_spiffe', endpointId: flags.endpointId }, trusted);
+    } else {
+      if (flags.bundle) throw new ConfigError('--bundle is for https_spiffe endpoints: give --endpoint-id too, or --ca-file for an https_web endpoint');
+      fetched = fetchBundle(flags.trustDomain ?? 'cluster.local', url, { kind: 'https_web', ...(flags.caFile ? { caFile: flags.caFile } : {}) }, undefined);
     }
-    if (flags.bundle) throw new ConfigError('--bundle is for https_spiffe endpoints: give --endpoint-id too, or --ca-file for an https_web endpoint');
-    const roots = flags.caFile ? await trustedRoots(flags.caFile, '--ca-file') : undefined;
-    return parseSpiffeBundle(flags.trustDomain ?? 'cluster.local', await fetchBundleDocument(url, roots ? { roots } : {}, FETCH_TIMEOUT_MS));
+    try {
+      return await fetched;
+    } catch (error) {
+      throw new Error(`fetching ${url.href}: ${(error as Error).message}`);
+    }
   }
   const trustDomain = flags.trustDomain ?? 'cluster.local';
   const { file, roots } = flags.cacerts ? await cacertsRoots(flags.cacerts) : { file: flags.rootCert!, roots: certificatesIn(await readText(flags.rootCert!, 'the roots file'), flags.rootCert!) };
@@ -191,4 +140,6 @@ function registerBundleShow(group: Command): void {
 export function registerBundleCommand(program: Command): void {
   const group = program.command('bundle').description(COMMAND_DESCRIPTIONS.bundle);
   registerBundleShow(group);
+  registerBundleList(group);
+  registerBundleSet(group);
 }

@@ -15,7 +15,7 @@ export const COMMAND_DESCRIPTIONS = {
   version: 'print the meshca version, the commit it was built from and the Node.js version running it',
   secrets: "list the identities a running node agent holds (serial, expiry, next renewal, streams, state) from its status server",
   decisions: "show a running CA's recent certificate decisions (issued, or refused and why), for one identity or all",
-  bundle: "SPIFFE bundles for federation: `show` prints this CA's bundle (from its roots or its bundle endpoint)",
+  bundle: "SPIFFE bundles for federation: `show` prints a trust domain's bundle (from its roots or its bundle endpoint), `list` and `set` the federated bundles kept",
   status: 'check from here that the CA is reachable with the right TLS name and root, roots agree, RBAC allows what the CA needs, and clocks agree',
 } as const;
 
