@@ -20,6 +20,16 @@ describe('configuration through the CLI', () => {
     assert.equal(stderr, 'meshca: invalid --secret-ttl (env SECRET_TTL)="24": expected a duration with a unit (ms, s, m, h, d), e.g. "24h" or "24s"\n');
   });
 
+  test('a bad --trust-domain-aliases entry stops meshca ca with exit status 2 and one line naming it', async () => {
+    const { code, stdout, stderr } = await runMeshca(['ca', '--trust-domain-aliases', 'old.td,bad..td'], { cwd: temp.dir });
+    assert.equal(code, 2);
+    assert.equal(stdout, '');
+    assert.equal(
+      stderr,
+      'meshca: invalid --trust-domain-aliases (env MESHCA_TRUST_DOMAIN_ALIASES)="bad..td": expected former SPIFFE trust domains, comma-separated; "bad..td" has an empty label: two dots in a row, or a dot at either end\n',
+    );
+  });
+
   test('an Istio agent variable meshca does not implement gets one warning; --log-format text writes one line per event', async () => {
     const { code, stdout, stderr } = await runMeshca(['agent', '--log-format', 'text', '--ca-root-cert', path.join(temp.dir, 'missing.pem')], {
       cwd: temp.dir,

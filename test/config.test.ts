@@ -83,3 +83,34 @@ describe('meshca ca --workers', () => {
     }
   });
 });
+
+describe('meshca ca --trust-domain-aliases', () => {
+  const read = (flags: { trustDomainAliases?: string; trustDomain?: string }, env: Record<string, string> = {}): readonly string[] =>
+    readCaServerConfig(flags, env).trustDomainAliases;
+  const refuses = (pattern: RegExp) => (e: Error) => e instanceof ConfigError && pattern.test(e.message) && !e.message.includes('\n');
+
+  it('reads a comma list from the flag or MESHCA_TRUST_DOMAIN_ALIASES (none by default), without repeats', () => {
+    assert.deepEqual(read({}), []);
+    assert.deepEqual(read({ trustDomainAliases: 'old.td, older.td,old.td' }), ['old.td', 'older.td']);
+    assert.deepEqual(read({}, { MESHCA_TRUST_DOMAIN_ALIASES: 'old.td' }), ['old.td']);
+    assert.deepEqual(read({ trustDomainAliases: 'a.td' }, { MESHCA_TRUST_DOMAIN_ALIASES: 'old.td' }), ['a.td'], 'the flag wins over the variable');
+    assert.deepEqual(read({ trustDomain: 'new.td', trustDomainAliases: 'cluster.local' }), ['cluster.local'], 'the default trust domain can be an alias of a new one');
+  });
+
+  it('refuses an invalid trust domain, one with an empty label and the current trust domain, in one line naming the alias', () => {
+    assert.throws(
+      () => read({ trustDomainAliases: 'old.td,Old.TD' }),
+      refuses(/^invalid --trust-domain-aliases \(env MESHCA_TRUST_DOMAIN_ALIASES\)="Old\.TD": expected former SPIFFE trust domains, comma-separated; SPIFFE trust domain "Old\.TD" may contain only lowercase/),
+    );
+    assert.throws(() => read({}, { MESHCA_TRUST_DOMAIN_ALIASES: 'bad..td' }), refuses(/="bad\.\.td": .*"bad\.\.td" has an empty label: two dots in a row, or a dot at either end$/));
+    assert.throws(() => read({ trustDomainAliases: 'spiffe://old.td' }), refuses(/="spiffe:\/\/old\.td": .*may contain only lowercase letters/));
+    assert.throws(() => read({ trustDomain: 'new.td', trustDomainAliases: 'new.td' }), refuses(/="new\.td": .*"new\.td" is the current trust domain, not a former one: remove it from the list$/));
+  });
+
+  it('an alias is this CA\'s own: --federate-with may not name it', () => {
+    assert.throws(
+      () => readCaServerConfig({ trustDomainAliases: 'old.td', federateWith: ['old.td=https://old.example/bundle'] }, {}),
+      refuses(/^invalid --federate-with="old\.td=https:\/\/old\.example\/bundle": "old\.td" is this CA's own trust domain \(an alias\); federate only with other trust domains$/),
+    );
+  });
+});

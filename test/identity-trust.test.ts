@@ -2,7 +2,7 @@
  * Identities are built in one place and only from valid Kubernetes names (SECURITY.md: "Identities cannot be
  * forged by formatting"): a '/' or ':' in a namespace or service account never adds SPIFFE path segments, by
  * TokenReview username, JWT `sub` or `kubernetes.io` claims; a client certificate is renewed only for this CA's
- * own trust domain and never for longer than DEFAULT_WORKLOAD_CERT_TTL; a JWT must expire, and soon enough.
+ * own trust domain (one of a trust-domain alias is renewed in it) and never for longer than DEFAULT_WORKLOAD_CERT_TTL; a JWT must expire, and soon enough.
  * The end-to-end part runs the real `meshca ca` binary against the Kubernetes API stand-in and checks what it
  * issues with openssl.
  */
@@ -30,7 +30,7 @@ import {
 } from '../src/pki/index.js';
 import { decodeReviewOutcome, encodeReviewOutcome } from '../src/server/cluster-worker.js';
 import type { IstioCaClient } from '../src/wire/protos.js';
-import { caClient, createCertificate, opensslFacts, opensslKeyAndCsr, startCa, type CallResult, type KeyAndCsr, type RunningCa, waitForRecord } from './ca-helpers.js';
+import { caClient, createCertificate, getText, opensslFacts, opensslKeyAndCsr, startCa, type CallResult, type KeyAndCsr, type RunningCa, waitForRecord } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
@@ -134,7 +134,9 @@ describe('client certificate renewal: only this trust domain, only ns/<ns>/sa/<s
     });
     assert.deepEqual(await present(['spiffe://other.td/ns/default/sa/web']), {
       kind: 'denied',
-      reason: `client certificate is for trust domain "other.td"; this CA renews only spiffe://${TD}/ns/<namespace>/sa/<service account>`,
+      reason:
+        `client certificate is for trust domain "other.td"; this CA accepts only spiffe://${TD}/ns/<namespace>/sa/<service account>; ` +
+        'if "other.td" is this mesh\'s former trust domain, add it to --trust-domain-aliases (MESHCA_TRUST_DOMAIN_ALIASES)',
     });
     const path = await present([`spiffe://${TD}/ns/default/sa/web/extra`]);
     assert.equal(path.kind, 'denied');
@@ -145,6 +147,28 @@ describe('client certificate renewal: only this trust domain, only ns/<ns>/sa/<s
     });
     assert.deepEqual(await present([]), { kind: 'denied', reason: 'client certificate has no SPIFFE ID URI SAN' });
     assert.throws(() => new ClientCertAuthenticator({ trustDomain: 'Not/A/Domain' }), /trust domain/);
+  });
+
+  test('a certificate of a trust-domain alias renews as the same workload in the current trust domain; other domains are still refused', async () => {
+    const authenticator = new ClientCertAuthenticator({ trustDomain: TD, trustDomainAliases: ['old.td', 'older.td'] });
+    const presentTo = (uri: string): Promise<AuthOutcome> =>
+      authenticator.authenticate({ header: () => undefined, peerCertificateDer: issuer.issue({ spkiDer: spkiDer(leafKey), uris: [uri], ttlSeconds: 3600 }).der });
+    const migrated = await presentTo('spiffe://older.td/ns/shop/sa/cart');
+    assert.equal(migrated.kind, 'ok');
+    if (migrated.kind === 'ok') {
+      assert.equal(migrated.caller.identity.uri, `spiffe://${TD}/ns/shop/sa/cart`);
+      assert.equal(migrated.caller.migratedFrom, 'spiffe://older.td/ns/shop/sa/cart');
+      assert.equal(migrated.caller.subject, 'spiffe://older.td/ns/shop/sa/cart', 'the audit names the certificate presented');
+    }
+    const current = await presentTo(`spiffe://${TD}/ns/shop/sa/cart`);
+    assert.ok(current.kind === 'ok' && current.caller.migratedFrom === undefined);
+    assert.deepEqual(await presentTo('spiffe://other.td/ns/shop/sa/cart'), {
+      kind: 'denied',
+      reason:
+        `client certificate is for trust domain "other.td"; this CA accepts only spiffe://${TD}/ns/<namespace>/sa/<service account> (or its aliases "old.td", "older.td"); ` +
+        'if "other.td" is this mesh\'s former trust domain, add it to --trust-domain-aliases (MESHCA_TRUST_DOMAIN_ALIASES)',
+    });
+    assert.throws(() => new ClientCertAuthenticator({ trustDomain: TD, trustDomainAliases: ['Old.TD'] }), /SPIFFE trust domain "Old.TD" may contain only/);
   });
 });
 
@@ -309,7 +333,7 @@ describe('meshca ca end to end: injected names, foreign renewals, long renewals 
       { issuer: DEV_ISSUER, jwks_file: devIssuer.jwksPath, audiences: ['istio-ca'] },
       { issuer: LENIENT_ISSUER, jwks_file: lenientJwks, audiences: ['istio-ca'] },
     ]);
-    ca = await startCa(path.join(temp.dir, 'state'), ['--kubeconfig', kube.kubeconfigPath], { JWT_RULE: jwtRule });
+    ca = await startCa(path.join(temp.dir, 'state'), ['--kubeconfig', kube.kubeconfigPath, '--trust-domain-aliases', 'old.td'], { JWT_RULE: jwtRule });
     client = caClient(ca.grpcAddress, ca.rootPem);
     workload = opensslKeyAndCsr(temp.dir, 'workload', { spiffeId: `spiffe://${TD}/ns/kube-system/sa/admin` });
   });
@@ -377,7 +401,7 @@ describe('meshca ca end to end: injected names, foreign renewals, long renewals 
     assert.match(opensslFacts(assertOk(await createCertificate(client, { csr: workload.csrPem, token: devToken }))[0]!).text, /URI:spiffe:\/\/cluster\.local\/ns\/dev\/sa\/demo/);
   });
 
-  test('renewal with a certificate for another trust domain, from a CA sharing our root, is refused', async () => {
+  test('renewal with a certificate for another trust domain, from a CA sharing our root, is refused; one of the alias is renewed in ours', async () => {
     // Another cluster's CA under the same root (the root key is in the CA's state directory).
     const stateDir = ca.stateDir;
     const rootKey = createPrivateKey(readFileSync(path.join(stateDir, 'ca-key.pem'), 'utf8'));
@@ -398,7 +422,20 @@ describe('meshca ca end to end: injected names, foreign renewals, long renewals 
       }
     };
     assertRefused(await renewWith(['spiffe://other.td/anything']), /client-cert: client certificate URI SAN is not a workload identity: "spiffe:\/\/other\.td\/anything" is not of the form/);
-    assertRefused(await renewWith(['spiffe://other.td/ns/default/sa/web']), /client-cert: client certificate is for trust domain "other\.td"; this CA renews only spiffe:\/\/cluster\.local\//);
+    assertRefused(
+      await renewWith(['spiffe://other.td/ns/default/sa/web']),
+      /client-cert: client certificate is for trust domain "other\.td"; this CA accepts only spiffe:\/\/cluster\.local\/ns\/<namespace>\/sa\/<service account> \(or its aliases "old\.td"\); if "other\.td" is this mesh's former trust domain, add it to --trust-domain-aliases/,
+    );
+    // A certificate of the alias (the mesh's former trust domain) renews as the same workload in the current one.
+    const migrated = assertOk(await renewWith(['spiffe://old.td/ns/default/sa/web']));
+    assert.match(opensslFacts(migrated[0]!).text, /X509v3 Subject Alternative Name: critical\s+URI:spiffe:\/\/cluster\.local\/ns\/default\/sa\/web\s*\n/);
+    const serial = parseCertificate(certificatesFromPem(migrated[0]!)[0]!).serialHex;
+    const record = await waitForRecord(ca.proc, (r) => r.msg === 'certificate issued' && r.serial === serial);
+    assert.equal(record.migratedFrom, 'spiffe://old.td/ns/default/sa/web');
+    assert.equal(record.spiffeId, `spiffe://${TD}/ns/default/sa/web`);
+    assert.equal(record.caller, 'spiffe://old.td/ns/default/sa/web');
+    const debug = JSON.parse((await getText(`${ca.monitoringUrl}/debug/ca`)).body) as { trustDomain: string; trustDomainAliases: string[] };
+    assert.deepEqual([debug.trustDomain, debug.trustDomainAliases], [TD, ['old.td']], '/debug/ca shows the aliases');
     assertRefused(await renewWith([`spiffe://${TD}/ns/default/sa/web`, `spiffe://${TD}/ns/kube-system/sa/admin`]), /client-cert: client certificate has 2 URI SANs/);
   });
 

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { KubeClusters, NodeImpersonation, type Caller, type Clock, type ImpersonationVerdict } from '../src/authn/index.js';
+import { KubeClusters, NodeImpersonation, type Caller, type Clock, type ImpersonationVerdict, type NodeCheckRequest } from '../src/authn/index.js';
 import { loadKubeConfig } from '../src/kube/config.js';
 import { WorkloadId } from '../src/pki/index.js';
 import { caClient, createCertificate, opensslFacts, opensslKeyAndCsr, startCa, type CallResult, type RunningCa } from './ca-helpers.js';
@@ -113,6 +113,44 @@ describe('node impersonation on the pod cache (Kubernetes stand-in over HTTPS)',
       const verdict = await impersonator.authorize(caller, target);
       return verdict.kind === kind ? verdict : undefined;
     });
+
+  test('an ImpersonatedIdentity in a trust-domain alias is issued in the current trust domain; one in another domain is refused', async () => {
+    const asked: NodeCheckRequest[] = [];
+    const impersonator = new NodeImpersonation({
+      clusters,
+      trustedNodeAccounts: [AGENT],
+      trustDomain: 'cluster.local',
+      trustDomainAliases: ['old.td'],
+      timeoutSeconds: 5,
+      nodeCheck: (request) => {
+        asked.push(request);
+        return Promise.resolve({ kind: 'ok', node: 'node-alias' });
+      },
+    });
+    const caller: Caller = {
+      authenticator: 'tokenreview',
+      identity: WorkloadId.parse(id(AGENT.namespace, AGENT.serviceAccount)),
+      subject: `system:serviceaccount:${AGENT.namespace}:${AGENT.serviceAccount}`,
+      kubernetes: { clusterId: 'Kubernetes', ...AGENT, podName: 'ztunnel-alias', podUid: 'uid-alias' },
+    };
+    const migrated = await impersonator.authorize(caller, 'spiffe://old.td/ns/shop/sa/cart');
+    assert.deepEqual(migrated.kind === 'ok' ? { ...migrated, identity: migrated.identity.uri } : migrated, {
+      kind: 'ok',
+      identity: id('shop', 'cart'),
+      node: 'node-alias',
+      migratedFrom: 'spiffe://old.td/ns/shop/sa/cart',
+    });
+    assert.deepEqual(asked.map((r) => r.target), [{ namespace: 'shop', serviceAccount: 'cart' }], 'the node check is for the same service account');
+    const current = await impersonator.authorize(caller, id('shop', 'cart'));
+    assert.ok(current.kind === 'ok' && current.migratedFrom === undefined);
+    assert.deepEqual(await impersonator.authorize(caller, 'spiffe://other.td/ns/shop/sa/cart'), {
+      kind: 'denied',
+      reason:
+        'ImpersonatedIdentity is for trust domain "other.td"; this CA accepts only spiffe://cluster.local/ns/<namespace>/sa/<service account> (or its aliases "old.td"); ' +
+        'if "other.td" is this mesh\'s former trust domain, add it to --trust-domain-aliases (MESHCA_TRUST_DOMAIN_ALIASES)',
+    });
+    assert.equal(asked.length, 2, 'a foreign trust domain is refused before any node check');
+  });
 
   test('a Succeeded, Failed or deleting pod of the target service account on the node does not allow impersonation; a Running one does', async () => {
     kube.state.addPod({ namespace: AGENT.namespace, name: 'ztunnel-a', serviceAccount: AGENT.serviceAccount, nodeName: 'node-a' });
@@ -273,6 +311,8 @@ describe('node impersonation on the pod cache (Kubernetes stand-in over HTTPS)',
           `${AGENT.namespace}/${AGENT.serviceAccount}`,
           '--max-csr-per-identity-per-minute',
           '0',
+          '--trust-domain-aliases',
+          'old.td',
           ...(workers > 1 ? ['--workers', String(workers)] : []),
         ]);
         const client = caClient(ca.grpcAddress, ca.rootPem);
@@ -282,6 +322,15 @@ describe('node impersonation on the pod cache (Kubernetes stand-in over HTTPS)',
           const first = assertOk(await ask('cart'));
           assert.match(opensslFacts(first[0]!).text, /URI:spiffe:\/\/cluster\.local\/ns\/shop\/sa\/cart\s*\n/);
           assertStatus(await ask('done'), grpc.status.UNAUTHENTICATED, /no pod of service account shop\/done runs on node node-w\d \(finished pods/);
+          // An ImpersonatedIdentity in the trust-domain alias is issued in the current trust domain, and the audit says so.
+          const migrated = assertOk(
+            await createCertificate(client, { csr: workload.csrPem, token, metadata: { ImpersonatedIdentity: 'spiffe://old.td/ns/shop/sa/cart' } }),
+          );
+          assert.match(opensslFacts(migrated[0]!).text, /URI:spiffe:\/\/cluster\.local\/ns\/shop\/sa\/cart\s*\n/);
+          const audit = await eventually('the audit line of the migrated identity', () =>
+            ca!.proc.records.find((r) => r.msg === 'certificate issued' && r.migratedFrom === 'spiffe://old.td/ns/shop/sa/cart'),
+          );
+          assert.deepEqual([audit.spiffeId, audit.impersonated], [id('shop', 'cart'), true]);
 
           // Steady state: the token review is cached and the pods are in the cache.
           const steady = kube.state.requests.length;

@@ -4,14 +4,18 @@
  * verified (grpc-js exposes the peer certificate only for authorized sockets), so this checks what TLS does not:
  * that the certificate is a leaf, still valid now, and names exactly one identity of the form this CA issues,
  * spiffe://<our trust domain>/ns/<ns>/sa/<sa>. Roots are often shared between clusters and meshes, so a chain
- * that verifies proves nothing about which trust domain the holder belongs to; the URI SAN must say ours.
+ * that verifies proves nothing about which trust domain the holder belongs to; the URI SAN must say ours, or
+ * one of our trust-domain aliases (a former trust domain): that certificate is renewed in the current one.
  */
-import { parseCertificate, validateTrustDomain, WorkloadId, type ParsedCertificate } from '../pki/index.js';
+import { parseCertificate, WorkloadId, type ParsedCertificate } from '../pki/index.js';
+import { TrustDomains } from './trust-domains.js';
 import type { AuthOutcome, AuthRequest, Authenticator } from './types.js';
 
 export interface ClientCertAuthenticatorOptions {
-  /** The CA's trust domain: only certificates for it are renewed. */
+  /** The CA's trust domain: only certificates for it (or for an alias) are renewed, always in this one. */
   trustDomain: string;
+  /** --trust-domain-aliases: former trust domains whose certificates are renewed in `trustDomain`. */
+  trustDomainAliases?: readonly string[];
   now?: () => number;
 }
 
@@ -21,11 +25,11 @@ function limit(text: string, max = 200): string {
 
 export class ClientCertAuthenticator implements Authenticator {
   readonly name = 'client-cert' as const;
-  private readonly trustDomain: string;
+  private readonly trustDomains: TrustDomains;
   private readonly now: () => number;
 
   constructor(options: ClientCertAuthenticatorOptions) {
-    this.trustDomain = validateTrustDomain(options.trustDomain);
+    this.trustDomains = new TrustDomains(options.trustDomain, options.trustDomainAliases);
     this.now = options.now ?? Date.now;
   }
 
@@ -53,12 +57,10 @@ export class ClientCertAuthenticator implements Authenticator {
     } catch (error) {
       return { kind: 'denied', reason: `client certificate URI SAN is not a workload identity: ${limit((error as Error).message)}` };
     }
-    if (identity.trustDomain !== this.trustDomain) {
-      return {
-        kind: 'denied',
-        reason: `client certificate is for trust domain "${identity.trustDomain}"; this CA renews only spiffe://${this.trustDomain}/ns/<namespace>/sa/<service account>`,
-      };
-    }
-    return { kind: 'ok', caller: { authenticator: this.name, identity, subject: identity.uri } };
+    const accepted = this.trustDomains.accept(identity);
+    if (!accepted) return { kind: 'denied', reason: this.trustDomains.foreignTrustDomain('client certificate', identity) };
+    // The subject stays the certificate's own URI SAN: the audit line shows what was presented.
+    const caller = { authenticator: this.name, identity: accepted.identity, subject: identity.uri };
+    return { kind: 'ok', caller: accepted.migratedFrom ? { ...caller, migratedFrom: accepted.migratedFrom } : caller };
   }
 }

@@ -5,6 +5,7 @@
  */
 import { WorkloadId } from '../pki/index.js';
 import type { KubeClusters } from './kube-clusters.js';
+import { TrustDomains } from './trust-domains.js';
 import { kubePodSource, PodCache, podIsLive, whyPodIsNotLive, type Clock, type PodSource } from './pod-cache.js';
 import type { Caller } from './types.js';
 
@@ -14,7 +15,8 @@ export interface NodeAccount {
 }
 
 export type ImpersonationVerdict =
-  | { kind: 'ok'; identity: WorkloadId; node: string }
+  /** `migratedFrom`: the identity asked for, when it was in a trust-domain alias and `identity` is its move to ours. */
+  | { kind: 'ok'; identity: WorkloadId; node: string; migratedFrom?: string }
   | { kind: 'denied'; reason: string }
   | { kind: 'unavailable'; reason: string };
 
@@ -23,6 +25,8 @@ export interface NodeImpersonationOptions {
   /** CA_TRUSTED_NODE_ACCOUNTS. */
   trustedNodeAccounts: readonly NodeAccount[];
   trustDomain: string;
+  /** --trust-domain-aliases: an ImpersonatedIdentity in one of these is issued in `trustDomain`. */
+  trustDomainAliases?: readonly string[];
   /** How long a request waits for a pod cache that has not synced yet before it is answered UNAVAILABLE. */
   timeoutSeconds: number;
   /**
@@ -151,8 +155,10 @@ export function parseNodeAccounts(entries: readonly string[]): NodeAccount[] | {
 export class NodeImpersonation {
   private readonly caches: PodCaches | undefined;
   private readonly nodeCheck: NodeCheck;
+  private readonly trustDomains: TrustDomains;
 
   constructor(private readonly options: NodeImpersonationOptions) {
+    this.trustDomains = new TrustDomains(options.trustDomain, options.trustDomainAliases);
     if (options.nodeCheck) this.nodeCheck = options.nodeCheck;
     else {
       // Pods are watched only when impersonation can be used at all.
@@ -180,15 +186,15 @@ export class NodeImpersonation {
     if (!k8s || !this.options.trustedNodeAccounts.some((a) => a.namespace === k8s.namespace && a.serviceAccount === k8s.serviceAccount)) {
       return { kind: 'denied', reason: `caller ${caller.identity.uri} is not a trusted node account (CA_TRUSTED_NODE_ACCOUNTS)` };
     }
-    let target;
+    let requested;
     try {
-      target = WorkloadId.parse(impersonated);
+      requested = WorkloadId.parse(impersonated);
     } catch (error) {
       return { kind: 'denied', reason: `ImpersonatedIdentity is not a valid workload identity: ${(error as Error).message}` };
     }
-    if (target.trustDomain !== this.options.trustDomain) {
-      return { kind: 'denied', reason: `ImpersonatedIdentity must be spiffe://${this.options.trustDomain}/ns/<namespace>/sa/<service account>` };
-    }
+    const accepted = this.trustDomains.accept(requested);
+    if (!accepted) return { kind: 'denied', reason: this.trustDomains.foreignTrustDomain('ImpersonatedIdentity', requested) };
+    const target = accepted.identity;
     if (!k8s.podName || !k8s.podUid) return { kind: 'denied', reason: "the caller's token is not bound to a pod, so its node is unknown" };
     const resolved = this.options.clusters.resolve(k8s.clusterId);
     if ('error' in resolved) return { kind: 'denied', reason: resolved.error };
@@ -198,6 +204,6 @@ export class NodeImpersonation {
       target: { namespace: target.namespace, serviceAccount: target.serviceAccount },
     });
     if (verdict.kind !== 'ok') return verdict;
-    return { kind: 'ok', identity: target, node: verdict.node };
+    return { kind: 'ok', identity: target, node: verdict.node, ...(accepted.migratedFrom ? { migratedFrom: accepted.migratedFrom } : {}) };
   }
 }

@@ -28,6 +28,7 @@ export {
 } from './impersonation.js';
 export { kubePodSource, PodCache, podIsLive, systemClock, whyPodIsNotLive, type CachedPod, type Clock, type PodSource } from './pod-cache.js';
 export { KubeClusters, type KubeCluster } from './kube-clusters.js';
+export { TrustDomains, TRUST_DOMAIN_ALIASES_SETTING, aliasProblem } from './trust-domains.js';
 export * from './types.js';
 
 /** Istio's message for a request no authenticator accepted. */

@@ -27,6 +27,11 @@ export interface Caller {
   /** Who the caller is, for the audit log: a Kubernetes username, a JWT subject, or the client cert's URI SAN. */
   subject: string;
   kubernetes?: KubernetesCaller;
+  /**
+   * The identity the caller proved, when it was in one of the CA's trust-domain aliases and `identity` is the same
+   * workload moved to the current trust domain (a trust-domain migration); for the audit line.
+   */
+  migratedFrom?: string;
 }
 
 /** The parts of a request authenticators look at. */

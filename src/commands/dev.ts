@@ -119,7 +119,7 @@ const devCaComponent: DevComponent = {
       summary: [
         ['CA gRPC API (TLS)', `${dialAddress}  (listening on ${server.grpcAddress}, server name ${DEV_SERVER_NAME})`],
         ['monitoring HTTP', `${context.ca.monitoringUrl}  (/metrics /ready /healthz /debug/ca)`],
-        ['trust domain', config.trustDomain],
+        ['trust domain', config.trustDomainAliases.length > 0 ? `${config.trustDomain}  (aliases ${config.trustDomainAliases.join(', ')})` : config.trustDomain],
         ['root certificate', context.ca.rootCertPath],
         ['dev JWT issuer', `${DEV_ISSUER}  (JWKS ${issuer.jwksPath})`],
       ],
@@ -193,6 +193,7 @@ export function registerDevCommand(program: Command): void {
     .description(COMMAND_DESCRIPTIONS.dev);
   addKeySourceOptions(command);
   if (!command.options.some((o) => o.long === '--trust-domain')) addFlag(command, CA_SERVER_FLAGS.trustDomain);
+  addFlag(command, CA_SERVER_FLAGS.trustDomainAliases);
   addLogOptions(command);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')

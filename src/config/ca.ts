@@ -8,6 +8,7 @@ import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { parseJwtRules, type JwtRule } from '../authn/jwt.js';
 import { parseNodeAccounts, type NodeAccount } from '../authn/impersonation.js';
+import { aliasProblem } from '../authn/trust-domains.js';
 import { DEFAULT_MAX_INFLIGHT_TOKENREVIEWS } from '../authn/tokenreview.js';
 import { addKeySourceOptions, readKeySourceConfig, type KeySourceConfig, type KeySourceFlags } from '../ca/index.js';
 import { addKubernetesPluginOptions, readKubernetesPlugins, type ConfiguredKubernetesPlugin } from '../ca/kubernetes/index.js';
@@ -40,6 +41,11 @@ export interface CaServerConfig {
   serverDnsNames: string[];
   serverCertTtlSeconds: number;
   trustDomain: string;
+  /**
+   * --trust-domain-aliases (Istio's meshConfig.trustDomainAliases): former trust domains whose identities (renewal
+   * certificates, ImpersonatedIdentity) are accepted and issued in `trustDomain`; validated, never `trustDomain`.
+   */
+  trustDomainAliases: readonly string[];
   clusterId: string;
   /** Clusters whose API servers review tokens; empty disables TokenReview. */
   kubeconfigs: KubeconfigEntry[];
@@ -86,6 +92,7 @@ export interface CaServerFlags extends KeySourceFlags, BundleEndpointFlags {
   plaintext?: boolean;
   serverDns?: string[];
   serverCertTtl?: string;
+  trustDomainAliases?: string;
   clusterId?: string;
   kubeconfig?: string[];
   tokenAudiences?: string;
@@ -165,6 +172,12 @@ export const CA_SERVER_FLAGS = {
     defaultText: '1',
   },
   trustDomain: { flags: '--trust-domain <domain>', description: 'SPIFFE trust domain', env: ['TRUST_DOMAIN'], defaultText: 'cluster.local' },
+  trustDomainAliases: {
+    flags: '--trust-domain-aliases <list>',
+    description: "former trust domains, comma-separated: their identities are accepted and issued in --trust-domain (Istio's meshConfig.trustDomainAliases)",
+    env: ['MESHCA_TRUST_DOMAIN_ALIASES'],
+    defaultText: 'none',
+  },
   decisionRecordSize: {
     flags: '--decision-record-size <n>',
     description: 'recent certificate decisions (issued, refused and why) kept in memory for /debug/decisions, 0 for none',
@@ -235,6 +248,7 @@ export function addCaServerOptions(command: Command): Command {
   addKeySourceOptions(command);
   // The key-source options may grow a --trust-domain of their own; register it only once.
   if (!hasOption(command, longFlag(F.trustDomain))) addFlag(command, F.trustDomain);
+  addFlag(command, F.trustDomainAliases);
   addLogOptions(command);
   return command;
 }
@@ -308,11 +322,11 @@ export function usableCpus(cpuMaxPath = '/sys/fs/cgroup/cpu.max'): number {
 }
 
 /** --federate-with (repeatable) or MESHCA_FEDERATE_WITH (entries separated by whitespace or ';'). */
-function readFederation(flags: readonly string[] | undefined, env: Env, trustDomain: string): { targets: FederationTarget[] } {
+function readFederation(flags: readonly string[] | undefined, env: Env, own: { trustDomain: string; aliases: readonly string[] }): { targets: FederationTarget[] } {
   const source = sourceOf(F.federateWith);
-  if (flags && flags.length > 0) return { targets: parseFederationTargets(flags, { trustDomain }, source.flag!) };
+  if (flags && flags.length > 0) return { targets: parseFederationTargets(flags, own, source.flag!) };
   const value = raw(undefined, env, source);
-  return { targets: value === undefined ? [] : parseFederationTargets(splitFederateWithEnv(value), { trustDomain }, source.env!) };
+  return { targets: value === undefined ? [] : parseFederationTargets(splitFederateWithEnv(value), own, source.env!) };
 }
 
 const B = BUNDLE_ENDPOINT_FLAGS;
@@ -347,9 +361,21 @@ export function readBundleEndpointConfig(flags: BundleEndpointFlags, env: Env, t
   return { address, profile: { kind, spiffeId }, refreshHintSeconds };
 }
 
+/** --trust-domain-aliases: each a valid SPIFFE trust domain, none the current one, no repeats. */
+export function readTrustDomainAliases(flagValue: string | undefined, env: Env, trustDomain: string): string[] {
+  const source = sourceOf(F.trustDomainAliases);
+  const aliases = readList(flagValue, env, source, []);
+  for (const alias of aliases) {
+    const problem = aliasProblem(alias, trustDomain);
+    if (problem) throw bad(source, alias, `former SPIFFE trust domains, comma-separated; ${problem}`);
+  }
+  return [...new Set(aliases)];
+}
+
 /** Reads the whole `ca` configuration. Does not touch the network or the key files. */
 export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConfig {
   const keySource = readKeySourceConfig(flags, env);
+  const trustDomainAliases = readTrustDomainAliases(flags.trustDomainAliases, env, keySource.trustDomain);
   const clusterId = readString(flags.clusterId, env, sourceOf(F.clusterId), 'Kubernetes');
   const tokenAudiences = readList(flags.tokenAudiences, env, sourceOf(F.tokenAudiences), ['istio-ca']);
   if (tokenAudiences.length === 0) throw bad(sourceOf(F.tokenAudiences), '', 'at least one audience');
@@ -371,6 +397,7 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
     serverDnsNames: readDnsNames(flags.serverDns, env),
     serverCertTtlSeconds: readDuration(flags.serverCertTtl, env, sourceOf(F.serverCertTtl), 86400, { min: 2 }),
     trustDomain: keySource.trustDomain,
+    trustDomainAliases,
     clusterId,
     kubeconfigs: readKubeconfigs(flags.kubeconfig, env, clusterId),
     tokenAudiences,
@@ -401,7 +428,8 @@ export function readCaServerConfig(flags: CaServerFlags, env: Env): CaServerConf
       min: 0,
       max: MAX_DECISION_RECORD_SIZE,
     }),
-    federation: readFederation(flags.federateWith, env, keySource.trustDomain),
+    // A federated bundle may not speak for this CA's trust domain, nor for one of its aliases.
+    federation: readFederation(flags.federateWith, env, { trustDomain: keySource.trustDomain, aliases: trustDomainAliases }),
     ...optionalBundleEndpoint(readBundleEndpointConfig(flags, env, keySource.trustDomain)),
   };
 }

@@ -26,6 +26,8 @@ export {
   isNamespaceName,
   isServiceAccountName,
   validateTrustDomain,
+  inTrustDomain,
+  type AcceptedIdentity,
   type SpiffeId,
   type WorkloadIdentity,
 } from './spiffe.js';

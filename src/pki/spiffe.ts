@@ -130,6 +130,25 @@ export class WorkloadId {
   }
 }
 
+/** A workload identity the CA accepts as its own: `identity` is in the current trust domain. */
+export interface AcceptedIdentity {
+  identity: WorkloadId;
+  /** Set when the identity was proven in an alias (a former trust domain): that identity's URI, for the audit. */
+  migratedFrom?: string;
+}
+
+/**
+ * Whether `identity` belongs to the CA's trust domain `current`, directly or through one of its `aliases` (Istio's
+ * trustDomainAliases: the domains a mesh is migrating away from). An alias identity comes back as the same
+ * namespace and service account in `current`, so the CA issues in the new trust domain only. Undefined for any
+ * other trust domain.
+ */
+export function inTrustDomain(identity: WorkloadId, current: string, aliases: readonly string[]): AcceptedIdentity | undefined {
+  if (identity.trustDomain === current) return { identity };
+  if (!aliases.includes(identity.trustDomain)) return undefined;
+  return { identity: WorkloadId.of({ trustDomain: current, namespace: identity.namespace, serviceAccount: identity.serviceAccount }), migratedFrom: identity.uri };
+}
+
 function truncate(text: string): string {
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }

@@ -58,7 +58,7 @@ export async function buildAuthenticators(
   reviewer?: (clusterId: string, token: string) => Promise<AuthOutcome>,
 ): Promise<AuthenticatorChain> {
   const build: Record<AuthenticatorName, () => Promise<Authenticator> | Authenticator> = {
-    'client-cert': () => new ClientCertAuthenticator({ trustDomain: config.trustDomain }),
+    'client-cert': () => new ClientCertAuthenticator({ trustDomain: config.trustDomain, trustDomainAliases: config.trustDomainAliases }),
     tokenreview: () => tokenReviewAuthenticator(config, clusters, metrics, reviewer),
     jwt: () =>
       JwtAuthenticator.create({ rules: config.jwtRules, defaultAudiences: config.tokenAudiences, trustDomain: config.trustDomain, localClusterId: config.clusterId }),

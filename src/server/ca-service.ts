@@ -215,7 +215,7 @@ export async function createCertificate(call: IncomingCall, deps: CaServiceDeps,
   progress.caller = caller;
   progress.identity = caller.identity;
   takeRateToken(caller, deps, clientAddress);
-  const { identity, impersonated } = await authorizeIdentity(caller, structToObject(request.metadata), deps, clientAddress, progress);
+  const { identity, impersonated, migratedFrom } = await authorizeIdentity(caller, structToObject(request.metadata), deps, clientAddress, progress);
   progress.identity = identity;
   progress.impersonated = impersonated;
   const started = process.hrtime.bigint();
@@ -238,6 +238,8 @@ export async function createCertificate(call: IncomingCall, deps: CaServiceDeps,
       authenticator: caller.authenticator,
       ...(caller.kubernetes ? { cluster: caller.kubernetes.clusterId } : {}),
       spiffeId: identity.uri,
+      // Proven in a trust-domain alias and issued in the current trust domain: once no line says so, the alias can go.
+      ...(migratedFrom ? { migratedFrom } : {}),
       impersonated,
       serial: issued.serialHex,
       notAfter: issued.notAfter.toISOString(),
@@ -270,14 +272,16 @@ async function authorizeIdentity(
   deps: CaServiceDeps,
   clientAddress: string,
   progress: CallProgress,
-): Promise<{ identity: WorkloadId; impersonated: boolean }> {
+): Promise<{ identity: WorkloadId; impersonated: boolean; migratedFrom?: string }> {
   // CertSigner (sent by every istio-agent, usually empty) names an external signer in istiod; like istiod's own
   // CA, this CA signs every request itself, so the value is only logged.
   if (typeof metadata.CertSigner === 'string' && metadata.CertSigner !== '') {
     deps.logger.debug({ clientAddress, certSigner: metadata.CertSigner }, 'CertSigner metadata ignored: this CA signs itself');
   }
   const requested = metadata.ImpersonatedIdentity;
-  if (requested === undefined || requested === null || requested === '') return { identity: caller.identity, impersonated: false };
+  if (requested === undefined || requested === null || requested === '') {
+    return { identity: caller.identity, impersonated: false, ...(caller.migratedFrom ? { migratedFrom: caller.migratedFrom } : {}) };
+  }
   // A refusal is recorded against the identity asked for (cut to length by the record), not the node agent's own.
   if (typeof requested === 'string') progress.requestedIdentity = requested;
   const refuse = (code: grpc.status, reason: string): RequestError => {
@@ -288,7 +292,7 @@ async function authorizeIdentity(
   };
   if (typeof requested !== 'string') throw refuse(grpc.status.UNAUTHENTICATED, 'ImpersonatedIdentity must be a string');
   const verdict = await deps.impersonation.authorize(caller, requested);
-  if (verdict.kind === 'ok') return { identity: verdict.identity, impersonated: true };
+  if (verdict.kind === 'ok') return { identity: verdict.identity, impersonated: true, ...(verdict.migratedFrom ? { migratedFrom: verdict.migratedFrom } : {}) };
   throw refuse(verdict.kind === 'unavailable' ? grpc.status.UNAVAILABLE : grpc.status.UNAUTHENTICATED, verdict.reason);
 }
 

@@ -118,6 +118,7 @@ export function describeCa(
   const serving = facts.serving;
   return {
     trustDomain: config.trustDomain,
+    trustDomainAliases: config.trustDomainAliases,
     keySource: status.source,
     ...(status.mode ? { mode: status.mode } : {}),
     signingCertificate: {
@@ -155,6 +156,7 @@ export function logReady(
       monitoringAddress: facts.monitoringAddress,
       tls: !config.plaintext,
       trustDomain: config.trustDomain,
+      ...(config.trustDomainAliases.length > 0 ? { trustDomainAliases: config.trustDomainAliases } : {}),
       keySource: signer.source,
       authenticators: facts.authenticators,
       serverDnsNames: config.plaintext ? [] : config.serverDnsNames,
@@ -202,6 +204,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     clusters,
     trustedNodeAccounts: config.trustedNodeAccounts,
     trustDomain: config.trustDomain,
+    trustDomainAliases: config.trustDomainAliases,
     timeoutSeconds: config.tokenReviewTimeoutSeconds,
     // A worker's primary holds the pod caches (one watch per cluster, however many workers).
     ...(options.worker ? { nodeCheck: options.worker.checkNode } : { caches: podCacheOptions(logger) }),
