@@ -211,7 +211,9 @@ export class SecretWatch {
     ack();
     if (!update) return; // E6: nothing for our name; ACKed without applying.
     const hash = createHash('sha256')
-      .update(`${update.certificateChain ?? ''}\0${update.privateKey ?? ''}\0${update.trustedCa ?? ''}`)
+      .update(`${update.certificateChain ?? ''}\0${update.privateKey ?? ''}\0${update.trustedCa ?? ''}\0`)
+      // ALL carries its roots per trust domain, not in trustedCa: a new bundle must not look like the old one.
+      .update(JSON.stringify(update.trustDomains ?? []))
       .digest('hex');
     if (hash === this.appliedHash) return; // E7: identical content is a no-op.
     this.appliedHash = hash;

@@ -6,6 +6,7 @@ import { openSigner } from '../ca/index.js';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { kubePodSource, PodCache, whyPodIsNotLive } from '../authn/index.js';
 import type { IssuanceRecord } from '../ca/kubernetes/audit.js';
+import { startTrustFederation, type TrustFederation } from '../ca/federation/index.js';
 import { startKubernetesPlugins, type PodLookup, type RunningKubernetesPlugin } from '../ca/kubernetes/index.js';
 import { kubeClient } from '../kube/client.js';
 import type { Logger } from '../log.js';
@@ -108,10 +109,29 @@ export function registerCaCommand(program: Command): void {
     } catch (error) {
       throw describeStateFailure(error, config.keySource.stateDir);
     }
+    let federation: TrustFederation;
+    try {
+      federation = await startTrustFederation({
+        trustDomain: config.trustDomain,
+        aliases: config.trustDomainAliases,
+        stateDir: config.keySource.stateDir,
+        targets: config.federation.targets,
+        ...(config.bundleEndpoint ? { bundleEndpoint: config.bundleEndpoint } : {}),
+        svidTtlSeconds: config.serverCertTtlSeconds,
+        signer,
+        logger,
+        registry,
+      });
+    } catch (error) {
+      await signer.close();
+      throw error;
+    }
     let server;
     try {
-      server = config.workers > 1 ? await startCaCluster({ config, signer, logger, registry }) : await startCaServer({ config, signer, logger, registry });
+      const serverOptions = { config, signer, logger, registry, trustBundles: federation.feed, ...(federation.status ? { federationStatus: federation.status } : {}) };
+      server = config.workers > 1 ? await startCaCluster(serverOptions) : await startCaServer(serverOptions);
     } catch (error) {
+      await federation.close();
       await signer.close();
       throw error;
     }
@@ -135,6 +155,7 @@ export function registerCaCommand(program: Command): void {
       } catch (error) {
         pluginPodCache?.close();
         await server.close();
+        await federation.close();
         await signer.close();
         throw error;
       }
@@ -144,6 +165,7 @@ export function registerCaCommand(program: Command): void {
     await kubernetesPlugins?.close();
     pluginPodCache?.close();
     await server.close();
+    await federation.close();
     await signer.close();
     logger.info('CA server stopped');
     exitWhenIdle(0);

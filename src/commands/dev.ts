@@ -8,8 +8,9 @@ import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readAgentConfig, startAgent } from '../agent/index.js';
+import { startTrustFederation, type TrustFederation } from '../ca/federation/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
-import { CA_SERVER_FLAGS, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
+import { addFederationOptions, CA_SERVER_FLAGS, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
 import { addFlag, addLogOptions, commandLogger, readStateDir } from '../config/flags.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from '../log.js';
@@ -83,10 +84,36 @@ const devCaComponent: DevComponent = {
     };
     const registry = new Registry();
     const signer: WorkloadSigner = await openSigner(config.keySource, logger, { registry, env });
+    let federation: TrustFederation;
+    try {
+      federation = await startTrustFederation({
+        trustDomain: config.trustDomain,
+        aliases: config.trustDomainAliases,
+        stateDir,
+        targets: config.federation.targets,
+        ...(config.bundleEndpoint ? { bundleEndpoint: config.bundleEndpoint } : {}),
+        svidTtlSeconds: config.serverCertTtlSeconds,
+        signer,
+        logger,
+        registry,
+      });
+    } catch (error) {
+      await signer.close();
+      throw error;
+    }
     let server;
     try {
-      server = await startCaServer({ config, signer, logger, env, registry });
+      server = await startCaServer({
+        config,
+        signer,
+        logger,
+        env,
+        registry,
+        trustBundles: federation.feed,
+        ...(federation.status ? { federationStatus: federation.status } : {}),
+      });
     } catch (error) {
+      await federation.close();
       await signer.close();
       throw error;
     }
@@ -122,10 +149,18 @@ const devCaComponent: DevComponent = {
         ['trust domain', config.trustDomainAliases.length > 0 ? `${config.trustDomain}  (aliases ${config.trustDomainAliases.join(', ')})` : config.trustDomain],
         ['root certificate', context.ca.rootCertPath],
         ['dev JWT issuer', `${DEV_ISSUER}  (JWKS ${issuer.jwksPath})`],
+        ...(federation.endpoint && config.bundleEndpoint
+          ? [['SPIFFE bundle endpoint', `https://${dialHost(config.bundleEndpoint.address.host)}:${federation.endpoint.port}/  (${config.bundleEndpoint.profile.kind})`] as [string, string]]
+          : []),
+        ...config.federation.targets.map((target): [string, string] => [
+          'federated with',
+          `${target.trustDomain}  (${target.source.kind === 'endpoint' ? `${target.source.url.href}, ${target.source.profile.kind}` : target.source.path})`,
+        ]),
       ],
       close: async () => {
         stopBundleFile();
         await server.close();
+        await federation.close();
         await signer.close();
       },
     };
@@ -194,6 +229,7 @@ export function registerDevCommand(program: Command): void {
   addKeySourceOptions(command);
   if (!command.options.some((o) => o.long === '--trust-domain')) addFlag(command, CA_SERVER_FLAGS.trustDomain);
   addFlag(command, CA_SERVER_FLAGS.trustDomainAliases);
+  addFederationOptions(command);
   addLogOptions(command);
   command
     .option('--grpc-addr <host:port>', 'CA gRPC listen address', '127.0.0.1:15012')

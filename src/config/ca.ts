@@ -229,6 +229,13 @@ function hasOption(command: Command, long: string): boolean {
   return command.options.some((o) => o.long === long);
 }
 
+/** The SPIFFE federation flags (docs/federation.md), shared by `meshca ca` and `meshca dev`. */
+export function addFederationOptions(command: Command): Command {
+  addFlag(command, F.federateWith, collect);
+  for (const spec of Object.values(BUNDLE_ENDPOINT_FLAGS)) addFlag(command, spec);
+  return command;
+}
+
 /** Registers every `ca` flag (including the key-source flags) on a command. */
 export function addCaServerOptions(command: Command): Command {
   addFlag(command, F.grpcAddr);
@@ -241,8 +248,7 @@ export function addCaServerOptions(command: Command): Command {
   for (const spec of [F.tokenAudiences, F.tokenreviewCacheTtl, F.tokenreviewTimeout, F.maxInflightTokenreviews, F.maxCsrPerIdentityPerMinute]) addFlag(command, spec);
   for (const spec of [F.jwtRule, F.trustedNodeAccounts, F.defaultWorkloadCertTtl, F.maxWorkloadCertTtl, F.workers]) addFlag(command, spec);
   addFlag(command, F.decisionRecordSize);
-  addFlag(command, F.federateWith, collect);
-  for (const spec of Object.values(BUNDLE_ENDPOINT_FLAGS)) addFlag(command, spec);
+  addFederationOptions(command);
   addKubernetesPluginOptions(command);
   // After ours: the key-source options add --kubeconfig only when the command has not (ours is repeatable).
   addKeySourceOptions(command);

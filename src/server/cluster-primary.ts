@@ -46,6 +46,8 @@ export interface CaClusterOptions {
   env?: Env;
   /** Served by every worker over WatchTrustBundles (see CaServerOptions.trustBundles); each change is sent to them. */
   trustBundles?: TrustBundleFeed;
+  /** /debug/federation (see CaServerOptions.federationStatus). */
+  federationStatus?: () => unknown;
 }
 
 export interface CaCluster {
@@ -195,6 +197,7 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
         return { ...own, ready: own.ready && listening === slots.length, workers: { listening, expected: slots.length } };
       },
       debugInfo: () => describeCa(config, signer, { authenticators, clusters: clusters.ids(), workers: slots.length }),
+      ...(options.federationStatus ? { federation: options.federationStatus } : {}),
       // Each worker records the calls it served; the primary serves none.
       decisions: async (query) => mergeDecisions(await askWorkers(slots, 'decisions', query), query.limit),
     });

@@ -53,6 +53,8 @@ export interface CaServerOptions {
    * federated bundles). Absent: the method answers UNIMPLEMENTED, as istiod does.
    */
   trustBundles?: TrustBundleFeed;
+  /** /debug/federation on the monitoring server: each federated trust domain's bundle status. */
+  federationStatus?: () => unknown;
   /** Most concurrent WatchTrustBundles streams (DEFAULT_MAX_TRUST_BUNDLE_WATCHES). */
   maxTrustBundleWatches?: number;
   /**
@@ -302,6 +304,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         registry,
         ready: () => readiness.check(),
         debugInfo: () => describeCa(config, signer, { authenticators: chain.names, clusters: clusters.ids(), serving: serving?.current() }),
+        ...(options.federationStatus ? { federation: options.federationStatus } : {}),
         decisions: (query) => decisions.query(query),
       });
       cleanups.push(() => monitoring.close());

@@ -2,7 +2,7 @@
  * The bundles of the trust domains this CA federates with (--federate-with), kept current and safe to use:
  *
  *   - an endpoint target is fetched at start-up and then at the bundle's `spiffe_refresh_hint` (clamped to
- *     10 s..1 h; 5 min when the bundle has none); a failure is retried after 1 s, 2 s, 4 s, ... up to that interval;
+ *     1 s..1 h; 5 min when the bundle has none); a failure is retried after 1 s, 2 s, 4 s, ... up to that interval;
  *   - a file target (`file:<path>`) is re-read every 5 s and used when its content changes;
  *   - each new bundle is validated before use: it parses strictly as a bundle of that trust domain (no authority
  *     naming another), and its `spiffe_sequence` may not be lower than the one in use, nor equal with other
@@ -26,7 +26,8 @@ import { FILE_CHECK_INTERVAL_MS, persistedBundlePath, persistedText, readBounded
 import { BundleRefreshError, fetchBundle, type RefreshErrorReason } from './fetch-bundle.js';
 import type { FederatedBundles, FederatedBundleStatus, FederationTarget } from './types.js';
 
-export const MIN_REFRESH_SECONDS = 10;
+// A fetch a second costs the peer and us next to nothing, and lets a test or a demo see a rotation cross at once.
+export const MIN_REFRESH_SECONDS = 1;
 export const MAX_REFRESH_SECONDS = 3600;
 export const DEFAULT_REFRESH_SECONDS = 300;
 export const RETRY_INITIAL_MS = 1000;
