@@ -6,7 +6,7 @@ import { openSigner } from '../ca/index.js';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { kubePodSource, PodCache, whyPodIsNotLive } from '../authn/index.js';
 import type { IssuanceRecord } from '../ca/kubernetes/audit.js';
-import { startTrustFederation, type TrustFederation } from '../ca/federation/index.js';
+import { startConfiguredFederation, type TrustFederation } from '../ca/federation/index.js';
 import { startKubernetesPlugins, type PodLookup, type RunningKubernetesPlugin } from '../ca/kubernetes/index.js';
 import { kubeClient } from '../kube/client.js';
 import type { Logger } from '../log.js';
@@ -111,17 +111,7 @@ export function registerCaCommand(program: Command): void {
     }
     let federation: TrustFederation;
     try {
-      federation = await startTrustFederation({
-        trustDomain: config.trustDomain,
-        aliases: config.trustDomainAliases,
-        stateDir: config.keySource.stateDir,
-        targets: config.federation.targets,
-        ...(config.bundleEndpoint ? { bundleEndpoint: config.bundleEndpoint } : {}),
-        svidTtlSeconds: config.serverCertTtlSeconds,
-        signer,
-        logger,
-        registry,
-      });
+      federation = await startConfiguredFederation(config, { stateDir: config.keySource.stateDir, signer, logger, registry });
     } catch (error) {
       await signer.close();
       throw error;

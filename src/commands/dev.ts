@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { DEV_ISSUER, DevTokenIssuer } from '../authn/dev-issuer.js';
 import { readAgentConfig, startAgent } from '../agent/index.js';
-import { startTrustFederation, type TrustFederation } from '../ca/federation/index.js';
+import { startConfiguredFederation, type TrustFederation } from '../ca/federation/index.js';
 import { addKeySourceOptions, openSigner, type WorkloadSigner } from '../ca/index.js';
 import { addFederationOptions, CA_SERVER_FLAGS, readCaServerConfig, type CaServerConfig, type CaServerFlags } from '../config/ca.js';
 import { addFlag, addLogOptions, commandLogger, readStateDir } from '../config/flags.js';
@@ -86,17 +86,7 @@ const devCaComponent: DevComponent = {
     const signer: WorkloadSigner = await openSigner(config.keySource, logger, { registry, env });
     let federation: TrustFederation;
     try {
-      federation = await startTrustFederation({
-        trustDomain: config.trustDomain,
-        aliases: config.trustDomainAliases,
-        stateDir,
-        targets: config.federation.targets,
-        ...(config.bundleEndpoint ? { bundleEndpoint: config.bundleEndpoint } : {}),
-        svidTtlSeconds: config.serverCertTtlSeconds,
-        signer,
-        logger,
-        registry,
-      });
+      federation = await startConfiguredFederation(config, { stateDir, signer, logger, registry });
     } catch (error) {
       await signer.close();
       throw error;

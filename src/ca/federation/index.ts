@@ -42,6 +42,30 @@ export interface TrustFederation {
   close(): Promise<void>;
 }
 
+/** The part of the CA's configuration federation reads (CaServerConfig has it all). */
+export interface FederationSettings {
+  trustDomain: string;
+  trustDomainAliases: readonly string[];
+  federation: { targets: readonly FederationTarget[] };
+  bundleEndpoint?: BundleEndpointConfig;
+  serverCertTtlSeconds: number;
+}
+
+/** Federation for a CA configured with `settings`, keeping its state under `stateDir`. */
+export function startConfiguredFederation(
+  settings: FederationSettings,
+  context: { stateDir: string; signer: WorkloadSigner; logger: Logger; registry: Registry },
+): Promise<TrustFederation> {
+  return startTrustFederation({
+    trustDomain: settings.trustDomain,
+    aliases: settings.trustDomainAliases,
+    targets: settings.federation.targets,
+    ...(settings.bundleEndpoint ? { bundleEndpoint: settings.bundleEndpoint } : {}),
+    svidTtlSeconds: settings.serverCertTtlSeconds,
+    ...context,
+  });
+}
+
 /** Starts what the options ask for; on an error, what was started is stopped again before it is thrown. */
 export async function startTrustFederation(options: TrustFederationOptions): Promise<TrustFederation> {
   const clock = options.clock ?? systemClock;
