@@ -12,6 +12,7 @@
  *   --prototype                        also measure the worker-thread signing prototype (bench/proto-ca.ts)
  *   MESHCA_BENCH_SERVER_NODE_ARGS      extra node flags for the measured `meshca ca`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   MESHCA_BENCH_LOADGEN_NODE_ARGS     the same for the load generator
+ *   MESHCA_BENCH_BASELINE_CLI          part "stages": also measure this build's dist/cli.js, interleaved (see bench/stages.ts)
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -279,6 +280,12 @@ async function main(): Promise<number> {
     await attempt('kubernetes', async () => {
       const { runKubernetesBench } = await import('./kubernetes.js');
       results.kubernetes = await runKubernetesBench({ requests: 1000, log });
+    });
+
+    await attempt('stages', async () => {
+      if (!existsSync(path.join(REPO_ROOT, 'dist/commands/ca.js'))) throw new PartUnavailable('`meshca ca` is not in this build (dist/commands/ca.js is missing)');
+      const { runStagesBench } = await import('./stages.js');
+      results.stages = await runStagesBench({ dir: runDir, concurrency: 64, workloads: 1000, warmupSeconds: settings.e2eWarmupSeconds, seconds: settings.e2eSeconds + 1, log });
     });
 
     const needsServer = parts.includes('e2e') || parts.includes('apiserver') || parts.includes('agent') || parts.includes('pkcs11');
