@@ -196,6 +196,8 @@ export interface JwtAuthenticatorOptions {
   now?: () => number;
   /** How long a verified token is remembered at most (default JWT_CACHE_TTL_SECONDS; 0: never). */
   cacheTtlSeconds?: number;
+  /** Called for each token answered from the cache (meshca_jwt_cache_hits_total). */
+  onCacheHit?: () => void;
 }
 
 /** Whether a jose failure is the token's fault (denied) rather than the key source's (unavailable). */
@@ -294,7 +296,10 @@ export class JwtAuthenticator implements Authenticator {
     }
     const key = TokenCache.keyOf(token);
     const cached = this.cache.get(key);
-    if (cached) return cached;
+    if (cached) {
+      this.options.onCacheHit?.();
+      return cached;
+    }
     const outcome = await this.verify(token);
     // Until the verified exp (jose accepts a few seconds past it; a later call simply verifies again).
     if (outcome.kind === 'ok') this.cache.set(key, outcome, outcome.expiresAtMs);
