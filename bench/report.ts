@@ -201,7 +201,7 @@ function mean(values: number[]): number {
 /** Part "stages": the plain runs (rates), then µs per certificate per stage of each build's profiled runs (mean). */
 export function renderStages(s: StagesResult): string[] {
   const out: string[] = [];
-  const workers = s.workers === 1 ? 'one process' : `\`--workers ${s.workers}\``;
+  const workers = s.workers.length > 1 ? '`--workers` as each build says' : s.workers[0] === 1 ? 'one process' : `\`--workers ${s.workers[0]}\``;
   out.push(`**8. CPU budget per stage** — \`meshca ca\` (${workers}), P-256 root, JWT_RULE (JWKS file, ES256 tokens), ${int(s.workloads)} workloads, concurrency ${s.concurrency}; ` +
     `stages from \`--cpu-prof\` (${s.profileIntervalUs} µs sampling) over the measured window${s.baselineCli ? `; baseline: ${s.baselineCli}, runs interleaved` : ''}`, '');
   out.push(table(['build', 'run', 'certs/s', 'server CPU µs / cert', 'p50 ms', 'p99 ms', 'errors'],

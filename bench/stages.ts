@@ -1,7 +1,7 @@
 /**
  * Part "stages": the CPU budget of one certificate, per stage, from a CPU profile of the real server under load.
  *
- * `meshca ca` as the README starts it (one process unless MESHCA_BENCH_STAGES_WORKERS says otherwise), a P-256
+ * `meshca ca` as the README starts it (one process; MESHCA_BENCH_STAGES_WORKERS=1,2 adds or picks --workers counts), a P-256
  * self-signed root, callers authenticated by JWT_RULE (a JWKS file, ES256 tokens shaped like projected
  * service-account tokens, one per workload), the load generator at concurrency 64 over the workloads' CSRs.
  * Each build is measured twice: plain, for certs/s and server CPU per certificate (/proc), and under
@@ -38,7 +38,8 @@ export interface StageRun {
 export interface StagesResult {
   concurrency: number;
   workloads: number;
-  workers: number;
+  /** The --workers counts measured (one: every row; several: named in each build's label). */
+  workers: number[];
   profileIntervalUs: number;
   baselineCli: string | null;
   runs: StageRun[];
@@ -128,17 +129,22 @@ async function measureOnce(options: StagesOptions, build: { name: string; cli: s
 }
 
 export async function runStagesBench(options: StagesOptions): Promise<StagesResult> {
-  const workers = Number(process.env.MESHCA_BENCH_STAGES_WORKERS ?? 1);
+  // "1,2": each build with each --workers count (labelled by it), interleaved like the builds.
+  const workerCounts = (process.env.MESHCA_BENCH_STAGES_WORKERS ?? '1').split(',').map((w) => Number(w.trim()));
+  if (!workerCounts.every((w) => Number.isInteger(w) && w >= 1)) throw new Error('MESHCA_BENCH_STAGES_WORKERS: give process counts such as 1 or 1,2');
   const rounds = Math.max(1, Number(process.env.MESHCA_BENCH_STAGES_ROUNDS ?? 1));
   const baselineCli = process.env.MESHCA_BENCH_BASELINE_CLI ? path.resolve(process.env.MESHCA_BENCH_BASELINE_CLI) : null;
   if (baselineCli && !existsSync(baselineCli)) throw new Error(`MESHCA_BENCH_BASELINE_CLI: ${baselineCli} does not exist (build that tree first)`);
-  const builds = [...(baselineCli ? [{ name: 'baseline', cli: baselineCli }] : []), { name: 'this tree', cli: CLI }];
+  const trees = [...(baselineCli ? [{ name: 'baseline', cli: baselineCli }] : []), { name: 'this tree', cli: CLI }];
+  const builds = trees.flatMap((tree) =>
+    workerCounts.map((workers) => ({ name: workerCounts.length > 1 ? `${tree.name}, --workers ${workers}` : tree.name, cli: tree.cli, workers })),
+  );
   const jwt = await makeJwtWorkloads(options.dir, options.workloads);
   const runs: StageRun[] = [];
   for (let round = 0; round < rounds; round++) {
     for (const profiled of [false, true]) {
-      for (const build of builds) runs.push(await measureOnce(options, build, profiled, jwt, workers));
+      for (const build of builds) runs.push(await measureOnce(options, build, profiled, jwt, build.workers));
     }
   }
-  return { concurrency: options.concurrency, workloads: options.workloads, workers, profileIntervalUs: PROFILE_INTERVAL_US, baselineCli, runs };
+  return { concurrency: options.concurrency, workloads: options.workloads, workers: workerCounts, profileIntervalUs: PROFILE_INTERVAL_US, baselineCli, runs };
 }
