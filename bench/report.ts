@@ -153,6 +153,15 @@ export function renderMarkdown(results: BenchResults): string {
         String(r.errors)])));
     out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL).');
   }
+  const breakdowns = results.agent?.runs.filter((r) => r.memoryPerStreamAfterGcKiB) ?? [];
+  if (breakdowns.length > 0) {
+    out.push('', 'Agent memory per stream after a full GC (MESHCA_BENCH_AGENT_GC=1; process.memoryUsage() in the agent), KiB:', '');
+    out.push(table(['workload keys', 'streams', 'identities', 'RSS', 'JS heap held (live)', 'external (of which Buffers)', 'native (RSS − heap − external)'],
+      breakdowns.map((r) => {
+        const m = r.memoryPerStreamAfterGcKiB!;
+        return [r.keyType, String(r.streams), String(r.identities), fixed(m.rss, 1), `${fixed(m.heapTotal, 1)} (${fixed(m.heapUsed, 1)})`, `${fixed(m.external, 1)} (${fixed(m.arrayBuffers, 1)})`, fixed(m.native, 1)];
+      })));
+  }
   if (results.pkcs11) {
     const p = results.pkcs11;
     out.push('', `**6. CA key in a PKCS#11 token** — SoftHSM2, P-256, \`meshca ca --workers ${p.workers}\`, concurrency ${p.concurrency}, the same load for each row; token time from \`meshca_pkcs11_sign_duration_seconds\``, '');
