@@ -117,7 +117,8 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
   const logFile = path.join(agentDir, 'agent.log');
   // With MESHCA_BENCH_AGENT_GC=1 the inspector lets the bench ask for a full GC before reading memory (`collectGarbage`).
   const agent = spawnLogged(
-    CLI,
+    // MESHCA_BENCH_AGENT_CLI: another build's dist/cli.js for the agent (a baseline to compare with).
+    process.env.MESHCA_BENCH_AGENT_CLI ?? CLI,
     ['agent', '--sds-socket', socketPath, '--ca-addr', ca.grpcAddress, '--ca-root-cert', ca.rootCertFile, '--status-addr', '127.0.0.1:0', '--secret-ttl', `${secretTtlSeconds}s`],
     logFile,
     { ISTIOD_SAN: SERVER_NAME, ISTIO_META_CLUSTER_ID: 'Kubernetes', ECC_SIGNATURE_ALGORITHM: spec.keyType },

@@ -12,6 +12,7 @@
  *   --prototype                        also measure the worker-thread signing prototype (bench/proto-ca.ts)
  *   MESHCA_BENCH_SERVER_NODE_ARGS      extra node flags for the measured `meshca ca`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   MESHCA_BENCH_LOADGEN_NODE_ARGS     the same for the load generator
+ *   MESHCA_BENCH_AGENT_CLI             part "agent": run this build's dist/cli.js as the agent (a baseline)
  *   MESHCA_BENCH_AGENT_RUNS            part "agent": its rows, e.g. ECDSA:2000:400 (key type:streams:identities)
  *   MESHCA_BENCH_BASELINE_CLI          part "stages": also measure this build's dist/cli.js, interleaved (see bench/stages.ts)
  */
