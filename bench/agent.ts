@@ -39,6 +39,13 @@ export interface AgentRun extends AgentRunSpec {
   rssPerStreamAfterGcKiB: number | null;
   /** Live JS heap (after that collection) per stream. */
   heapPerStreamAfterGcKiB: number | null;
+  /**
+   * Where the RSS after GC goes, per stream (process.memoryUsage() in the agent, asked over the inspector): the
+   * JS heap V8 holds (committed) and its live part, memory outside the heap that JS objects own (`external`, of
+   * which `arrayBuffers`: Buffers), and the rest of the RSS (`native`: malloc'd by OpenSSL, nghttp2, libuv, V8's
+   * own code and metadata). Null without MESHCA_BENCH_AGENT_GC=1.
+   */
+  memoryPerStreamAfterGcKiB: { rss: number; heapTotal: number; heapUsed: number; external: number; arrayBuffers: number; native: number } | null;
   agentRssBeforeMiB: number;
   agentRssAfterMiB: number;
   /** CPU seconds the agent and the CA used from the first connection until every stream was served. */
@@ -110,7 +117,8 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
   const logFile = path.join(agentDir, 'agent.log');
   // With MESHCA_BENCH_AGENT_GC=1 the inspector lets the bench ask for a full GC before reading memory (`collectGarbage`).
   const agent = spawnLogged(
-    CLI,
+    // MESHCA_BENCH_AGENT_CLI: another build's dist/cli.js for the agent (a baseline to compare with).
+    process.env.MESHCA_BENCH_AGENT_CLI ?? CLI,
     ['agent', '--sds-socket', socketPath, '--ca-addr', ca.grpcAddress, '--ca-root-cert', ca.rootCertFile, '--status-addr', '127.0.0.1:0', '--secret-ttl', `${secretTtlSeconds}s`],
     logFile,
     { ISTIOD_SAN: SERVER_NAME, ISTIO_META_CLUSTER_ID: 'Kubernetes', ECC_SIGNATURE_ALGORITHM: spec.keyType },
@@ -161,6 +169,7 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
       peakRssPerStreamKiB: (peakAfter - rssBefore) / spec.streams,
       rssPerStreamAfterGcKiB: gcBefore && gcAfter ? (gcAfter.rssKiB - gcBefore.rssKiB) / spec.streams : null,
       heapPerStreamAfterGcKiB: gcBefore && gcAfter ? (gcAfter.heapUsedKiB - gcBefore.heapUsedKiB) / spec.streams : null,
+      memoryPerStreamAfterGcKiB: gcBefore?.usage && gcAfter?.usage ? perStream(gcBefore.usage, gcAfter.usage, spec.streams) : null,
       agentRssBeforeMiB: rssBefore / 1024,
       agentRssAfterMiB: rssAfter / 1024,
       agentCpuSeconds,
@@ -191,13 +200,33 @@ export async function runAgentBench(options: AgentOptions): Promise<AgentResult>
   }
 }
 
-/** A full GC in the agent (the inspector's HeapProfiler.collectGarbage), then its VmRSS and live heap. */
-async function collectGarbage(inspector: Inspector, pid: number): Promise<{ rssKiB: number; heapUsedKiB: number }> {
+interface MemoryUsageKiB {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
+
+function perStream(before: MemoryUsageKiB, after: MemoryUsageKiB, streams: number): NonNullable<AgentRun['memoryPerStreamAfterGcKiB']> {
+  const d = (key: keyof MemoryUsageKiB): number => (after[key] - before[key]) / streams;
+  // external includes arrayBuffers; what is neither heap nor external is native memory.
+  return { rss: d('rss'), heapTotal: d('heapTotal'), heapUsed: d('heapUsed'), external: d('external'), arrayBuffers: d('arrayBuffers'), native: d('rss') - d('heapTotal') - d('external') };
+}
+
+/** A full GC in the agent (the inspector's HeapProfiler.collectGarbage), then its VmRSS, live heap and memoryUsage(). */
+async function collectGarbage(inspector: Inspector, pid: number): Promise<{ rssKiB: number; heapUsedKiB: number; usage: MemoryUsageKiB | null }> {
   await inspector.call('HeapProfiler.collectGarbage');
   // Let V8 hand freed pages back before reading the resident set.
   await new Promise((resolve) => setTimeout(resolve, 300));
   const usage = (await inspector.call('Runtime.getHeapUsage')) as { usedSize?: number };
-  return { rssKiB: readProcessMemoryKiB(pid, 'VmRSS'), heapUsedKiB: (usage.usedSize ?? 0) / 1024 };
+  const evaluated = (await inspector.call('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true })) as { result?: { value?: unknown } };
+  let memory: MemoryUsageKiB | null = null;
+  if (typeof evaluated.result?.value === 'string') {
+    const raw = JSON.parse(evaluated.result.value) as Record<keyof MemoryUsageKiB, number>;
+    memory = { rss: raw.rss / 1024, heapTotal: raw.heapTotal / 1024, heapUsed: raw.heapUsed / 1024, external: raw.external / 1024, arrayBuffers: raw.arrayBuffers / 1024 };
+  }
+  return { rssKiB: readProcessMemoryKiB(pid, 'VmRSS'), heapUsedKiB: (usage.usedSize ?? 0) / 1024, usage: memory };
 }
 
 /** The smallest Chrome DevTools Protocol client that can ask for a GC: one WebSocket, text frames, replies by id. */
@@ -232,9 +261,9 @@ class Inspector {
     return new Inspector(socket);
   }
 
-  call(method: string): Promise<unknown> {
+  call(method: string, params?: Record<string, unknown>): Promise<unknown> {
     const id = this.nextId++;
-    const payload = Buffer.from(JSON.stringify({ id, method }));
+    const payload = Buffer.from(JSON.stringify({ id, method, ...(params ? { params } : {}) }));
     // Client frames are masked (RFC 6455); the payloads here are far below 64 KiB.
     const mask = randomBytes(4);
     const header = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length]) : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);

@@ -135,7 +135,8 @@ export function serverNodeArgs(): string[] {
 
 export interface CaProcessOptions {
   kind: CaKind;
-  kubeconfigPath: string;
+  /** The TokenReview clusters; omitted, the CA authenticates by the JWT_RULE in extraArgs only. */
+  kubeconfigPath?: string;
   dir: string;
   extraArgs?: string[];
   /** Run bench/proto-ca.ts (meshca ca + signing on this many worker threads) instead of dist/cli.js ca. */
@@ -144,6 +145,10 @@ export interface CaProcessOptions {
   workers?: number;
   /** Another key source than the self-signed root: its flags, its environment and the root file clients trust. */
   keySource?: { args: string[]; env: NodeJS.ProcessEnv; rootCertFile: string };
+  /** Node flags for the server besides MESHCA_BENCH_SERVER_NODE_ARGS (e.g. --cpu-prof). */
+  nodeArgs?: string[];
+  /** Another build's dist/cli.js (a baseline to compare with); default this tree's. */
+  cli?: string;
 }
 
 let rateLimitFlag: string[] | undefined;
@@ -182,14 +187,14 @@ export async function startCaProcess(options: CaProcessOptions): Promise<CaProce
     '--grpc-addr', '127.0.0.1:0',
     '--monitoring-addr', '127.0.0.1:0',
     '--server-dns', SERVER_NAME,
-    '--kubeconfig', options.kubeconfigPath,
+    ...(options.kubeconfigPath !== undefined ? ['--kubeconfig', options.kubeconfigPath] : []),
     ...rateLimitArgs(),
     ...workersArgs(options.workers ?? 1),
     ...(options.extraArgs ?? []),
   ];
   const child =
     options.prototypeThreads === undefined
-      ? spawnLogged(CLI, ['ca', ...args], logFile, options.keySource?.env ?? {}, serverNodeArgs())
+      ? spawnLogged(options.cli ?? CLI, ['ca', ...args], logFile, options.keySource?.env ?? {}, [...serverNodeArgs(), ...(options.nodeArgs ?? [])])
       : spawnLogged(fileURLToPath(new URL('./proto-ca.ts', import.meta.url)), args, logFile, { MESHCA_BENCH_SIGNING_THREADS: String(options.prototypeThreads) }, [
           '--import',
           'tsx',

@@ -58,6 +58,9 @@ export interface LoadgenPhaseResult {
   loadgenCpuSeconds: number;
   /** One chain from the measured window and the index of its request, for an OpenSSL check by the parent. */
   sample: { chain: string[]; requestIndex: number } | null;
+  /** The measured window on the monotonic clock, µs (process.hrtime: the clock of a server's CPU profile). */
+  windowFromUs: number;
+  windowToUs: number;
 }
 
 export type LoadgenMessage = { type: 'ready'; channels: number } | LoadgenPhaseResult | { type: 'error'; message: string };
@@ -140,10 +143,12 @@ async function main(): Promise<void> {
     let cpuBefore = 0;
     let ownCpuBefore = process.cpuUsage();
     let start = 0;
+    let windowFromUs = 0;
     const startMeasuring = (): void => {
       cpuBefore = readProcessTreeCpuSeconds(config.serverPid);
       ownCpuBefore = process.cpuUsage();
       start = performance.now();
+      windowFromUs = Number(process.hrtime.bigint() / 1000n);
       measuring = true;
     };
     // Without a warm-up the very first calls count (a cold start is what is being measured).
@@ -160,6 +165,7 @@ async function main(): Promise<void> {
       await new Promise((resolve) => setTimeout(resolve, (phase.seconds ?? 1) * 1000));
     }
     const seconds = (performance.now() - start) / 1000;
+    const windowToUs = Number(process.hrtime.bigint() / 1000n);
     const cpuAfter = readProcessTreeCpuSeconds(config.serverPid);
     const ownCpu = process.cpuUsage(ownCpuBefore);
     measuring = false;
@@ -182,6 +188,8 @@ async function main(): Promise<void> {
       serverCpuSeconds: cpuAfter - cpuBefore,
       loadgenCpuSeconds: (ownCpu.user + ownCpu.system) / 1e6,
       sample,
+      windowFromUs,
+      windowToUs,
     };
   };
 

@@ -7,8 +7,10 @@ import type { ApiServerResult, E2eKindResult } from './e2e.js';
 import type { LimitResult } from './limit.js';
 import type { KubernetesBenchResult } from './kubernetes.js';
 import type { Pkcs11Result } from './pkcs11.js';
+import { STAGES, STAGE_LABELS } from './cpu-profile.js';
+import type { StageRun, StagesResult } from './stages.js';
 
-export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11', 'kubernetes'] as const;
+export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11', 'kubernetes', 'stages'] as const;
 export type PartName = (typeof PART_NAMES)[number];
 
 /** A part whose command is not in this build: reported, but not a failure of the benchmark. */
@@ -57,6 +59,7 @@ export interface BenchResults {
   agent?: AgentResult;
   pkcs11?: Pkcs11Result;
   kubernetes?: KubernetesBenchResult;
+  stages?: StagesResult;
   targets: TargetResult[];
   /** Parts that could not run, and why. */
   problems: PartProblem[];
@@ -150,6 +153,15 @@ export function renderMarkdown(results: BenchResults): string {
         String(r.errors)])));
     out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL).');
   }
+  const breakdowns = results.agent?.runs.filter((r) => r.memoryPerStreamAfterGcKiB) ?? [];
+  if (breakdowns.length > 0) {
+    out.push('', 'Agent memory per stream after a full GC (MESHCA_BENCH_AGENT_GC=1; process.memoryUsage() in the agent), KiB:', '');
+    out.push(table(['workload keys', 'streams', 'identities', 'RSS', 'JS heap held (live)', 'external (of which Buffers)', 'native (RSS − heap − external)'],
+      breakdowns.map((r) => {
+        const m = r.memoryPerStreamAfterGcKiB!;
+        return [r.keyType, String(r.streams), String(r.identities), fixed(m.rss, 1), `${fixed(m.heapTotal, 1)} (${fixed(m.heapUsed, 1)})`, `${fixed(m.external, 1)} (${fixed(m.arrayBuffers, 1)})`, fixed(m.native, 1)];
+      })));
+  }
   if (results.pkcs11) {
     const p = results.pkcs11;
     out.push('', `**6. CA key in a PKCS#11 token** — SoftHSM2, P-256, \`meshca ca --workers ${p.workers}\`, concurrency ${p.concurrency}, the same load for each row; token time from \`meshca_pkcs11_sign_duration_seconds\``, '');
@@ -169,6 +181,7 @@ export function renderMarkdown(results: BenchResults): string {
       [[int(k.requests), int(k.issued), int(k.notIssued), fixed(k.seconds, 2), fixed(k.filingSeconds, 2), int(k.requestsPerSecond), int(k.apiCalls), fixed(k.apiCallsPerRequest, 2), int(k.rejectedStatusWrites)]]));
     out.push('', `API calls by kind: ${Object.entries(k.apiCallsByKind).sort((a, b) => b[1] - a[1]).map(([kind, n]) => `${kind} ${int(n)}`).join(', ')}.`);
   }
+  if (results.stages) out.push('', ...renderStages(results.stages));
   out.push('', '**Targets**', '');
   out.push(table(['target', 'goal', 'measured', 'met'], results.targets.map((t) => [t.description, t.target, t.measured ?? 'not run',
     t.met === null ? 'not measured' : t.met ? 'met' : '**not met**'])));
@@ -188,4 +201,34 @@ export function renderMarkdown(results: BenchResults): string {
     for (const p of results.problems) out.push(`- ${p.part}: ${p.message}`);
   }
   return out.join('\n') + '\n';
+}
+
+function mean(values: number[]): number {
+  return values.length === 0 ? 0 : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+/** Part "stages": the plain runs (rates), then µs per certificate per stage of each build's profiled runs (mean). */
+export function renderStages(s: StagesResult): string[] {
+  const out: string[] = [];
+  const workers = s.workers.length > 1 ? '`--workers` as each build says' : s.workers[0] === 1 ? 'one process' : `\`--workers ${s.workers[0]}\``;
+  out.push(`**8. CPU budget per stage** — \`meshca ca\` (${workers}), P-256 root, JWT_RULE (JWKS file, ES256 tokens), ${int(s.workloads)} workloads, concurrency ${s.concurrency}; ` +
+    `stages from \`--cpu-prof\` (${s.profileIntervalUs} µs sampling) over the measured window${s.baselineCli ? `; baseline: ${s.baselineCli}, runs interleaved` : ''}`, '');
+  out.push(table(['build', 'run', 'certs/s', 'server CPU µs / cert', 'p50 ms', 'p99 ms', 'errors'],
+    s.runs.map((r) => [r.build, r.profiled ? 'profiled' : 'plain', int(r.certsPerSecond), int(r.serverCpuUsPerCert), ms(r.p50Ms), ms(r.p99Ms), int(r.errors)])));
+  const builds = [...new Set(s.runs.map((r) => r.build))];
+  const profiled = (build: string): StageRun[] => s.runs.filter((r) => r.build === build && r.profiled && r.stageUsPerCert);
+  const plain = (build: string): StageRun[] => s.runs.filter((r) => r.build === build && !r.profiled);
+  // The profile's samples are wall time on the main thread: on shared cores they include time the thread waited
+  // for a core. Their shares are what the table keeps; µs are those shares of the plain run's CPU per certificate.
+  const share = (build: string, stage: (typeof STAGES)[number]): number =>
+    mean(profiled(build).map((r) => (r.busyUsPerCert ? r.stageUsPerCert![stage] / r.busyUsPerCert : 0)));
+  const cpu = (build: string): number => mean(plain(build).map((r) => r.serverCpuUsPerCert));
+  const rows: string[][] = STAGES.map((stage) => [STAGE_LABELS[stage], ...builds.flatMap((b) => [fixed(share(b, stage) * cpu(b), 1), `${fixed(share(b, stage) * 100, 1)}%`])]);
+  rows.push(['**server CPU per certificate (/proc, plain run)**', ...builds.flatMap((b) => [`**${fixed(cpu(b), 1)}**`, '100%'])]);
+  rows.push(['certs/s (plain run)', ...builds.flatMap((b) => [int(mean(plain(b).map((r) => r.certsPerSecond))), ''])]);
+  rows.push(['main thread wall µs per certificate in the profile (busy; idle share)', ...builds.flatMap((b) => [fixed(mean(profiled(b).map((r) => r.busyUsPerCert ?? 0)), 1), `${Math.round(mean(profiled(b).map((r) => r.idleShare ?? 0)) * 100)}% idle`])]);
+  out.push('', 'Server CPU µs per certificate by stage: each profile sample goes to its own frame or its nearest caller that names a stage; the shares of the main thread\'s busy samples are applied to the plain run\'s CPU per certificate:', '');
+  out.push(table(['stage', ...builds.flatMap((b) => [`${b} µs`, `${b} share`])], rows));
+  out.push('', 'Profile samples are wall time of the main thread (on shared cores, also time spent waiting for a core), hence shares. The process CPU also holds V8\'s GC helper threads and libuv\'s pool, spread here in proportion. The load generator shares the cores.');
+  return out;
 }

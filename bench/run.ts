@@ -12,6 +12,9 @@
  *   --prototype                        also measure the worker-thread signing prototype (bench/proto-ca.ts)
  *   MESHCA_BENCH_SERVER_NODE_ARGS      extra node flags for the measured `meshca ca`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   MESHCA_BENCH_LOADGEN_NODE_ARGS     the same for the load generator
+ *   MESHCA_BENCH_AGENT_CLI             part "agent": run this build's dist/cli.js as the agent (a baseline)
+ *   MESHCA_BENCH_AGENT_RUNS            part "agent": its rows, e.g. ECDSA:2000:400 (key type:streams:identities)
+ *   MESHCA_BENCH_BASELINE_CLI          part "stages": also measure this build's dist/cli.js, interleaved (see bench/stages.ts)
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -103,6 +106,16 @@ function parseParts(text: string | undefined): PartName[] {
   }
   // The limit is every ratio's denominator: it always runs.
   return PART_NAMES.filter((p) => p === 'limit' || wanted.includes(p));
+}
+
+function parseAgentRuns(text: string): AgentOptions['runs'] {
+  return text.split(',').map((item) => {
+    const [keyType, streams, identities] = item.trim().split(':');
+    if ((keyType !== 'ECDSA' && keyType !== 'RSA') || !(Number(streams) >= 1) || !(Number(identities) >= 1)) {
+      throw new Error(`MESHCA_BENCH_AGENT_RUNS: "${item}" is not KEYTYPE:STREAMS:IDENTITIES such as ECDSA:2000:400`);
+    }
+    return { keyType, streams: Number(streams), identities: Number(identities) };
+  });
 }
 
 function log(line: string): void {
@@ -213,6 +226,9 @@ async function main(): Promise<number> {
   const smoke = values.smoke === true;
   const quick = smoke || values.quick === true;
   const settings: Settings = { ...(smoke ? SMOKE : quick ? QUICK : FULL) };
+  // MESHCA_BENCH_AGENT_RUNS=ECDSA:2000:400,...: the agent part's rows (key type, streams, identities) instead.
+  const agentRuns = process.env.MESHCA_BENCH_AGENT_RUNS;
+  if (agentRuns) settings.agent = { ...settings.agent, runs: parseAgentRuns(agentRuns) };
   if (values.prototype) settings.prototypeKinds = ['rsa'];
   const parts = parseParts(values.only);
   const outDir = path.resolve(values.out ?? path.join(BENCH_DIR, 'results'));
@@ -279,6 +295,12 @@ async function main(): Promise<number> {
     await attempt('kubernetes', async () => {
       const { runKubernetesBench } = await import('./kubernetes.js');
       results.kubernetes = await runKubernetesBench({ requests: 1000, log });
+    });
+
+    await attempt('stages', async () => {
+      if (!existsSync(path.join(REPO_ROOT, 'dist/commands/ca.js'))) throw new PartUnavailable('`meshca ca` is not in this build (dist/commands/ca.js is missing)');
+      const { runStagesBench } = await import('./stages.js');
+      results.stages = await runStagesBench({ dir: runDir, concurrency: 64, workloads: 1000, warmupSeconds: settings.e2eWarmupSeconds, seconds: settings.e2eSeconds + 1, log });
     });
 
     const needsServer = parts.includes('e2e') || parts.includes('apiserver') || parts.includes('agent') || parts.includes('pkcs11');

@@ -23,7 +23,9 @@ export type SdsLoadMessage =
 interface StreamState {
   watch: SecretWatch;
   updates: number[];
+  /** A NACK: final for this stream. */
   error: string | null;
+  lastStreamError?: string;
 }
 
 const streams: StreamState[] = [];
@@ -57,7 +59,9 @@ async function open(command: Extract<SdsLoadCommand, { type: 'open' }>): Promise
     const client = new SdsClient(`unix:${path.resolve(command.socketPath)}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
     state.watch = new SecretWatch(
       client,
-      { name: 'default', metadata: () => workloadTokenMetadata(token), reconnect: false },
+      // Reconnecting as Envoy does: thousands of streams connecting at once overflow the agent's listen backlog
+      // (EAGAIN), and Envoy retries such a connection with backoff.
+      { name: 'default', metadata: () => workloadTokenMetadata(token), reconnect: true },
       {
         onUpdate: () => {
           state.updates.push(performance.now() - start);
@@ -67,8 +71,8 @@ async function open(command: Extract<SdsLoadCommand, { type: 'open' }>): Promise
           state.error ??= `NACK: ${message}`;
         },
         onStreamError: (error) => {
-          state.error ??= error.message;
-          waiter?.();
+          // Not final: the stream reconnects; the message is kept for the report if it never gets a secret.
+          state.lastStreamError = error.message;
         },
       },
     );
@@ -77,7 +81,7 @@ async function open(command: Extract<SdsLoadCommand, { type: 'open' }>): Promise
   await waitFor(() => streams.every((s) => s.updates.length > 0 || s.error !== null), command.timeoutSeconds);
   const served = streams.filter((s) => s.updates.length > 0);
   const errors = streams.filter((s) => s.updates.length === 0);
-  const samples = [...new Set(errors.map((s) => s.error ?? 'no secret before the timeout'))].slice(0, 5);
+  const samples = [...new Set(errors.map((s) => s.error ?? `no secret before the timeout${s.lastStreamError ? ` (last stream error: ${s.lastStreamError})` : ''}`))].slice(0, 5);
   send({
     type: 'opened',
     streams: streams.length,

@@ -325,6 +325,41 @@ describe('JWT authenticator', () => {
     assert.equal(old.kind, 'denied');
   });
 
+  test('remembers a verified token until its exp (at most the cache TTL), never a refusal or another token', async () => {
+    const dir = path.join(temp.dir, 'jwks-cache');
+    const issuer = await DevTokenIssuer.loadOrCreate(dir);
+    let now = Date.now();
+    const auth = await JwtAuthenticator.create({ rules: [issuer.jwtRule(['istio-ca'])], defaultAudiences: ['istio-ca'], trustDomain: 'cluster.local', localClusterId: 'Kubernetes', now: () => now });
+    const token = await issuer.mint({ namespace: 'a', serviceAccount: 'b', audiences: ['istio-ca'], ttlSeconds: 30, now });
+    const first = okCaller(await auth.authenticate(bearer(token)));
+    assert.equal(auth.cacheSize, 1);
+    assert.equal(okCaller(await auth.authenticate(bearer(token))), first, 'the second call is answered from the cache');
+    // Another token of another account is verified on its own, and a refused token is not remembered.
+    const other = await issuer.mint({ namespace: 'a', serviceAccount: 'c', audiences: ['istio-ca'], ttlSeconds: 30, now });
+    assert.equal(okCaller(await auth.authenticate(bearer(other))).identity.uri, 'spiffe://cluster.local/ns/a/sa/c');
+    const wrongAudience = await issuer.mint({ namespace: 'a', serviceAccount: 'd', audiences: ['elsewhere'], ttlSeconds: 30, now });
+    assert.equal((await auth.authenticate(bearer(wrongAudience))).kind, 'denied');
+    assert.equal((await auth.authenticate(bearer(wrongAudience))).kind, 'denied');
+    assert.equal(auth.cacheSize, 2);
+    // Past exp (and jose's 5 s of leeway) the token is verified again, and refused as expired.
+    now += 36_000;
+    assert.deepEqual(await auth.authenticate(bearer(token)), { kind: 'denied', reason: 'the token has expired' });
+    // A long-lived token is remembered for the cache TTL only.
+    const long = await issuer.mint({ namespace: 'a', serviceAccount: 'e', audiences: ['istio-ca'], ttlSeconds: 3600, now });
+    const cachedCaller = okCaller(await auth.authenticate(bearer(long)));
+    now += 61_000;
+    const again = okCaller(await auth.authenticate(bearer(long)));
+    assert.notEqual(again, cachedCaller, 'verified afresh after the TTL');
+    assert.equal(again.identity.uri, cachedCaller.identity.uri);
+    // A changed JWKS file (the key rotated away) is noticed on the cached path within a second, and forgets all.
+    await rm(issuer.keyPath);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await DevTokenIssuer.loadOrCreate(dir);
+    now += 1000;
+    assert.deepEqual(await auth.authenticate(bearer(long)), { kind: 'denied', reason: "no key of the issuer's JWKS matches the token" });
+    assert.equal(auth.cacheSize, 0);
+  });
+
   test('identity from kubernetes.io claims; refusals say why; an unreachable JWKS URL is unavailable', async () => {
     const { privateKey, publicKey } = await jose.generateKeyPair('ES256');
     const jwksFile = path.join(temp.dir, 'claims-jwks.json');

@@ -97,7 +97,7 @@ describe('npm run bench -- --smoke --only core', () => {
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
     assert.equal(code, 1);
-    assert.match(stderr, /unknown part "nonsense" in --only \(parts: limit, core, e2e, apiserver, agent, pkcs11, kubernetes\)/);
+    assert.match(stderr, /unknown part "nonsense" in --only \(parts: limit, core, e2e, apiserver, agent, pkcs11, kubernetes, stages\)/);
   });
 });
 

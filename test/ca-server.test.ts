@@ -302,8 +302,13 @@ describe('meshca ca against a Kubernetes API stand-in', () => {
 
   test('JWT authentication: a trusted issuer (JWKS file or URL) is accepted after TokenReview declines', async () => {
     const devToken = await devIssuer.mint({ namespace: 'dev', serviceAccount: 'demo', audiences: ['istio-ca'], ttlSeconds: 600 });
+    const jwtHits = async (): Promise<number> => metricValue((await getText(`${ca.monitoringUrl}/metrics`)).body, 'meshca_jwt_cache_hits_total');
+    const hitsBefore = await jwtHits();
     const chain = assertOk(await createCertificate(client, { csr: workload.csrPem, token: devToken }));
     assert.match(opensslFacts(chain[0]!).text, /URI:spiffe:\/\/cluster\.local\/ns\/dev\/sa\/demo/);
+    // The same token again is answered from the cache of verified tokens.
+    assertOk(await createCertificate(client, { csr: workload.csrPem, token: devToken }));
+    assert.equal((await jwtHits()) - hitsBefore, 1);
     const serial = parseCertificate(certificatesFromPem(chain[0]!)[0]!).serialHex;
     const record = await waitForRecord(ca.proc, (r) => r.msg === 'certificate issued' && r.serial === serial);
     assert.equal(record.authenticator, 'jwt');

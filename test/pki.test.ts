@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -21,12 +21,14 @@ import {
   parseCertificate,
   parseCsr,
   parseSpiffeId,
+  spkiDer,
   verifyChain,
   verifyCsr,
   type KeySpec,
   type ParsedCertificate,
   type SigningMaterial,
 } from '../src/pki/index.js';
+import { spkiFromJwk } from '../src/pki/spki.js';
 import { opensslText, opensslVerify } from './support/openssl.js';
 import { makeTempDir } from './support/process.js';
 
@@ -71,6 +73,30 @@ describe('keys', () => {
       assert.ok(loadPrivateKey(traditional).equals(privateKey));
     });
   }
+
+  it("spkiDer writes the bytes OpenSSL's own SPKI export writes, for RSA and every named curve, private or public", () => {
+    const keys = [
+      generateKeyPairFor('rsa-2048').privateKey,
+      // 40 keys a curve: a coordinate with leading zero bytes (about 1 in 128 per coordinate) shows up now and then;
+      // the padding is also checked by construction below.
+      ...(['prime256v1', 'secp384r1', 'secp521r1'] as const).flatMap((namedCurve) => Array.from({ length: 40 }, () => generateKeyPairSync('ec', { namedCurve }).privateKey)),
+      generateKeyPairSync('ed25519').privateKey,
+    ];
+    for (const key of keys) {
+      const expected = createPublicKey(key).export({ format: 'der', type: 'spki' });
+      if (!spkiDer(key).equals(expected)) assert.fail(`${key.asymmetricKeyType} ${key.asymmetricKeyDetails?.namedCurve ?? ''}: ${spkiDer(key).toString('hex')} != ${expected.toString('hex')}`);
+      assert.ok(spkiDer(createPublicKey(key)).equals(expected));
+    }
+    // A JWK whose coordinates lost their leading zeros is padded back to the curve's size.
+    const key = createPublicKey(keys[1]!);
+    const jwk = key.export({ format: 'jwk' });
+    const x = Buffer.from(jwk.x!, 'base64url');
+    x[0] = 0;
+    const padded = spkiFromJwk({ ...jwk, x: x.subarray(1).toString('base64url') });
+    assert.equal(padded?.length, key.export({ format: 'der', type: 'spki' }).length);
+    assert.equal(padded?.subarray(-64, -32).toString('hex'), x.toString('hex'));
+    assert.equal(spkiFromJwk({ kty: 'EC', crv: 'secp256k1', x: jwk.x!, y: jwk.y! }), undefined, 'another curve is left to OpenSSL');
+  });
 
   it('rsa-4096 generates', () => {
     const { privateKey } = generateKeyPairFor('rsa-4096');

@@ -5,6 +5,12 @@
  * Like Istio's verifier (go-oidc treats a missing `exp` as long expired), a token must carry `exp`; its lifetime
  * is also bounded (max_token_lifetime, default 366 days: Kubernetes' own "extended" projected tokens live exactly
  * 365 days), so a leaked token minted to live for decades is not a permanent credential.
+ *
+ * A verified token's caller is remembered by the token's SHA-256 (TokenCache) until the token's `exp`, for at
+ * most 60 s: an agent renewing with the same token costs one signature verification a minute, not one per
+ * request. Refusals are never remembered. A JWKS file is still checked for changes (at most once a second on the
+ * remembered path) and a change forgets every remembered token, so a key removed from the file stops being
+ * accepted as before.
  */
 import { promises as fs } from 'node:fs';
 import {
@@ -19,6 +25,7 @@ import {
 } from 'jose';
 import { ConfigError, parseDurationSeconds } from '../config/env.js';
 import { WorkloadId } from '../pki/index.js';
+import { TokenCache } from './token-cache.js';
 import {
   audienceMismatch,
   extractBearerToken,
@@ -27,6 +34,7 @@ import {
   type AuthOutcome,
   type AuthRequest,
   type Authenticator,
+  type Caller,
 } from './types.js';
 
 /**
@@ -37,6 +45,10 @@ import {
 const DEFAULT_JWT_MAX_TOKEN_LIFETIME_SECONDS = 366 * 86400;
 /** Leeway for exp/nbf/iat, as for the clock check jose does. */
 const CLOCK_TOLERANCE_SECONDS = 5;
+/** The longest a verified token is remembered (never past its exp): the TokenReview cache's default. */
+export const JWT_CACHE_TTL_SECONDS = 60;
+/** How often, at most, a JWKS file is checked for changes when every token is answered from the cache. */
+const KEY_FILE_CHECK_MS = 1000;
 
 export interface JwtRule {
   issuer: string;
@@ -118,14 +130,16 @@ class FileKeySet {
     private readonly file: string,
     keySet: JWTVerifyGetKey,
     mtimeMs: number,
+    private readonly onChange: () => void,
   ) {
     this.keySet = keySet;
     this.mtimeMs = mtimeMs;
   }
 
-  static async open(file: string): Promise<FileKeySet> {
+  /** `onChange` runs whenever a changed file has been read again. */
+  static async open(file: string, onChange: () => void = () => {}): Promise<FileKeySet> {
     const { keySet, mtimeMs } = await FileKeySet.read(file);
-    return new FileKeySet(file, keySet, mtimeMs);
+    return new FileKeySet(file, keySet, mtimeMs, onChange);
   }
 
   private static async read(file: string): Promise<{ keySet: JWTVerifyGetKey; mtimeMs: number }> {
@@ -147,13 +161,21 @@ class FileKeySet {
     return { keySet: createLocalJWKSet(jwks as unknown as JSONWebKeySet), mtimeMs };
   }
 
-  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+  /** Reads the file again if it changed since the last read. */
+  async refresh(): Promise<void> {
     try {
       const { mtimeMs } = await fs.stat(this.file);
-      if (mtimeMs !== this.mtimeMs) ({ keySet: this.keySet, mtimeMs: this.mtimeMs } = await FileKeySet.read(this.file));
+      if (mtimeMs !== this.mtimeMs) {
+        ({ keySet: this.keySet, mtimeMs: this.mtimeMs } = await FileKeySet.read(this.file));
+        this.onChange();
+      }
     } catch {
       // Keep verifying with the last good key set while the file is being replaced or is broken.
     }
+  }
+
+  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+    await this.refresh();
     return this.keySet(header, token);
   };
 }
@@ -172,6 +194,10 @@ export interface JwtAuthenticatorOptions {
   /** The cluster a JWT caller's pod is looked up in (for node impersonation). */
   localClusterId: string;
   now?: () => number;
+  /** How long a verified token is remembered at most (default JWT_CACHE_TTL_SECONDS; 0: never). */
+  cacheTtlSeconds?: number;
+  /** Called for each token answered from the cache (meshca_jwt_cache_hits_total). */
+  onCacheHit?: () => void;
 }
 
 /** Whether a jose failure is the token's fault (denied) rather than the key source's (unavailable). */
@@ -218,24 +244,43 @@ function describeSpan(seconds: number): string {
 export class JwtAuthenticator implements Authenticator {
   readonly name = 'jwt' as const;
   private readonly now: () => number;
+  private readonly cache: TokenCache<Extract<AuthOutcome, { kind: 'ok' }>>;
+  private readonly keyFiles: FileKeySet[] = [];
+  private keyFilesCheckedAt = -Infinity;
 
   private constructor(
     private readonly rules: PreparedRule[],
     private readonly options: JwtAuthenticatorOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.cache = new TokenCache({ ttlMs: (options.cacheTtlSeconds ?? JWT_CACHE_TTL_SECONDS) * 1000, now: this.now });
   }
 
   /** Opens every rule's key source; a missing or broken JWKS file is a ConfigError at start-up. */
   static async create(options: JwtAuthenticatorOptions): Promise<JwtAuthenticator> {
     const prepared: PreparedRule[] = [];
+    const keyFiles: FileKeySet[] = [];
+    // A changed key file forgets every remembered token: it may have been verified with a key now gone.
+    const forget = (): void => authenticator.cache.clear();
     for (const rule of options.rules) {
-      const getKey = rule.jwksFile
-        ? (await FileKeySet.open(rule.jwksFile)).getKey
-        : createRemoteJWKSet(new URL(rule.jwksUri!), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+      let getKey: JWTVerifyGetKey;
+      if (rule.jwksFile) {
+        const keySet = await FileKeySet.open(rule.jwksFile, forget);
+        keyFiles.push(keySet);
+        getKey = keySet.getKey;
+      } else {
+        getKey = createRemoteJWKSet(new URL(rule.jwksUri!), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+      }
       prepared.push({ rule, getKey, audiences: rule.audiences.length > 0 ? rule.audiences : [...options.defaultAudiences] });
     }
-    return new JwtAuthenticator(prepared, options);
+    const authenticator = new JwtAuthenticator(prepared, options);
+    authenticator.keyFiles.push(...keyFiles);
+    return authenticator;
+  }
+
+  /** Verified tokens remembered (for tests and /debug). */
+  get cacheSize(): number {
+    return this.cache.size;
   }
 
   get issuers(): string[] {
@@ -245,6 +290,23 @@ export class JwtAuthenticator implements Authenticator {
   async authenticate(request: AuthRequest): Promise<AuthOutcome> {
     const token = extractBearerToken(request.header('authorization'));
     if (!token) return { kind: 'skip', reason: 'no "authorization: Bearer <token>" header' };
+    if (this.keyFiles.length > 0 && this.now() - this.keyFilesCheckedAt >= KEY_FILE_CHECK_MS) {
+      this.keyFilesCheckedAt = this.now();
+      for (const keyFile of this.keyFiles) await keyFile.refresh();
+    }
+    const key = TokenCache.keyOf(token);
+    const cached = this.cache.get(key);
+    if (cached) {
+      this.options.onCacheHit?.();
+      return cached;
+    }
+    const outcome = await this.verify(token);
+    // Until the verified exp (jose accepts a few seconds past it; a later call simply verifies again).
+    if (outcome.kind === 'ok') this.cache.set(key, outcome, outcome.expiresAtMs);
+    return outcome.kind === 'ok' ? { kind: 'ok', caller: outcome.caller } : outcome;
+  }
+
+  private async verify(token: string): Promise<Exclude<AuthOutcome, { kind: 'ok' }> | { kind: 'ok'; caller: Caller; expiresAtMs: number }> {
     let unverified: JWTPayload;
     try {
       unverified = decodeJwt(token);
@@ -279,7 +341,9 @@ export class JwtAuthenticator implements Authenticator {
       }
       const lifetimeProblem = this.lifetimeProblem(payload, candidate.rule);
       if (lifetimeProblem) return { kind: 'denied', reason: lifetimeProblem };
-      return this.callerFrom(payload);
+      const outcome = this.callerFrom(payload);
+      // lifetimeProblem refused a token without exp.
+      return outcome.kind === 'ok' ? { ...outcome, expiresAtMs: payload.exp! * 1000 } : outcome;
     }
     return lastFailure;
   }

@@ -10,11 +10,11 @@
  * new tokens are refused at once as `unavailable` instead of queueing without bound; each call ends at its
  * timeout, so capacity comes back by itself.
  */
-import { createHash } from 'node:crypto';
 import type { V1TokenReview } from '@kubernetes/client-node';
 import { WorkloadId } from '../pki/index.js';
 import { callWithDeadline, describeKubeError } from '../kube/api.js';
 import type { KubeCluster, KubeClusters } from './kube-clusters.js';
+import { TokenCache } from './token-cache.js';
 import {
   audienceMismatch,
   audiencesOf,
@@ -26,7 +26,6 @@ import {
 export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
 export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
 const SERVICE_ACCOUNTS_GROUP = 'system:serviceaccounts';
-const MAX_CACHE_ENTRIES = 10_000;
 export const DEFAULT_MAX_INFLIGHT_TOKENREVIEWS = 64;
 /** The start of the message for a request refused because too many reviews are running (tests match on it). */
 export const TOO_MANY_TOKENREVIEWS = 'too many TokenReviews in flight';
@@ -62,11 +61,6 @@ export interface TokenReviewOptions {
   reviewer?: (clusterId: string, token: string) => Promise<AuthOutcome>;
 }
 
-interface CacheEntry {
-  outcome: Extract<AuthOutcome, { kind: 'ok' }>;
-  expiresAt: number;
-}
-
 /** The token's `exp` in ms, read without verification: only ever used to shorten how long a verdict is cached. */
 /** The claims of a JWT without checking its signature (for a cache bound or a message), or undefined. */
 function unverifiedClaims(token: string): Record<string, unknown> | undefined {
@@ -96,7 +90,7 @@ function limit(text: string, max = 300): string {
 
 export class TokenReviewAuthenticator implements Authenticator {
   readonly name = 'tokenreview' as const;
-  private readonly cache = new Map<string, CacheEntry>();
+  private readonly cache: TokenCache<Extract<AuthOutcome, { kind: 'ok' }>>;
   private readonly inFlight = new Map<string, Promise<AuthOutcome>>();
   private readonly now: () => number;
   private readonly maxInFlight: number;
@@ -104,6 +98,7 @@ export class TokenReviewAuthenticator implements Authenticator {
 
   constructor(private readonly options: TokenReviewOptions) {
     this.now = options.now ?? Date.now;
+    this.cache = new TokenCache({ ttlMs: options.cacheTtlSeconds * 1000, now: this.now });
     this.maxInFlight = options.maxInFlight ?? DEFAULT_MAX_INFLIGHT_TOKENREVIEWS;
   }
 
@@ -131,15 +126,12 @@ export class TokenReviewAuthenticator implements Authenticator {
   }
 
   private async authenticateToken(cluster: KubeCluster, token: string): Promise<AuthOutcome> {
-    const key = `${cluster.id}\u0000${createHash('sha256').update(token).digest('hex')}`;
+    const key = TokenCache.keyOf(token, cluster.id);
 
     const cached = this.cache.get(key);
     if (cached) {
-      if (cached.expiresAt > this.now()) {
-        this.options.observer?.onCacheHit?.();
-        return cached.outcome;
-      }
-      this.cache.delete(key);
+      this.options.observer?.onCacheHit?.();
+      return cached;
     }
     const pending = this.inFlight.get(key);
     if (pending) {
@@ -160,7 +152,7 @@ export class TokenReviewAuthenticator implements Authenticator {
       };
     }
     const review = (reviewer ? reviewer(cluster.id, token) : this.review(cluster, token)).then((outcome) => {
-      if (outcome.kind === 'ok') this.remember(key, token, outcome);
+      if (outcome.kind === 'ok') this.cache.set(key, outcome, unverifiedExpiryMs(token));
       return outcome;
     });
     this.inFlight.set(key, review);
@@ -174,23 +166,6 @@ export class TokenReviewAuthenticator implements Authenticator {
   /** Number of cached verdicts (for /debug). */
   get cacheSize(): number {
     return this.cache.size;
-  }
-
-  private remember(key: string, token: string, outcome: Extract<AuthOutcome, { kind: 'ok' }>): void {
-    const now = this.now();
-    let expiresAt = now + this.options.cacheTtlSeconds * 1000;
-    const tokenExpiry = unverifiedExpiryMs(token);
-    if (tokenExpiry !== undefined) expiresAt = Math.min(expiresAt, tokenExpiry);
-    if (expiresAt <= now) return;
-    if (this.cache.size >= MAX_CACHE_ENTRIES) {
-      for (const [k, entry] of this.cache) if (entry.expiresAt <= now) this.cache.delete(k);
-      // Still full: drop the oldest insertions (Map iterates in insertion order).
-      for (const k of this.cache.keys()) {
-        if (this.cache.size < MAX_CACHE_ENTRIES) break;
-        this.cache.delete(k);
-      }
-    }
-    this.cache.set(key, { outcome, expiresAt });
   }
 
   private async review(cluster: KubeCluster, token: string): Promise<AuthOutcome> {

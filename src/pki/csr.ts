@@ -20,13 +20,13 @@ import {
   set,
   smallInteger,
   Tag,
-  unsignedInteger,
   type DerElement,
 } from './der.js';
 import { PkiError } from './errors.js';
 import { spkiDer as publicKeySpki, type KeyDescription } from './keys.js';
 import { OID } from './oids.js';
 import { decodeSinglePem, encodePem } from './pem.js';
+import { EC_CURVES, ecSpki, RSA_ALGORITHM_IDENTIFIER, rsaSpki } from './spki.js';
 import { formatName, parseBasicConstraints, parseSubjectAltNames, type Extension, type SubjectAltNames } from './x509.js';
 
 export const CSR_PEM_LABELS = ['CERTIFICATE REQUEST', 'NEW CERTIFICATE REQUEST'] as const;
@@ -266,22 +266,6 @@ function readRequestedExtensions(attributes: DerElement): Extension[] {
   return out;
 }
 
-// AlgorithmIdentifier { rsaEncryption, NULL }: the only form of an RSA key's algorithm (RFC 3279 2.3.1).
-const RSA_ALGORITHM_IDENTIFIER = sequence(oid(OID.rsaEncryption), nullValue());
-
-const EC_CURVES: readonly { curve: 'P-256' | 'P-384' | 'P-521'; oid: string; coordinateBytes: number; algorithmIdentifier: Buffer }[] = (
-  [
-    ['P-256', OID.prime256v1, 32],
-    ['P-384', OID.secp384r1, 48],
-    ['P-521', OID.secp521r1, 66],
-  ] as const
-).map(([curve, curveOid, coordinateBytes]) => ({
-  curve,
-  oid: curveOid,
-  coordinateBytes,
-  algorithmIdentifier: sequence(oid(OID.ecPublicKey), oid(curveOid)),
-}));
-
 /**
  * Reads a CSR's SubjectPublicKeyInfo strictly: an RSA key { rsaEncryption NULL } with a minimal (n, e), or an EC
  * key on a named curve as an uncompressed point (0x04 || X || Y). Compressed and hybrid points, explicit curve
@@ -304,7 +288,7 @@ export function readCsrPublicKey(spkiDer: Buffer): { key: CsrPublicKey; spkiDer:
     const exponent = readUnsignedInteger(exponentElement, 'RSA public exponent');
     const modulusBits = modulus[0] === 0 ? 0 : (modulus.length - 1) * 8 + (32 - Math.clz32(modulus[0]!));
     key = { kind: 'rsa', bits: modulusBits, modulus, exponent };
-    canonical = sequence(RSA_ALGORITHM_IDENTIFIER, bitString(sequence(unsignedInteger(modulus), unsignedInteger(exponent))));
+    canonical = rsaSpki(modulus, exponent);
   } else if (algorithmText === OID.ecPublicKey) {
     const parameters = algorithmParts[1];
     if (!parameters || parameters.tag !== Tag.OID || algorithmParts.length !== 2) {
@@ -320,7 +304,7 @@ export function readCsrPublicKey(spkiDer: Buffer): { key: CsrPublicKey; spkiDer:
     const expected = 1 + 2 * curve.coordinateBytes;
     if (bits.length !== expected) throw malformed(`CSR EC public key point is ${bits.length} bytes; ${curve.curve} needs ${expected}`);
     key = { kind: 'ec', curve: curve.curve, x: bits.subarray(1, 1 + curve.coordinateBytes), y: bits.subarray(1 + curve.coordinateBytes) };
-    canonical = sequence(curve.algorithmIdentifier, bitString(bits));
+    canonical = ecSpki(curve, bits);
   } else {
     throw new PkiError('ERR_KEY_UNSUPPORTED', `unsupported public key algorithm ${algorithmText} (use RSA or ECDSA)`);
   }

@@ -61,7 +61,13 @@ export async function buildAuthenticators(
     'client-cert': () => new ClientCertAuthenticator({ trustDomain: config.trustDomain, trustDomainAliases: config.trustDomainAliases }),
     tokenreview: () => tokenReviewAuthenticator(config, clusters, metrics, reviewer),
     jwt: () =>
-      JwtAuthenticator.create({ rules: config.jwtRules, defaultAudiences: config.tokenAudiences, trustDomain: config.trustDomain, localClusterId: config.clusterId }),
+      JwtAuthenticator.create({
+        rules: config.jwtRules,
+        defaultAudiences: config.tokenAudiences,
+        trustDomain: config.trustDomain,
+        localClusterId: config.clusterId,
+        onCacheHit: () => metrics.jwtCacheHits.inc(),
+      }),
   };
   const authenticators: Authenticator[] = [];
   for (const name of authenticatorNames(config, clusters)) authenticators.push(await build[name]());

@@ -21,6 +21,7 @@ export class CaMetrics implements TokenReviewObserver {
   readonly signDuration: Histogram;
   readonly tokenReviewRequests: Counter<'result'>;
   readonly tokenReviewCacheHits: Counter;
+  readonly jwtCacheHits: Counter;
   readonly tokenReviewsInFlight: Gauge;
   readonly tokenReviewOverloads: Counter;
   readonly rateLimited: Counter;
@@ -86,6 +87,7 @@ export class CaMetrics implements TokenReviewObserver {
     });
     this.tokenReviewRequests = new Counter({ name: 'meshca_tokenreview_requests_total', help: 'TokenReview calls to the Kubernetes API server, by result (authenticated, rejected, error).', labelNames: ['result'], registers });
     this.tokenReviewCacheHits = new Counter({ name: 'meshca_tokenreview_cache_hits_total', help: 'Bearer tokens answered from the TokenReview cache (or by joining an identical review in flight) without an API call.', registers });
+    this.jwtCacheHits = new Counter({ name: 'meshca_jwt_cache_hits_total', help: 'JWT_RULE tokens answered from the cache of verified tokens (by SHA-256, until exp, at most 60 s) without verifying their signature again.', registers });
     this.tokenReviewsInFlight = new Gauge({ name: 'meshca_tokenreviews_in_flight', help: 'TokenReview calls to the Kubernetes API servers that have not finished yet (bounded by --max-inflight-tokenreviews).', registers });
     this.tokenReviewOverloads = new Counter({ name: 'meshca_tokenreview_overload_total', help: 'Requests refused with UNAVAILABLE because --max-inflight-tokenreviews TokenReview calls were already in flight.', registers });
     this.rateLimited = new Counter({ name: 'meshca_csr_rate_limited_total', help: 'Certificate requests refused with RESOURCE_EXHAUSTED by --max-csr-per-identity-per-minute.', registers });
