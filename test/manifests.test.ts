@@ -763,7 +763,14 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
         }
       }
     }
-    const exported = readSources(['src/server/metrics.ts', 'src/agent/metrics.ts', 'src/ca/sources/cacerts/cacerts.ts', 'src/util/build-info-metric.ts']).flatMap(({ text }) => [
+    const exported = readSources([
+      'src/server/metrics.ts',
+      'src/agent/metrics.ts',
+      'src/ca/sources/cacerts/cacerts.ts',
+      'src/util/build-info-metric.ts',
+      'src/ca/federation/federated-bundles.ts',
+      'src/ca/federation/bundle-endpoint.ts',
+    ]).flatMap(({ text }) => [
       ...[...text.matchAll(/new (?:Counter|Gauge|Histogram)(?:<[^>]*>)?\(\{\s*name:\s*'([a-z_:][a-z0-9_:]*)'/g)].map((m) => m[1]!),
       ...[...text.matchAll(/_METRIC\s*=\s*'([a-z_:][a-z0-9_:]*)'/g)].map((m) => m[1]!),
     ]);
