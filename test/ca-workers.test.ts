@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { createServer, type Server } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { IstioCaClient } from '../src/wire/protos.js';
+import { IstioCaClient, TrustBundleServiceClient, type TrustBundleSetMessage } from '../src/wire/protos.js';
 import { createCertificate, getText, metricValue, opensslKeyAndCsr, SERVER_NAME, type CallResult, type KeyAndCsr } from './ca-helpers.js';
 import { eventually, expectStartFailure, istioFiles, makeChain, startCaProcess, writeSecretVolume, type StartedCa } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -111,6 +111,27 @@ describe('meshca ca --workers', () => {
         assert.match(chain[0]!, /BEGIN CERTIFICATE/);
       }
     }
+    // Agents watch the trust bundles on the same port: each worker serves the primary's set (own roots, no federation).
+    const sets = await Promise.all(
+      conns.slice(0, 4).map(
+        (client) =>
+          new Promise<TrustBundleSetMessage>((resolve, reject) => {
+            const watch = new TrustBundleServiceClient(ca.grpcAddress, grpc.credentials.createInsecure(), { channelOverride: client.getChannel() }).WatchTrustBundles({});
+            watch.once('data', (set: TrustBundleSetMessage) => {
+              resolve(set);
+              watch.cancel();
+            });
+            watch.once('error', (error: grpc.ServiceError) => {
+              if (error.code !== grpc.status.CANCELLED) reject(error);
+            });
+          }),
+      ),
+    );
+    for (const set of sets) {
+      assert.equal(set.trust_domain, 'cluster.local');
+      assert.deepEqual(set.bundles.map((b) => [b.trust_domain, b.x509_authorities.length]), [['cluster.local', 1]], 'the own bundle: the root of root-cert.pem');
+    }
+    assert.equal(new Set(sets.map((set) => set.version)).size, 1, 'every worker serves the same set');
     const reviews = kube.state.requests.filter((r) => r.path.endsWith('/tokenreviews')).length - reviewsBefore;
     assert.equal(reviews, 1, 'one TokenReview for one token, however many workers and connections used it');
     // Each worker logs its audit lines with its slot: both served.
