@@ -14,7 +14,7 @@ import { DevTokenIssuer } from '../src/authn/dev-issuer.js';
 import { connectSds, SecretWatch, workloadTokenMetadata, type SecretUpdate } from '../src/agent/sds-client.js';
 import { certificatesFromPem } from '../src/pki/index.js';
 import { cleanEnv } from './ca-helpers.js';
-import { istioFiles, makeChain, makeRoot, makeSubCa, writeFiles, type ChainFixture } from './keysource-helpers.js';
+import { istioFiles, makeChain, makeRoot, makeSubCa, writeSecretVolume, type ChainFixture } from './keysource-helpers.js';
 import { issueCert, certPem, privateKeyPem, generateKeyPair } from './standins/pki.js';
 import { eventually } from './support/eventually.js';
 import { makeTempDir, startMeshca, type MeshcaProcess } from './support/process.js';
@@ -140,7 +140,7 @@ before(async () => {
   for (const mesh of [a, b]) {
     mesh.chain = await makeChain('ec', 2, mesh.trustDomain);
     mesh.port = await freePort();
-    await writeFiles(path.join(mesh.dir, 'cacerts'), istioFiles(mesh.chain));
+    await writeSecretVolume(path.join(mesh.dir, 'cacerts'), istioFiles(mesh.chain));
   }
   a.dev = startMesh(a, b);
   b.dev = startMesh(b, a);
@@ -194,6 +194,8 @@ test("a root rotation in one mesh reaches the other's agents before its new cert
       const current = server;
       const v = await handshake({ trust: workloadB.trust, ...workloadB.tlsOptions() }, { trust: current.trust, ...current.tlsOptions() });
       results.push(`${v.client} | ${v.server}`);
+      // A handshake every 100 ms or so is traffic enough to catch a window where one would fail.
+      await new Promise((resolve) => setTimeout(resolve, 100));
     }
   })();
   let workloadA2: Workload | undefined;
@@ -201,20 +203,21 @@ test("a root rotation in one mesh reaches the other's agents before its new cert
     // Step 1: mesh a adds its new root to its bundle, still signing with the old one.
     const newRoot = await makeRoot('a.test root 2', 'ec');
     const rootsPem = `${a.chain.root.pem.trim()}\n${newRoot.pem.trim()}\n`;
-    await writeFiles(path.join(a.dir, 'cacerts'), istioFiles(a.chain, rootsPem));
+    // The cacerts Secret is swapped as the kubelet does it (..data symlink), so the CA never reads half an update.
+    await writeSecretVolume(path.join(a.dir, 'cacerts'), istioFiles(a.chain, rootsPem));
     await eventually(() => certificatesFromPem(workloadB.trust.get('a.test') ?? '').length === 2 || undefined, 30_000, "mesh b's agent serving both of a's roots");
     // Step 2: mesh a signs with a CA under the new root. Certificates already issued stay valid until renewed;
     // a workload that starts now gets one under the new root, and b's workloads accept it.
     const signing = await makeSubCa('a.test signing CA 2', 'ec', newRoot);
-    await writeFiles(path.join(a.dir, 'cacerts'), istioFiles({ root: newRoot, signing }, rootsPem));
-    const signingDer = Buffer.from(signing.cert.rawData);
+    await writeSecretVolume(path.join(a.dir, 'cacerts'), istioFiles({ root: newRoot, signing }, rootsPem));
+    const serial = signing.cert.serialNumber.toLowerCase().replace(/^0+/, '');
+    const reloaded = (record: { msg?: unknown; signingCertSerial?: unknown }): boolean =>
+      record.msg === 'reloaded the plugged-in CA certificates' && String(record.signingCertSerial).toLowerCase().replace(/^0+/, '') === serial;
+    await eventually(() => a.dev!.records.some(reloaded) || undefined, 20_000, "a's CA signing with the new intermediate");
     const token = await (await DevTokenIssuer.load(a.dir)).mint({ namespace: 'shop', serviceAccount: 'api', audiences: ['istio-ca'], ttlSeconds: 3600 });
-    await eventually(async () => {
-      workloadA2?.close();
-      workloadA2 = new Workload(a.sds!, token);
-      const issued = await eventually(() => workloadA2!.identity, 10_000, "a's new workload");
-      return certificatesFromPem(issued.certificateChain!)[1]?.equals(signingDer) || undefined;
-    }, 20_000, "a's new workload issued under the new root");
+    workloadA2 = new Workload(a.sds!, token);
+    const issued = await eventually(() => workloadA2!.identity, 20_000, "a's new workload");
+    assert.ok(certificatesFromPem(issued.certificateChain!)[1]?.equals(Buffer.from(signing.cert.rawData)), "a's new workload is issued under the new root");
     await eventually(() => (workloadA2!.trust.size > 0) || undefined, 10_000, "a's new workload's ALL");
     server = workloadA2!;
     const count = results.length;
