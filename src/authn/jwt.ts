@@ -13,16 +13,7 @@
  * accepted as before.
  */
 import { promises as fs } from 'node:fs';
-import {
-  createLocalJWKSet,
-  createRemoteJWKSet,
-  decodeJwt,
-  errors as joseErrors,
-  jwtVerify,
-  type JSONWebKeySet,
-  type JWTPayload,
-  type JWTVerifyGetKey,
-} from 'jose';
+import type { JSONWebKeySet, JWTPayload, JWTVerifyGetKey } from 'jose';
 import { ConfigError, parseDurationSeconds } from '../config/env.js';
 import { WorkloadId } from '../pki/index.js';
 import { TokenCache } from './token-cache.js';
@@ -36,6 +27,21 @@ import {
   type Authenticator,
   type Caller,
 } from './types.js';
+
+type Jose = typeof import('jose');
+let jose: Jose | undefined;
+
+/** jose is loaded when the first JWT authenticator is made: a CA that has none (TokenReview only) never loads it. */
+async function loadJose(): Promise<Jose> {
+  jose ??= await import('jose');
+  return jose;
+}
+
+/** jose, in code that only runs once an authenticator exists (so after loadJose). */
+function joseLoaded(): Jose {
+  if (!jose) throw new Error('jose is used before a JWT authenticator was made');
+  return jose;
+}
 
 /**
  * The longest lifetime (exp - iat, and exp - now) a JWT may have unless its rule says otherwise. Kubernetes
@@ -158,7 +164,7 @@ class FileKeySet {
       throw new ConfigError(`the JWKS file ${file} is not JSON`);
     }
     if (!isRecord(jwks) || !Array.isArray(jwks.keys)) throw new ConfigError(`the JWKS file ${file} has no "keys" list`);
-    return { keySet: createLocalJWKSet(jwks as unknown as JSONWebKeySet), mtimeMs };
+    return { keySet: (await loadJose()).createLocalJWKSet(jwks as unknown as JSONWebKeySet), mtimeMs };
   }
 
   /** Reads the file again if it changed since the last read. */
@@ -203,23 +209,23 @@ export interface JwtAuthenticatorOptions {
 /** Whether a jose failure is the token's fault (denied) rather than the key source's (unavailable). */
 function isTokenFault(error: unknown): boolean {
   return (
-    error instanceof joseErrors.JWTExpired ||
-    error instanceof joseErrors.JWTClaimValidationFailed ||
-    error instanceof joseErrors.JWSSignatureVerificationFailed ||
-    error instanceof joseErrors.JWSInvalid ||
-    error instanceof joseErrors.JWTInvalid ||
-    error instanceof joseErrors.JWKSNoMatchingKey ||
-    error instanceof joseErrors.JWKSMultipleMatchingKeys ||
-    error instanceof joseErrors.JOSEAlgNotAllowed ||
-    error instanceof joseErrors.JOSENotSupported
+    error instanceof joseLoaded().errors.JWTExpired ||
+    error instanceof joseLoaded().errors.JWTClaimValidationFailed ||
+    error instanceof joseLoaded().errors.JWSSignatureVerificationFailed ||
+    error instanceof joseLoaded().errors.JWSInvalid ||
+    error instanceof joseLoaded().errors.JWTInvalid ||
+    error instanceof joseLoaded().errors.JWKSNoMatchingKey ||
+    error instanceof joseLoaded().errors.JWKSMultipleMatchingKeys ||
+    error instanceof joseLoaded().errors.JOSEAlgNotAllowed ||
+    error instanceof joseLoaded().errors.JOSENotSupported
   );
 }
 
 function describeJoseError(error: unknown): string {
-  if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
-  if (error instanceof joseErrors.JWTClaimValidationFailed) return `claim "${error.claim}" is not acceptable: ${error.message}`;
-  if (error instanceof joseErrors.JWKSNoMatchingKey) return "no key of the issuer's JWKS matches the token";
-  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token signature does not verify';
+  if (error instanceof joseLoaded().errors.JWTExpired) return 'the token has expired';
+  if (error instanceof joseLoaded().errors.JWTClaimValidationFailed) return `claim "${error.claim}" is not acceptable: ${error.message}`;
+  if (error instanceof joseLoaded().errors.JWKSNoMatchingKey) return "no key of the issuer's JWKS matches the token";
+  if (error instanceof joseLoaded().errors.JWSSignatureVerificationFailed) return 'the token signature does not verify';
   return (error as Error).message;
 }
 
@@ -258,6 +264,7 @@ export class JwtAuthenticator implements Authenticator {
 
   /** Opens every rule's key source; a missing or broken JWKS file is a ConfigError at start-up. */
   static async create(options: JwtAuthenticatorOptions): Promise<JwtAuthenticator> {
+    await loadJose();
     const prepared: PreparedRule[] = [];
     const keyFiles: FileKeySet[] = [];
     // A changed key file forgets every remembered token: it may have been verified with a key now gone.
@@ -269,7 +276,7 @@ export class JwtAuthenticator implements Authenticator {
         keyFiles.push(keySet);
         getKey = keySet.getKey;
       } else {
-        getKey = createRemoteJWKSet(new URL(rule.jwksUri!), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+        getKey = (await loadJose()).createRemoteJWKSet(new URL(rule.jwksUri!), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
       }
       prepared.push({ rule, getKey, audiences: rule.audiences.length > 0 ? rule.audiences : [...options.defaultAudiences] });
     }
@@ -309,7 +316,7 @@ export class JwtAuthenticator implements Authenticator {
   private async verify(token: string): Promise<Exclude<AuthOutcome, { kind: 'ok' }> | { kind: 'ok'; caller: Caller; expiresAtMs: number }> {
     let unverified: JWTPayload;
     try {
-      unverified = decodeJwt(token);
+      unverified = joseLoaded().decodeJwt(token);
     } catch {
       return { kind: 'denied', reason: 'the bearer token is not a JWT' };
     }
@@ -322,7 +329,7 @@ export class JwtAuthenticator implements Authenticator {
     for (const candidate of candidates) {
       let payload: JWTPayload;
       try {
-        ({ payload } = await jwtVerify(token, candidate.getKey, {
+        ({ payload } = await joseLoaded().jwtVerify(token, candidate.getKey, {
           issuer: candidate.rule.issuer,
           audience: candidate.audiences,
           clockTolerance: CLOCK_TOLERANCE_SECONDS,
@@ -331,7 +338,7 @@ export class JwtAuthenticator implements Authenticator {
       } catch (error) {
         // jose checks claims after the signature, so this aud is the issuer's.
         const reason =
-          error instanceof joseErrors.JWTClaimValidationFailed && error.claim === 'aud'
+          error instanceof joseLoaded().errors.JWTClaimValidationFailed && error.claim === 'aud'
             ? audienceMismatch(unverified.aud, candidate.audiences, candidate.rule.audiences.length > 0 ? `the "audiences" of JWT_RULE issuer ${candidate.rule.issuer}` : 'TOKEN_AUDIENCES')
             : describeJoseError(error);
         lastFailure = isTokenFault(error)
