@@ -180,13 +180,13 @@ describe('startFederation: keeping a federated bundle current', () => {
     assert.equal(status.sequence, 3);
     assert.equal(status.lastError, undefined);
     assert.equal(status.nextRefreshAt!.getTime() - clock.now(), 5_000, 'the hint is followed');
-    await clock.advance(7000);
+    await clock.advance(4000); // short of the next refresh, 5 s after this one
     const metrics = await registry.metrics();
     assert.match(metrics, /meshca_federated_bundle_sequence\{trust_domain="other\.test"\} 3/);
     assert.match(metrics, /meshca_federated_bundle_authorities\{trust_domain="other\.test"\} 1/);
-    assert.match(metrics, /meshca_federated_bundle_age_seconds\{trust_domain="other\.test"\} 7/);
+    assert.match(metrics, /meshca_federated_bundle_age_seconds\{trust_domain="other\.test"\} 4/);
     const debug = federationDebugView(federation, clock)() as { trustDomains: Record<string, unknown>[] };
-    assert.deepEqual([debug.trustDomains[0]!.trustDomain, debug.trustDomains[0]!.sequence, debug.trustDomains[0]!.ageSeconds], [TD, 3, 7]);
+    assert.deepEqual([debug.trustDomains[0]!.trustDomain, debug.trustDomains[0]!.sequence, debug.trustDomains[0]!.ageSeconds], [TD, 3, 4]);
     await federation.close();
 
     // A restart while the endpoint is down: the persisted bundle is used at once and kept.
