@@ -46,6 +46,7 @@ const LONGEST_FIRST = [
   'security-files.test.ts',
   'manifests.test.ts',
   'ca-dev.test.ts',
+  'federation-e2e.test.ts',
   'agent-security.test.ts',
   'authn.test.ts',
   'standins.test.ts',
