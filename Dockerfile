@@ -34,7 +34,7 @@ RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY proto ./proto
 COPY src ./src
-COPY scripts/build-info.mjs ./scripts/
+COPY scripts/build-info.mjs scripts/bundle.mjs ./scripts/
 # The context has no .git: pass the commit for `meshca version` and meshca_build_info, e.g.
 #   docker build --build-arg MESHCA_COMMIT=$(git rev-parse HEAD) -t meshca:0.1.0 .
 ARG MESHCA_COMMIT=unknown

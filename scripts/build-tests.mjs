@@ -7,6 +7,7 @@ import { readdirSync, rmSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { bundleCli } from './bundle.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const outdir = path.join(root, '.test-build');
@@ -45,3 +46,5 @@ await build({
   sourcemap: true,
   logLevel: 'warning',
 });
+// The CLI the tests start is the bundle, as `npm run build` makes it.
+await bundleCli();

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -84,12 +84,21 @@ describe('meshca command line', () => {
     cpSync(path.join(REPO_ROOT, 'proto'), path.join(copy, 'proto'), { recursive: true });
     symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(copy, 'node_modules'));
     for (const gone of ['commands/ca.js', 'commands/dev.js', 'ca/sources/vault/vault.js', 'ca/kube-store.js', 'server/index.js']) rmSync(path.join(copy, 'dist', gone));
-    const run = (args: string[]) => spawnSync(process.execPath, [path.join(copy, 'dist/cli.js'), ...args], { encoding: 'utf8', timeout: 30_000 });
-    const agent = run(['agent', '--help']);
+    // The module tree (tsc's layout, entry dist/cli-modules.js), then the bundle (dist/cli.js, one chunk per command).
+    const modules = (args: string[]) => spawnSync(process.execPath, [path.join(copy, 'dist/cli-modules.js'), ...args], { encoding: 'utf8', timeout: 30_000 });
+    const agent = modules(['agent', '--help']);
     assert.equal(agent.status, 0, `meshca agent --help without the CA's modules: ${agent.stderr}`);
     assert.match(agent.stdout, /--sds-socket/);
-    assert.equal(run(['--help']).status, 0, 'the command list needs none of them either');
-    const ca = run(['ca', '--help']);
+    assert.equal(modules(['--help']).status, 0, 'the command list needs none of them either');
+    const ca = modules(['ca', '--help']);
     assert.notEqual(ca.status, 0, 'meshca ca needs its modules (so the check above means something)');
+
+    const caChunks = readdirSync(path.join(copy, 'dist/chunks')).filter((name) => /^(ca|dev)-[A-Z0-9]+\.js$/.test(name));
+    assert.equal(caChunks.length, 2, `the bundle has one chunk for meshca ca and one for meshca dev: ${caChunks.join(', ')}`);
+    for (const chunk of caChunks) rmSync(path.join(copy, 'dist/chunks', chunk));
+    const bundled = (args: string[]) => spawnSync(process.execPath, [path.join(copy, 'dist/cli.js'), ...args], { encoding: 'utf8', timeout: 30_000 });
+    const bundledAgent = bundled(['agent', '--help']);
+    assert.equal(bundledAgent.status, 0, `the bundled agent without the CA's chunks: ${bundledAgent.stderr}`);
+    assert.notEqual(bundled(['ca', '--help']).status, 0, 'the bundled meshca ca needs its chunk');
   });
 });

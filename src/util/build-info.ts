@@ -29,12 +29,12 @@ let cached: BuildInfo | undefined;
 
 /**
  * Read once. dist/util/build-info.js and src/util/build-info.ts sit two levels under the package root; the test
- * build (.test-build/src/util/) three.
+ * build (.test-build/src/util/) three; in the bundle (scripts/bundle.mjs) this code is in dist/cli.js, one level.
  */
 export function buildInfo(): BuildInfo {
   cached ??= {
-    version: stringField(readJson('../../package.json') ?? readJson('../../../package.json'), 'version') ?? 'unknown',
-    commit: stringField(readJson('../build-info.json'), 'commit') ?? 'unknown',
+    version: stringField(['../../package.json', '../../../package.json', '../package.json'].map(readJson).find((pkg) => pkg?.name === 'meshca'), 'version') ?? 'unknown',
+    commit: stringField(readJson('../build-info.json') ?? readJson('./build-info.json'), 'commit') ?? 'unknown',
     nodeVersion: process.version,
   };
   return cached;

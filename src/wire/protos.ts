@@ -29,6 +29,7 @@
  * which names them so, and `keepCase` only affects .proto files it parses. Field
  * numbers (and so the wire format) are unaffected.
  */
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 import * as grpc from '@grpc/grpc-js';
@@ -95,8 +96,11 @@ import type {
 // Proto location and load options
 // ---------------------------------------------------------------------------
 
-/** Absolute path of the `proto/` directory (works from src/wire under tsx and from dist/wire). */
-export const PROTO_DIR: string = fileURLToPath(new URL('../../proto/', import.meta.url));
+/**
+ * Absolute path of the `proto/` directory: two levels up from src/wire (tsx), dist/wire (tsc) and dist/chunks (the
+ * bundle, scripts/bundle.mjs), one level up from dist/cli.js should the bundler place this module in the entry.
+ */
+export const PROTO_DIR: string = ['../../proto/', '../proto/'].map((relative) => fileURLToPath(new URL(relative, import.meta.url))).find((dir) => existsSync(dir)) ?? fileURLToPath(new URL('../../proto/', import.meta.url));
 
 const CA_PROTO = 'istio/v1/auth/ca.proto';
 const SDS_PROTO = 'envoy/service/secret/v3/sds.proto';
