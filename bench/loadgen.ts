@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { IstioCaClient, objectToStruct, type IstioCertificateResponse } from '../src/wire/protos.js';
-import { readProcessTreeCpuSeconds } from './proc.js';
+import { readMainThreadCpuSeconds, readProcessTreeCpuSeconds } from './proc.js';
 
 export interface LoadgenRequest {
   csrPem: string;
@@ -54,6 +54,8 @@ export interface LoadgenPhaseResult {
   p99Ms: number;
   maxMs: number;
   serverCpuSeconds: number;
+  /** The server's main thread alone (with --workers, the primary's): what an event loop that is the bottleneck spends. */
+  serverMainThreadCpuSeconds: number;
   /** This process's own CPU in the window: the share of the machine the load generator took. */
   loadgenCpuSeconds: number;
   /** One chain from the measured window and the index of its request, for an OpenSSL check by the parent. */
@@ -141,11 +143,13 @@ async function main(): Promise<void> {
       }
     };
     let cpuBefore = 0;
+    let mainThreadCpuBefore = 0;
     let ownCpuBefore = process.cpuUsage();
     let start = 0;
     let windowFromUs = 0;
     const startMeasuring = (): void => {
       cpuBefore = readProcessTreeCpuSeconds(config.serverPid);
+      mainThreadCpuBefore = readMainThreadCpuSeconds(config.serverPid);
       ownCpuBefore = process.cpuUsage();
       start = performance.now();
       windowFromUs = Number(process.hrtime.bigint() / 1000n);
@@ -167,6 +171,7 @@ async function main(): Promise<void> {
     const seconds = (performance.now() - start) / 1000;
     const windowToUs = Number(process.hrtime.bigint() / 1000n);
     const cpuAfter = readProcessTreeCpuSeconds(config.serverPid);
+    const mainThreadCpuAfter = readMainThreadCpuSeconds(config.serverPid);
     const ownCpu = process.cpuUsage(ownCpuBefore);
     measuring = false;
     stop = true;
@@ -186,6 +191,7 @@ async function main(): Promise<void> {
       p99Ms: percentile(sorted, 99),
       maxMs: sorted.length > 0 ? sorted[sorted.length - 1]! : 0,
       serverCpuSeconds: cpuAfter - cpuBefore,
+      serverMainThreadCpuSeconds: mainThreadCpuAfter - mainThreadCpuBefore,
       loadgenCpuSeconds: (ownCpu.user + ownCpu.system) / 1e6,
       sample,
       windowFromUs,

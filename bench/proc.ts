@@ -5,12 +5,17 @@ import { readdirSync, readFileSync } from 'node:fs';
 const CLOCK_TICKS_PER_SECOND = 100;
 
 /** User + system CPU seconds the process has used so far. */
-export function readProcessCpuSeconds(pid: number): number {
+export function readProcessCpuSeconds(pid: number | string): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may hold spaces and parentheses: fields are counted after its closing ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** User + system CPU seconds of the process's main thread (its JavaScript event loop): /proc/<pid>/task/<pid>/stat. */
+export function readMainThreadCpuSeconds(pid: number): number {
+  return readProcessCpuSeconds(`${pid}/task/${pid}`);
 }
 
 /** A `Vm*` line of /proc/<pid>/status in KiB (VmHWM: peak resident set, VmRSS: current). */

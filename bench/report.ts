@@ -8,6 +8,7 @@ import type { LimitResult } from './limit.js';
 import type { KubernetesBenchResult } from './kubernetes.js';
 import type { Pkcs11Result } from './pkcs11.js';
 import { STAGES, STAGE_LABELS } from './cpu-profile.js';
+import { CA_KINDS } from './fixtures.js';
 import type { StageRun, StagesResult } from './stages.js';
 
 export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11', 'kubernetes', 'stages'] as const;
@@ -211,10 +212,10 @@ function mean(values: number[]): number {
 export function renderStages(s: StagesResult): string[] {
   const out: string[] = [];
   const workers = s.workers.length > 1 ? '`--workers` as each build says' : s.workers[0] === 1 ? 'one process' : `\`--workers ${s.workers[0]}\``;
-  out.push(`**8. CPU budget per stage** — \`meshca ca\` (${workers}), P-256 root, JWT_RULE (JWKS file, ES256 tokens), ${int(s.workloads)} workloads, concurrency ${s.concurrency}; ` +
+  out.push(`**8. CPU budget per stage** — \`meshca ca\` (${workers}), ${CA_KINDS[s.caKind].label} root, JWT_RULE (JWKS file, ES256 tokens), ${int(s.workloads)} workloads, concurrency ${s.concurrency}; ` +
     `stages from \`--cpu-prof\` (${s.profileIntervalUs} µs sampling) over the measured window${s.baselineCli ? `; baseline: ${s.baselineCli}, runs interleaved` : ''}`, '');
-  out.push(table(['build', 'run', 'certs/s', 'server CPU µs / cert', 'p50 ms', 'p99 ms', 'errors'],
-    s.runs.map((r) => [r.build, r.profiled ? 'profiled' : 'plain', int(r.certsPerSecond), int(r.serverCpuUsPerCert), ms(r.p50Ms), ms(r.p99Ms), int(r.errors)])));
+  out.push(table(['build', 'run', 'certs/s', 'server CPU µs / cert', 'of which main thread', 'p50 ms', 'p99 ms', 'errors'],
+    s.runs.map((r) => [r.build, r.profiled ? 'profiled' : 'plain', int(r.certsPerSecond), int(r.serverCpuUsPerCert), r.mainThreadCpuUsPerCert === undefined ? '—' : int(r.mainThreadCpuUsPerCert), ms(r.p50Ms), ms(r.p99Ms), int(r.errors)])));
   const builds = [...new Set(s.runs.map((r) => r.build))];
   const profiled = (build: string): StageRun[] => s.runs.filter((r) => r.build === build && r.profiled && r.stageUsPerCert);
   const plain = (build: string): StageRun[] => s.runs.filter((r) => r.build === build && !r.profiled);
