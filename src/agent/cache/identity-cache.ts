@@ -110,9 +110,14 @@ export interface AcquireContext {
   signal?: AbortSignal;
 }
 
-/** Holds the key of a CSR across retries; the key is taken only once a CA request slot is granted. */
+/**
+ * Holds the key of a CSR across retries; the key is taken only once a CA request slot is granted. `lender`: the
+ * cached identity whose own key (and CSR) proves a new token that claims that identity; such a key is the
+ * identity's, never the pool's, so it is neither given back nor spent.
+ */
 interface KeyHolder {
   pendingKey?: KeyObject;
+  lender?: IdentityEntry;
 }
 
 interface CredentialUse {
@@ -365,9 +370,22 @@ export class IdentityCache {
     let lastError: unknown;
     for (let attempt = 0; ; attempt++) {
       try {
-        const secret = await this.requestSecret(credential, holder);
-        return this.adopt(secret, credential);
+        const secret = await this.requestSecret(credential, holder, true);
+        const lender = holder.lender;
+        holder.lender = undefined;
+        if (lender && secret.identity !== lender.identity) {
+          // The CA granted the token another identity than it claimed: that certificate names the lender's key, so
+          // it is never used, the lender gets a fresh key, and this token is proven again with a key of its own.
+          this.log.warn(
+            { claimed: lender.identity, granted: secret.identity, credential: credential.label },
+            'the CA granted a workload token another identity than the one it claims; proving it again with a fresh key',
+          );
+          void this.renew(lender, 'its key was certified for another identity');
+          continue;
+        }
+        return this.adopt(secret, credential, lender !== undefined);
       } catch (error) {
+        holder.lender = undefined;
         lastError = error;
         if (!isRetryableCaError(error) || this.closing.signal.aborted) {
           this.releaseKey(holder, error);
@@ -416,7 +434,7 @@ export class IdentityCache {
    * only once a CA request slot is granted (and kept in `holder` for retries), so requests waiting for the CA
    * cost no key generation.
    */
-  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder): Promise<CachedIdentity> {
+  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder, mayBorrow = false): Promise<CachedIdentity> {
     const token = await credential.read();
     const claimed = credential.claimedAccount;
     let uris: string[] = [];
@@ -433,7 +451,11 @@ export class IdentityCache {
     let chain: string[];
     let key: KeyObject;
     try {
-      key = holder.pendingKey ??= await this.options.keys.take();
+      // A second workload of an identity this agent already holds: the identity's own CSR carries the proof of
+      // the new token (the CA still verifies it and says which identity it grants), with no key generation and no
+      // new CSR signature. A fresh key is taken only for a first identity, or one due for renewal.
+      if (mayBorrow) holder.lender = holder.pendingKey === undefined ? this.lenderFor(uris) : undefined;
+      key = holder.lender?.secret.key ?? (holder.pendingKey ??= await this.options.keys.take());
       const csrPem = this.csrFor(key, uris);
       metrics.outgoingRequests.inc({ request_type: 'csr' });
       chain = await this.options.ca.createCertificate({ csrPem, token, ttlSeconds: this.options.ttlSeconds }, this.closing.signal);
@@ -446,6 +468,7 @@ export class IdentityCache {
       this.csrSlots.release();
       metrics.outgoingLatency.inc({ request_type: 'csr' }, performance.now() - started);
     }
+    if (holder.lender) return this.checkChain(chain, key);
     let secret: CachedIdentity;
     try {
       secret = this.checkChain(chain, key);
@@ -455,6 +478,17 @@ export class IdentityCache {
       this.options.keys.spent(key);
     }
     return secret;
+  }
+
+  /**
+   * The cached entry whose key may prove a new token claiming `uris`: exactly that one identity, issued, not
+   * renewing and not yet due for renewal (a renewal always makes a new key).
+   */
+  private lenderFor(uris: string[]): IdentityEntry | undefined {
+    if (uris.length !== 1) return undefined;
+    const entry = this.entries.get(uris[0]!);
+    if (!entry || entry.dropped || entry.renewing || this.clock.now() >= entry.secret.renewAt) return undefined;
+    return entry;
   }
 
   /** The CSR for `key` and `uris`: made once and sent again on retries (a CSR proves the key, not the moment). */
@@ -540,12 +574,13 @@ export class IdentityCache {
   }
 
   /** Stores freshly proven credentials under the identity the CA granted, and maps the credential to it. */
-  private adopt(secret: CachedIdentity, credential: WorkloadCredential): string {
+  private adopt(secret: CachedIdentity, credential: WorkloadCredential, ownKey = false): string {
     const now = this.clock.now();
     let entry = this.entries.get(secret.identity);
     if (entry) {
-      // Another workload of the same identity is already served; keep its secret unless it is due for renewal.
-      if (now >= entry.secret.renewAt) {
+      // Another workload of the same identity is already served; keep its secret unless it is due for renewal
+      // (and never take an answer for the entry's own key as its renewal: a renewal makes a new key).
+      if (now >= entry.secret.renewAt && !ownKey) {
         this.revokeExpired(entry);
         this.replaceSecret(entry, secret, 'renewed by a new workload');
       }
