@@ -53,6 +53,8 @@ class VirtualCa implements CaClient {
   calls = 0;
   /** The next this many calls fail as an unreachable CA would. */
   unavailableCalls = 0;
+  /** While set, every call waits for it (to queue CSRs behind a slow CA). */
+  gate: Promise<void> | null = null;
   readonly tokensSeen: string[] = [];
   readonly csrsSeen: string[] = [];
   readonly rootDer: Buffer;
@@ -81,6 +83,7 @@ class VirtualCa implements CaClient {
   async createCertificate(request: CertificateRequest): Promise<string[]> {
     this.calls++;
     await Promise.resolve();
+    if (this.gate) await this.gate;
     if (this.unavailableCalls > 0) {
       this.unavailableCalls--;
       throw new CaFailure('retryable', 'UNAVAILABLE', 'connect ECONNREFUSED (CA restarting)');
@@ -326,6 +329,35 @@ describe('identity cache on virtual time', () => {
       assert.equal(third.identity, id);
       assert.ok(keys.made > made, 'a fresh key for the token that came while cart was due');
       for (const lease of [first, second, third, impostor]) lease.release();
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('sends waiting proofs of new tokens ahead of waiting renewals, with every fifth slot for a renewal', async () => {
+    const { ca, cache, clock } = rig({ maxConcurrentCsrs: 1 });
+    try {
+      const held = [];
+      for (const sa of ['a', 'b', 'c']) {
+        ca.addWorkload(`${sa}-1`, sa);
+        held.push(await cache.acquire(token(`${sa}-1`, START + 4 * HOUR)));
+      }
+      let open!: () => void;
+      ca.gate = new Promise((resolve) => (open = resolve));
+      // All three identities are due at once; the first renewal takes the only slot and waits at the CA.
+      await clock.advanceTo(held[0]!.current().renewAt);
+      const proofs = Array.from({ length: 6 }, (_, i) => {
+        ca.addWorkload(`new-${i}`, `new-${i}`);
+        return cache.acquire(token(`new-${i}`, START + 4 * HOUR));
+      });
+      await settle();
+      const seenBefore = ca.tokensSeen.length; // The CA records a token once past the gate.
+      ca.gate = null;
+      open();
+      for (const lease of await Promise.all(proofs)) lease.release();
+      await settle();
+      assert.deepEqual(ca.tokensSeen.slice(seenBefore), ['a-1', 'new-0', 'new-1', 'new-2', 'new-3', 'b-1', 'new-4', 'new-5', 'c-1']);
+      for (const lease of held) lease.release();
     } finally {
       cache.close();
     }

@@ -167,19 +167,35 @@ function abandoned(): CaFailure {
   return new CaFailure('final', 'CANCELLED', 'request abandoned');
 }
 
-/** A first-come, first-served limit on concurrent calls; a waiter leaves the queue when `signal` aborts. */
+/** Why a CSR is sent: a new token waiting to be served, or the renewal of an identity that is still being served. */
+type CsrPurpose = 'proof' | 'renewal';
+
+/**
+ * While renewals wait, at most this many proofs in a row go first. A renewal has until its certificate expires (half
+ * its lifetime) while a new pod waits for its first secret, so proofs get most of the CA during a rotation of
+ * every identity; renewals still get every (N+1)th slot, so a flood of new tokens cannot starve them.
+ */
+const PROOFS_BEFORE_A_RENEWAL = 4;
+
+/**
+ * A limit on concurrent calls, first come first served within each purpose, proofs ahead of renewals (see
+ * PROOFS_BEFORE_A_RENEWAL); a waiter leaves the queue when `signal` aborts.
+ */
 class Slots {
   private active = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: Record<CsrPurpose, (() => void)[]> = { proof: [], renewal: [] };
+  /** Proofs granted in a row while a renewal waited. */
+  private proofsInARow = 0;
 
   constructor(private readonly limit: number) {}
 
-  acquire(signal: AbortSignal): Promise<void> {
+  acquire(signal: AbortSignal, purpose: CsrPurpose): Promise<void> {
     if (signal.aborted) return Promise.reject(abandoned());
     if (this.active < this.limit) {
       this.active++;
       return Promise.resolve();
     }
+    const queue = this.waiting[purpose];
     return new Promise((resolve, reject) => {
       const grant = (): void => {
         signal.removeEventListener('abort', onAbort);
@@ -187,18 +203,26 @@ class Slots {
         resolve();
       };
       const onAbort = (): void => {
-        const index = this.waiting.indexOf(grant);
-        if (index !== -1) this.waiting.splice(index, 1);
+        const index = queue.indexOf(grant);
+        if (index !== -1) queue.splice(index, 1);
         reject(abandoned());
       };
       signal.addEventListener('abort', onAbort, { once: true });
-      this.waiting.push(grant);
+      queue.push(grant);
     });
   }
 
   release(): void {
     this.active--;
-    if (this.active < this.limit) this.waiting.shift()?.();
+    if (this.active >= this.limit) return;
+    const { proof, renewal } = this.waiting;
+    if (proof.length > 0 && (renewal.length === 0 || this.proofsInARow < PROOFS_BEFORE_A_RENEWAL)) {
+      this.proofsInARow = renewal.length > 0 ? this.proofsInARow + 1 : 0;
+      proof.shift()!();
+      return;
+    }
+    this.proofsInARow = 0;
+    renewal.shift()?.();
   }
 }
 
@@ -370,7 +394,7 @@ export class IdentityCache {
     let lastError: unknown;
     for (let attempt = 0; ; attempt++) {
       try {
-        const secret = await this.requestSecret(credential, holder, true);
+        const secret = await this.requestSecret(credential, holder, 'proof');
         const lender = holder.lender;
         holder.lender = undefined;
         if (lender && secret.identity !== lender.identity) {
@@ -434,7 +458,7 @@ export class IdentityCache {
    * only once a CA request slot is granted (and kept in `holder` for retries), so requests waiting for the CA
    * cost no key generation.
    */
-  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder, mayBorrow = false): Promise<CachedIdentity> {
+  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder, purpose: CsrPurpose): Promise<CachedIdentity> {
     const token = await credential.read();
     const claimed = credential.claimedAccount;
     let uris: string[] = [];
@@ -445,7 +469,7 @@ export class IdentityCache {
         uris = []; // Only a hint for the CA; it writes the identity it verified.
       }
     }
-    await this.csrSlots.acquire(this.closing.signal);
+    await this.csrSlots.acquire(this.closing.signal, purpose);
     const metrics = this.options.metrics;
     const started = performance.now();
     let chain: string[];
@@ -454,7 +478,7 @@ export class IdentityCache {
       // A second workload of an identity this agent already holds: the identity's own CSR carries the proof of
       // the new token (the CA still verifies it and says which identity it grants), with no key generation and no
       // new CSR signature. A fresh key is taken only for a first identity, or one due for renewal.
-      if (mayBorrow) holder.lender = holder.pendingKey === undefined ? this.lenderFor(uris) : undefined;
+      if (purpose === 'proof') holder.lender = holder.pendingKey === undefined ? this.lenderFor(uris) : undefined;
       key = holder.lender?.secret.key ?? (holder.pendingKey ??= await this.options.keys.take());
       const csrPem = this.csrFor(key, uris);
       metrics.outgoingRequests.inc({ request_type: 'csr' });
@@ -663,7 +687,7 @@ export class IdentityCache {
       for (const use of usable) {
         if (entry.dropped) return;
         try {
-          const secret = await this.requestSecret(use.credential, entry);
+          const secret = await this.requestSecret(use.credential, entry, 'renewal');
           if (secret.identity !== entry.identity) {
             // Never let a token's answer land in another identity's entry.
             this.revoke(entry, use.credential, `the CA now grants this token ${secret.identity}, not ${entry.identity}; reconnect`);
