@@ -326,6 +326,30 @@ describe('new tokens are proven a few at a time per connection, round robin acro
     assert.equal(admission.running, 1);
   });
 
+  it('serves waiting connections in turn, each once before any is served again, and skips one that abandoned', async () => {
+    const admission = new ProofAdmission({ perConnection: 1, total: 1, queuedPerConnection: 4 });
+    const granted: string[] = [];
+    const connections = [{}, {}, {}];
+    const gone = new AbortController();
+    const first = await admission.enter(connections[0], undefined);
+    const waiting = ['a', 'b', 'c'].flatMap((name, i) =>
+      [1, 2].map((n) =>
+        admission.enter(connections[i], name === 'c' && n === 1 ? gone.signal : undefined).then(
+          (release) => {
+            granted.push(`${name}${n}`);
+            release();
+          },
+          () => granted.push(`${name}${n} abandoned`),
+        ),
+      ),
+    );
+    gone.abort();
+    first();
+    await Promise.all(waiting);
+    assert.deepEqual(granted, ['c1 abandoned', 'a1', 'b1', 'c2', 'a2', 'b2']);
+    assert.deepEqual([admission.running, admission.queued], [0, 0]);
+  });
+
   it('over the real socket: a flooding connection holds 4 proofs, the rest wait or are refused, and another connection is served meanwhile', async () => {
     const ca = new GatedCa();
     const t = await startTestAgent({ ca });
