@@ -390,6 +390,13 @@ describe('a flood of garbage and refused tokens over the socket', () => {
       t.ca.addWorkload('tok-baseline', 'shop', 'baseline');
       t.ca.addWorkload('tok-during', 'shop', 'during');
       const baseline = await firstSecretLatency(realClient, 'tok-baseline');
+      // A second pod of that service account (its token claims it): proven to the CA with the identity's own CSR,
+      // so no key is generated for it (here RSA-2048, ~0.3 s of CPU each).
+      t.ca.addWorkload('tok-baseline-2', 'shop', 'baseline');
+      const keysBeforeSecondPod = await generated();
+      const secondPod = await firstSecretLatency(realClient, workloadJwt('tok-baseline-2', undefined, { sub: 'system:serviceaccount:shop:baseline' }));
+      assert.equal(secondPod.spiffeId, 'spiffe://cluster.local/ns/shop/sa/baseline');
+      assert.equal(await generated(), keysBeforeSecondPod, 'no key generated for a second pod of an identity the agent holds');
 
       // One flood of distinct CA-refused tokens, as many at once as the agent proves (4 connections x 4): the
       // keys they take come back and stay in circulation.
