@@ -1,8 +1,10 @@
 /**
  * Part 5: one `meshca agent` (node mode, SDS on a Unix socket) with many Envoy-like streams connecting at once,
- * each with its own workload token; the agent gets its certificates from a real `meshca ca` (P-256 CA, so the
+ * each connection with its own workload token (one stream per connection, the worst case, or several: an Envoy
+ * sidecar's `default` and `ROOTCA`); the agent gets its certificates from a real `meshca ca` (P-256 CA, so the
  * part measures the agent, not RSA signing). Measures the time until every stream holds its secret, the agent's
- * RSS growth per stream, and how long one rotation of every identity takes to reach all streams.
+ * RSS growth per stream, how long new pods wait for their first secret (quiet, and during a rotation), and how long
+ * one rotation of every identity takes to reach all streams.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
