@@ -316,6 +316,8 @@ describe('identity cache on virtual time', () => {
       assert.equal(pushed.length, 1, 'cart was renewed');
       assert.notEqual(first.current().key, cartKey, 'with a new key');
       assert.equal(keys.made, 3, 'one key for pay, one for the renewal of cart');
+      assert.equal(ca.calls, 6, "the impostor's two CSRs (cart's, then its own) and cart's renewal");
+      assert.notEqual(ca.csrsSeen[5], ca.csrsSeen[0]);
 
       // Due for renewal: a new token is proven with a fresh key, never the renewing identity's.
       await clock.advanceTo(first.current().renewAt - 1);

@@ -118,6 +118,8 @@ export interface AcquireContext {
 interface KeyHolder {
   pendingKey?: KeyObject;
   lender?: IdentityEntry;
+  /** The CA granted this token another identity than it claims: it is proven with a key of its own only. */
+  ownKeyOnly?: boolean;
 }
 
 interface CredentialUse {
@@ -405,6 +407,7 @@ export class IdentityCache {
             'the CA granted a workload token another identity than the one it claims; proving it again with a fresh key',
           );
           void this.renew(lender, 'its key was certified for another identity');
+          holder.ownKeyOnly = true;
           continue;
         }
         return this.adopt(secret, credential, lender !== undefined);
@@ -478,7 +481,7 @@ export class IdentityCache {
       // A second workload of an identity this agent already holds: the identity's own CSR carries the proof of
       // the new token (the CA still verifies it and says which identity it grants), with no key generation and no
       // new CSR signature. A fresh key is taken only for a first identity, or one due for renewal.
-      if (purpose === 'proof') holder.lender = holder.pendingKey === undefined ? this.lenderFor(uris) : undefined;
+      if (purpose === 'proof') holder.lender = holder.pendingKey === undefined && !holder.ownKeyOnly ? this.lenderFor(uris) : undefined;
       key = holder.lender?.secret.key ?? (holder.pendingKey ??= await this.options.keys.take());
       const csrPem = this.csrFor(key, uris);
       metrics.outgoingRequests.inc({ request_type: 'csr' });
