@@ -1,8 +1,10 @@
 /**
  * Part 5: one `meshca agent` (node mode, SDS on a Unix socket) with many Envoy-like streams connecting at once,
- * each with its own workload token; the agent gets its certificates from a real `meshca ca` (P-256 CA, so the
+ * each connection with its own workload token (one stream per connection, the worst case, or several: an Envoy
+ * sidecar's `default` and `ROOTCA`); the agent gets its certificates from a real `meshca ca` (P-256 CA, so the
  * part measures the agent, not RSA signing). Measures the time until every stream holds its secret, the agent's
- * RSS growth per stream, and how long one rotation of every identity takes to reach all streams.
+ * RSS growth per stream, how long new pods wait for their first secret (quiet, and during a rotation), and how long
+ * one rotation of every identity takes to reach all streams.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -16,13 +18,18 @@ import { CLI, SERVER_NAME, spawnLogged, startCaProcess, waitForLogLine } from '.
 import { BENCH_NAMESPACE, workloadServiceAccount } from './fixtures.js';
 import { forkTs } from './ipc.js';
 import { readProcessCpuSeconds, readProcessMemoryKiB } from './proc.js';
-import type { SdsLoadCommand, SdsLoadMessage } from './sds-load.js';
+import type { FirstSecretLatency, SdsLoadCommand, SdsLoadMessage } from './sds-load.js';
 
 export interface AgentRunSpec {
   keyType: 'ECDSA' | 'RSA';
   streams: number;
-  /** Distinct workload identities (service accounts) among the streams; each stream still has its own token. */
+  /** Distinct workload identities (service accounts) among the connections; each connection has its own token. */
   identities: number;
+  /**
+   * SDS streams per connection, all with that connection's token (default 1: every stream its own connection and
+   * token, the worst case). 2 is an Envoy sidecar: `default` and `ROOTCA` multiplexed over one HTTP/2 connection.
+   */
+  streamsPerConnection?: number;
 }
 
 export interface AgentRun extends AgentRunSpec {
@@ -55,6 +62,15 @@ export interface AgentRun extends AgentRunSpec {
   rotationSeconds: number | null;
   /** Streams that received a rotated secret before the timeout (1.5 x SECRET_TTL); null without rotation. */
   rotatedStreams: number | null;
+  /** Streams whose certificate rotates (`default`; ROOTCA streams get no push); null without rotation. */
+  rotatingStreams: number | null;
+  /**
+   * Time to first secret of a batch of new pods (new tokens of identities the agent holds, each its own connection
+   * with streamsPerConnection streams) opened at once: once all streams are served and quiet, and again at the first
+   * rotated secret, while the agent renews every identity (null without rotation).
+   */
+  newStreamsQuiet: FirstSecretLatency | null;
+  newStreamsDuringRotation: FirstSecretLatency | null;
   secretTtlSeconds: number;
   errors: number;
   errorSamples: string[];
@@ -83,7 +99,13 @@ const RSA_KEYGEN_SECONDS = 0.26;
  */
 function rotationTtlSeconds(spec: AgentRunSpec): number {
   const keygenSeconds = spec.keyType === 'RSA' ? (spec.identities * RSA_KEYGEN_SECONDS) / availableParallelism() : 0;
-  return Math.max(20, Math.ceil(10 + 3 * keygenSeconds));
+  // Thousands of streams take tens of seconds to serve on this machine: renewal (at half the TTL) must come after.
+  return Math.max(20, Math.ceil(10 + 3 * keygenSeconds), Math.ceil(spec.streams / 60));
+}
+
+/** New pods in each latency batch: 5% of the connections, at most 100. */
+function batchConnections(spec: AgentRunSpec): number {
+  return Math.max(1, Math.min(100, Math.round(spec.streams / (spec.streamsPerConnection ?? 1) / 20)));
 }
 
 /** MESHCA_BENCH_AGENT_GC=1: also measure memory after a full GC in the agent (through its inspector). */
@@ -97,20 +119,26 @@ function agentNodeArgs(): string[] {
 }
 
 async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpcAddress: string; rootCertFile: string }, options: AgentOptions): Promise<AgentRun> {
-  const label = `agent ${spec.keyType} ${spec.streams} streams`;
+  const perConnection = spec.streamsPerConnection ?? 1;
+  const label = `agent ${spec.keyType} ${spec.streams} streams${perConnection > 1 ? ` (${perConnection} per connection)` : ''}`;
   const secretTtlSeconds = options.rotation ? rotationTtlSeconds(spec) : NO_ROTATION_SECRET_TTL_SECONDS;
-  // Distinct tokens: streams sharing an identity are different pods of the same service account.
-  const tokens = await Promise.all(
-    Array.from({ length: spec.streams }, (_, i) =>
-      options.kube.mintToken({
-        namespace: BENCH_NAMESPACE,
-        serviceAccount: workloadServiceAccount(1000 * (index + 1) + (i % spec.identities)),
-        podName: `bench-${index}-${i}`,
-        audiences: ['istio-ca'],
-        ttlSeconds: 3600,
-      }),
-    ),
-  );
+  // Distinct tokens, one per connection: connections sharing an identity are different pods of one service account.
+  const mint = (count: number, pod: string): Promise<string[]> =>
+    Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        options.kube.mintToken({
+          namespace: BENCH_NAMESPACE,
+          serviceAccount: workloadServiceAccount(1000 * (index + 1) + (i % spec.identities)),
+          podName: `bench-${index}-${pod}${i}`,
+          audiences: ['istio-ca'],
+          ttlSeconds: 3600,
+        }),
+      ),
+    );
+  const tokens = await mint(spec.streams / perConnection, '');
+  // New pods of the same service accounts, for the latency batches (quiet, and during the rotation).
+  const probeTokens = await mint(batchConnections(spec), 'probe-');
+  const lateTokens = options.rotation ? await mint(batchConnections(spec), 'late-') : [];
   const agentDir = path.join(options.dir, `agent-${index}`);
   mkdirSync(agentDir, { recursive: true });
   const socketPath = path.join(agentDir, 'socket');
@@ -142,7 +170,7 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
     const gcBefore = inspector ? await collectGarbage(inspector, agent.pid!) : null;
     const cpuBefore = { agent: readProcessCpuSeconds(agent.pid!), ca: readProcessCpuSeconds(ca.pid) };
     options.log(`${label}: connecting every stream at once`);
-    const opened = await client.request({ type: 'open', socketPath, tokens, timeoutSeconds: 120 });
+    const opened = await client.request({ type: 'open', socketPath, tokens, streamsPerConnection: perConnection, timeoutSeconds: 120 });
     const agentCpuSeconds = readProcessCpuSeconds(agent.pid!) - cpuBefore.agent;
     const caCpuSeconds = readProcessCpuSeconds(ca.pid) - cpuBefore.ca;
     if (opened.type !== 'opened') throw new Error(`SDS load client: ${opened.type === 'error' ? opened.message : opened.type}`);
@@ -153,14 +181,20 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
     const gcAfter = inspector ? await collectGarbage(inspector, agent.pid!) : null;
     inspector?.close();
     if (opened.served === 0) throw new Error(`no stream got a secret: ${opened.errorSamples.join('; ')}`);
+    const probed = await client.request({ type: 'probe', socketPath, tokens: probeTokens, streamsPerConnection: perConnection, timeoutSeconds: 60 });
+    if (probed.type !== 'probed') throw new Error(`SDS load client: ${probed.type === 'error' ? probed.message : probed.type}`);
     let rotationSeconds: number | null = null;
     let rotatedStreams: number | null = null;
+    let rotatingStreams: number | null = null;
+    let newStreamsDuringRotation: FirstSecretLatency | null = null;
     if (options.rotation) {
       options.log(`${label}: waiting for the rotation of all`);
-      const rotated = await client.request({ type: 'rotation', timeoutSeconds: secretTtlSeconds * 1.5 });
+      const rotated = await client.request({ type: 'rotation', socketPath, lateTokens, streamsPerConnection: perConnection, timeoutSeconds: secretTtlSeconds * 1.5 });
       if (rotated.type !== 'rotated') throw new Error(`SDS load client: ${rotated.type === 'error' ? rotated.message : rotated.type}`);
       rotationSeconds = rotated.windowSeconds;
       rotatedStreams = rotated.rotated;
+      rotatingStreams = rotated.streams;
+      newStreamsDuringRotation = rotated.duringRotation;
     }
     return {
       ...spec,
@@ -176,6 +210,9 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
       caCpuSeconds,
       rotationSeconds,
       rotatedStreams,
+      rotatingStreams,
+      newStreamsQuiet: probed.latency,
+      newStreamsDuringRotation,
       secretTtlSeconds,
       errors: opened.errors,
       errorSamples: opened.errorSamples,

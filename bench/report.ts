@@ -69,6 +69,17 @@ export interface BenchResults {
   durationSeconds: number;
 }
 
+function latencyCell(latency: { streams: number; served: number; p50Ms: number; p99Ms: number } | null | undefined): string {
+  if (!latency) return 'n/a';
+  return `${fixed(latency.p50Ms, 0)} / ${fixed(latency.p99Ms, 0)}${latency.served < latency.streams ? ` (only ${latency.served} of ${latency.streams} served)` : ''}`;
+}
+
+/** "10000", or "10000 = 5000 × 2" when each connection (sidecar) carries several streams. */
+function streamsCell(run: { streams: number; streamsPerConnection?: number }): string {
+  const perConnection = run.streamsPerConnection ?? 1;
+  return perConnection === 1 ? String(run.streams) : `${run.streams} = ${run.streams / perConnection} × ${perConnection}`;
+}
+
 export function machineInfo(): MachineInfo {
   const list = cpus();
   return {
@@ -145,14 +156,20 @@ export function renderMarkdown(results: BenchResults): string {
       `${int(a.tokenReviews)} TokenReview calls = **${fixed(a.tokenReviewsPer1000, 1)} per 1000 CSRs**.`);
   }
   if (results.agent) {
-    out.push('', '**5. Agent** — one `meshca agent` (node mode, SDS over a Unix socket) per row, every stream its own connection and token, all connecting at once', '');
-    out.push(table(['workload keys', 'streams', 'identities', 'all served in s', 'agent RSS growth per stream KiB (peak)', 'agent RSS before → after MiB', 'SECRET_TTL s', 'rotation of all pushed within s', 'errors'],
-      results.agent.runs.map((r) => [r.keyType, String(r.streams), String(r.identities), fixed(r.allServedSeconds, 2), `${fixed(r.rssPerStreamKiB, 1)} (${fixed(r.peakRssPerStreamKiB, 1)})`,
+    out.push('', '**5. Agent** — one `meshca agent` (node mode, SDS over a Unix socket) per row, all connecting at once; every stream its own connection and token, ' +
+      'unless the streams column says "sidecars × streams": Envoy sidecars, each one connection and one token carrying its `default` and `ROOTCA` streams', '');
+    out.push(table(['workload keys', 'streams', 'identities', 'all served in s', 'agent / CA CPU s', 'agent RSS growth per stream KiB (peak)', 'agent RSS before → after MiB', 'SECRET_TTL s', 'rotation of all pushed within s', 'new pods: first secret p50 / p99 ms, quiet', '… during the rotation', 'errors'],
+      results.agent.runs.map((r) => [r.keyType, streamsCell(r), String(r.identities), fixed(r.allServedSeconds, 2), `${fixed(r.agentCpuSeconds, 1)} / ${fixed(r.caCpuSeconds, 1)}`,
+        `${fixed(r.rssPerStreamKiB, 1)} (${fixed(r.peakRssPerStreamKiB, 1)})`,
         `${fixed(r.agentRssBeforeMiB, 0)} → ${fixed(r.agentRssAfterMiB, 0)}`,
         String(r.secretTtlSeconds),
-        r.rotationSeconds === null ? 'n/a' : `${fixed(r.rotationSeconds, 2)}${r.rotatedStreams !== null && r.rotatedStreams < r.streams ? ` (only ${r.rotatedStreams} of ${r.streams} streams)` : ''}`,
+        r.rotationSeconds === null ? 'n/a' : `${fixed(r.rotationSeconds, 2)}${r.rotatedStreams !== null && r.rotatedStreams < (r.rotatingStreams ?? r.streams) ? ` (only ${r.rotatedStreams} of ${r.rotatingStreams ?? r.streams} streams)` : ''}`,
+        latencyCell(r.newStreamsQuiet),
+        latencyCell(r.newStreamsDuringRotation),
         String(r.errors)])));
-    out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL).');
+    out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL). ' +
+      'New pods: 5% of the connections (at most 100) with new tokens of the same service accounts, opened at once, each timed from its opening to its first ' +
+      'secret: once everything is served and quiet, and again at the first rotated secret, while the agent renews every identity.');
   }
   const breakdowns = results.agent?.runs.filter((r) => r.memoryPerStreamAfterGcKiB) ?? [];
   if (breakdowns.length > 0) {
@@ -160,7 +177,7 @@ export function renderMarkdown(results: BenchResults): string {
     out.push(table(['workload keys', 'streams', 'identities', 'RSS', 'JS heap held (live)', 'external (of which Buffers)', 'native (RSS − heap − external)'],
       breakdowns.map((r) => {
         const m = r.memoryPerStreamAfterGcKiB!;
-        return [r.keyType, String(r.streams), String(r.identities), fixed(m.rss, 1), `${fixed(m.heapTotal, 1)} (${fixed(m.heapUsed, 1)})`, `${fixed(m.external, 1)} (${fixed(m.arrayBuffers, 1)})`, fixed(m.native, 1)];
+        return [r.keyType, streamsCell(r), String(r.identities), fixed(m.rss, 1), `${fixed(m.heapTotal, 1)} (${fixed(m.heapUsed, 1)})`, `${fixed(m.external, 1)} (${fixed(m.arrayBuffers, 1)})`, fixed(m.native, 1)];
       })));
   }
   if (results.pkcs11) {

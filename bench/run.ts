@@ -13,7 +13,9 @@
  *   MESHCA_BENCH_SERVER_NODE_ARGS      extra node flags for the measured `meshca ca`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   MESHCA_BENCH_LOADGEN_NODE_ARGS     the same for the load generator
  *   MESHCA_BENCH_AGENT_CLI             part "agent": run this build's dist/cli.js as the agent (a baseline)
- *   MESHCA_BENCH_AGENT_RUNS            part "agent": its rows, e.g. ECDSA:2000:400 (key type:streams:identities)
+ *   MESHCA_BENCH_AGENT_RUNS            part "agent": its rows, e.g. ECDSA:2000:400 (key type:streams:identities) or
+ *                                      ECDSA:10000:2000:2 (…:streams per connection: Envoys multiplexing default + ROOTCA)
+ *   MESHCA_BENCH_AGENT_ROTATION=1      part "agent" in a --quick run: also wait for the rotation of every identity
  *   MESHCA_BENCH_BASELINE_CLI          part "stages": also measure this build's dist/cli.js, interleaved (see bench/stages.ts)
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -110,11 +112,15 @@ function parseParts(text: string | undefined): PartName[] {
 
 function parseAgentRuns(text: string): AgentOptions['runs'] {
   return text.split(',').map((item) => {
-    const [keyType, streams, identities] = item.trim().split(':');
-    if ((keyType !== 'ECDSA' && keyType !== 'RSA') || !(Number(streams) >= 1) || !(Number(identities) >= 1)) {
-      throw new Error(`MESHCA_BENCH_AGENT_RUNS: "${item}" is not KEYTYPE:STREAMS:IDENTITIES such as ECDSA:2000:400`);
+    const [keyType, streams, identities, perConnection = '1', ...rest] = item.trim().split(':');
+    const valid = (keyType === 'ECDSA' || keyType === 'RSA') && Number(streams) >= 1 && Number(identities) >= 1 && rest.length === 0;
+    if (!valid || !Number.isInteger(Number(perConnection)) || Number(perConnection) < 1 || Number(streams) % Number(perConnection) !== 0) {
+      throw new Error(
+        `MESHCA_BENCH_AGENT_RUNS: "${item}" is not KEYTYPE:STREAMS:IDENTITIES[:STREAMS_PER_CONNECTION] such as ECDSA:2000:400 or ECDSA:10000:2000:2 ` +
+          '(streams a whole multiple of streams per connection)',
+      );
     }
-    return { keyType, streams: Number(streams), identities: Number(identities) };
+    return { keyType, streams: Number(streams), identities: Number(identities), streamsPerConnection: Number(perConnection) };
   });
 }
 
@@ -229,6 +235,8 @@ async function main(): Promise<number> {
   // MESHCA_BENCH_AGENT_RUNS=ECDSA:2000:400,...: the agent part's rows (key type, streams, identities) instead.
   const agentRuns = process.env.MESHCA_BENCH_AGENT_RUNS;
   if (agentRuns) settings.agent = { ...settings.agent, runs: parseAgentRuns(agentRuns) };
+  // MESHCA_BENCH_AGENT_ROTATION=1: wait for the rotation of every identity in a --quick run too (the full run does).
+  if (process.env.MESHCA_BENCH_AGENT_ROTATION === '1') settings.agent = { ...settings.agent, rotation: true };
   if (values.prototype) settings.prototypeKinds = ['rsa'];
   const parts = parseParts(values.only);
   const outDir = path.resolve(values.out ?? path.join(BENCH_DIR, 'results'));

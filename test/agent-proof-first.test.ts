@@ -326,6 +326,30 @@ describe('new tokens are proven a few at a time per connection, round robin acro
     assert.equal(admission.running, 1);
   });
 
+  it('serves waiting connections in turn, each once before any is served again, and skips one that abandoned', async () => {
+    const admission = new ProofAdmission({ perConnection: 1, total: 1, queuedPerConnection: 4 });
+    const granted: string[] = [];
+    const connections = [{}, {}, {}];
+    const gone = new AbortController();
+    const first = await admission.enter(connections[0], undefined);
+    const waiting = ['a', 'b', 'c'].flatMap((name, i) =>
+      [1, 2].map((n) =>
+        admission.enter(connections[i], name === 'c' && n === 1 ? gone.signal : undefined).then(
+          (release) => {
+            granted.push(`${name}${n}`);
+            release();
+          },
+          () => granted.push(`${name}${n} abandoned`),
+        ),
+      ),
+    );
+    gone.abort();
+    first();
+    await Promise.all(waiting);
+    assert.deepEqual(granted, ['c1 abandoned', 'a1', 'b1', 'c2', 'a2', 'b2']);
+    assert.deepEqual([admission.running, admission.queued], [0, 0]);
+  });
+
   it('over the real socket: a flooding connection holds 4 proofs, the rest wait or are refused, and another connection is served meanwhile', async () => {
     const ca = new GatedCa();
     const t = await startTestAgent({ ca });
@@ -366,6 +390,13 @@ describe('a flood of garbage and refused tokens over the socket', () => {
       t.ca.addWorkload('tok-baseline', 'shop', 'baseline');
       t.ca.addWorkload('tok-during', 'shop', 'during');
       const baseline = await firstSecretLatency(realClient, 'tok-baseline');
+      // A second pod of that service account (its token claims it): proven to the CA with the identity's own CSR,
+      // so no key is generated for it (here RSA-2048, ~0.3 s of CPU each).
+      t.ca.addWorkload('tok-baseline-2', 'shop', 'baseline');
+      const keysBeforeSecondPod = await generated();
+      const secondPod = await firstSecretLatency(realClient, workloadJwt('tok-baseline-2', undefined, { sub: 'system:serviceaccount:shop:baseline' }));
+      assert.equal(secondPod.spiffeId, 'spiffe://cluster.local/ns/shop/sa/baseline');
+      assert.equal(await generated(), keysBeforeSecondPod, 'no key generated for a second pod of an identity the agent holds');
 
       // One flood of distinct CA-refused tokens, as many at once as the agent proves (4 connections x 4): the
       // keys they take come back and stay in circulation.

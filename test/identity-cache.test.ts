@@ -29,10 +29,14 @@ const HOUR = 60 * MINUTE;
 
 const LABEL_CLAIM = 'test_label';
 
-/** A JWT-shaped token (unsigned: this CA reads only its label) expiring at `expMs`. */
-function token(label: string, expMs: number): WorkloadCredential {
+/**
+ * A JWT-shaped token (unsigned: this CA reads only its label) expiring at `expMs`; `claims` puts a Kubernetes
+ * subject for that service account of namespace shop in it (what the agent reads as the claimed identity).
+ */
+function token(label: string, expMs: number, claims?: string): WorkloadCredential {
   const part = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url');
-  const jwt = `${part({ alg: 'RS256' })}.${part({ [LABEL_CLAIM]: label, exp: Math.floor(expMs / 1000) })}.${Buffer.from(label).toString('base64url')}`;
+  const payload = { [LABEL_CLAIM]: label, exp: Math.floor(expMs / 1000), ...(claims ? { sub: `system:serviceaccount:shop:${claims}` } : {}) };
+  const jwt = `${part({ alg: 'RS256' })}.${part(payload)}.${Buffer.from(label).toString('base64url')}`;
   const checked = checkWorkloadToken(jwt, START);
   if ('problem' in checked) throw new Error(checked.problem);
   return checked.credential;
@@ -49,7 +53,10 @@ class VirtualCa implements CaClient {
   calls = 0;
   /** The next this many calls fail as an unreachable CA would. */
   unavailableCalls = 0;
+  /** While set, every call waits for it (to queue CSRs behind a slow CA). */
+  gate: Promise<void> | null = null;
   readonly tokensSeen: string[] = [];
+  readonly csrsSeen: string[] = [];
   readonly rootDer: Buffer;
   readonly rootKey: KeyObject;
   private readonly issuer: LeafIssuer;
@@ -76,12 +83,14 @@ class VirtualCa implements CaClient {
   async createCertificate(request: CertificateRequest): Promise<string[]> {
     this.calls++;
     await Promise.resolve();
+    if (this.gate) await this.gate;
     if (this.unavailableCalls > 0) {
       this.unavailableCalls--;
       throw new CaFailure('retryable', 'UNAVAILABLE', 'connect ECONNREFUSED (CA restarting)');
     }
     const label = labelOf(request.token);
     this.tokensSeen.push(label);
+    this.csrsSeen.push(request.csrPem);
     const id = this.accounts.get(label);
     if (!id) throw new CaFailure('refused', 'UNAUTHENTICATED', 'request authenticate failure');
     const csr = parseCsr(request.csrPem);
@@ -272,6 +281,85 @@ describe('identity cache on virtual time', () => {
       assert.equal(keys.made, 1, 'the refused CSR’s key served the accepted one');
       assert.equal(lease.current().key, keys.givenBack[0]);
       lease.release();
+    } finally {
+      cache.close();
+    }
+  });
+
+  it("proves a new token claiming a cached identity with that identity's own CSR; the CA still decides", async () => {
+    const { ca, cache, clock, keys } = rig();
+    try {
+      const id = ca.addWorkload('cart-1', 'cart');
+      ca.addWorkload('cart-2', 'cart');
+      const payId = ca.addWorkload('impostor', 'pay');
+      const first = await cache.acquire(token('cart-1', START + 4 * HOUR, 'cart'));
+      const cartKey = first.current().key;
+      const second = await cache.acquire(token('cart-2', START + 4 * HOUR, 'cart'));
+      assert.equal(ca.calls, 2, 'the second token was proven to the CA too');
+      assert.equal(second.identity, id);
+      assert.equal(keys.made, 1, 'no key was made for it');
+      assert.equal(ca.csrsSeen[1], ca.csrsSeen[0], "it carried the identity's own CSR");
+      assert.equal(keys.spentKeys.length, 1, "the identity's key is not the pool's: not spent again");
+
+      // Refused: nothing goes back to the pool, the identity's key stays the identity's.
+      await assert.rejects(cache.acquire(token('stranger', START + HOUR, 'cart')), (error: unknown) => error instanceof AgentError && error.code === 'unauthenticated');
+      assert.deepEqual([keys.givenBack.length, keys.made], [0, 1]);
+
+      // The CA grants a token claiming cart another identity: that answer (for cart's key) is not used; the token
+      // is proven again with a fresh key, and cart moves to a fresh key too.
+      const pushed: CachedIdentity[] = [];
+      first.onChange((identity) => pushed.push(identity));
+      const impostor = await cache.acquire(token('impostor', START + HOUR, 'cart'));
+      await settle();
+      assert.equal(impostor.identity, payId);
+      assert.notEqual(impostor.current().key, cartKey);
+      assert.equal(pushed.length, 1, 'cart was renewed');
+      assert.notEqual(first.current().key, cartKey, 'with a new key');
+      assert.equal(keys.made, 3, 'one key for pay, one for the renewal of cart');
+      assert.equal(ca.calls, 6, "the impostor's two CSRs (cart's, then its own) and cart's renewal");
+      assert.notEqual(ca.csrsSeen[5], ca.csrsSeen[0]);
+
+      // Due for renewal: a new token is proven with a fresh key, never the renewing identity's.
+      await clock.advanceTo(first.current().renewAt - 1);
+      ca.addWorkload('cart-3', 'cart');
+      // Both of cart's tokens meet an unreachable CA: the renewal waits for its retry.
+      ca.unavailableCalls = 2;
+      await clock.advanceTo(first.current().renewAt);
+      const made = keys.made;
+      const third = await cache.acquire(token('cart-3', START + 4 * HOUR, 'cart'));
+      await settle();
+      assert.equal(third.identity, id);
+      assert.ok(keys.made > made, 'a fresh key for the token that came while cart was due');
+      for (const lease of [first, second, third, impostor]) lease.release();
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('sends waiting proofs of new tokens ahead of waiting renewals, with every fifth slot for a renewal', async () => {
+    const { ca, cache, clock } = rig({ maxConcurrentCsrs: 1 });
+    try {
+      const held = [];
+      for (const sa of ['a', 'b', 'c']) {
+        ca.addWorkload(`${sa}-1`, sa);
+        held.push(await cache.acquire(token(`${sa}-1`, START + 4 * HOUR)));
+      }
+      let open!: () => void;
+      ca.gate = new Promise((resolve) => (open = resolve));
+      // All three identities are due at once; the first renewal takes the only slot and waits at the CA.
+      await clock.advanceTo(held[0]!.current().renewAt);
+      const proofs = Array.from({ length: 6 }, (_, i) => {
+        ca.addWorkload(`new-${i}`, `new-${i}`);
+        return cache.acquire(token(`new-${i}`, START + 4 * HOUR));
+      });
+      await settle();
+      const seenBefore = ca.tokensSeen.length; // The CA records a token once past the gate.
+      ca.gate = null;
+      open();
+      for (const lease of await Promise.all(proofs)) lease.release();
+      await settle();
+      assert.deepEqual(ca.tokensSeen.slice(seenBefore), ['a-1', 'new-0', 'new-1', 'new-2', 'new-3', 'b-1', 'new-4', 'new-5', 'c-1']);
+      for (const lease of held) lease.release();
     } finally {
       cache.close();
     }

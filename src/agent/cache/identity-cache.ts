@@ -110,9 +110,16 @@ export interface AcquireContext {
   signal?: AbortSignal;
 }
 
-/** Holds the key of a CSR across retries; the key is taken only once a CA request slot is granted. */
+/**
+ * Holds the key of a CSR across retries; the key is taken only once a CA request slot is granted. `lender`: the
+ * cached identity whose own key (and CSR) proves a new token that claims that identity; such a key is the
+ * identity's, never the pool's, so it is neither given back nor spent.
+ */
 interface KeyHolder {
   pendingKey?: KeyObject;
+  lender?: IdentityEntry;
+  /** The CA granted this token another identity than it claims: it is proven with a key of its own only. */
+  ownKeyOnly?: boolean;
 }
 
 interface CredentialUse {
@@ -162,19 +169,35 @@ function abandoned(): CaFailure {
   return new CaFailure('final', 'CANCELLED', 'request abandoned');
 }
 
-/** A first-come, first-served limit on concurrent calls; a waiter leaves the queue when `signal` aborts. */
+/** Why a CSR is sent: a new token waiting to be served, or the renewal of an identity that is still being served. */
+type CsrPurpose = 'proof' | 'renewal';
+
+/**
+ * While renewals wait, at most this many proofs in a row go first. A renewal has until its certificate expires (half
+ * its lifetime) while a new pod waits for its first secret, so proofs get most of the CA during a rotation of
+ * every identity; renewals still get every (N+1)th slot, so a flood of new tokens cannot starve them.
+ */
+const PROOFS_BEFORE_A_RENEWAL = 4;
+
+/**
+ * A limit on concurrent calls, first come first served within each purpose, proofs ahead of renewals (see
+ * PROOFS_BEFORE_A_RENEWAL); a waiter leaves the queue when `signal` aborts.
+ */
 class Slots {
   private active = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: Record<CsrPurpose, (() => void)[]> = { proof: [], renewal: [] };
+  /** Proofs granted in a row while a renewal waited. */
+  private proofsInARow = 0;
 
   constructor(private readonly limit: number) {}
 
-  acquire(signal: AbortSignal): Promise<void> {
+  acquire(signal: AbortSignal, purpose: CsrPurpose): Promise<void> {
     if (signal.aborted) return Promise.reject(abandoned());
     if (this.active < this.limit) {
       this.active++;
       return Promise.resolve();
     }
+    const queue = this.waiting[purpose];
     return new Promise((resolve, reject) => {
       const grant = (): void => {
         signal.removeEventListener('abort', onAbort);
@@ -182,18 +205,26 @@ class Slots {
         resolve();
       };
       const onAbort = (): void => {
-        const index = this.waiting.indexOf(grant);
-        if (index !== -1) this.waiting.splice(index, 1);
+        const index = queue.indexOf(grant);
+        if (index !== -1) queue.splice(index, 1);
         reject(abandoned());
       };
       signal.addEventListener('abort', onAbort, { once: true });
-      this.waiting.push(grant);
+      queue.push(grant);
     });
   }
 
   release(): void {
     this.active--;
-    if (this.active < this.limit) this.waiting.shift()?.();
+    if (this.active >= this.limit) return;
+    const { proof, renewal } = this.waiting;
+    if (proof.length > 0 && (renewal.length === 0 || this.proofsInARow < PROOFS_BEFORE_A_RENEWAL)) {
+      this.proofsInARow = renewal.length > 0 ? this.proofsInARow + 1 : 0;
+      proof.shift()!();
+      return;
+    }
+    this.proofsInARow = 0;
+    renewal.shift()?.();
   }
 }
 
@@ -365,9 +396,23 @@ export class IdentityCache {
     let lastError: unknown;
     for (let attempt = 0; ; attempt++) {
       try {
-        const secret = await this.requestSecret(credential, holder);
-        return this.adopt(secret, credential);
+        const secret = await this.requestSecret(credential, holder, 'proof');
+        const lender = holder.lender;
+        holder.lender = undefined;
+        if (lender && secret.identity !== lender.identity) {
+          // The CA granted the token another identity than it claimed: that certificate names the lender's key, so
+          // it is never used, the lender gets a fresh key, and this token is proven again with a key of its own.
+          this.log.warn(
+            { claimed: lender.identity, granted: secret.identity, credential: credential.label },
+            'the CA granted a workload token another identity than the one it claims; proving it again with a fresh key',
+          );
+          void this.renew(lender, 'its key was certified for another identity');
+          holder.ownKeyOnly = true;
+          continue;
+        }
+        return this.adopt(secret, credential, lender !== undefined);
       } catch (error) {
+        holder.lender = undefined;
         lastError = error;
         if (!isRetryableCaError(error) || this.closing.signal.aborted) {
           this.releaseKey(holder, error);
@@ -416,7 +461,7 @@ export class IdentityCache {
    * only once a CA request slot is granted (and kept in `holder` for retries), so requests waiting for the CA
    * cost no key generation.
    */
-  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder): Promise<CachedIdentity> {
+  private async requestSecret(credential: WorkloadCredential, holder: KeyHolder, purpose: CsrPurpose): Promise<CachedIdentity> {
     const token = await credential.read();
     const claimed = credential.claimedAccount;
     let uris: string[] = [];
@@ -427,13 +472,17 @@ export class IdentityCache {
         uris = []; // Only a hint for the CA; it writes the identity it verified.
       }
     }
-    await this.csrSlots.acquire(this.closing.signal);
+    await this.csrSlots.acquire(this.closing.signal, purpose);
     const metrics = this.options.metrics;
     const started = performance.now();
     let chain: string[];
     let key: KeyObject;
     try {
-      key = holder.pendingKey ??= await this.options.keys.take();
+      // A second workload of an identity this agent already holds: the identity's own CSR carries the proof of
+      // the new token (the CA still verifies it and says which identity it grants), with no key generation and no
+      // new CSR signature. A fresh key is taken only for a first identity, or one due for renewal.
+      if (purpose === 'proof') holder.lender = holder.pendingKey === undefined && !holder.ownKeyOnly ? this.lenderFor(uris) : undefined;
+      key = holder.lender?.secret.key ?? (holder.pendingKey ??= await this.options.keys.take());
       const csrPem = this.csrFor(key, uris);
       metrics.outgoingRequests.inc({ request_type: 'csr' });
       chain = await this.options.ca.createCertificate({ csrPem, token, ttlSeconds: this.options.ttlSeconds }, this.closing.signal);
@@ -446,6 +495,7 @@ export class IdentityCache {
       this.csrSlots.release();
       metrics.outgoingLatency.inc({ request_type: 'csr' }, performance.now() - started);
     }
+    if (holder.lender) return this.checkChain(chain, key);
     let secret: CachedIdentity;
     try {
       secret = this.checkChain(chain, key);
@@ -455,6 +505,17 @@ export class IdentityCache {
       this.options.keys.spent(key);
     }
     return secret;
+  }
+
+  /**
+   * The cached entry whose key may prove a new token claiming `uris`: exactly that one identity, issued, not
+   * renewing and not yet due for renewal (a renewal always makes a new key).
+   */
+  private lenderFor(uris: string[]): IdentityEntry | undefined {
+    if (uris.length !== 1) return undefined;
+    const entry = this.entries.get(uris[0]!);
+    if (!entry || entry.dropped || entry.renewing || this.clock.now() >= entry.secret.renewAt) return undefined;
+    return entry;
   }
 
   /** The CSR for `key` and `uris`: made once and sent again on retries (a CSR proves the key, not the moment). */
@@ -540,12 +601,13 @@ export class IdentityCache {
   }
 
   /** Stores freshly proven credentials under the identity the CA granted, and maps the credential to it. */
-  private adopt(secret: CachedIdentity, credential: WorkloadCredential): string {
+  private adopt(secret: CachedIdentity, credential: WorkloadCredential, ownKey = false): string {
     const now = this.clock.now();
     let entry = this.entries.get(secret.identity);
     if (entry) {
-      // Another workload of the same identity is already served; keep its secret unless it is due for renewal.
-      if (now >= entry.secret.renewAt) {
+      // Another workload of the same identity is already served; keep its secret unless it is due for renewal
+      // (and never take an answer for the entry's own key as its renewal: a renewal makes a new key).
+      if (now >= entry.secret.renewAt && !ownKey) {
         this.revokeExpired(entry);
         this.replaceSecret(entry, secret, 'renewed by a new workload');
       }
@@ -628,7 +690,7 @@ export class IdentityCache {
       for (const use of usable) {
         if (entry.dropped) return;
         try {
-          const secret = await this.requestSecret(use.credential, entry);
+          const secret = await this.requestSecret(use.credential, entry, 'renewal');
           if (secret.identity !== entry.identity) {
             // Never let a token's answer land in another identity's entry.
             this.revoke(entry, use.credential, `the CA now grants this token ${secret.identity}, not ${entry.identity}; reconnect`);
