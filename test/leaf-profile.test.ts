@@ -47,8 +47,8 @@ describe('workload leaf profile in the final check', () => {
       (error: unknown) => error instanceof CaError && error.code === 'CERT_GEN_ERROR' && /failed the final check/.test(error.message) && reason.test(error.message),
     );
 
-  test("LeafIssuer's leaves match the profile (read by openssl) and pass", () => {
-    const signed = local.sign({ csrPem, spkiDer, uris: [IDENTITY], ttlSeconds: 600 });
+  test("LeafIssuer's leaves match the profile (read by openssl) and pass", async () => {
+    const signed = await local.sign({ csrPem, spkiDer, uris: [IDENTITY], ttlSeconds: 600 });
     new IssuedChainChecker().check(signed, { ...expectation, signer: local });
     const text = execFileSync('openssl', ['x509', '-noout', '-subject', '-ext', 'subjectAltName'], { input: signed.chain[0], encoding: 'utf8' });
     assert.match(text, /^subject=\s*$/m);

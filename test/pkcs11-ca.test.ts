@@ -275,7 +275,7 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
         assert.match(source.lastError!, /PKCS#11/);
         assert.equal(serialOf(), second, 'the current intermediate stays');
         const leafKey = generateKeyPairFor('ec-p256');
-        const leaf = signer.sign({ csrPem: '', spkiDer: spkiDer(leafKey.publicKey), uris: [SPIFFE], ttlSeconds: 600, now: clock.now() });
+        const leaf = await signer.sign({ csrPem: '', spkiDer: spkiDer(leafKey.publicKey), uris: [SPIFFE], ttlSeconds: 600, now: clock.now() });
         signedWhileAway = parseCertificate(leaf.leafDer);
         assert.ok(notAfterOf() > clock.now(), 'an hour of signing left at the failed renewal');
       } finally {
@@ -304,7 +304,7 @@ describe('PKCS#11 key source: meshca ca with its key in SoftHSM2', () => {
       const signer = await new HsmIntermediateSource({ key, certificate: root, chain: [], roots: [root], keySpec: 'ec-p256', ttlSeconds: 3600, trustDomain: 'cluster.local', logger }).open();
       try {
         const leafKey = generateKeyPairFor('ec-p256');
-        const signed = signer.sign({ csrPem: '', spkiDer: spkiDer(leafKey.publicKey), uris: [SPIFFE], ttlSeconds: 600 });
+        const signed = await signer.sign({ csrPem: '', spkiDer: spkiDer(leafKey.publicKey), uris: [SPIFFE], ttlSeconds: 600 });
         assert.equal(signed.chain.length, 3);
         const verified = opensslVerifyResponseChain(signed.chain);
         assert.ok(verified.ok, `${spec}: ${verified.output}`);

@@ -200,8 +200,8 @@ class FaultySigner implements WorkloadSigner {
     private readonly impostor: LocalSigner,
   ) {}
 
-  sign(request: WorkloadSignRequest): SignedChain {
-    const good = (): SignedChain => this.inner.sign(request);
+  async sign(request: WorkloadSignRequest): Promise<SignedChain> {
+    const good = (): Promise<SignedChain> => this.inner.sign(request);
     if (!this.fault || request.uris.length === 0 || request.uris.some((u) => u.includes('readiness-probe'))) return good();
     switch (this.fault) {
       case 'other-identity':
@@ -209,24 +209,24 @@ class FaultySigner implements WorkloadSigner {
       case 'other-key':
         return this.inner.sign({ ...request, spkiDer: this.otherSpki });
       case 'other-issuer': {
-        const forged = this.impostor.sign(request);
+        const forged = await this.impostor.sign(request);
         return { ...forged, chain: [forged.chain[0]!, ...this.inner.current().chainPems, this.inner.trustBundlePem()] };
       }
       case 'stale-bundle': {
-        const signed = good();
+        const signed = await good();
         return { ...signed, chain: [...signed.chain.slice(0, -1), this.impostor.trustBundlePem()] };
       }
       case 'reordered': {
-        const signed = good();
+        const signed = await good();
         const [leaf, signing, intermediate, bundle] = signed.chain;
         return { ...signed, chain: [leaf!, intermediate!, signing!, bundle!] };
       }
       case 'missing-intermediate': {
-        const signed = good();
+        const signed = await good();
         return { ...signed, chain: [signed.chain[0]!, signed.chain[1]!, signed.chain[3]!] };
       }
       case 'not-a-leaf-first': {
-        const signed = good();
+        const signed = await good();
         return { ...signed, chain: signed.chain.slice(1) };
       }
     }

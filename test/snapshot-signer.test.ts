@@ -49,19 +49,19 @@ describe('SnapshotSigner', () => {
   const request: WorkloadSignRequest = { csrPem: csr.csrPem, spkiDer: parseCsr(csr.csrPem).spkiDer, uris: [IDENTITY], ttlSeconds: 600 };
   after(() => rmSync(temp, { recursive: true, force: true }));
 
-  test('signs in the worker what the primary would: same issuer, same bundle, verified by openssl', () => {
+  test('signs in the worker what the primary would: same issuer, same bundle, verified by openssl', async () => {
     const primary = localSigner();
     const worker = new SnapshotSigner(overTheChannel(takeSignerSnapshot(primary)), noPrimary);
     assert.ok(worker.inProcessMaterial(), 'a snapshot of a local signer carries the material');
-    const signed = worker.sign(request) as SignedChain;
+    const signed = await worker.sign(request);
     const verified = opensslVerifyResponseChain(signed.chain);
     assert.equal(verified.ok, true, `openssl verify: ${verified.output}`);
     assert.equal(worker.trustBundlePem(), primary.trustBundlePem(), 'the same trust bundle');
     assert.deepEqual(worker.status(), primary.status(), 'the same status for /debug/ca');
-    assert.equal(signed.chain[1], primary.sign(request).chain[1], 'the same signing certificate in the chain');
+    assert.equal(signed.chain[1], (await primary.sign(request)).chain[1], 'the same signing certificate in the chain');
   });
 
-  test('a snapshot whose key is not the certificate\'s is refused; a bad update leaves the old material signing', () => {
+  test('a snapshot whose key is not the certificate\'s is refused; a bad update leaves the old material signing', async () => {
     const primary = localSigner();
     const other = localSigner();
     const damaged = overTheChannel(takeSignerSnapshot(primary));
@@ -73,11 +73,11 @@ describe('SnapshotSigner', () => {
     worker.onChange(() => changes++);
     assert.throws(() => worker.replace(damaged), /key/i);
     assert.equal(changes, 0, 'listeners hear nothing of a refused update');
-    assert.equal(opensslVerifyResponseChain((worker.sign(request) as SignedChain).chain).ok, true, 'still signing with the previous material');
+    assert.equal(opensslVerifyResponseChain((await worker.sign(request)).chain).ok, true, 'still signing with the previous material');
     worker.replace(overTheChannel(takeSignerSnapshot(other)));
     assert.equal(changes, 1, 'a good update is announced');
-    assert.match((worker.sign(request) as SignedChain).chain[1]!, /BEGIN CERTIFICATE/);
-    assert.equal((worker.sign(request) as SignedChain).chain[1], other.sign(request).chain[1], 'signing with the new material');
+    assert.match((await worker.sign(request)).chain[1]!, /BEGIN CERTIFICATE/);
+    assert.equal((await worker.sign(request)).chain[1], (await other.sign(request)).chain[1], 'signing with the new material');
   });
 
   test('material that expired while the CA ran still reaches a worker (the authority refuses to sign with it, not the worker)', () => {

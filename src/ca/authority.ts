@@ -4,7 +4,7 @@
  * the CSR's), the key source's signature, then the final check of what was signed. What `issue` returns is a
  * chain that has passed that check; anything else is a CaError.
  */
-import { assertKeyStrength, describeSpki, isPkiError, parseCsr, verifyCsr, type ParsedCsr, type WorkloadId } from '../pki/index.js';
+import { assertKeyStrength, describeSpki, isPkiError, parseCsr, verifyCsr, verifyCsrWithoutBlocking, type ParsedCsr, type WorkloadId } from '../pki/index.js';
 import { CaError, CsrParseError } from './errors.js';
 import { IssuedChainChecker } from './issued-check.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
@@ -53,6 +53,11 @@ export function formatSeconds(seconds: number): string {
   return `${seconds}s`;
 }
 
+/** A PkiError from reading or checking a CSR, as the CaError CSR_ERROR naming the reason; anything else as it is. */
+function asCsrError(error: unknown): unknown {
+  return isPkiError(error) ? new CsrParseError(`CSR error: ${error.message}`, { cause: error }) : error;
+}
+
 /** Parses and checks a CSR once; throws CaError CSR_ERROR naming the reason. */
 function checkedCsr(csrPem: string): ParsedCsr {
   try {
@@ -60,8 +65,18 @@ function checkedCsr(csrPem: string): ParsedCsr {
     verifyCsr(csr);
     return csr;
   } catch (error) {
-    if (isPkiError(error)) throw new CsrParseError(`CSR error: ${error.message}`, { cause: error });
-    throw error;
+    throw asCsrError(error);
+  }
+}
+
+/** checkedCsr for the request path: a costly verification (a P-384 key) runs off the event loop. */
+async function checkedCsrWithoutBlocking(csrPem: string): Promise<ParsedCsr> {
+  try {
+    const csr = parseCsr(csrPem);
+    await verifyCsrWithoutBlocking(csr);
+    return csr;
+  } catch (error) {
+    throw asCsrError(error);
   }
 }
 
@@ -122,7 +137,7 @@ export class CertificateAuthority {
     const wantedTtlSeconds = this.ttlFor(request.requestedTtlSeconds);
     const capped = request.capAtDefaultTtl === true && wantedTtlSeconds > this.options.defaultTtlSeconds;
     const ttlSeconds = capped ? this.options.defaultTtlSeconds : wantedTtlSeconds;
-    const spkiDer = request.csrPem !== undefined ? this.checkCsr(request.csrPem).spkiDer : checkedProvenKey(request.provenPublicKeyDer);
+    const spkiDer = request.csrPem !== undefined ? (await checkedCsrWithoutBlocking(request.csrPem)).spkiDer : checkedProvenKey(request.provenPublicKeyDer);
     const now = this.now();
     const maxNotAfter = this.signer.maxNotAfter();
     if (maxNotAfter && maxNotAfter.getTime() <= now) throw new CaError('CA_NOT_READY', 'CA certificate has expired');
@@ -134,7 +149,7 @@ export class CertificateAuthority {
       if (error instanceof CaError) throw error;
       throw new CaError('CERT_GEN_ERROR', `failed to sign the certificate: ${(error as Error).message}`, { cause: error });
     }
-    this.finalCheck.check(signed, {
+    await this.finalCheck.checkWithoutBlocking(signed, {
       identities: [request.identity.uri],
       spkiDer,
       // Both bundles: a material swap while the request was signed is not a fault.

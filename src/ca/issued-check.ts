@@ -20,7 +20,7 @@ import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { signatureAlgorithmFor, type SignatureAlgorithm } from '../pki/algorithms.js';
 import { children, decodeOid, decodeTime, expectTag, readSingle, Tag, type DerElement } from '../pki/der.js';
 import { parseBasicConstraints, parseSubjectAltNames, type SubjectAltNames } from '../pki/x509.js';
-import { certificatePublicKey, certificatesFromPem, certificateToPem, parseCertificate, type ParsedCertificate } from '../pki/index.js';
+import { certificatePublicKey, certificatesFromPem, certificateToPem, parseCertificate, verifyWithoutBlocking, type ParsedCertificate } from '../pki/index.js';
 import { WithheldChainError } from './errors.js';
 import type { SignedChain, WorkloadSigner } from './signer.js';
 
@@ -219,15 +219,39 @@ function mayTrustSignature(leaf: LeafView, issuer: CachedCertificate, inProcess:
   );
 }
 
-/** The leaf against one issuer certificate: the name, then the signature, verified unless `mayTrustSignature`. */
-function leafSignedBy(leaf: LeafView, issuer: CachedCertificate, inProcessKey: KeyObject | null): boolean {
+/**
+ * The leaf against one issuer certificate before any signature work: false when it names another issuer, true when
+ * `mayTrustSignature` allows it, 'verify' when its signature must be verified.
+ */
+function leafVerdict(leaf: LeafView, issuer: CachedCertificate, inProcessKey: KeyObject | null): boolean | 'verify' {
   if (!leaf.issuerDer.equals(issuer.cert.subjectDer)) return false;
   const inProcess = inProcessKey !== null && keyBelongsTo(inProcessKey, issuer);
-  if (mayTrustSignature(leaf, issuer, inProcess)) return true;
-  if (!verifies(leaf.algorithm, leaf.tbs, leaf.signature, issuer)) return false;
+  return mayTrustSignature(leaf, issuer, inProcess) ? true : 'verify';
+}
+
+/** After a verified leaf: remembers the algorithm an in-process RSA key's leaves may be trusted with. */
+function noteVerifiedLeaf(leaf: LeafView, issuer: CachedCertificate, inProcessKey: KeyObject | null): void {
+  const inProcess = inProcessKey !== null && keyBelongsTo(inProcessKey, issuer);
   if (inProcess && issuer.rsaSignatureBytes !== undefined && leaf.signature.length === issuer.rsaSignatureBytes) {
     issuer.verifiedLocalLeafAlgorithm = Buffer.from(leaf.algorithmRaw);
   }
+}
+
+/** The leaf against one issuer certificate: the name, then the signature, verified unless `mayTrustSignature`. */
+function leafSignedBy(leaf: LeafView, issuer: CachedCertificate, inProcessKey: KeyObject | null): boolean {
+  const verdict = leafVerdict(leaf, issuer, inProcessKey);
+  if (verdict !== 'verify') return verdict;
+  if (!verifies(leaf.algorithm, leaf.tbs, leaf.signature, issuer)) return false;
+  noteVerifiedLeaf(leaf, issuer, inProcessKey);
+  return true;
+}
+
+/** leafSignedBy with a costly verification (a P-384 issuer) on libuv's thread pool, not the event loop. */
+async function leafSignedByWithoutBlocking(leaf: LeafView, issuer: CachedCertificate, inProcessKey: KeyObject | null): Promise<boolean> {
+  const verdict = leafVerdict(leaf, issuer, inProcessKey);
+  if (verdict !== 'verify') return verdict;
+  if (!leaf.algorithm || !(await verifyWithoutBlocking(leaf.algorithm.hash, leaf.tbs, issuer.publicKey, leaf.signature))) return false;
+  noteVerifiedLeaf(leaf, issuer, inProcessKey);
   return true;
 }
 
@@ -309,6 +333,37 @@ export class IssuedChainChecker {
 
   /** Throws CaError CERT_GEN_ERROR naming the first problem; returns normally when the chain may be handed out. */
   check(signed: SignedChain, expected: IssuedChainExpectation): void {
+    const leaf = this.leafToVerify(signed, expected);
+    if (!leaf.issuers.some((issuer) => leafSignedBy(leaf.view, issuer, leaf.inProcessKey))) throw refuse(leaf.refusal);
+    this.checkLinks(signed.chain, leaf.bundle);
+  }
+
+  /**
+   * `check` for the request path: the leaf's signature, when costly to verify (a P-384 issuer, ~1 ms), is verified
+   * on libuv's thread pool instead of the event loop (pki/off-thread.ts). Rejects with the same CaErrors.
+   */
+  async checkWithoutBlocking(signed: SignedChain, expected: IssuedChainExpectation): Promise<void> {
+    const leaf = this.leafToVerify(signed, expected);
+    let signedByIssuer = false;
+    for (const issuer of leaf.issuers) {
+      if (await leafSignedByWithoutBlocking(leaf.view, issuer, leaf.inProcessKey)) {
+        signedByIssuer = true;
+        break;
+      }
+    }
+    if (!signedByIssuer) throw refuse(leaf.refusal);
+    this.checkLinks(signed.chain, leaf.bundle);
+  }
+
+  /**
+   * Every check but the signatures: the chain's shape and bundle, the leaf's key, profile, validity and serial.
+   * Returns the leaf and the certificates that may have signed it: the element after it, or with no intermediates
+   * the bundle's roots.
+   */
+  private leafToVerify(
+    signed: SignedChain,
+    expected: IssuedChainExpectation,
+  ): { view: LeafView; issuers: readonly CachedCertificate[]; inProcessKey: KeyObject | null; bundle: CachedBundle; refusal: string } {
     const chain = signed.chain;
     if (chain.length < 2) throw refuse(`the chain has ${chain.length} element(s); a leaf and the trust bundle are required`);
     const bundlePem = chain[chain.length - 1]!;
@@ -329,14 +384,13 @@ export class IssuedChainChecker {
     if (leaf.notAfterMs <= now || leaf.notBeforeMs > now) throw refuse('the leaf is not valid now');
     if (normalSerial(signed.serialHex) !== normalSerial(leaf.serialHex)) throw refuse("the reported serial number is not the leaf's");
 
-    // The leaf's issuer is the element after it; with no intermediates, a root of the bundle.
     const inProcessKey = expected.signer?.inProcessMaterial?.()?.privateKey ?? null;
-    if (chain.length === 2) {
-      if (!bundle.roots.some((root) => leafSignedBy(leaf, root, inProcessKey))) throw refuse('the leaf does not verify against any root of the trust bundle');
-      return;
-    }
-    const issuer = this.element(chain[1]!);
-    if (!leafSignedBy(leaf, issuer, inProcessKey)) throw refuse('the leaf is not signed by the next certificate of the chain');
+    if (chain.length === 2) return { view: leaf, issuers: bundle.roots, inProcessKey, bundle, refusal: 'the leaf does not verify against any root of the trust bundle' };
+    return { view: leaf, issuers: [this.element(chain[1]!)], inProcessKey, bundle, refusal: 'the leaf is not signed by the next certificate of the chain' };
+  }
+
+  /** Each intermediate against the element after it, the last against the bundle's roots; verified links are remembered. */
+  private checkLinks(chain: readonly string[], bundle: CachedBundle): void {
     for (let index = 1; index < chain.length - 1; index++) {
       const childPem = chain[index]!;
       const parentPem = chain[index + 1]!;

@@ -28,15 +28,17 @@ export class LocalSigner implements WorkloadSigner {
     for (const listener of this.listeners) listener();
   }
 
-  sign(request: WorkloadSignRequest): SignedChain {
+  /** Signs through LeafIssuer.issueWithoutBlocking: an RSA or P-384 signature does not hold up the event loop. */
+  async sign(request: WorkloadSignRequest): Promise<SignedChain> {
     const material = this.material;
-    const leaf = material.issuer.issue({
+    const leafRequest = {
       spkiDer: request.spkiDer,
       uris: request.uris,
       ...(request.dnsNames ? { dnsNames: request.dnsNames } : {}),
       ttlSeconds: request.ttlSeconds,
       ...(request.now !== undefined ? { now: request.now } : {}),
-    });
+    };
+    const leaf = await material.issuer.issueWithoutBlocking(leafRequest);
     return {
       chain: [certificateToPem(leaf.der), ...material.chainPems, material.rootsPem],
       leafDer: leaf.der,

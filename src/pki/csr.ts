@@ -1,5 +1,6 @@
 /** PKCS#10 certificate signing requests: create (as Istio agents do) and parse/verify (as the CA must). */
 import { createPublicKey, sign, verify, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { verifyWithoutBlocking } from './off-thread.js';
 import { assertKeyStrength, signatureAlgorithmFor, signingProfileFor } from './algorithms.js';
 import {
   assertDer,
@@ -371,13 +372,8 @@ export function csrPublicKey(csr: ParsedCsr): KeyObject {
   }
 }
 
-/**
- * The CA's acceptance check: key within policy, algorithm matching the key, self-signature valid over the exact
- * CertificationRequestInfo bytes received, no CA request. Every cheap check runs before the key import and the
- * signature verification. Returns the imported public key.
- * Throws ERR_KEY_WEAK, ERR_KEY_UNSUPPORTED, ERR_CSR_MALFORMED, ERR_CSR_SIGNATURE or ERR_CSR_CA_REQUESTED.
- */
-export function verifyCsr(csr: ParsedCsr): KeyObject {
+/** Every check of verifyCsr before the signature: policy, algorithm, signature shape, key import. */
+function csrVerification(csr: ParsedCsr): { hash: string; publicKey: KeyObject } {
   assertCsrKeyPolicy(csr);
   const algorithm = signatureAlgorithmFor(csr.signatureAlgorithm);
   if (!algorithm) {
@@ -390,14 +386,38 @@ export function verifyCsr(csr: ParsedCsr): KeyObject {
     throw new PkiError('ERR_CSR_SIGNATURE', 'CSR signature algorithm does not match its key type');
   }
   assertSignatureShape(csr);
-  const publicKey = csrPublicKey(csr);
-  let valid = false;
-  try {
-    valid = verify(algorithm.hash, csr.info, publicKey, csr.signature);
-  } catch {
-    valid = false;
-  }
+  return { hash: algorithm.hash, publicKey: csrPublicKey(csr) };
+}
+
+function acceptVerified(csr: ParsedCsr, valid: boolean, publicKey: KeyObject): KeyObject {
   if (!valid) throw new PkiError('ERR_CSR_SIGNATURE', 'CSR signature does not verify');
   if (csr.requestsCa) throw new PkiError('ERR_CSR_CA_REQUESTED', 'CSR requests a CA certificate (basicConstraints CA:true)');
   return publicKey;
+}
+
+/**
+ * The CA's acceptance check: key within policy, algorithm matching the key, self-signature valid over the exact
+ * CertificationRequestInfo bytes received, no CA request. Every cheap check runs before the key import and the
+ * signature verification. Returns the imported public key.
+ * Throws ERR_KEY_WEAK, ERR_KEY_UNSUPPORTED, ERR_CSR_MALFORMED, ERR_CSR_SIGNATURE or ERR_CSR_CA_REQUESTED.
+ */
+export function verifyCsr(csr: ParsedCsr): KeyObject {
+  const { hash, publicKey } = csrVerification(csr);
+  let valid = false;
+  try {
+    valid = verify(hash, csr.info, publicKey, csr.signature);
+  } catch {
+    valid = false;
+  }
+  return acceptVerified(csr, valid, publicKey);
+}
+
+/**
+ * verifyCsr for servers: the same checks in the same order, but a costly verification (a P-384 key, ~1 ms) runs on
+ * libuv's thread pool instead of the event loop (off-thread.ts). Rejects with the same PkiErrors.
+ */
+export async function verifyCsrWithoutBlocking(csr: ParsedCsr): Promise<KeyObject> {
+  const { hash, publicKey } = csrVerification(csr);
+  const valid = await verifyWithoutBlocking(hash, csr.info, publicKey, csr.signature);
+  return acceptVerified(csr, valid, publicKey);
 }

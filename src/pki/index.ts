@@ -18,7 +18,7 @@ export {
 } from './keys.js';
 export { isSingleDerSequence } from './der.js';
 export { describeSpki, assertKeyStrength, signingProfileFor } from './algorithms.js';
-export { createCsr, parseCsr, verifyCsr, CSR_PEM_LABELS, type ParsedCsr, type CreateCsrOptions } from './csr.js';
+export { createCsr, parseCsr, verifyCsr, verifyCsrWithoutBlocking, CSR_PEM_LABELS, type ParsedCsr, type CreateCsrOptions } from './csr.js';
 export {
   parseSpiffeId,
   isSpiffeId,
@@ -69,3 +69,4 @@ export {
   MAX_BUNDLE_BYTES,
   type SpiffeBundle,
 } from './spiffe-bundle.js';
+export { signWithoutBlocking, verifyWithoutBlocking } from './off-thread.js';

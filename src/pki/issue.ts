@@ -27,6 +27,7 @@ import {
 } from './der.js';
 import { PkiError } from './errors.js';
 import { keysMatch, spkiDer as keySpki } from './keys.js';
+import { signWithoutBlocking } from './off-thread.js';
 import { OID } from './oids.js';
 import { certificatePublicKey, type ParsedCertificate } from './x509.js';
 
@@ -296,6 +297,13 @@ export class LeafIssuer {
     const leaf = this.template.build(request);
     const der = certificateFromTbs(leaf.tbs, leaf.algorithmIdentifier, sign(leaf.hash, leaf.tbs, this.material.privateKey));
     return { der, serialHex: leaf.serialHex, notBefore: leaf.notBefore, notAfter: leaf.notAfter };
+  }
+
+  /** `issue` for servers: a costly signature (RSA, P-384) is made on libuv's thread pool (off-thread.ts), not on the event loop. */
+  async issueWithoutBlocking(request: LeafRequest): Promise<IssuedLeaf> {
+    const leaf = this.template.build(request);
+    const signature = await signWithoutBlocking(leaf.hash, leaf.tbs, this.material.privateKey);
+    return { der: certificateFromTbs(leaf.tbs, leaf.algorithmIdentifier, signature), serialHex: leaf.serialHex, notBefore: leaf.notBefore, notAfter: leaf.notAfter };
   }
 }
 

@@ -243,11 +243,9 @@ export function registerParserProperties(budget: FuzzBudget): void {
       );
     });
 
-    test('certificates: mutations of an issued leaf and of a CA certificate', options, () => {
+    test('certificates: mutations of an issued leaf and of a CA certificate', options, async () => {
       const { authority, keys } = ca();
-      const leaf = authority.signer.sign({ csrPem: '', spkiDer: parseCsr(createCsr({ privateKey: keys[0]! })).spkiDer, uris: ['spiffe://cluster.local/ns/a/sa/b'], ttlSeconds: 600 }) as {
-        leafDer: Buffer;
-      };
+      const leaf = await authority.signer.sign({ csrPem: '', spkiDer: parseCsr(createCsr({ privateKey: keys[0]! })).spkiDer, uris: ['spiffe://cluster.local/ns/a/sa/b'], ttlSeconds: 600 });
       const root = Buffer.from(authority.signer.trustBundlePem().replace(/-----[^-]+-----|\s/g, ''), 'base64');
       fc.assert(
         fc.property(fc.constantFrom(leaf.leafDer, root), mutationsArbitrary, (der, mutations) => {
@@ -347,12 +345,12 @@ export function registerIssuanceProperties(budget: FuzzBudget): void {
       );
     });
 
-    test('the final check refuses every corruption of a good chain', options, () => {
+    test('the final check refuses every corruption of a good chain', options, async () => {
       const { signer, keys } = ca();
       const checker = new IssuedChainChecker();
       const spkiDer = parseCsr(createCsr({ privateKey: keys[0]! })).spkiDer;
       const identity = 'spiffe://cluster.local/ns/default/sa/checked';
-      const good = signer.sign({ csrPem: '', spkiDer, uris: [identity], ttlSeconds: 600 });
+      const good = await signer.sign({ csrPem: '', spkiDer, uris: [identity], ttlSeconds: 600 });
       const bundle = signer.trustBundlePem();
       checker.check(good, { identities: [identity], spkiDer, advertisedBundles: [bundle] });
       fc.assert(
