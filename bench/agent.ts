@@ -58,6 +58,8 @@ export interface AgentRun extends AgentRunSpec {
   /** CPU seconds the agent and the CA used from the first connection until every stream was served. */
   agentCpuSeconds: number;
   caCpuSeconds: number;
+  /** The SDS load client's CPU in the same burst (one process playing every Envoy: a bound on the rate it can open streams). */
+  clientCpuSeconds: number;
   /** From the first rotated secret pushed to the last one (includes the ±1% grace-ratio jitter). */
   rotationSeconds: number | null;
   /** Streams that received a rotated secret before the timeout (1.5 x SECRET_TTL); null without rotation. */
@@ -108,6 +110,11 @@ function batchConnections(spec: AgentRunSpec): number {
   return Math.max(1, Math.min(100, Math.round(spec.streams / (spec.streamsPerConnection ?? 1) / 20)));
 }
 
+/** MESHCA_BENCH_SDS_CLIENT_NODE_ARGS: node flags for the SDS load client (e.g. --cpu-prof). */
+function clientNodeArgs(): string[] {
+  return (process.env.MESHCA_BENCH_SDS_CLIENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+}
+
 /** MESHCA_BENCH_AGENT_GC=1: also measure memory after a full GC in the agent (through its inspector). */
 function measureAfterGc(): boolean {
   return process.env.MESHCA_BENCH_AGENT_GC === '1';
@@ -152,7 +159,7 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
     { ISTIOD_SAN: SERVER_NAME, ISTIO_META_CLUSTER_ID: 'Kubernetes', ECC_SIGNATURE_ALGORITHM: spec.keyType },
     [...(measureAfterGc() ? ['--inspect=127.0.0.1:0'] : []), ...agentNodeArgs()],
   );
-  const client = forkTs<SdsLoadCommand, SdsLoadMessage>(new URL('./sds-load.ts', import.meta.url), []);
+  const client = forkTs<SdsLoadCommand, SdsLoadMessage>(new URL('./sds-load.ts', import.meta.url), [], clientNodeArgs());
   try {
     await waitForLogLine(agent, logFile, /^SDS agent ready$/, '`meshca agent`');
     const ready = await client.next();
@@ -168,11 +175,12 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
         })
       : null;
     const gcBefore = inspector ? await collectGarbage(inspector, agent.pid!) : null;
-    const cpuBefore = { agent: readProcessCpuSeconds(agent.pid!), ca: readProcessCpuSeconds(ca.pid) };
+    const cpuBefore = { agent: readProcessCpuSeconds(agent.pid!), ca: readProcessCpuSeconds(ca.pid), client: readProcessCpuSeconds(client.pid) };
     options.log(`${label}: connecting every stream at once`);
     const opened = await client.request({ type: 'open', socketPath, tokens, streamsPerConnection: perConnection, timeoutSeconds: 120 });
     const agentCpuSeconds = readProcessCpuSeconds(agent.pid!) - cpuBefore.agent;
     const caCpuSeconds = readProcessCpuSeconds(ca.pid) - cpuBefore.ca;
+    const clientCpuSeconds = readProcessCpuSeconds(client.pid) - cpuBefore.client;
     if (opened.type !== 'opened') throw new Error(`SDS load client: ${opened.type === 'error' ? opened.message : opened.type}`);
     // What stays: measured after a short settle, not in the middle of the burst's garbage.
     await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -208,6 +216,7 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
       agentRssAfterMiB: rssAfter / 1024,
       agentCpuSeconds,
       caCpuSeconds,
+      clientCpuSeconds,
       rotationSeconds,
       rotatedStreams,
       rotatingStreams,

@@ -5,6 +5,8 @@ import { stopChild, trackChild } from './children.js';
 import { runnableModule } from './workers.js';
 
 export interface IpcChild<Command, Message> {
+  /** The child's process ID (for its CPU time in /proc). */
+  readonly pid: number;
   /** The child's next message (e.g. its first 'ready'). */
   next(): Promise<Message>;
   request(command: Command): Promise<Message>;
@@ -29,6 +31,7 @@ export function forkTs<Command, Message>(moduleUrl: URL, args: string[], nodeArg
       child.once('exit', onExit);
     });
   return {
+    pid: child.pid!,
     next,
     request(command) {
       const answer = next();
