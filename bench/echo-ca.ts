@@ -6,19 +6,18 @@
  *
  * Run by the benchmark as a child process: prints one JSON line {"grpcAddress", "rootCertPem"} when listening.
  */
-import { generateKeyPairSync } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { certificateToPem, createCaCertificate, exportPrivateKeyPem, LeafIssuer, parseCertificate, spkiDer } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, exportPrivateKeyPem, LeafIssuer, parseCertificate, spkiDer, generateKeyPairFor } from '../src/pki/index.js';
 import { istioCaService, type IstioCaHandlers } from '../src/wire/protos.js';
 
 const serverName = process.argv[2] ?? 'meshca.istio-system.svc';
-const rootKey = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const rootKey = generateKeyPairFor('ec-p256');
 const rootDer = createCaCertificate({ subject: { organization: 'cluster.local' }, subjectKey: rootKey.privateKey, notAfter: new Date(Date.now() + 86400_000) });
 const issuer = new LeafIssuer({ certificate: parseCertificate(rootDer), privateKey: rootKey.privateKey });
-const servingKey = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const servingKey = generateKeyPairFor('ec-p256');
 const servingCert = issuer.issue({ spkiDer: spkiDer(servingKey.privateKey), uris: [], dnsNames: [serverName], ttlSeconds: 86400 });
 // A response the size of a real one: a workload leaf and the root.
-const workloadKey = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const workloadKey = generateKeyPairFor('ec-p256');
 const chain = [
   certificateToPem(issuer.issue({ spkiDer: spkiDer(workloadKey.privateKey), uris: ['spiffe://cluster.local/ns/bench/sa/w0'], ttlSeconds: 86400 }).der),
   certificateToPem(rootDer),

@@ -5,14 +5,14 @@
  * stand-in. Measured: the time from the first request filed to the last one answered, and every API call the
  * signer and its pod cache made meanwhile (the stand-in records each), per request.
  */
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { kubePodSource, PodCache, whyPodIsNotLive } from '../src/authn/index.js';
 import { CertificateAuthority, createSelfSignedRoot, LocalSigner } from '../src/ca/index.js';
 import { startPodCertificateSigner } from '../src/ca/kubernetes/pod-certificates/signer.js';
 import { kubeClient, loadKubeClient } from '../src/kube/client.js';
 import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
-import { createCsr } from '../src/pki/index.js';
+import { createCsr, generateKeyPairFor } from '../src/pki/index.js';
 import { podCertificateRequests } from '../test/standins/kube-pcr.js';
 import { startKubeStandin } from '../test/standins/kube.js';
 
@@ -60,7 +60,7 @@ export async function runKubernetesBench(options: { requests: number; log: (line
     const filed = Array.from({ length: options.requests }, (_, i) => {
       const node = `node-${i % 20}`;
       const pod = standin.state.addPod({ namespace: NAMESPACE, name: `pod-${i}`, serviceAccount: `sa-${i % 50}`, nodeName: node });
-      const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+      const key = generateKeyPairFor('ec-p256').privateKey;
       const stub = Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
       return {
         apiVersion: 'certificates.k8s.io/v1beta1',

@@ -6,11 +6,12 @@
  * node:crypto's sign() in a loop. "event-loop delay p99": how late a 1 ms timer ran while the row ran (node:crypto
  * signs on the event loop itself, in runs of 16 between yields here).
  */
-import { createHash, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { createHash, sign, type KeyObject } from 'node:crypto';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { generatePkcs11KeyPair } from '../src/ca/sources/pkcs11/keygen.js';
 import { openPkcs11Key, type Pkcs11Key } from '../src/ca/sources/pkcs11/pkcs11-key.js';
 import { initSoftHsmToken } from '../test/support/softhsm.js';
+import { generateKeyPairFor } from '../src/pki/index.js';
 
 const seconds = Number(process.argv[2] ?? 2);
 const tbs = createHash('sha512').update('a TBSCertificate stand-in').digest().subarray(0, 48);
@@ -47,8 +48,8 @@ const env = { MESHCA_BENCH_PIN: token.pin };
 const rows: Row[] = [];
 try {
   for (const [spec, label, memory] of [
-    ['ec-p256', 'P-256', generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey],
-    ['rsa-2048', 'RSA-2048', generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey],
+    ['ec-p256', 'P-256', generateKeyPairFor('ec-p256').privateKey],
+    ['rsa-2048', 'RSA-2048', generateKeyPairFor('rsa-2048').privateKey],
   ] as const satisfies readonly (readonly [string, string, KeyObject])[]) {
     const where = { modulePath: token.module, tokenLabel: token.label, pinEnv: 'MESHCA_BENCH_PIN', keyLabel: label };
     await generatePkcs11KeyPair({ ...where, keyIdHex: spec === 'ec-p256' ? '01' : '02', spec }, env);

@@ -5,7 +5,6 @@
  * --ca-root-cert with the server name ISTIOD_SAN; and retries with backoff on UNAVAILABLE.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -19,8 +18,7 @@ import {
   LeafIssuer,
   parseCertificate,
   parseCsr,
-  verifyCsr,
-} from '../src/pki/index.js';
+  verifyCsr, generateKeyPairFor } from '../src/pki/index.js';
 import { istioCaService, structToObject, type IstioCertificateRequest, type SdsClient } from '../src/wire/protos.js';
 import { decodeSecret, memoryLogger, metricValue, RawSotwStream, tempDir, wireToken } from './agent-helpers.js';
 
@@ -40,11 +38,11 @@ describe('the agent as a CA client', () => {
   let client: SdsClient;
 
   before(async () => {
-    const { privateKey: rootKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey: rootKey } = generateKeyPairFor('ec-p256');
     const root = parseCertificate(createCaCertificate({ subject: { commonName: 'stand-in root' }, subjectKey: rootKey, notAfter: new Date(Date.now() + 86400_000) }));
     const issuer = new LeafIssuer({ certificate: root, privateKey: rootKey });
     const rootPem = certificateToPem(root.der);
-    const { privateKey: serverKey, publicKey: serverPublic } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey: serverKey, publicKey: serverPublic } = generateKeyPairFor('ec-p256');
     const serverCert = issuer.issue({ spkiDer: serverPublic.export({ type: 'spki', format: 'der' }), uris: [], dnsNames: [SERVER_NAME], ttlSeconds: 3600 });
 
     server = new grpc.Server();

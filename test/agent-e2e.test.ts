@@ -3,14 +3,13 @@
  * the agent's Unix socket with grpc-js like Envoy, and with `meshca fetch`.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { fingerprint } from '../src/ca/material.js';
 import { checkAgentBundle, type CheckResult, type StatusOptions } from '../src/commands/status.js';
-import { certificateToPem, certificatesFromPem, createCaCertificate, parseCertificate } from '../src/pki/index.js';
+import { certificateToPem, certificatesFromPem, createCaCertificate, parseCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import { caClient, cleanEnv, createCertificate, getText, SERVER_NAME, startCa, type RunningCa } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { metricFamilies, type MetricFamily } from './support/metrics.js';
@@ -94,7 +93,7 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
     const files = tempDir('meshca-files-');
     dirs.push(files.cleanup);
     filesDir = files.dir;
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey } = generateKeyPairFor('ec-p256');
     writeFileSync(
       path.join(filesDir, 'extra-root.pem'),
       certificateToPem(createCaCertificate({ subject: { commonName: 'extra' }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) })),
@@ -141,7 +140,7 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
     assert.equal(`${bundle?.verdict} ${bundle?.detail}`, `PASS ${agent.statusUrl}/debug/secrets: ROOTCA holds the CA's 1 root(s)`);
 
     // The same check against a CA whose bundle has another root: both differences are named.
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey } = generateKeyPairFor('ec-p256');
     const other = fingerprint(parseCertificate(certificatesFromPem(certificateToPem(createCaCertificate({ subject: { commonName: 'other' }, subjectKey: privateKey, notAfter: new Date(Date.now() + 3600_000) })))[0]!));
     const ours = fingerprint(parseCertificate(certificatesFromPem(ca.rootPem)[0]!));
     const options = { timeoutMs: 5000, agentStatus: { host: '127.0.0.1', port: Number(new URL(agent.statusUrl).port), text: agentStatus } } as StatusOptions;
@@ -263,7 +262,7 @@ describe('meshca agent with meshca ca and the Kubernetes stand-in', () => {
     const { dir, cleanup } = tempDir('meshca-watch-');
     const roots = path.join(filesDir, 'watched-root.pem');
     const makeRoot = (name: string): string => {
-      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const { privateKey } = generateKeyPairFor('ec-p256');
       return certificateToPem(createCaCertificate({ subject: { commonName: name }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) }));
     };
     writeFileSync(roots, makeRoot('watched-one'));

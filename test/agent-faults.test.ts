@@ -11,7 +11,7 @@
  * It is one of the two agent tests on real seconds (the other: agent-rotation-e2e.test.ts).
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -27,8 +27,7 @@ import {
   parseCertificate,
   parseCsr,
   verifyCsr,
-  type ParsedCertificate,
-} from '../src/pki/index.js';
+  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import type { SdsClient } from '../src/wire/protos.js';
 import { startCa, type RunningCa } from './ca-helpers.js';
 import {
@@ -259,7 +258,7 @@ class SkewedCa implements CaClient {
     private readonly offsetMs: number,
     private readonly nodeNow: () => number,
   ) {
-    const { privateKey }: { privateKey: KeyObject } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey }: { privateKey: KeyObject } = generateKeyPairFor('ec-p256');
     const root = parseCertificate(
       createCaCertificate({
         subject: { organization: 'meshca-test', commonName: 'skewed root' },

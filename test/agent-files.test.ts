@@ -11,7 +11,6 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -19,13 +18,13 @@ import * as grpc from '@grpc/grpc-js';
 import { readAgentConfig, DEFAULT_SIDECAR_FILE_RESOURCE_DIRS } from '../src/config/agent.js';
 import { SdsError } from '../src/agent/errors.js';
 import { MAX_FILE_RESOURCE_BYTES, readFileResource } from '../src/agent/files.js';
-import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import { startCa, type RunningCa } from './ca-helpers.js';
 import { decodeSecret, RawSotwStream, startAgentProcess, startTestAgent, tempDir, type AgentProcess } from './agent-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 
 function rootPem(name: string): string {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const { privateKey } = generateKeyPairFor('ec-p256');
   return certificateToPem(createCaCertificate({ subject: { commonName: name }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) }));
 }
 

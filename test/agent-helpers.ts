@@ -4,7 +4,7 @@
  * real Unix socket, and a raw SDS stream driver over real grpc-js that lets a test play Envoy step by step.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -35,8 +35,7 @@ import {
   parseCertificate,
   parseCsr,
   verifyCsr,
-  type ParsedCertificate,
-} from '../src/pki/index.js';
+  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import {
   decodeSecretAny,
   SECRET_TYPE_URL,
@@ -117,7 +116,7 @@ interface CaGeneration {
 }
 
 function newRoot(name: string): CaGeneration {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const { privateKey } = generateKeyPairFor('ec-p256');
   const der = createCaCertificate({
     subject: { organization: 'meshca-test', commonName: name },
     subjectKey: privateKey,
@@ -201,7 +200,7 @@ export class ReadyKeys implements KeySource {
 
   take(): Promise<KeyObject> {
     this.taken++;
-    return Promise.resolve(this.returned.pop() ?? generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+    return Promise.resolve(this.returned.pop() ?? generateKeyPairFor('ec-p256').privateKey);
   }
 
   giveBack(key: KeyObject): void {

@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import * as path from 'node:path';
@@ -13,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { readAgentConfig, startAgent } from '../src/agent/index.js';
 import { ConfigError } from '../src/config/env.js';
-import { certificateToPem, createCaCertificate, exportPrivateKeyPem, parseCertificate, LeafIssuer } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, exportPrivateKeyPem, parseCertificate, LeafIssuer, generateKeyPairFor } from '../src/pki/index.js';
 import { opensslVerify } from './support/openssl.js';
 import { runMeshca } from './support/process.js';
 import {
@@ -181,9 +180,9 @@ describe('file-cert and file-root resources', () => {
   let t: TestAgent;
   let files: string;
   const makeCert = (name: string): { certPem: string; keyPem: string } => {
-    const { privateKey: caKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey: caKey } = generateKeyPairFor('ec-p256');
     const caCert = parseCertificate(createCaCertificate({ subject: { commonName: `${name}-ca` }, subjectKey: caKey, notAfter: new Date(Date.now() + 86400_000) }));
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey, publicKey } = generateKeyPairFor('ec-p256');
     const leaf = new LeafIssuer({ certificate: caCert, privateKey: caKey }).issue({
       spkiDer: publicKey.export({ type: 'spki', format: 'der' }),
       uris: [`spiffe://example.org/${name}`],

@@ -8,12 +8,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { certificateToPem, createCaCertificate, exportPrivateKeyPem, LeafIssuer, parseCertificate } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, exportPrivateKeyPem, LeafIssuer, parseCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import { startCa, type RunningCa } from './ca-helpers.js';
 import { decodeSecret, eventually, metricValue, RawSotwStream, startAgentProcess, tempDir, type AgentProcess } from './agent-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
@@ -70,9 +69,9 @@ describe('meshca agent security properties (real binaries)', () => {
     const files = tempDir('meshca-agentsec-files-');
     try {
       // A file-cert: resource, so that a key the agent only reads from disk is covered too.
-      const { privateKey: issuerKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const { privateKey: issuerKey } = generateKeyPairFor('ec-p256');
       const issuer = parseCertificate(createCaCertificate({ subject: { commonName: 'file-ca' }, subjectKey: issuerKey, notAfter: new Date(Date.now() + 86400_000) }));
-      const { privateKey: fileKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const { privateKey: fileKey, publicKey } = generateKeyPairFor('ec-p256');
       const fileLeaf = new LeafIssuer({ certificate: issuer, privateKey: issuerKey }).issue({
         spkiDer: publicKey.export({ type: 'spki', format: 'der' }),
         uris: ['spiffe://example.org/file'],

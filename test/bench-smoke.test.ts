@@ -21,8 +21,7 @@ import {
   parseCsr,
   spkiDer,
   verifyCsr,
-  type ParsedCsr,
-} from '../src/pki/index.js';
+  type ParsedCsr, generateKeyPairFor } from '../src/pki/index.js';
 import { opensslVerify } from './support/openssl.js';
 import { makeTempDir, REPO_ROOT } from './support/process.js';
 
@@ -111,13 +110,13 @@ function opensslKey(spki: Buffer): KeyObject | null {
 }
 
 const rsaKeys = [
-  generateKeyPairSync('rsa', { modulusLength: 2048 }),
+  generateKeyPairFor('rsa-2048'),
   generateKeyPairSync('rsa', { modulusLength: 3072, publicExponent: 3 }),
   generateKeyPairSync('rsa', { modulusLength: 2056 }),
 ];
 const ecKeys = [
-  generateKeyPairSync('ec', { namedCurve: 'prime256v1' }),
-  generateKeyPairSync('ec', { namedCurve: 'secp384r1' }),
+  generateKeyPairFor('ec-p256'),
+  generateKeyPairFor('ec-p384'),
   generateKeyPairSync('ec', { namedCurve: 'secp521r1' }),
 ];
 const template = parseCsr(createCsr({ privateKey: ecKeys[0]!.privateKey, uris: ['spiffe://cluster.local/ns/a/sa/b'] }));
@@ -180,18 +179,18 @@ describe('signing hot path', () => {
   it('refuses an RSA CSR whose signature was made by another key, on the fast path too', () => {
     const signer = rsaKeys[0]!.privateKey;
     const honest = parseCsr(createCsr({ privateKey: signer, uris: ['spiffe://cluster.local/ns/a/sa/b'] }));
-    const other = csrWithSpki(spkiDer(generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey));
+    const other = csrWithSpki(spkiDer(generateKeyPairFor('rsa-2048').privateKey));
     const forged: ParsedCsr = { ...honest, spkiDer: other.spkiDer, publicKey: other.publicKey, key: other.key };
     assert.throws(() => verifyCsr(forged), /CSR signature does not verify/);
   });
 
   it('writes certificates OpenSSL verifies, with exactly the SANs asked for, whatever their number and length', async () => {
     for (const kind of ['rsa', 'ec'] as const) {
-      const ca = kind === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const ca = kind === 'rsa' ? generateKeyPairFor('rsa-2048') : generateKeyPairFor('ec-p256');
       const rootDer = createCaCertificate({ subject: { organization: 'cluster.local' }, subjectKey: ca.privateKey, notAfter: new Date(Date.now() + 86400_000) });
       const root = parseCertificate(rootDer);
       const issuer = new LeafIssuer({ certificate: root, privateKey: ca.privateKey });
-      const leafKey = spkiDer(generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+      const leafKey = spkiDer(generateKeyPairFor('ec-p256').privateKey);
       const segment = fc.stringMatching(/^[a-z0-9._-]{1,200}$/);
       const sans = fc.record({
         uris: fc.array(segment.map((s) => `spiffe://cluster.local/ns/${s}/sa/x`), { minLength: 1, maxLength: 4 }),

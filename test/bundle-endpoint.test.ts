@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import * as path from 'node:path';
@@ -27,8 +27,7 @@ import {
   parseCertificate,
   parseSpiffeBundle,
   spkiDer,
-  type ParsedCertificate,
-} from '../src/pki/index.js';
+  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import { memoryLogger } from './agent-helpers.js';
 import { eventually } from './support/eventually.js';
 import { metricValue } from './support/metrics.js';
@@ -39,7 +38,7 @@ const DAY = 86400_000;
 const ENDPOINT_ID = `spiffe://${TD}/meshca/bundle-endpoint`;
 
 function ecKey(): KeyObject {
-  return generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey;
+  return generateKeyPairFor('ec-p256').privateKey;
 }
 
 function root(name: string, notBefore: Date): { cert: ParsedCertificate; key: KeyObject } {

@@ -26,7 +26,7 @@ import {
 } from '../src/pki/index.js';
 
 const SPIFFE = 'spiffe://cluster.local/ns/default/sa/strict';
-const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+const rsa = generateKeyPairFor('rsa-2048').privateKey;
 const p256 = generateKeyPairFor('ec-p256').privateKey;
 const p384 = generateKeyPairFor('ec-p384').privateKey;
 

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto';
+import { X509Certificate, type KeyObject } from 'node:crypto';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { pino } from 'pino';
@@ -17,7 +17,7 @@ import { checkWorkloadToken, type WorkloadCredential } from '../src/agent/creden
 import type { KeySource } from '../src/agent/keys.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { renewalSchedule } from '../src/agent/rotation.js';
-import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr, generateKeyPairFor } from '../src/pki/index.js';
 import { ManualClock, settle } from './support/manual-clock.js';
 import { REPO_ROOT } from './support/process.js';
 
@@ -63,7 +63,7 @@ class VirtualCa implements CaClient {
   private readonly accounts = new Map<string, string>();
 
   constructor(private readonly clock: Clock) {
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey, publicKey } = generateKeyPairFor('ec-p256');
     this.rootKey = publicKey;
     this.rootDer = createCaCertificate({
       subject: { organization: 'meshca-test', commonName: 'virtual root' },
@@ -115,7 +115,7 @@ class CountingKeys implements KeySource {
     const reused = this.returned.pop();
     if (reused) return Promise.resolve(reused);
     this.made++;
-    return Promise.resolve(generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+    return Promise.resolve(generateKeyPairFor('ec-p256').privateKey);
   }
 
   giveBack(key: KeyObject): void {

@@ -13,7 +13,7 @@
  *    (the full signer is tested in process in k8s-pod-certificates.test.ts).
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomUUID, X509Certificate } from 'node:crypto';
+import { randomUUID, X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -243,7 +243,7 @@ describe('Kubernetes Secret store and root distribution', () => {
       metricValue(await (await fetch(`http://${String(ca.ready.monitoringAddress)}/metrics`)).text(), 'citadel_server_success_cert_issuance_count');
     const issuedBefore = await issuedCount();
     const pod = kube.state.addPod({ namespace: 'default', name: 'pcr-0', serviceAccount: 'httpbin', nodeName: 'node-a' });
-    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    const key = generateKeyPairFor('ec-p256').privateKey;
     const stub = Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
     const spec = { signerName: 'meshca.io/spiffe', podName: 'pcr-0', podUID: pod.metadata.uid, serviceAccountName: 'httpbin', serviceAccountUID: randomUUID(), nodeName: 'node-a', nodeUID: randomUUID(), stubPKCS10Request: stub };
     const store = podCertificateRequests(kube.state);

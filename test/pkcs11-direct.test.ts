@@ -8,7 +8,7 @@
  * construction, and a token that does not sign gives UNAVAILABLE (UPSTREAM_UNAVAILABLE), not a broken chain.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, verify } from 'node:crypto';
+import { verify } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { CertificateAuthority } from '../src/ca/authority.js';
 import { CaConfigError, CaError, WithheldChainError } from '../src/ca/errors.js';
@@ -24,8 +24,7 @@ import {
   createCsr,
   parseCertificate,
   WorkloadId,
-  type ParsedCertificate,
-} from '../src/pki/index.js';
+  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { initSoftHsmToken, type SoftHsmToken } from './support/softhsm.js';
 import { x509 } from './standins/pki.js';
@@ -38,7 +37,7 @@ type KeyName = keyof typeof SPECS;
 
 let token: SoftHsmToken;
 const keys = new Map<KeyName, Pkcs11Key>();
-const workloadKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const workloadKey = generateKeyPairFor('ec-p256');
 const csrPem = createCsr({ privateKey: workloadKey.privateKey, uris: [SPIFFE] });
 
 const tokenKey = (name: KeyName): Pkcs11Key => {
@@ -55,7 +54,7 @@ async function tokenRoot(key: TokenKey, commonName: string): Promise<ParsedCerti
 
 /** A software root and, under it, an intermediate CA certificate for a token key. */
 function softwareRootOver(key: TokenKey): { root: ParsedCertificate; intermediate: ParsedCertificate } {
-  const rootKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const rootKey = generateKeyPairFor('ec-p256');
   const root = parseCertificate(createCaCertificate({ subject: { organization: 'meshca', commonName: 'software root' }, subjectKey: rootKey.privateKey, notAfter: new Date(Date.now() + 60 * DAY_MS) }));
   const intermediate = parseCertificate(
     createCaCertificate({

@@ -15,6 +15,7 @@ import {
   exportPrivateKeyPem,
   WorkloadId,
   generateKeyPairFor,
+  generateKeyPairOf,
   isPkiError,
   LeafIssuer,
   loadPrivateKey,
@@ -79,7 +80,7 @@ describe('keys', () => {
       generateKeyPairFor('rsa-2048').privateKey,
       // 40 keys a curve: a coordinate with leading zero bytes (about 1 in 128 per coordinate) shows up now and then;
       // the padding is also checked by construction below.
-      ...(['prime256v1', 'secp384r1', 'secp521r1'] as const).flatMap((namedCurve) => Array.from({ length: 40 }, () => generateKeyPairSync('ec', { namedCurve }).privateKey)),
+      ...(['prime256v1', 'secp384r1', 'secp521r1'] as const).flatMap((curve) => Array.from({ length: 40 }, () => generateKeyPairOf({ type: 'ec', curve }).privateKey)),
       generateKeyPairSync('ed25519').privateKey,
     ];
     for (const key of keys) {
@@ -96,6 +97,25 @@ describe('keys', () => {
     assert.equal(padded?.length, key.export({ format: 'der', type: 'spki' }).length);
     assert.equal(padded?.subarray(-64, -32).toString('hex'), x.toString('hex'));
     assert.equal(spkiFromJwk({ kty: 'EC', crv: 'secp256k1', x: jwk.x!, y: jwk.y! }), undefined, 'another curve is left to OpenSSL');
+  });
+
+  it('generated keys can be exported while GC runs (Node 20 deadlocked an export racing the collection of its generation job)', () => {
+    // A child with a 1 MiB young generation, so that GC runs inside exports: it generates keys as meshca does, keeps
+    // the last 50 and exports all of them as JWK (spkiDer's path) after each new one, for 1.2 s. With keys straight
+    // from crypto.generateKeyPairSync this hung within 1.5 s in three runs out of three; a hang fails by the timeout.
+    const keysModule = new URL('../src/pki/keys.js', import.meta.url).href;
+    const script = `
+      const { generateKeyPairFor, generateKeyPairOffLoop } = await import(${JSON.stringify(keysModule)});
+      const kept = [];
+      const until = Date.now() + 1200;
+      for (let i = 0; Date.now() < until; i++) {
+        kept.push(i % 4 === 0 ? (await generateKeyPairOffLoop({ type: 'ec', curve: 'prime256v1' })).privateKey : generateKeyPairFor('ec-p256').privateKey);
+        if (kept.length > 50) kept.shift();
+        for (const key of kept) key.export({ format: 'jwk' });
+      }
+      process.stdout.write('done');`;
+    const out = execFileSync(process.execPath, ['--max-semi-space-size=1', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(out, 'done');
   });
 
   it('rsa-4096 generates', () => {

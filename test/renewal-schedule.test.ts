@@ -8,13 +8,13 @@
  * to expire: the renewal reaches the stream at half of the cut-short lifetime. Nothing here waits real seconds.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { CaCallError, type CaClient, type CertificateRequest } from '../src/agent/index.js';
 import { RENEWAL_MARGIN_MS, renewalSchedule, type RenewalSchedule } from '../src/agent/rotation.js';
-import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr, CLOCK_SKEW_GRACE_MS } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, LeafIssuer, parseCertificate, parseCsr, verifyCsr, CLOCK_SKEW_GRACE_MS, generateKeyPairFor } from '../src/pki/index.js';
 import { decodeSecret, RawSotwStream, ReadyKeys, startTestAgent, tokenLabel } from './agent-helpers.js';
 import { ManualClock, wholeSecondNow } from './support/manual-clock.js';
 
@@ -154,7 +154,7 @@ class ExpiringIssuerCa implements CaClient {
     issuerLeftMs: number,
     private readonly now: () => number,
   ) {
-    const { privateKey }: { privateKey: KeyObject } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const { privateKey }: { privateKey: KeyObject } = generateKeyPairFor('ec-p256');
     const root = parseCertificate(
       createCaCertificate({
         subject: { organization: 'meshca-test', commonName: 'issuer about to expire' },

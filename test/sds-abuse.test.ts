@@ -10,7 +10,6 @@
  *    (MESHCA_CHURN_STREAMS), which a leak of even a few KiB per stream would take past the agent's heap cap.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -18,7 +17,7 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connectSds } from '../src/agent/sds-client.js';
 import { MAX_FILE_RESOURCE_BYTES } from '../src/agent/files.js';
-import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import type { DiscoveryResponse, SdsClient } from '../src/wire/protos.js';
 import { startCa, type RunningCa } from './ca-helpers.js';
 import { StalledSdsStream } from './agent-stalled-client.js';
@@ -43,7 +42,7 @@ const TOKEN = 'token-abuse';
 const MiB = 1024 * 1024;
 
 const ROOT_PEM = (() => {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const { privateKey } = generateKeyPairFor('ec-p256');
   return certificateToPem(createCaCertificate({ subject: { commonName: 'abuse-bundle' }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) }));
 })();
 

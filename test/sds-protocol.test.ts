@@ -4,13 +4,12 @@
  * against the real binaries).
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { certificateToPem, createCaCertificate } from '../src/pki/index.js';
+import { certificateToPem, createCaCertificate, generateKeyPairFor } from '../src/pki/index.js';
 import {
   decodeSecret,
   defineSotwRuleTests,
@@ -29,7 +28,7 @@ import {
 const TOKEN = 'token-frontend';
 
 function selfSignedPem(name: string): string {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const { privateKey } = generateKeyPairFor('ec-p256');
   return certificateToPem(createCaCertificate({ subject: { commonName: name }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) }));
 }
 

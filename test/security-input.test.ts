@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -18,6 +18,7 @@ import type { IstioCaClient } from '../src/wire/protos.js';
 import { caClient, createCertificate, opensslFacts, opensslKeyAndCsr, SERVER_NAME, startCa, type CallOptions, type CallResult, type RunningCa } from './ca-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { makeTempDir } from './support/process.js';
+import { generateKeyPairFor } from '../src/pki/index.js';
 
 const KUBE_ISSUER = 'https://kubernetes.default.svc.cluster.local';
 const JWT_TRUSTS = `(JWT_RULE trusts ${DEV_ISSUER})`;
@@ -246,7 +247,7 @@ describe('bad input to meshca ca: exact statuses and messages, and the server li
     });
 
     test('a wrong signature: the trusted issuer name with another key', async () => {
-      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const { privateKey } = generateKeyPairFor('ec-p256');
       const forged = await new SignJWT(claims(DEV_ISSUER)).setProtectedHeader({ alg: 'ES256', kid: issuer.kid }).sign(privateKey);
       await expectRefusal(
         { csr: goodCsr, token: forged },

@@ -6,7 +6,7 @@
  * the in-process CA of the agent tests (same trust domain); only the bundles travel over the CA port here.
  */
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -31,8 +31,7 @@ import {
   parseCertificate,
   spiffeBundleOf,
   type ParsedCertificate,
-  type SpiffeBundle,
-} from '../src/pki/index.js';
+  type SpiffeBundle, generateKeyPairFor } from '../src/pki/index.js';
 import { startCaServer, type CaServer } from '../src/server/index.js';
 import { decodeTrustBundleNotice, encodeTrustBundleNotice, NoticeFeed, trustBundleSetMessage } from '../src/server/trust-bundles.js';
 import {
@@ -54,7 +53,7 @@ const TRUST_DOMAIN = 'cluster.local';
 const ALIAS = 'old.example';
 
 function caCert(name: string): { cert: ParsedCertificate; key: KeyObject } {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const { privateKey } = generateKeyPairFor('ec-p256');
   const der = createCaCertificate({ subject: { organization: 'meshca-test', commonName: name }, subjectKey: privateKey, notAfter: new Date(Date.now() + 86400_000) });
   return { cert: parseCertificate(der), key: privateKey };
 }

@@ -1,25 +1,21 @@
 /**
  * Workload keys are made here, on the node, and never leave it except inside SDS responses and OUTPUT_CERTS.
- * Generation runs on libuv's worker threads (crypto.generateKeyPair), never on the event loop: an RSA-2048 key
+ * Generation runs on libuv's worker threads (pki/keys.ts generateKeyPairOffLoop), never on the event loop: an RSA-2048 key
  * costs ~0.3 s of CPU, which would stall every SDS stream. A small pool of ready keys keeps the first answers
  * after a restart fast.
  */
-import { generateKeyPair, type KeyObject } from 'node:crypto';
-import { promisify } from 'node:util';
+import type { KeyObject } from 'node:crypto';
 import type { WorkloadKeyConfig } from '../config/agent.js';
-import { exportPrivateKeyPem } from '../pki/index.js';
-
-const generateKeyPairAsync = promisify(generateKeyPair);
+import { exportPrivateKeyPem, generateKeyPairOffLoop } from '../pki/index.js';
 
 export function describeKeyConfig(config: WorkloadKeyConfig): string {
   return config.algorithm === 'ECDSA' ? `ECDSA ${config.curve}` : `RSA-${config.rsaBits}`;
 }
 
 export async function generateWorkloadKey(config: WorkloadKeyConfig): Promise<KeyObject> {
-  const pair =
-    config.algorithm === 'ECDSA'
-      ? await generateKeyPairAsync('ec', { namedCurve: config.curve === 'P384' ? 'secp384r1' : 'prime256v1' })
-      : await generateKeyPairAsync('rsa', { modulusLength: config.rsaBits, publicExponent: 0x10001 });
+  const pair = await generateKeyPairOffLoop(
+    config.algorithm === 'ECDSA' ? { type: 'ec', curve: config.curve === 'P384' ? 'secp384r1' : 'prime256v1' } : { type: 'rsa', bits: config.rsaBits },
+  );
   return pair.privateKey;
 }
 

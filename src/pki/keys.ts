@@ -1,5 +1,5 @@
 /** Key pairs: generation, PEM in and out, and a description used by policy checks. */
-import { createPrivateKey, createPublicKey, generateKeyPair, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPair, generateKeyPairSync, KeyObject, type JsonWebKey } from 'node:crypto';
 import { promisify } from 'node:util';
 import { PkiError } from './errors.js';
 import { spkiFromJwk } from './spki.js';
@@ -16,7 +16,10 @@ export type KeyDescription = { kind: 'rsa'; bits: number } | { kind: 'ec'; curve
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
-function generationOptions(spec: KeySpec): { type: 'rsa'; bits: number } | { type: 'ec'; curve: string } {
+/** What to generate: an RSA modulus size or an EC curve (OpenSSL's name). */
+export type KeyAlgorithm = { type: 'rsa'; bits: number } | { type: 'ec'; curve: string };
+
+function generationOptions(spec: KeySpec): KeyAlgorithm {
   switch (spec) {
     case 'rsa-2048':
       return { type: 'rsa', bits: 2048 };
@@ -37,20 +40,51 @@ export function parseKeySpec(text: string): KeySpec {
   throw new PkiError('ERR_KEY_UNSUPPORTED', `unknown key type "${text}" (use one of ${KEY_SPECS.join(', ')})`);
 }
 
+/*
+ * Every generated pair comes out of the generator as a JWK and is imported from it. Node 20 ties a KeyObject that
+ * crypto.generateKeyPair(Sync) returns to its generation job: when GC collects the job, its destructor locks the
+ * key's mutex, and an export of the key (the JWK export of spkiDer, a PEM export) holds that mutex while it
+ * allocates. A GC inside such an export that collects the job deadlocks the event loop: seen in the test suite
+ * (ExportJWKEcKey -> GC -> ~KeyGenJob, the process stuck on a futex), and reproduced within seconds by generating
+ * keys synchronously and exporting them as JWK. A key imported from bytes has a mutex of its own (~85 µs for P-256).
+ */
+const AS_JWK = { publicKeyEncoding: { format: 'jwk' }, privateKeyEncoding: { format: 'jwk' } } as const;
+
+/** The generator's private key output (@types/node types it as a KeyObject whatever the encoding asked). */
+function importGenerated(generated: unknown): KeyPair {
+  if (generated === null || typeof generated !== 'object' || generated instanceof KeyObject || typeof (generated as JsonWebKey).kty !== 'string') {
+    throw new PkiError('ERR_KEY_UNSUPPORTED', 'internal error: the key generator did not return a JWK');
+  }
+  const privateKey = createPrivateKey({ key: generated as JsonWebKey, format: 'jwk' });
+  return { privateKey, publicKey: createPublicKey(privateKey) };
+}
+
 /** Synchronous generation; fine for EC and for start-up. RSA takes ~0.3 s of CPU: use the async form on servers. */
 export function generateKeyPairFor(spec: KeySpec): KeyPair {
-  const options = generationOptions(spec);
-  return options.type === 'rsa'
-    ? generateKeyPairSync('rsa', { modulusLength: options.bits, publicExponent: 0x10001 })
-    : generateKeyPairSync('ec', { namedCurve: options.curve });
+  return generateKeyPairOf(generationOptions(spec));
+}
+
+/** Synchronous generation of `algorithm` (any curve OpenSSL knows, any RSA size), as generateKeyPairFor. */
+export function generateKeyPairOf(algorithm: KeyAlgorithm): KeyPair {
+  const pair =
+    algorithm.type === 'rsa'
+      ? generateKeyPairSync('rsa', { modulusLength: algorithm.bits, publicExponent: 0x10001, ...AS_JWK })
+      : generateKeyPairSync('ec', { namedCurve: algorithm.curve, ...AS_JWK });
+  return importGenerated(pair.privateKey);
 }
 
 /** Generation on libuv's thread pool, off the event loop. */
 export async function generateKeyPairForAsync(spec: KeySpec): Promise<KeyPair> {
-  const options = generationOptions(spec);
-  return options.type === 'rsa'
-    ? generateKeyPairAsync('rsa', { modulusLength: options.bits, publicExponent: 0x10001 })
-    : generateKeyPairAsync('ec', { namedCurve: options.curve });
+  return generateKeyPairOffLoop(generationOptions(spec));
+}
+
+/** Generation of `algorithm` on libuv's thread pool, off the event loop (the agent's workload keys). */
+export async function generateKeyPairOffLoop(algorithm: KeyAlgorithm): Promise<KeyPair> {
+  const pair =
+    algorithm.type === 'rsa'
+      ? await generateKeyPairAsync('rsa', { modulusLength: algorithm.bits, publicExponent: 0x10001, ...AS_JWK })
+      : await generateKeyPairAsync('ec', { namedCurve: algorithm.curve, ...AS_JWK });
+  return importGenerated(pair.privateKey);
 }
 
 const CURVES: Record<string, 'P-256' | 'P-384' | 'P-521'> = {

@@ -18,7 +18,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createPublicKey, generateKeyPairSync, sign, verify, constants, type KeyObject } from 'node:crypto';
+import { createPublicKey, sign, verify, constants, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { CertificationRequest } from '@peculiar/asn1-csr';
@@ -450,7 +450,7 @@ export function createDifferential(options: { opensslSamples: number; refusalSam
   const authority = new CertificateAuthority({ signer, defaultTtlSeconds: 3600, maxTtlSeconds: 86400 });
 
   const keys = [
-    { name: 'RSA-2048', privateKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, hash: 'sha256' as const, kind: 'rsa' as const, curve: '' },
+    { name: 'RSA-2048', privateKey: generateKeyPairFor('rsa-2048').privateKey, hash: 'sha256' as const, kind: 'rsa' as const, curve: '' },
     { name: 'P-256', privateKey: generateKeyPairFor('ec-p256').privateKey, hash: 'sha256' as const, kind: 'ec' as const, curve: 'P-256' },
     { name: 'P-384', privateKey: generateKeyPairFor('ec-p384').privateKey, hash: 'sha384' as const, kind: 'ec' as const, curve: 'P-384' },
   ];
