@@ -18,7 +18,9 @@ import {
   LeafIssuer,
   parseCertificate,
   parseCsr,
-  verifyCsr, generateKeyPairFor } from '../src/pki/index.js';
+  verifyCsr,
+  generateKeyPairFor,
+} from '../src/pki/index.js';
 import { istioCaService, structToObject, type IstioCertificateRequest, type SdsClient } from '../src/wire/protos.js';
 import { decodeSecret, memoryLogger, metricValue, RawSotwStream, tempDir, wireToken } from './agent-helpers.js';
 

@@ -27,7 +27,9 @@ import {
   parseCertificate,
   parseCsr,
   verifyCsr,
-  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
+  type ParsedCertificate,
+  generateKeyPairFor,
+} from '../src/pki/index.js';
 import type { SdsClient } from '../src/wire/protos.js';
 import { startCa, type RunningCa } from './ca-helpers.js';
 import {

@@ -35,7 +35,9 @@ import {
   parseCertificate,
   parseCsr,
   verifyCsr,
-  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
+  type ParsedCertificate,
+  generateKeyPairFor,
+} from '../src/pki/index.js';
 import {
   decodeSecretAny,
   SECRET_TYPE_URL,

@@ -21,7 +21,10 @@ import {
   parseCsr,
   spkiDer,
   verifyCsr,
-  type ParsedCsr, generateKeyPairFor } from '../src/pki/index.js';
+  type ParsedCsr,
+  generateKeyPairFor,
+  generateKeyPairOf,
+} from '../src/pki/index.js';
 import { opensslVerify } from './support/openssl.js';
 import { makeTempDir, REPO_ROOT } from './support/process.js';
 
@@ -112,12 +115,12 @@ function opensslKey(spki: Buffer): KeyObject | null {
 const rsaKeys = [
   generateKeyPairFor('rsa-2048'),
   generateKeyPairSync('rsa', { modulusLength: 3072, publicExponent: 3 }),
-  generateKeyPairSync('rsa', { modulusLength: 2056 }),
+  generateKeyPairOf({ type: 'rsa', bits: 2056 }),
 ];
 const ecKeys = [
   generateKeyPairFor('ec-p256'),
   generateKeyPairFor('ec-p384'),
-  generateKeyPairSync('ec', { namedCurve: 'secp521r1' }),
+  generateKeyPairOf({ type: 'ec', curve: 'secp521r1' }),
 ];
 const template = parseCsr(createCsr({ privateKey: ecKeys[0]!.privateKey, uris: ['spiffe://cluster.local/ns/a/sa/b'] }));
 

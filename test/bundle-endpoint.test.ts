@@ -27,7 +27,9 @@ import {
   parseCertificate,
   parseSpiffeBundle,
   spkiDer,
-  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
+  type ParsedCertificate,
+  generateKeyPairFor,
+} from '../src/pki/index.js';
 import { memoryLogger } from './agent-helpers.js';
 import { eventually } from './support/eventually.js';
 import { metricValue } from './support/metrics.js';

@@ -23,6 +23,7 @@ import {
   verifyCsr,
   type PkiErrorCode,
   WorkloadId,
+  generateKeyPairOf,
 } from '../src/pki/index.js';
 
 const SPIFFE = 'spiffe://cluster.local/ns/default/sa/strict';
@@ -128,7 +129,7 @@ describe('strict CSRs: RSA keys are checked before any signature work', () => {
   });
 
   it('refuses a 1024-bit and an 8200-bit modulus, and an even modulus', () => {
-    const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey;
+    const weak = generateKeyPairOf({ type: 'rsa', bits: 1024 }).privateKey;
     expectRefused(csr(info(spkiDer(weak)), weak), 'ERR_KEY_WEAK', /RSA-1024; at least RSA-2048 is required/);
     // No 8200-bit key is generated: the size is refused before the (here bogus) signature is looked at.
     const huge = Buffer.alloc(1025, 0xc3);

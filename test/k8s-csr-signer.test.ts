@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -23,7 +23,7 @@ import { startCsrSigner } from '../src/ca/kubernetes/csr-signer/controller.js';
 import type { KubernetesPluginContext, RunningKubernetesPlugin } from '../src/ca/kubernetes/types.js';
 import type { WorkloadSigner } from '../src/ca/signer.js';
 import { loadKubeClient } from '../src/kube/client.js';
-import { createCsr, generateKeyPairFor } from '../src/pki/index.js';
+import { createCsr, generateKeyPairFor, generateKeyPairOf } from '../src/pki/index.js';
 import { eventually } from './support/eventually.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { runMeshca } from './support/process.js';
@@ -164,7 +164,7 @@ describe('CSR signer (certificates.k8s.io/v1, istiod RA flow)', () => {
     const foreign = await request(mallory, workloadCsr('spiffe://cluster.local/ns/istio-system/sa/istiod'));
     const noWorkload = await request(istiod, workloadCsr('spiffe://cluster.local/not-a-workload'));
     const otherDomain = await request(istiod, workloadCsr('spiffe://evil.example/ns/default/sa/app'));
-    const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    const weak = generateKeyPairOf({ type: 'rsa', bits: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
     writeFileSync(path.join(dir, 'weak.key'), weak);
     const weakCsr = execFileSync('openssl', ['req', '-new', '-key', path.join(dir, 'weak.key'), '-subj', '/O=x', '-addext', 'subjectAltName=URI:spiffe://cluster.local/ns/default/sa/weak'], { encoding: 'utf8' });
     const weakName = await request(istiod, weakCsr);

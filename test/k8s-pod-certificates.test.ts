@@ -24,7 +24,7 @@ import type { SignedChain, WorkloadSigner } from '../src/ca/signer.js';
 import { kubeClient, loadKubeClient } from '../src/kube/client.js';
 import { loadKubeConfig } from '../src/kube/config.js';
 import { createLogger } from '../src/log.js';
-import { createCsr } from '../src/pki/index.js';
+import { createCsr, generateKeyPairOf } from '../src/pki/index.js';
 import { podCertificateRequests, type PodCertificateRequestStore } from './standins/kube-pcr.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 
@@ -107,7 +107,7 @@ describe('PodCertificateRequest signer', () => {
   });
 
   const spki = (key: KeyObject): Buffer => createPublicKey(key).export({ type: 'spki', format: 'der' });
-  const ecKey = (namedCurve = 'P-256'): KeyObject => generateKeyPairSync('ec', { namedCurve }).privateKey;
+  const ecKey = (namedCurve = 'P-256'): KeyObject => generateKeyPairOf({ type: 'ec', curve: namedCurve }).privateKey;
   const stub = (key: KeyObject): string => Buffer.from(createCsr({ privateKey: key }).replace(/-----[^-]+-----|\s/g, ''), 'base64').toString('base64');
 
   /** Files a request as the kubelet does (generateName, owner reference, spec from the pod). */

@@ -24,7 +24,9 @@ import {
   createCsr,
   parseCertificate,
   WorkloadId,
-  type ParsedCertificate, generateKeyPairFor } from '../src/pki/index.js';
+  type ParsedCertificate,
+  generateKeyPairFor,
+} from '../src/pki/index.js';
 import { opensslVerifyResponseChain } from './support/openssl.js';
 import { initSoftHsmToken, type SoftHsmToken } from './support/softhsm.js';
 import { x509 } from './standins/pki.js';

@@ -31,7 +31,9 @@ import {
   parseCertificate,
   spiffeBundleOf,
   type ParsedCertificate,
-  type SpiffeBundle, generateKeyPairFor } from '../src/pki/index.js';
+  type SpiffeBundle,
+  generateKeyPairFor,
+} from '../src/pki/index.js';
 import { startCaServer, type CaServer } from '../src/server/index.js';
 import { decodeTrustBundleNotice, encodeTrustBundleNotice, NoticeFeed, trustBundleSetMessage } from '../src/server/trust-bundles.js';
 import {
