@@ -76,6 +76,8 @@ export interface AgentRun extends AgentRunSpec {
   secretTtlSeconds: number;
   errors: number;
   errorSamples: string[];
+  /** Streams of the burst that failed and were retried after a backoff (a refused connection, for one). */
+  streamRetries?: number;
 }
 
 export interface AgentResult {
@@ -225,6 +227,7 @@ async function runOne(spec: AgentRunSpec, index: number, ca: { pid: number; grpc
       secretTtlSeconds,
       errors: opened.errors,
       errorSamples: opened.errorSamples,
+      streamRetries: opened.streamRetries,
     };
   } finally {
     client.send({ type: 'exit' });

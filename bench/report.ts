@@ -158,7 +158,7 @@ export function renderMarkdown(results: BenchResults): string {
   if (results.agent) {
     out.push('', '**5. Agent** — one `meshca agent` (node mode, SDS over a Unix socket) per row, all connecting at once; every stream its own connection and token, ' +
       'unless the streams column says "sidecars × streams": Envoy sidecars, each one connection and one token carrying its `default` and `ROOTCA` streams', '');
-    out.push(table(['workload keys', 'streams', 'identities', 'all served in s', 'agent / CA / load client CPU s', 'agent RSS growth per stream KiB (peak)', 'agent RSS before → after MiB', 'SECRET_TTL s', 'rotation of all pushed within s', 'new pods: first secret p50 / p99 ms, quiet', '… during the rotation', 'errors'],
+    out.push(table(['workload keys', 'streams', 'identities', 'all served in s', 'agent / CA / load client CPU s', 'agent RSS growth per stream KiB (peak)', 'agent RSS before → after MiB', 'SECRET_TTL s', 'rotation of all pushed within s', 'new pods: first secret p50 / p99 ms, quiet', '… during the rotation', 'errors (streams retried)'],
       results.agent.runs.map((r) => [r.keyType, streamsCell(r), String(r.identities), fixed(r.allServedSeconds, 2), `${fixed(r.agentCpuSeconds, 1)} / ${fixed(r.caCpuSeconds, 1)} / ${r.clientCpuSeconds === undefined ? '—' : fixed(r.clientCpuSeconds, 1)}`,
         `${fixed(r.rssPerStreamKiB, 1)} (${fixed(r.peakRssPerStreamKiB, 1)})`,
         `${fixed(r.agentRssBeforeMiB, 0)} → ${fixed(r.agentRssAfterMiB, 0)}`,
@@ -166,7 +166,7 @@ export function renderMarkdown(results: BenchResults): string {
         r.rotationSeconds === null ? 'n/a' : `${fixed(r.rotationSeconds, 2)}${r.rotatedStreams !== null && r.rotatedStreams < (r.rotatingStreams ?? r.streams) ? ` (only ${r.rotatedStreams} of ${r.rotatingStreams ?? r.streams} streams)` : ''}`,
         latencyCell(r.newStreamsQuiet),
         latencyCell(r.newStreamsDuringRotation),
-        String(r.errors)])));
+        r.streamRetries === undefined ? String(r.errors) : `${r.errors} (${int(r.streamRetries)})`])));
     out.push('', 'Rotation: from the first rotated secret a stream receives to the last; it includes the ±1% grace-ratio jitter (±0.01 x SECRET_TTL). ' +
       'New pods: 5% of the connections (at most 100) with new tokens of the same service accounts, opened at once, each timed from its opening to its first ' +
       'secret: once everything is served and quiet, and again at the first rotated secret, while the agent renews every identity.');

@@ -40,7 +40,7 @@ const SIDECAR_RESOURCES = ['default', 'ROOTCA'];
 
 export type SdsLoadMessage =
   | { type: 'ready' }
-  | { type: 'opened'; streams: number; served: number; allServedSeconds: number; errors: number; errorSamples: string[] }
+  | { type: 'opened'; streams: number; served: number; allServedSeconds: number; errors: number; errorSamples: string[]; streamRetries: number }
   | { type: 'probed'; latency: FirstSecretLatency }
   | { type: 'rotated'; streams: number; rotated: number; firstPushSeconds: number; windowSeconds: number; duringRotation: FirstSecretLatency | null }
   | { type: 'error'; message: string };
@@ -57,6 +57,8 @@ interface StreamState {
   lastStreamError?: string;
 }
 
+/** Streams that failed and were opened again (Envoy's backoff), e.g. a connection refused by a full listen queue. */
+let streamRetries = 0;
 /** The streams of the first burst (`open`), which the rotation follows. */
 const streams: StreamState[] = [];
 /** Every stream opened, to close them all on exit. */
@@ -101,6 +103,7 @@ function openStream(client: SdsClient, token: string, resource: string): StreamS
       onStreamError: (error) => {
         // Not final: the stream reconnects; the message is kept for the report if it never gets a secret.
         state.lastStreamError = error.message;
+        streamRetries++;
       },
     },
   );
@@ -114,7 +117,7 @@ function openConnections(socketPath: string, tokens: string[], perConnection: nu
   for (const token of tokens) {
     // A local subchannel pool gives every client its own connection, as separate Envoys have; the streams of one
     // client share it, as one Envoy's SDS subscriptions do.
-    const client = new SdsClient(`unix:${path.resolve(socketPath)}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+    const client = new SdsClient(`unix:${path.resolve(socketPath)}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1, 'grpc.enable_channelz': 0 });
     for (let j = 0; j < perConnection; j++) opened.push(openStream(client, token, SIDECAR_RESOURCES[j % SIDECAR_RESOURCES.length]!));
   }
   return opened;
@@ -149,6 +152,7 @@ async function open(command: Extract<SdsLoadCommand, { type: 'open' }>): Promise
     allServedSeconds: Math.max(0, ...served.map((s) => s.updates[0]! - start)) / 1000,
     errors: errors.length,
     errorSamples: samples,
+    streamRetries,
   });
 }
 

@@ -4,6 +4,7 @@
  * serves both over SDS and renews them before they expire.
  */
 import { promises as fs } from 'node:fs';
+import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { AgentConfig } from '../config/agent.js';
 import { ConfigError } from '../config/env.js';
@@ -90,18 +91,37 @@ async function readCaRoot(file: string): Promise<Buffer> {
 }
 
 /**
- * Binds the SDS socket. The umask is narrowed while binding so that the socket is never more open than `mode`,
- * not even between bind and chmod (with a permissive inherited umask it would start out 0777).
+ * How many connections the SDS socket queues before the agent accepts them. Node's default (511) is too few for a
+ * node whose sidecars all (re)start at once: the rest are refused with EAGAIN and each Envoy backs off before it
+ * tries again (18,000 refusals for 5,000 sidecars in bench part 5b). The kernel caps it at net.core.somaxconn
+ * (4096 by default since Linux 5.4); a node that runs more pods can raise that.
  */
-function bindUnix(server: grpc.Server, socketPath: string, mode: number): Promise<void> {
+export const SDS_LISTEN_BACKLOG = 65_535;
+
+/**
+ * Listens on the SDS socket and hands each connection to grpc-js (which cannot be given a backlog itself). The umask
+ * is narrowed while binding so that the socket is never more open than `mode`, not even between bind and chmod (with
+ * a permissive inherited umask it would start out 0777).
+ */
+function listenUnix(server: grpc.Server, socketPath: string, mode: number, log: Logger): Promise<net.Server> {
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const listener = net.createServer((socket) => injector.injectConnection(socket));
   const narrowing = 0o777 & ~mode;
   const inherited = process.umask(narrowing);
   process.umask(inherited | narrowing);
   return new Promise((resolve, reject) => {
-    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
+    const failed = (error: Error): void => {
       process.umask(inherited);
-      if (error) reject(new Error(`cannot listen on the SDS socket ${socketPath}: ${error.message}`));
-      else resolve();
+      reject(new Error(`cannot listen on the SDS socket ${socketPath}: ${error.message}`));
+    };
+    listener.once('error', failed);
+    listener.listen({ path: socketPath, backlog: SDS_LISTEN_BACKLOG }, () => {
+      process.umask(inherited);
+      listener.off('error', failed);
+      // After listening, an error is a connection that could not be accepted (out of file descriptors): the
+      // listener goes on, and that Envoy retries.
+      listener.on('error', (error) => log.warn({ err: error.message, socket: socketPath }, 'could not accept an SDS connection'));
+      resolve(listener);
     });
   });
 }
@@ -218,9 +238,10 @@ async function start(
   // Envoy connections that is memory and CPU for nothing (the CA's server turns it off too).
   const server = new grpc.Server({ 'grpc.enable_channelz': 0 });
   sds.register(server);
-  await bindUnix(server, socketPath, config.sdsSocketMode);
+  const listener = await listenUnix(server, socketPath, config.sdsSocketMode, log);
   cleanups.push(async () => {
     sds.closeStreams('the agent is shutting down');
+    listener.close();
     server.forceShutdown();
     await fs.rm(socketPath, { force: true });
   });
