@@ -1,8 +1,8 @@
 /**
  * The SDS client's key check (what Envoy does before it applies a secret: the private key must be the leaf's), over
- * a real gRPC stream on a Unix socket from an SDS server written here. The client remembers pairs that matched
- * (the benchmark's load client gets each secret on many streams); a remembered key with another leaf, or another
- * key with a remembered leaf, must still be refused.
+ * a real gRPC stream on a Unix socket from an SDS server written here. The client remembers the public key of each
+ * private key it has read (the benchmark's load client gets each key on many streams, with several leaves); a
+ * remembered key with another leaf, or another key with a leaf seen before, must still be refused.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';

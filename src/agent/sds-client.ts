@@ -10,9 +10,9 @@ import * as grpc from '@grpc/grpc-js';
 import {
   certificatesFromPem,
   certificatePublicKey,
-  keysMatch,
   loadPrivateKey,
   parseCertificate,
+  spkiDer,
 } from '../pki/index.js';
 import {
   SdsClient,
@@ -87,22 +87,32 @@ function dataSourceText(source: DataSource | null, what: string): string {
 }
 
 /**
- * Key and leaf pairs already found to match, by the SHA-256 of the key's PEM and the leaf's DER. One process watching
- * many streams (the benchmark's load client plays thousands of Envoys) gets each secret on several of them; importing
- * the key costs ~0.3 ms, so each distinct pair is checked once. At most MAX_MATCHED_PAIRS, the oldest forgotten
- * first: a bound below the number of identities in play (it was 1,024, cleared at once, for 2,000) kept almost none.
+ * The public key (canonical SPKI DER) of each private key already read, by the SHA-256 of its PEM. One process
+ * watching many streams (the benchmark's load client plays thousands of Envoys) gets the same key on several streams,
+ * and with several leaves (each pod of an identity proven with that identity's key); importing a PEM key costs
+ * ~0.3 ms, comparing SPKI bytes nothing. At most MAX_KNOWN_KEYS, the oldest forgotten first.
  */
-const matchedPairs = new Set<string>();
-const MAX_MATCHED_PAIRS = 16_384;
+const publicKeyOfPrivateKey = new Map<string, Buffer>();
+const MAX_KNOWN_KEYS = 16_384;
+
+function publicKeyOf(keyPem: string): Buffer {
+  const id = createHash('sha256').update(keyPem).digest('base64');
+  let spki = publicKeyOfPrivateKey.get(id);
+  if (spki === undefined) {
+    spki = spkiDer(loadPrivateKey(keyPem));
+    if (publicKeyOfPrivateKey.size >= MAX_KNOWN_KEYS) publicKeyOfPrivateKey.delete(publicKeyOfPrivateKey.keys().next().value!);
+    publicKeyOfPrivateKey.set(id, spki);
+  }
+  return spki;
+}
 
 function assertKeyMatchesLeaf(keyPem: string, leafDer: Buffer): void {
-  const pair = createHash('sha256').update(keyPem).update('\0').update(leafDer).digest('base64');
-  if (matchedPairs.has(pair)) return;
-  if (!keysMatch(loadPrivateKey(keyPem), certificatePublicKey(parseCertificate(leafDer)))) {
-    throw new Error('Failed to load private key: it does not match the certificate');
-  }
-  if (matchedPairs.size >= MAX_MATCHED_PAIRS) matchedPairs.delete(matchedPairs.values().next().value!);
-  matchedPairs.add(pair);
+  const ownPublicKey = publicKeyOf(keyPem);
+  const leaf = parseCertificate(leafDer);
+  // The same bytes are the same key. Otherwise the leaf's SPKI may still be another encoding of it (OpenSSL
+  // accepts some), so it is read and written canonically before the answer is no.
+  if (ownPublicKey.equals(leaf.spkiDer) || ownPublicKey.equals(spkiDer(certificatePublicKey(leaf)))) return;
+  throw new Error('Failed to load private key: it does not match the certificate');
 }
 
 /** Envoy's checks on a secret before applying it (E7): chain and key parse and belong together, roots parse. */
