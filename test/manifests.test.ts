@@ -623,8 +623,11 @@ describe('deploy/: manifests, RBAC, configuration, examples, dashboard', () => {
     const env = environment(agentContainer, daemonSet);
     const known = envNamesRead(ENV_SOURCES.agent);
     for (const name of Object.keys(env)) {
+      if (name === 'NODE_OPTIONS') continue; // Node's own; checked below.
       assert.ok(known.names.has(name) || known.prefixes.some((p) => name.startsWith(p)), `env ${name} of the agent is read by no agent module`);
     }
+    // Only V8's young-generation size: flags that change what the agent does belong in its own settings.
+    if (env.NODE_OPTIONS !== undefined) assert.match(env.NODE_OPTIONS, /^--max-semi-space-size=\d+$/);
     const config = readAgentConfig(flags as AgentFlags, env);
     const defaults = readAgentConfig({}, {});
     assert.equal(config.mode, 'node');
