@@ -19,6 +19,7 @@ import * as path from 'node:path';
 import { status as GrpcStatus, type Metadata } from '@grpc/grpc-js';
 import type { AgentMode } from '../config/agent.js';
 import type { Logger } from '../log.js';
+import { ownedCopy } from '../util/buffers.js';
 import { createHash } from 'node:crypto';
 import {
   bundlePem,
@@ -92,7 +93,9 @@ export function parseResourceName(name: string): ParsedResourceName | null {
 }
 
 function snapshotOf(name: string, version: string, secret: Init<SecretMessage>, notAfter?: Date): ResourceSnapshot {
-  return { name, version, any: encodeSecretAny(secret), ...(notAfter ? { notAfter } : {}) };
+  const encoded = encodeSecretAny(secret);
+  // Kept while the secret is current and shared by every stream of it: in memory of its own, not a pool slab.
+  return { name, version, any: { ...encoded, value: ownedCopy(encoded.value) }, ...(notAfter ? { notAfter } : {}) };
 }
 
 /** Encodes each secret/bundle once; 500 streams watching one identity share the bytes. */
@@ -304,7 +307,13 @@ export class ResourceProvider {
    * check alone (metadata bounds, token shape and exp) is checked here, before any key or CA call is spent on it.
    */
   session(metadata: Metadata, connection?: object): StreamSession {
-    return new StreamSession(this.options.secrets, this.credentialFor(metadata), connection);
+    const credential = this.credentialFor(metadata);
+    // The credential holds the token from here on. grpc-js keeps the call's metadata for the call's life, and the
+    // token's bytes there are a slice that pins an 8 KiB Buffer pool slab per stream (~2 KiB a stream at 10,000
+    // streams, measured in a heap snapshot); one copy of a bearer token fewer in memory, too.
+    metadata.remove(SDS_TOKEN_HEADER);
+    metadata.remove('authorization');
+    return new StreamSession(this.options.secrets, credential, connection);
   }
 
   private credentialFor(metadata: Metadata): WorkloadCredential | SdsError {

@@ -1,4 +1,5 @@
 /** PEM armour: split bundles into typed blocks and wrap DER at 64 columns. */
+import { ownedFromBase64 } from '../util/buffers.js';
 import { PkiError } from './errors.js';
 
 export interface PemBlock {
@@ -53,7 +54,8 @@ export function decodePem(text: string): PemBlock[] {
     }
     const body = text.slice(bodyStart, end);
     if (!BASE64_BODY.test(body)) throw new PkiError('ERR_PEM', `PEM block "${label}" has a body that is not base64`);
-    const der = Buffer.from(body.replace(/\s+/g, ''), 'base64');
+    // Memory of its own: a certificate's DER is often kept for long (chains, roots, parsed certificates).
+    const der = ownedFromBase64(body.replace(/\s+/g, ''));
     if (der.length === 0) throw new PkiError('ERR_PEM', `PEM block "${label}" is empty`);
     blocks.push({ label, der });
     from = end + END.length + label.length + DASHES.length;
