@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import {
   certificateToPem,
+  certificatesFromPem,
   createCaCertificate,
   createCsr,
   exportPrivateKeyPem,
@@ -125,6 +126,23 @@ describe('keys', () => {
 
   it('refuses an encrypted or garbage key with a readable message', () => {
     expectPkiError(() => loadPrivateKey('not a key', 'ca-key.pem'), 'ERR_PEM', /ca-key.pem is not a readable unencrypted PEM private key/);
+  });
+});
+
+describe('PEM', () => {
+  it('decodes each certificate into memory of its own, not a slice of a shared pool slab, with the same bytes', () => {
+    const { privateKey } = generateKeyPairFor('ec-p256');
+    const ders = [1, 2, 3].map((n) => createCaCertificate({ subject: { organization: `pem-${n}` }, subjectKey: privateKey, notAfter: new Date(Date.now() + 3600_000) }));
+    const decoded = certificatesFromPem(ders.map((der) => certificateToPem(der)).join(''));
+    assert.equal(decoded.length, 3);
+    for (const [i, der] of decoded.entries()) {
+      assert.ok(der.equals(ders[i]!));
+      // A kept certificate must not keep 8 KiB of unrelated bytes alive (see src/util/buffers.ts).
+      assert.equal(der.buffer.byteLength, der.length, 'the DER owns its ArrayBuffer');
+    }
+    // Buffer.from(text, 'base64'), the lenient decoder it replaces, reads the same bytes.
+    const body = ders[0]!.toString('base64').replace(/(.{64})/g, '$1\n');
+    assert.ok(certificatesFromPem(`-----BEGIN CERTIFICATE-----\n${body}\n-----END CERTIFICATE-----\n`)[0]!.equals(Buffer.from(body, 'base64')));
   });
 });
 
