@@ -273,6 +273,11 @@ describe('the bundle endpoint', () => {
       assert.equal(web.svid(), undefined);
       const second = writeWebCert();
       await eventually(async () => (parseCertificate((await fetch()).peer.raw).serialHex === second ? true : undefined), 5000, 'the reloaded certificate served');
+      // `meshca bundle show --from` at an endpoint of a private CA, without its root: the hint names this command's flag.
+      const untrusted = await runMeshca(['bundle', 'show', '--from', `https://127.0.0.1:${web.port}/`]);
+      assert.notEqual(untrusted.code, 0);
+      assert.match(untrusted.stderr, /TLS: .*for a private CA add --ca-file <pem>/);
+      assert.doesNotMatch(untrusted.stderr, /,ca-file=/);
       await assert.rejects(
         startBundleEndpoint({ config: { ...config, address: { host: '127.0.0.1', port: web.port, text: `127.0.0.1:${web.port}` } }, bundle: own, signer, svidTtlSeconds: 3600, logger: log }),
         new RegExp(`^ListenError: cannot listen on 127\\.0\\.0\\.1:${web.port} for the SPIFFE bundle endpoint: the address is already in use; stop the other process or choose another address with --bundle-endpoint-addr$`),

@@ -93,7 +93,9 @@ async function showBundle(flags: ShowFlags): Promise<SpiffeBundle> {
       fetched = fetchBundle(trustDomain, url, { kind: 'https_spiffe', endpointId: flags.endpointId }, trusted);
     } else {
       if (flags.bundle) throw new ConfigError('--bundle is for https_spiffe endpoints: give --endpoint-id too, or --ca-file for an https_web endpoint');
-      fetched = fetchBundle(flags.trustDomain ?? 'cluster.local', url, { kind: 'https_web', ...(flags.caFile ? { caFile: flags.caFile } : {}) }, undefined);
+      fetched = fetchBundle(flags.trustDomain ?? 'cluster.local', url, { kind: 'https_web', ...(flags.caFile ? { caFile: flags.caFile } : {}) }, undefined, {
+        caFileHint: '--ca-file <pem>',
+      });
     }
     try {
       return await fetched;

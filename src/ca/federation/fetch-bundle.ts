@@ -36,6 +36,8 @@ export interface FetchOptions {
   maxBytes?: number;
   /** Aborts the fetch (the CA is closing). */
   signal?: AbortSignal;
+  /** How the caller's user names a CA file, for the hint after a refused certificate (default: --federate's syntax). */
+  caFileHint?: string;
 }
 
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED']);
@@ -72,12 +74,12 @@ async function tlsOptions(profile: EndpointProfile, current: SpiffeBundle | unde
 }
 
 /** What to do about a certificate the client did not accept, by profile. */
-function tlsHint(trustDomain: string, profile: EndpointProfile): string {
+function tlsHint(trustDomain: string, profile: EndpointProfile, caFileHint: string): string {
   if (profile.kind === 'https_spiffe') {
     return `the endpoint's certificate must chain to the bundle of ${trustDomain} in use; if that trust domain replaced its roots, give its new bundle with meshca bundle set ${trustDomain} --file <bundle>`;
   }
   return profile.caFile === undefined
-    ? 'the endpoint\'s certificate must chain to a public root and name the URL\'s host; for a private CA add ,ca-file=<pem>'
+    ? `the endpoint's certificate must chain to a public root and name the URL's host; for a private CA add ${caFileHint}`
     : `the endpoint's certificate must chain to a root in ${profile.caFile} and name the URL's host`;
 }
 
@@ -97,7 +99,7 @@ export async function fetchBundle(trustDomain: string, url: URL, profile: Endpoi
   const maxBytes = options.maxBytes ?? MAX_BUNDLE_BYTES;
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const tls = await tlsOptions(profile, current, host);
-  const hint = (): string => tlsHint(trustDomain, profile);
+  const hint = (): string => tlsHint(trustDomain, profile, options.caFileHint ?? ',ca-file=<pem>');
   const body = await new Promise<Buffer>((resolve, reject) => {
     let connected = false;
     let settled = false;
