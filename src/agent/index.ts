@@ -96,7 +96,7 @@ async function readCaRoot(file: string): Promise<Buffer> {
  * tries again (18,000 refusals for 5,000 sidecars in bench part 5b). The kernel caps it at net.core.somaxconn
  * (4096 by default since Linux 5.4); a node that runs more pods can raise that.
  */
-export const SDS_LISTEN_BACKLOG = 65_535;
+const SDS_LISTEN_BACKLOG = 65_535;
 
 /**
  * Listens on the SDS socket and hands each connection to grpc-js (which cannot be given a backlog itself). The umask
