@@ -10,7 +10,7 @@ import { startKubeStandin, type KubeStandin } from '../test/standins/kube.js';
 import { assertIssuedChain } from './check.js';
 import { stopChild, trackChild } from './children.js';
 import { forkTs } from './ipc.js';
-import { BENCH_NAMESPACE, CA_KINDS, makeWorkloadCsrs, workloadServiceAccount, type CaKind, type WorkloadCsr } from './fixtures.js';
+import { BENCH_NAMESPACE, CA_KINDS, makeWorkloadCsrs, TRANSPORT_FLOOR_MODES, workloadServiceAccount, type CaKind, type EchoTransport, type WorkloadCsr } from './fixtures.js';
 import type { LoadgenConfig, LoadgenMessage, LoadgenPhase, LoadgenPhaseResult, LoadgenRequest } from './loadgen.js';
 import { readProcessTreeMemoryKiB } from './proc.js';
 
@@ -219,10 +219,13 @@ export async function startCaProcess(options: CaProcessOptions): Promise<CaProce
   }
 }
 
-/** bench/echo-ca.ts: the same API over TLS answering at once with a fixed chain (the transport floor). */
-export async function startEchoProcess(dir: string): Promise<CaProcess> {
+/**
+ * bench/echo-ca.ts: the same API over TLS answering at once with a fixed chain (the transport floor), served by
+ * grpc-js or, with `http2`, by Node's http2 server with the gRPC framing written out (what grpc-js itself costs).
+ */
+export async function startEchoProcess(dir: string, transport: EchoTransport = 'grpc-js'): Promise<CaProcess> {
   const logFile = path.join(dir, `echo-${++caStarts}.log`);
-  const child = spawnLogged(fileURLToPath(new URL('./echo-ca.ts', import.meta.url)), [SERVER_NAME], logFile, {}, ['--import', 'tsx', ...serverNodeArgs()]);
+  const child = spawnLogged(fileURLToPath(new URL('./echo-ca.ts', import.meta.url)), [SERVER_NAME, transport], logFile, {}, ['--import', 'tsx', ...serverNodeArgs()]);
   try {
     const ready = (await waitForLogLine(child, logFile, /^echo CA ready$/, 'the echo server')) as LogLine & { rootCertPem?: string };
     if (!ready.grpcAddress || !ready.rootCertPem) throw new Error('the echo server did not say where it listens');
@@ -307,8 +310,8 @@ export interface E2eOptions {
   log: (line: string) => void;
   /** Measure bench/proto-ca.ts with this many signing threads instead of the real `meshca ca`. */
   prototypeThreads?: number;
-  /** Measure the transport floor (bench/echo-ca.ts) instead of a CA. */
-  echo?: boolean;
+  /** Measure the transport floor (bench/echo-ca.ts, served by grpc-js or by node:http2) instead of a CA. */
+  echo?: EchoTransport;
   /** `meshca ca --workers`; the rows with as many workers as cores are the ones the targets are judged on. */
   workers?: number;
   /** The number of cores: `--workers` equal to it is reported as plain 'meshca ca'. */
@@ -329,7 +332,7 @@ export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
   const workers = options.echo || options.prototypeThreads !== undefined ? 1 : (options.workers ?? options.cores);
   const workloads = await makeWorkloads(options.kube, options.kind, { workloads: WORKLOADS, csrs: 512, rsaKeys: options.rsaKeys });
   const server = options.echo
-    ? await startEchoProcess(options.dir)
+    ? await startEchoProcess(options.dir, options.echo)
     : await startCaProcess({
         kind: options.kind,
         kubeconfigPath: options.kube.kubeconfigPath,
@@ -338,7 +341,7 @@ export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
         workers,
       });
   const mode = options.echo
-    ? 'transport floor'
+    ? TRANSPORT_FLOOR_MODES[options.echo]
     : options.prototypeThreads === undefined
       ? workers === options.cores
         ? 'meshca ca'
@@ -375,7 +378,7 @@ export async function runE2e(options: E2eOptions): Promise<E2eKindResult> {
       });
       if (result.ok === 0) throw new Error(`no certificate was issued at concurrency ${concurrency}: ${result.errorSamples.join('; ')}`);
     }
-    return { kind: options.kind, label: options.echo ? 'transport floor' : info.label, serverMode: mode, prototypeThreads: options.prototypeThreads ?? null, workers, levels, serverPeakRssMiB: readProcessTreeMemoryKiB(server.pid, 'VmHWM') / 1024 };
+    return { kind: options.kind, label: options.echo ? mode : info.label, serverMode: mode, prototypeThreads: options.prototypeThreads ?? null, workers, levels, serverPeakRssMiB: readProcessTreeMemoryKiB(server.pid, 'VmHWM') / 1024 };
   } finally {
     await loadgen?.close();
     await server.stop();

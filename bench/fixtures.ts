@@ -19,6 +19,12 @@ import {
   type KeySpec,
 } from '../src/pki/index.js';
 
+/** The servers of the transport-floor rows (bench/echo-ca.ts): grpc-js, or node:http2 with the gRPC framing by hand. */
+export type EchoTransport = 'grpc-js' | 'http2';
+
+/** The serverMode of the transport-floor rows, by the echo server's transport. */
+export const TRANSPORT_FLOOR_MODES: Readonly<Record<EchoTransport, string>> = { 'grpc-js': 'transport floor', http2: 'transport floor, node:http2' };
+
 export type CaKind = 'rsa' | 'ec';
 
 export interface CaKindInfo {

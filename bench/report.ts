@@ -8,8 +8,21 @@ import type { LimitResult } from './limit.js';
 import type { KubernetesBenchResult } from './kubernetes.js';
 import type { Pkcs11Result } from './pkcs11.js';
 import { STAGES, STAGE_LABELS } from './cpu-profile.js';
-import { CA_KINDS } from './fixtures.js';
+import { CA_KINDS, TRANSPORT_FLOOR_MODES } from './fixtures.js';
 import type { StageRun, StagesResult } from './stages.js';
+
+const FLOOR_LABELS: Readonly<Record<string, string>> = {
+  [TRANSPORT_FLOOR_MODES['grpc-js']]: 'transport floor (no CA work)',
+  [TRANSPORT_FLOOR_MODES.http2]: 'transport floor without grpc-js (node:http2, no CA work)',
+};
+
+function floorLabel(serverMode: string): string | undefined {
+  return FLOOR_LABELS[serverMode];
+}
+
+function isFloor(kind: E2eKindResult): boolean {
+  return floorLabel(kind.serverMode) !== undefined;
+}
 
 export const PART_NAMES = ['limit', 'core', 'e2e', 'apiserver', 'agent', 'pkcs11', 'kubernetes', 'stages'] as const;
 export type PartName = (typeof PART_NAMES)[number];
@@ -137,18 +150,21 @@ export function renderMarkdown(results: BenchResults): string {
     const rows: string[][] = [];
     for (const kind of results.e2e) {
       for (const level of kind.levels) {
-        const label = kind.serverMode === 'meshca ca' ? kind.label : kind.serverMode === 'transport floor' ? 'transport floor (no CA work)' : `${kind.label} (${kind.serverMode})`;
-        rows.push([label, String(level.concurrency), int(level.certsPerSecond), kind.serverMode === 'transport floor' ? '—' : ratio(level.ratio), ms(level.p50Ms), ms(level.p99Ms),
+        const label = kind.serverMode === 'meshca ca' ? kind.label : floorLabel(kind.serverMode) ?? `${kind.label} (${kind.serverMode})`;
+        rows.push([label, String(level.concurrency), int(level.certsPerSecond), isFloor(kind) ? '—' : ratio(level.ratio), ms(level.p50Ms), ms(level.p99Ms),
           fixed(level.serverCpuSecondsPer1000, 2), fixed(level.loadgenCpuSecondsPer1000, 2), level.errors === 0 ? '0' : int(level.errors)]);
       }
     }
     out.push(table(['CA key', 'concurrency', 'certs/s', 'vs OpenSSL -multi', 'p50 ms', 'p99 ms', 'server CPU s / 1000 certs', 'load generator CPU s / 1000', 'errors'], rows));
-    const cas = results.e2e.filter((k) => k.serverMode !== 'transport floor');
-    out.push('', `Server peak RSS (VmHWM, all its processes): ${cas.map((k) => `${k.label}${k.serverMode === 'meshca ca' ? '' : ` (${k.serverMode})`} ${int(k.serverPeakRssMiB)} MiB`).join(', ')}.` +
+    const cas = results.e2e.filter((k) => !isFloor(k));
+    out.push('', ((cas.length > 0 ? `Server peak RSS (VmHWM, all its processes): ${cas.map((k) => `${k.label}${k.serverMode === 'meshca ca' ? '' : ` (${k.serverMode})`} ${int(k.serverPeakRssMiB)} MiB`).join(', ')}.` : '') +
       (cas.some((k) => k.prototypeThreads !== null) ? ' Prototype rows: the same server with leaves signed on worker threads (bench/proto-ca.ts, see bench/NOTES.md); not what `meshca ca` does today.' : '') +
-      (results.e2e.some((k) => k.serverMode === 'transport floor')
+      (results.e2e.some((k) => k.serverMode === TRANSPORT_FLOOR_MODES['grpc-js'])
         ? ' Transport floor: the same API, TLS, message sizes and load generator against a server that answers at once (bench/echo-ca.ts): what gRPC alone costs here.'
-        : ''));
+        : '') +
+      (results.e2e.some((k) => k.serverMode === TRANSPORT_FLOOR_MODES.http2)
+        ? ' Without grpc-js: the same echo served by node:http2 with the gRPC framing written out and the same protobuf code; the gap between the two floors is what another server transport could at most save per call.'
+        : '')).trimStart());
   }
   if (results.apiserver) {
     const a = results.apiserver;

@@ -17,6 +17,7 @@
  *                                      ECDSA:10000:2000:2 (…:streams per connection: Envoys multiplexing default + ROOTCA)
  *   MESHCA_BENCH_AGENT_ROTATION=1      part "agent" in a --quick run: also wait for the rotation of every identity
  *   MESHCA_BENCH_BASELINE_CLI          part "stages": also measure this build's dist/cli.js, interleaved (see bench/stages.ts)
+ *   MESHCA_BENCH_E2E_FLOORS=N          part "e2e": only the two transport floors (grpc-js, node:http2), interleaved N times
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -26,7 +27,7 @@ import { parseArgs } from 'node:util';
 import type { AgentOptions } from './agent.js';
 import { runCoreBench } from './core.js';
 import { ContentionMonitor } from './contention.js';
-import { CA_KINDS, type CaKind } from './fixtures.js';
+import { CA_KINDS, type CaKind, type EchoTransport } from './fixtures.js';
 import { measureOpensslLimit, type LimitResult } from './limit.js';
 import { BENCH_DIR, REPO_ROOT } from './paths.js';
 import { machineInfo, PART_NAMES, PartUnavailable, renderMarkdown, type BenchResults, type CoreKindReport, type PartName, type TargetResult } from './report.js';
@@ -326,12 +327,18 @@ async function main(): Promise<number> {
         await attempt('e2e', async () => {
           results.e2e = [];
           // `meshca ca --workers <cores>` is what a user runs on this machine; one process is shown beside it.
-          const runs: { kind: CaKind; prototypeThreads?: number; echo?: boolean; workers?: number }[] = [
+          const floorRounds = Number(process.env.MESHCA_BENCH_E2E_FLOORS ?? 0);
+          const floors: { kind: CaKind; echo: EchoTransport }[] = [
+            { kind: 'ec', echo: 'grpc-js' },
+            // The same floor without grpc-js: what another server transport could at most buy (issue 16).
+            { kind: 'ec', echo: 'http2' },
+          ];
+          const runs: { kind: CaKind; prototypeThreads?: number; echo?: EchoTransport; workers?: number }[] = floorRounds > 0 ? Array.from({ length: floorRounds }, () => floors).flat() : [
             { kind: 'rsa' },
             { kind: 'ec' },
             ...(cores > 1 ? settings.singleProcessKinds.map((kind) => ({ kind, workers: 1 })) : []),
             ...settings.prototypeKinds.map((kind) => ({ kind, prototypeThreads: Math.max(1, cores - 1) })),
-            { kind: 'ec', echo: true },
+            ...floors,
           ];
           for (const run of runs) {
             results.e2e.push(
@@ -346,7 +353,7 @@ async function main(): Promise<number> {
                 limitSignPerSecond: limitFor(limit, run.kind),
                 log,
                 ...(run.prototypeThreads !== undefined ? { prototypeThreads: run.prototypeThreads } : {}),
-                ...(run.echo ? { echo: true } : {}),
+                ...(run.echo ? { echo: run.echo } : {}),
                 ...(run.workers !== undefined ? { workers: run.workers } : {}),
                 cores,
               }),
