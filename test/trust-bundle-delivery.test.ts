@@ -17,7 +17,7 @@ import { Command } from 'commander';
 import { Registry } from 'prom-client';
 import { GrpcCaClient } from '../src/agent/ca-client.js';
 import { grpcTrustBundleSource, parseTrustBundleSet, readAgentConfig, TrustBundleWatcher, type RunningAgent, type TrustBundleSource } from '../src/agent/index.js';
-import type { WatchEnd } from '../src/agent/trust-bundles.js';
+import { NO_FEDERATION, UNIMPLEMENTED_RECHECK_MS, type WatchEnd } from '../src/agent/trust-bundles.js';
 import { trustBundleFeed } from '../src/ca/federation/feed.js';
 import type { FederatedBundles, OwnBundle, TrustBundleFeed } from '../src/ca/federation/types.js';
 import { openSigner, type WorkloadSigner } from '../src/ca/index.js';
@@ -357,7 +357,7 @@ describe('the agent\'s watcher, transport-free, on virtual time', () => {
     }
   }
 
-  test('reconnects after the backoff on its clock, resets it on a good message, and stops for good on UNIMPLEMENTED', async () => {
+  test('reconnects after the backoff on its clock, resets it on a good message; on UNIMPLEMENTED drops the set and asks again later', async () => {
     const clock = new ManualClock(Date.parse('2030-01-01T00:00:00Z'));
     const source = new ScriptedSource();
     const { log, records } = memoryLogger();
@@ -377,13 +377,38 @@ describe('the agent\'s watcher, transport-free, on virtual time', () => {
     source.opened[2]!.end({ code: grpc.status.UNAVAILABLE, details: 'gone' });
     await clock.advance(50);
     assert.equal(source.opened.length, 4, 'the good message reset the backoff');
+    const changes: string[][] = [];
+    watcher.onChange((state) => changes.push(state.federated.map((b) => b.trustDomain)));
+    // Federation turned off at the CA (or another CA behind the address): the foreign trust it granted ends now.
     source.opened[3]!.end({ code: grpc.status.UNIMPLEMENTED, details: 'not served' });
-    await clock.advance(3600_000);
-    assert.equal(source.opened.length, 4);
-    assert.ok(watcher.isStopped);
-    assert.deepEqual(watcher.federatedBundles().map((b) => b.trustDomain), ['other.example'], 'what it had is kept');
-    assert.equal(records.filter((r) => typeof r.msg === 'string' && r.msg.startsWith('the CA serves no trust bundles')).length, 1);
+    assert.deepEqual(watcher.federatedBundles(), [], 'the federated bundles are dropped at once');
+    assert.equal(watcher.current(), NO_FEDERATION);
+    assert.deepEqual(changes, [[]], 'and the SDS resources are told');
+    const dropped = records.filter((r) => r.msg === 'the CA no longer serves trust bundles; its federated bundles and aliases are no longer trusted');
+    assert.equal(dropped.length, 1);
+    assert.deepEqual(dropped[0]!.dropped, ['other.example']);
+    // Asked again after UNIMPLEMENTED_RECHECK_MS, here with the jitter's lowest draw (-5%): not every backoff step.
+    const recheck = Math.round(UNIMPLEMENTED_RECHECK_MS * 0.95);
+    await clock.advance(recheck - 1);
+    assert.equal(source.opened.length, 4, 'not before the recheck interval');
+    assert.ok(!watcher.isStopped);
+    await clock.advance(1);
+    assert.equal(source.opened.length, 5);
+    source.opened[4]!.end({ code: grpc.status.UNIMPLEMENTED, details: 'not served' });
+    await clock.advance(recheck);
+    assert.equal(source.opened.length, 6);
+    assert.equal(records.filter((r) => typeof r.msg === 'string' && r.msg.startsWith('the CA serves no trust bundles')).length, 1, 'said once, not at every recheck');
+    assert.equal(changes.length, 1, 'an empty set dropped again is no change');
+    // The CA starts federating: the next recheck picks the set up without an agent restart.
+    source.opened[5]!.message(feedSet([spiffeBundleOf('other.example', [other.cert])]));
+    assert.deepEqual(watcher.federatedBundles().map((b) => b.trustDomain), ['other.example']);
+    assert.deepEqual(changes, [[], ['other.example']]);
+    source.opened[5]!.end({ code: grpc.status.UNIMPLEMENTED, details: 'not served again' });
+    assert.equal(records.filter((r) => typeof r.msg === 'string' && r.msg.startsWith('the CA serves no trust bundles')).length, 2, 'said again after the CA had served a set');
     watcher.close();
+    assert.ok(watcher.isStopped);
+    await clock.advance(UNIMPLEMENTED_RECHECK_MS * 2);
+    assert.equal(source.opened.length, 6, 'a closed watcher asks no more');
   });
 
   test('refuses a set for another trust domain, a non-CA authority, a repeated trust domain, and too many trust domains', () => {

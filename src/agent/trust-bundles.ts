@@ -7,7 +7,9 @@
  * gRPC channel). Each message is checked strictly before use (`parseTrustBundleSet`); a bad one is logged and the
  * last good set kept. A watch that ends or fails is opened again after a backoff on the injected clock (reset by a
  * good message). A CA that answers UNIMPLEMENTED (istiod, or meshca without federation) has no bundles to give:
- * the watcher says so once, at info, and stops; the own trust domain is then all there is.
+ * the own trust domain is then all there is. The watcher says so once, at info, drops any set an earlier CA gave
+ * (federation turned off must end the foreign trust it granted: fail closed), and asks again every
+ * UNIMPLEMENTED_RECHECK_MS, so a CA that starts federating later is picked up without restarting every agent.
  */
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from '../log.js';
@@ -20,6 +22,9 @@ import { backoffDelayMs } from './backoff.js';
 export const MAX_TRUST_DOMAINS = 256;
 export const MAX_AUTHORITIES_PER_TRUST_DOMAIN = 100;
 export const MAX_ALIASES = 64;
+
+/** How often a CA that serves no trust bundles (UNIMPLEMENTED) is asked again: one cheap call per agent. */
+export const UNIMPLEMENTED_RECHECK_MS = 5 * 60_000;
 
 /** A set the agent accepted. A new object for every accepted message, so it can key caches. */
 export interface FederationState {
@@ -140,6 +145,8 @@ export class TrustBundleWatcher implements FederationView {
   private stopped = false;
   /** The last refusal logged, so a CA repeating a bad set is not logged on every reconnect. */
   private lastRefusal = '';
+  /** Whether the CA's last answer was UNIMPLEMENTED, so its rechecks are logged once. */
+  private unimplemented = false;
 
   constructor(private readonly options: TrustBundleWatcherOptions) {}
 
@@ -160,7 +167,7 @@ export class TrustBundleWatcher implements FederationView {
     return () => this.listeners.delete(listener);
   }
 
-  /** True once the watcher gave up for good (UNIMPLEMENTED) or was closed. */
+  /** True once the watcher was closed. */
   get isStopped(): boolean {
     return this.stopped;
   }
@@ -207,6 +214,7 @@ export class TrustBundleWatcher implements FederationView {
       return;
     }
     this.lastRefusal = '';
+    this.unimplemented = false;
     this.attempt = 0;
     if (next.version === this.state.version) return;
     this.state = next;
@@ -214,17 +222,48 @@ export class TrustBundleWatcher implements FederationView {
       { caAddress: this.options.source.address, version: next.version, aliases: next.aliases, federated: next.federated.map((b) => b.trustDomain) },
       'trust bundles updated',
     );
-    for (const listener of [...this.listeners]) listener(next);
+    this.notify();
+  }
+
+  private notify(): void {
+    for (const listener of [...this.listeners]) listener(this.state);
+  }
+
+  private retryIn(delayMs: number): void {
+    this.cancelRetry = this.options.clock.setTimer(delayMs, () => {
+      this.cancelRetry = undefined;
+      this.connect();
+    });
+  }
+
+  /** The CA serves no trust bundles: only the own trust domain is trusted until it does. */
+  private servesNone(): void {
+    const dropped = this.state.federated.map((b) => b.trustDomain);
+    if (!this.unimplemented) {
+      this.unimplemented = true;
+      this.options.log.info(
+        { caAddress: this.options.source.address, recheckInMs: UNIMPLEMENTED_RECHECK_MS },
+        'the CA serves no trust bundles (UNIMPLEMENTED: istiod, or meshca without federation); SDS ALL holds the own trust domain only',
+      );
+    }
+    if (this.state !== NO_FEDERATION) {
+      this.options.log.warn(
+        { caAddress: this.options.source.address, dropped, aliases: this.state.aliases },
+        'the CA no longer serves trust bundles; its federated bundles and aliases are no longer trusted',
+      );
+      this.state = NO_FEDERATION;
+      this.notify();
+    }
+    // Jitter spreads a node pool's rechecks; the backoff's random source keeps tests exact.
+    const jitter = 1 + 0.1 * ((this.options.random ?? Math.random)() - 0.5);
+    this.retryIn(Math.round(UNIMPLEMENTED_RECHECK_MS * jitter));
   }
 
   private ended(outcome: WatchEnd): void {
     if (this.stopped) return;
     if (outcome?.code === GrpcStatus.UNIMPLEMENTED) {
-      this.stopped = true;
-      this.options.log.info(
-        { caAddress: this.options.source.address },
-        'the CA serves no trust bundles (UNIMPLEMENTED: istiod, or meshca without federation); SDS ALL holds the own trust domain only',
-      );
+      this.attempt = 0;
+      this.servesNone();
       return;
     }
     const delay = backoffDelayMs(this.attempt++, this.options.random);
@@ -233,9 +272,6 @@ export class TrustBundleWatcher implements FederationView {
       { caAddress: this.options.source.address, status: outcome ? GrpcStatus[outcome.code] ?? outcome.code : 'OK', err: outcome?.details, retryInMs: delay },
       'trust-bundle watch ended; watching again',
     );
-    this.cancelRetry = this.options.clock.setTimer(delay, () => {
-      this.cancelRetry = undefined;
-      this.connect();
-    });
+    this.retryIn(delay);
   }
 }
