@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import type { KubeConfig, Watch } from '@kubernetes/client-node';
 import { ConfigError, type Env } from '../config/env.js';
+import type { Clock } from '../util/clock.js';
 import { loadKubeClient } from './client.js';
 
 /** Where the configuration came from, for log lines and error messages. */
@@ -82,51 +83,77 @@ export async function loadKubeConfig(path: string | undefined, env: Env = proces
   return (await loadKubeConfigWithOrigin(path, env)).kubeConfig;
 }
 
+/** What a watch needs of the client library's `Watch`. */
+export type WatchClient = Pick<Watch, 'watch'>;
+
+/** The system clock whose timers do not keep the process alive: a pending watch retry must not hold up an exit. */
+const backgroundClock: Clock = {
+  now: () => Date.now(),
+  setTimer(delayMs, callback) {
+    const timer = setTimeout(callback, delayMs);
+    timer.unref();
+    return () => clearTimeout(timer);
+  },
+};
+
+export const WATCH_BACKOFF_INITIAL_MS = 500;
+export const WATCH_BACKOFF_MAX_MS = 30_000;
+/** A watch that lived this long was healthy: the next one starts from the initial backoff again. */
+export const WATCH_HEALTHY_MS = 5000;
+
 /**
  * Follows a Kubernetes watch and re-establishes it whenever the stream ends or fails, with backoff from 500 ms
- * doubling to 30 s (reset by any event, or by a watch that lived more than 5 s). `query` is called before every
- * (re)connect so callers can resume from the last resourceVersion. Returns a function that stops it.
+ * doubling to 30 s (reset by any event, or by a watch that lived more than 5 s), timed on `clock`. `query` is called
+ * before every (re)connect so callers can resume from the last resourceVersion. Returns a function that stops it.
  */
 export function watchWithBackoff(
-  watch: Watch,
+  watch: WatchClient,
   path: string,
   query: () => Record<string, string>,
   onEvent: (type: string, obj: unknown) => void,
+  clock: Clock = backgroundClock,
 ): () => void {
   let stopped = false;
   let controller: AbortController | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  let backoffMs = 500;
+  let cancelTimer: (() => void) | undefined;
+  let backoffMs = WATCH_BACKOFF_INITIAL_MS;
   const again = (startedAt: number): void => {
     if (stopped) return;
-    if (Date.now() - startedAt > 5000) backoffMs = 500;
-    timer = setTimeout(begin, backoffMs);
-    timer.unref();
-    backoffMs = Math.min(backoffMs * 2, 30_000);
+    if (clock.now() - startedAt > WATCH_HEALTHY_MS) backoffMs = WATCH_BACKOFF_INITIAL_MS;
+    cancelTimer = clock.setTimer(backoffMs, begin);
+    backoffMs = Math.min(backoffMs * 2, WATCH_BACKOFF_MAX_MS);
   };
   const begin = (): void => {
+    cancelTimer = undefined;
     if (stopped) return;
-    const startedAt = Date.now();
+    const startedAt = clock.now();
+    // A watch ends once: by its done callback or by a failure to start, whichever comes first.
+    let ended = false;
+    const end = (): void => {
+      if (ended) return;
+      ended = true;
+      again(startedAt);
+    };
     watch
       .watch(
         path,
         query(),
         (type: string, obj: unknown) => {
-          if (type !== 'ERROR') backoffMs = 500;
+          if (type !== 'ERROR') backoffMs = WATCH_BACKOFF_INITIAL_MS;
           onEvent(type, obj);
         },
-        () => again(startedAt),
+        end,
       )
       .then((c) => {
         controller = c;
         if (stopped) c.abort();
       })
-      .catch(() => again(startedAt));
+      .catch(end);
   };
   begin();
   return () => {
     stopped = true;
-    if (timer) clearTimeout(timer);
+    cancelTimer?.();
     controller?.abort();
   };
 }
@@ -137,11 +164,12 @@ export function watchWithBackoff(
  * calls `onExpired`, whose job is a full relist (events in between are lost to the watch).
  */
 export function followResumable(
-  watch: Watch,
+  watch: WatchClient,
   path: string,
   query: Readonly<Record<string, string>>,
   onEvent: (type: string, obj: unknown) => void,
   onExpired: () => void,
+  clock?: Clock,
 ): () => void {
   let resourceVersion: string | undefined;
   return watchWithBackoff(
@@ -158,5 +186,6 @@ export function followResumable(
       if (seen) resourceVersion = seen;
       onEvent(type, obj);
     },
+    clock,
   );
 }
