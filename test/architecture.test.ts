@@ -22,7 +22,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   'config/env': [],
   pki: ['util'],
   wire: ['pki'],
-  kube: ['config/env'],
+  kube: ['config/env', 'util'],
   authn: ['pki', 'kube', 'config/env', 'util', 'log'],
   ca: ['pki', 'kube', 'config/env', 'config/flags', 'util', 'log'],
   'config/flags': ['config/env', 'log'],
