@@ -43,6 +43,7 @@ describe('meshca cacerts', () => {
     assert.match(text, /Subject: O ?= ?Example Mesh, CN ?= ?Root CA/);
     assert.match(text, /CA:TRUE/);
     assert.match(text, /Certificate Sign, CRL Sign/);
+    assert.doesNotMatch(text, /Subject Alternative Name/, 'a root names no trust domain unless asked: it may serve several');
     const enddate = execFileSync('openssl', ['x509', '-noout', '-enddate'], { input: readFileSync(path.join(rootDir, 'root-cert.pem')), encoding: 'utf8' });
     const years = (Date.parse(enddate.replace('notAfter=', '').trim()) - Date.now()) / (365.25 * 86400_000);
     assert.ok(years > 9.9 && years < 10.1, `root lifetime ${years} years`);
@@ -54,7 +55,7 @@ describe('meshca cacerts', () => {
     const one = await runMeshca(['cacerts', 'intermediate', '--root', rootDir, '--out', cluster1, '--cluster', 'cluster1', '--key', 'ec-p256']);
     assert.equal(one.code, 0, one.stderr);
     assert.match(one.stdout, /kubectl create secret generic cacerts -n istio-system --from-file=/);
-    const two = await runMeshca(['cacerts', 'intermediate', '--root', rootDir, '--out', cluster2, '--cluster', 'cluster2', '--key', 'rsa-2048', '--ttl', '30d']);
+    const two = await runMeshca(['cacerts', 'intermediate', '--root', rootDir, '--out', cluster2, '--cluster', 'cluster2', '--key', 'rsa-2048', '--ttl', '30d', '--trust-domain', 'mesh.example']);
     assert.equal(two.code, 0, two.stderr);
 
     assert.deepEqual(readdirSync(cluster1).sort(), ['ca-cert.pem', 'ca-key.pem', 'cert-chain.pem', 'root-cert.pem']);
@@ -68,7 +69,11 @@ describe('meshca cacerts', () => {
     const text = opensslText(caCert);
     assert.match(text, /CA:TRUE, pathlen:0/);
     assert.match(text, /CN ?= ?Intermediate CA cluster1/);
-    assert.match(opensslText(readFileSync(path.join(cluster2, 'ca-cert.pem'), 'utf8')), /Public-Key: \(2048 bit\)/);
+    // The X.509-SVID standard: a signing certificate SHOULD be an SVID of its trust domain, with no path.
+    assert.match(text, /X509v3 Subject Alternative Name: *\n *URI:spiffe:\/\/cluster\.local\n/);
+    const text2 = opensslText(readFileSync(path.join(cluster2, 'ca-cert.pem'), 'utf8'));
+    assert.match(text2, /Public-Key: \(2048 bit\)/);
+    assert.match(text2, /X509v3 Subject Alternative Name: *\n *URI:spiffe:\/\/mesh\.example\n/);
 
     // The directory is a working cacerts: the real CA loads it and issues chains openssl verifies.
     const ca = await startCaProcess(['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--state-dir', path.join(temp.dir, 'ca-state')], { ROOT_CA_DIR: cluster1 });
@@ -101,6 +106,8 @@ describe('meshca cacerts', () => {
       { args: ['root', '--out', path.join(temp.dir, 'y'), '--key', 'dsa-1024'], message: /invalid --key "dsa-1024": unknown key type/, code: 2 },
       { args: ['root', '--out', path.join(temp.dir, 'z'), '--ttl', 'forever'], message: /invalid --ttl "forever"/, code: 2 },
       { args: ['intermediate', '--root', rootDir, '--out', path.join(temp.dir, 'w'), '--cluster', 'bad name'], message: /invalid --cluster "bad name"/, code: 2 },
+      { args: ['intermediate', '--root', rootDir, '--out', path.join(temp.dir, 'v'), '--cluster', 'c', '--trust-domain', 'Mesh.Example'], message: /invalid --trust-domain "Mesh\.Example": SPIFFE trust domain "Mesh\.Example" may contain only lowercase letters/, code: 2 },
+      { args: ['root', '--out', path.join(temp.dir, 'u'), '--trust-domain', 'spiffe://mesh.example'], message: /invalid --trust-domain "spiffe:\/\/mesh\.example"/, code: 2 },
     ];
     const results = await Promise.all(cases.map((c) => runMeshca(['cacerts', ...c.args])));
     results.forEach((result, index) => {

@@ -44,13 +44,14 @@ describe('meshca cacerts with the keys in a PKCS#11 token', () => {
   test('root and intermediate keys made in the token; only certificates are written, and openssl verifies them', async () => {
     // A root in root-key.pem for the last case, made meanwhile (it does not touch the token).
     const fileRootRun = runMeshca(['cacerts', 'root', '--out', dir('file-root'), '--key', 'ec-p256'], { env });
-    const root = await runMeshca(['cacerts', 'root', '--out', dir('root'), '--key', 'ec-p256', '--org', 'Example Corp', ...tokenFlags, '--pkcs11-key-label', 'root-ca', '--pkcs11-key-id', '0a01'], { env });
+    const root = await runMeshca(['cacerts', 'root', '--out', dir('root'), '--key', 'ec-p256', '--org', 'Example Corp', '--trust-domain', 'example.corp', ...tokenFlags, '--pkcs11-key-label', 'root-ca', '--pkcs11-key-id', '0a01'], { env });
     assert.equal(root.code, 0, root.stderr);
     assert.match(root.stdout, /^wrote .*root\/root-cert\.pem; the key is in the token only \(token "meshca-cacerts", key label "root-ca", id 0a01\)\n {2}root: O=Example Corp, CN=Root CA, expires .*, sha256 [0-9A-F:]{95}\n/);
     assert.match(root.stdout, /next: meshca cacerts intermediate --root .* --root-pkcs11-key-label root-ca/);
     assert.deepEqual(readdirSync(dir('root')), ['root-cert.pem']);
     const rootPem = read('root', 'root-cert.pem');
     assert.match(opensslText(rootPem), /ASN1 OID: prime256v1[\s\S]*CA:TRUE/);
+    assert.match(opensslText(rootPem), /X509v3 Subject Alternative Name: *\n *URI:spiffe:\/\/example\.corp\n/, 'signed in the token with the SPIFFE ID asked for');
     const selfSigned = opensslVerify(rootPem, '', rootPem);
     assert.ok(selfSigned.ok, selfSigned.output);
 
@@ -70,6 +71,7 @@ describe('meshca cacerts with the keys in a PKCS#11 token', () => {
     assert.ok(verified.ok, verified.output);
     // pathlen 1: --ca-source pkcs11 in its default intermediate mode puts a short-lived CA below this one.
     assert.match(opensslText(caPem), /CA:TRUE, pathlen:1/);
+    assert.match(opensslText(caPem), /X509v3 Subject Alternative Name: *\n *URI:spiffe:\/\/cluster\.local\n/);
 
     // The intermediate's key in a file (today's cacerts Secret), signed by the root key in the token; PIN from a file.
     const pinFile = dir('user.pin');

@@ -38,6 +38,7 @@ import {
   type CaCertificateOptions,
   type KeySpec,
   type ParsedCertificate,
+  validateTrustDomain,
 } from '../pki/index.js';
 import { ensurePrivateDirectory, fileExists, writeFileAtomic } from '../util/fs.js';
 import { shellQuote as q } from '../util/shell.js';
@@ -47,6 +48,9 @@ const ROOT_FILES = { cert: 'root-cert.pem', key: 'root-key.pem' } as const;
 /** The environment variable the token's PIN is read from when no --pkcs11-pin-file is given. */
 const PIN_ENV = 'MESHCA_PKCS11_PIN';
 
+/** The trust domain intermediates name when none is given: Istio's and `meshca ca --trust-domain`'s default. */
+const DEFAULT_TRUST_DOMAIN = 'cluster.local';
+
 /** A refusal of the files or keys at hand; a bad flag value is a ConfigError instead (exit 2, a usage error). */
 class CacertsCommandError extends Error {}
 
@@ -55,6 +59,20 @@ function keySpecOf(text: string): KeySpec {
     return parseKeySpec(text);
   } catch (error) {
     throw new ConfigError(`invalid --key "${text}": ${(error as Error).message}`);
+  }
+}
+
+/**
+ * The CA certificate's SPIFFE ID, `spiffe://<trust domain>` (no path): the X.509-SVID standard says a signing
+ * certificate SHOULD be an SVID of the trust domain it issues in, so SPIFFE tools and federated peers can tell whose
+ * bundle it is. None when no trust domain is given (a root shared by several trust domains).
+ */
+function caSpiffeIds(trustDomain: string | undefined): string[] {
+  if (trustDomain === undefined) return [];
+  try {
+    return [`spiffe://${validateTrustDomain(trustDomain)}`];
+  } catch (error) {
+    throw new ConfigError(`invalid --trust-domain "${trustDomain}": ${(error as Error).message}`);
   }
 }
 
@@ -206,6 +224,8 @@ interface RootOptions extends Pkcs11Flags {
   key: string;
   ttl: string;
   org: string;
+  /** Put spiffe://<trustDomain> in the certificate (intermediates default to cluster.local, roots to none). */
+  trustDomain?: string;
   force?: boolean;
 }
 
@@ -232,6 +252,7 @@ async function createRootCa(options: RootOptions): Promise<CreatedRoot> {
   const token = tokenSettingsOf(options, newTokenKey !== undefined, 'pass --pkcs11-key-label to make the root key in the token');
   const certFile = path.join(options.out, ROOT_FILES.cert);
   const subject = { organization: options.org, commonName: 'Root CA' };
+  const uris = caSpiffeIds(options.trustDomain);
   const notAfter = new Date(Date.now() + ttlSeconds * 1000);
   return inOutDir(options.out, async (): Promise<CreatedRoot> => {
     if (token && newTokenKey) {
@@ -239,7 +260,7 @@ async function createRootCa(options: RootOptions): Promise<CreatedRoot> {
       await refuseOverwrite(options.out, [ROOT_FILES.cert], options.force);
       const key = await generateInToken(token, newTokenKey, spec);
       try {
-        const der = await signCaCertificateInToken({ subject, subjectKey: key.publicKey, notAfter }, key);
+        const der = await signCaCertificateInToken({ subject, subjectKey: key.publicKey, notAfter, uris }, key);
         await writeFileAtomic(certFile, certificateToPem(der), 0o644);
         return { certFile, inToken: describeTokenKey(token, key), cert: parseCertificate(der) };
       } finally {
@@ -248,7 +269,7 @@ async function createRootCa(options: RootOptions): Promise<CreatedRoot> {
     }
     await refuseOverwrite(options.out, [ROOT_FILES.cert, ROOT_FILES.key], options.force);
     const keys = await generateKeyPairForAsync(spec);
-    const der = createCaCertificate({ subject, subjectKey: keys.privateKey, notAfter });
+    const der = createCaCertificate({ subject, subjectKey: keys.privateKey, notAfter, uris });
     const keyFile = path.join(options.out, ROOT_FILES.key);
     await writeFileAtomic(keyFile, exportPrivateKeyPem(keys.privateKey), 0o600);
     await writeFileAtomic(certFile, certificateToPem(der), 0o644);
@@ -283,6 +304,7 @@ async function createIntermediateCa(options: IntermediateOptions): Promise<Creat
   }
   const spec = keySpecOf(options.key);
   const ttlSeconds = ttlOf(options.ttl);
+  const uris = caSpiffeIds(options.trustDomain ?? DEFAULT_TRUST_DOMAIN);
   const newTokenKey = newTokenKeyOf(options);
   const rootTokenKey: TokenKeyName | undefined =
     options.rootPkcs11KeyLabel !== undefined || options.rootPkcs11KeyId !== undefined
@@ -308,7 +330,7 @@ async function createIntermediateCa(options: IntermediateOptions): Promise<Creat
       // the token is for --ca-source pkcs11, whose default intermediate mode has it sign one short-lived CA below.
       const pathLen = subject.inToken ? 1 : 0;
       const der = await signIntermediate(
-        { subject: { organization: options.org, commonName: `Intermediate CA ${options.cluster}` }, subjectKey: subject.publicKey, notAfter: wanted, pathLen },
+        { subject: { organization: options.org, commonName: `Intermediate CA ${options.cluster}` }, subjectKey: subject.publicKey, notAfter: wanted, pathLen, uris },
         root.cert,
         signer,
       );
@@ -369,12 +391,13 @@ async function newSubjectKey(
 
 const describe = (cert: ParsedCertificate): string => `${cert.subject}, expires ${cert.notAfter.toISOString()}, sha256 ${fingerprint(cert)}`;
 
-/** The options both kinds of CA take, after their own: the same key types, subject and overwrite rule. */
-function addCaOptions(command: Command, ttl: { help: string; default: string }): Command {
+/** The options both kinds of CA take, after their own: the same key types, subject, SPIFFE ID and overwrite rule. */
+function addCaOptions(command: Command, ttl: { help: string; default: string }, trustDomainHelp: string): Command {
   return command
     .option('--key <type>', 'key type: rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384', 'rsa-4096')
     .option('--ttl <duration>', ttl.help, ttl.default)
     .option('--org <name>', 'organization in the subject', 'Istio')
+    .option('--trust-domain <domain>', trustDomainHelp)
     .option('--force', 'replace existing files');
 }
 
@@ -400,7 +423,7 @@ export function registerCacertsCommand(program: Command): void {
     .command('root')
     .description('create a root CA: root-cert.pem and root-key.pem (0600), or only root-cert.pem with the key in a PKCS#11 token; keep it offline')
     .requiredOption('--out <dir>', 'output directory');
-  addCaOptions(root, { help: 'lifetime', default: '3650d' });
+  addCaOptions(root, { help: 'lifetime', default: '3650d' }, 'put the SPIFFE ID spiffe://<domain> in the root (default: none, for a root shared by several trust domains)');
   addPkcs11Options(root, 'root').action(async (options: RootOptions) => {
     const result = await createRootCa(options);
     const next = result.inToken
@@ -421,7 +444,11 @@ export function registerCacertsCommand(program: Command): void {
     .requiredOption('--root <dir>', 'directory holding root-cert.pem and root-key.pem (or only root-cert.pem with --root-pkcs11-key-label)')
     .requiredOption('--out <dir>', 'output directory (becomes the cacerts Secret)')
     .requiredOption('--cluster <name>', 'cluster name, put in the subject');
-  addCaOptions(intermediate, { help: 'lifetime (capped at the root expiry)', default: '730d' });
+  addCaOptions(
+    intermediate,
+    { help: 'lifetime (capped at the root expiry)', default: '730d' },
+    `trust domain of the cluster's workloads, put in the CA certificate as the SPIFFE ID spiffe://<domain> (default: ${DEFAULT_TRUST_DOMAIN}, meshca ca's default)`,
+  );
   addPkcs11Options(intermediate, 'intermediate')
     .option('--root-pkcs11-key-label <label>', 'the root key is in the token (same --pkcs11-module, token and PIN) under this label, not in root-key.pem')
     .option('--root-pkcs11-key-id <hex>', 'CKA_ID of the root key in the token')
