@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { caClient, createCertificate, opensslKeyAndCsr } from './ca-helpers.js';
+import { foreignSigningTrustDomains } from '../src/server/signing-trust-domain.js';
 import { startCaProcess } from './keysource-helpers.js';
 import { startKubeStandin, type KubeStandin } from './standins/kube.js';
 import { opensslText, opensslVerify, opensslVerifyResponseChain } from './support/openssl.js';
@@ -88,10 +89,41 @@ describe('meshca cacerts', () => {
       // Cluster 2 trusts cluster 1's workloads: same root.
       const crossCheck = opensslVerify(result.chain[0]!, result.chain[1]!, readFileSync(path.join(cluster2, 'root-cert.pem'), 'utf8'));
       assert.ok(crossCheck.ok, crossCheck.output);
+      assert.ok(!ca.proc.records.some((r) => r.level === 'warn'), ca.proc.lines.join('\n'));
     } finally {
       client.close();
       await ca.proc.stop();
     }
+
+    // Cluster 2's CA certificate is for mesh.example: a CA of cluster.local started on it says so, with the fix.
+    const other = await startCaProcess(['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--state-dir', path.join(temp.dir, 'ca-state-2')], { ROOT_CA_DIR: cluster2 });
+    try {
+      const warning = await other.proc.waitForLog(/^the signing certificate is a CA of trust domain "mesh\.example", but this CA issues in "cluster\.local": /);
+      assert.equal(warning.level, 'warn');
+      assert.match(String(warning.msg), /re-issue it with meshca cacerts intermediate --trust-domain cluster\.local/);
+      assert.deepEqual(warning.signingCertTrustDomains, ['mesh.example']);
+    } finally {
+      await other.proc.stop();
+    }
+    // The same material under an alias of that trust domain is expected: no warning.
+    const aliased = await startCaProcess(
+      ['--kubeconfig', kube.kubeconfigPath, '--ca-source', 'cacerts', '--state-dir', path.join(temp.dir, 'ca-state-3'), '--trust-domain-aliases', 'mesh.example'],
+      { ROOT_CA_DIR: cluster2 },
+    );
+    try {
+      assert.ok(!aliased.proc.records.some((r) => /signing certificate is a CA of trust domain/.test(String(r.msg))), aliased.proc.lines.join('\n'));
+    } finally {
+      await aliased.proc.stop();
+    }
+  });
+
+  test('the trust domains a signing certificate names that the CA does not issue in', () => {
+    const own = 'cluster.local';
+    assert.deepEqual(foreignSigningTrustDomains([], own, []), []);
+    assert.deepEqual(foreignSigningTrustDomains(['spiffe://cluster.local'], own, []), []);
+    assert.deepEqual(foreignSigningTrustDomains(['spiffe://old.example'], own, ['old.example']), [], 'an alias is the CA\'s own');
+    assert.deepEqual(foreignSigningTrustDomains(['spiffe://mesh.example', 'https://example.org/ca', 'spiffe://mesh.example/ns/istio-system/sa/citadel'], own, []), ['mesh.example']);
+    assert.deepEqual(foreignSigningTrustDomains(['SPIFFE://a.example', 'spiffe://b.example'], own, []), ['a.example', 'b.example']);
   });
 
   test('misuse ends in one line and exit 2 (a bad flag) or 1, and nothing is overwritten', async () => {

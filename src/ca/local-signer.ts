@@ -68,6 +68,7 @@ export class LocalSigner implements WorkloadSigner {
       signingCertSerial: m.signingCert.serialHex,
       signingCertSubject: m.signingCert.subject,
       signingCertNotAfter: m.signingCert.notAfter,
+      signingCertUris: m.signingCert.sans.uris,
       roots: m.roots.map((r) => ({ subject: r.subject, fingerprintSha256: fingerprint(r), notAfter: r.notAfter })),
     };
   }

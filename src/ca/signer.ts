@@ -32,6 +32,8 @@ export interface SignerStatus {
   signingCertSerial?: string;
   signingCertSubject?: string;
   signingCertNotAfter?: Date;
+  /** The signing certificate's URI SANs (a SPIFFE CA certificate names its trust domain: spiffe://<td>). */
+  signingCertUris?: readonly string[];
   roots: { subject: string; fingerprintSha256: string; notAfter: Date }[];
 }
 

@@ -27,6 +27,7 @@ import { buildKubeClusters, describeCa, formatHostPort, logReady, mergeDecisions
 import { CleanupStack } from './lifecycle.js';
 import { CaMetrics } from './metrics.js';
 import { ReadinessProbe } from './readiness.js';
+import { signingTrustDomainWarner } from './signing-trust-domain.js';
 import { encodeTrustBundleNotice } from './trust-bundles.js';
 
 /** How long the primary waits for one worker's answer (metrics, decisions) before leaving that worker out. */
@@ -170,8 +171,11 @@ export async function startCaCluster(options: CaClusterOptions): Promise<CaClust
     const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger });
     await readiness.start();
     cleanups.push(() => readiness.stop());
+    const checkSigningTrustDomain = signingTrustDomainWarner(logger, config.trustDomain, config.trustDomainAliases);
+    checkSigningTrustDomain(signer.status());
     const unsubscribe = signer.onChange(() => {
       metrics.publishSignerExpiries(signer);
+      checkSigningTrustDomain(signer.status());
       const snapshot = takeSignerSnapshot(signer);
       for (const slot of slots) slot.peer?.notify('snapshot', snapshot);
       void readiness.probe();

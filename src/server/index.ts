@@ -24,6 +24,7 @@ import { createMonitoringServer, type MonitoringOptions } from './monitoring.js'
 import type { FastifyInstance } from 'fastify';
 import { PerIdentityRateLimiter } from './rate-limit.js';
 import { ReadinessProbe } from './readiness.js';
+import { signingTrustDomainWarner } from './signing-trust-domain.js';
 import { ServingCertificate } from './serving-cert.js';
 import { TrustBundleWatches } from './trust-bundles.js';
 
@@ -240,8 +241,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     const readiness = new ReadinessProbe({ authority, trustDomain: config.trustDomain, logger, ...(options.now ? { now: options.now } : {}) });
     await readiness.start();
     cleanups.push(() => readiness.stop());
+    const checkSigningTrustDomain = signingTrustDomainWarner(logger, config.trustDomain, config.trustDomainAliases);
+    checkSigningTrustDomain(signer.status());
     const unsubscribe = signer.onChange(() => {
       metrics.publishSignerExpiries(signer);
+      checkSigningTrustDomain(signer.status());
       void readiness.probe();
     });
     cleanups.push(unsubscribe);

@@ -114,6 +114,7 @@ export class Pkcs11DirectSigner implements WorkloadSigner {
       signingCertSerial: this.certificate.serialHex,
       signingCertSubject: this.certificate.subject,
       signingCertNotAfter: this.certificate.notAfter,
+      signingCertUris: this.certificate.sans.uris,
       roots: this.caChain.roots.map((r) => ({ subject: r.subject, fingerprintSha256: fingerprint(r), notAfter: r.notAfter })),
     };
   }
