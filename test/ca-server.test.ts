@@ -385,7 +385,7 @@ describe('meshca ca against a Kubernetes API stand-in', () => {
     const debug = JSON.parse((await getText(`${ca.monitoringUrl}/debug/ca`)).body) as {
       trustDomain: string;
       keySource: string;
-      signingCertificate: { serial: string; notAfter: string };
+      signingCertificate: { serial: string; notAfter: string; uris: string[] };
       roots: { fingerprintSha256: string }[];
       servingCertificate: { dnsNames: string[] };
       authenticators: string[];
@@ -397,6 +397,7 @@ describe('meshca ca against a Kubernetes API stand-in', () => {
     assert.equal(debug.roots[0]!.fingerprintSha256, opensslFingerprint);
     const rootSerial = execFileSync('openssl', ['x509', '-noout', '-serial'], { input: ca.rootPem, encoding: 'utf8' }).split('=')[1]!.trim();
     assert.equal(debug.signingCertificate.serial.toLowerCase().replace(/^0+/, ''), rootSerial.toLowerCase().replace(/^0+/, ''));
+    assert.deepEqual(debug.signingCertificate.uris, [`spiffe://${TD}`], 'the self-signed root names its trust domain');
     assert.deepEqual(debug.servingCertificate.dnsNames, [SERVER_NAME, 'istiod.istio-system.svc'], 'the default names follow POD_NAMESPACE (unset here: istio-system)');
 
     const metrics = (await getText(`${ca.monitoringUrl}/metrics`)).body;

@@ -128,6 +128,7 @@ export function describeCa(
       serial: status.signingCertSerial ?? null,
       subject: status.signingCertSubject ?? null,
       notAfter: status.signingCertNotAfter?.toISOString() ?? null,
+      uris: status.signingCertUris ?? [],
     },
     roots: status.roots.map((r) => ({ subject: r.subject, fingerprintSha256: r.fingerprintSha256, notAfter: r.notAfter.toISOString() })),
     servingCertificate: serving ? { serial: serving.serialHex, notAfter: serving.notAfter.toISOString(), dnsNames: serving.dnsNames } : null,
