@@ -123,7 +123,7 @@ describe('meshca cacerts', () => {
     assert.deepEqual(foreignSigningTrustDomains(['spiffe://cluster.local'], own, []), []);
     assert.deepEqual(foreignSigningTrustDomains(['spiffe://old.example'], own, ['old.example']), [], 'an alias is the CA\'s own');
     assert.deepEqual(foreignSigningTrustDomains(['spiffe://mesh.example', 'https://example.org/ca', 'spiffe://mesh.example/ns/istio-system/sa/citadel'], own, []), ['mesh.example']);
-    assert.deepEqual(foreignSigningTrustDomains(['SPIFFE://a.example', 'spiffe://b.example'], own, []), ['a.example', 'b.example']);
+    assert.deepEqual(foreignSigningTrustDomains(['spiffe://a.example', 'spiffe://b.example', 'spiffe://Bad_TD', 'SPIFFE://c.example'], own, []), ['a.example', 'b.example'], 'what is no SPIFFE ID names no trust domain');
   });
 
   test('misuse ends in one line and exit 2 (a bad flag) or 1, and nothing is overwritten', async () => {

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import type { KubeConfig, Watch } from '@kubernetes/client-node';
 import { ConfigError, type Env } from '../config/env.js';
-import type { Clock } from '../util/clock.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { loadKubeClient } from './client.js';
 
 /** Where the configuration came from, for log lines and error messages. */
@@ -88,7 +88,7 @@ export type WatchClient = Pick<Watch, 'watch'>;
 
 /** The system clock whose timers do not keep the process alive: a pending watch retry must not hold up an exit. */
 const backgroundClock: Clock = {
-  now: () => Date.now(),
+  now: systemClock.now,
   setTimer(delayMs, callback) {
     const timer = setTimeout(callback, delayMs);
     timer.unref();

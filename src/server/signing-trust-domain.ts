@@ -7,17 +7,20 @@
  */
 import type { SignerStatus } from '../ca/index.js';
 import type { Logger } from '../log.js';
-
-const SPIFFE_SCHEME = 'spiffe://';
+import { parseSpiffeId } from '../pki/index.js';
 
 /** The trust domains of the signing certificate's SPIFFE IDs that are neither `trustDomain` nor one of `aliases`. */
 export function foreignSigningTrustDomains(uris: readonly string[], trustDomain: string, aliases: readonly string[]): string[] {
   const own = new Set([trustDomain, ...aliases]);
   const foreign = new Set<string>();
   for (const uri of uris) {
-    if (!uri.toLowerCase().startsWith(SPIFFE_SCHEME)) continue;
-    const authority = uri.slice(SPIFFE_SCHEME.length).split('/', 1)[0]!;
-    if (!own.has(authority)) foreign.add(authority);
+    let named: string;
+    try {
+      named = parseSpiffeId(uri).trustDomain;
+    } catch {
+      continue; // other URIs, and malformed SPIFFE IDs, name no trust domain
+    }
+    if (!own.has(named)) foreign.add(named);
   }
   return [...foreign];
 }
